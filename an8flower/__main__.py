@@ -1,0 +1,3 @@
+from an8flower.cli import main
+
+raise SystemExit(main())

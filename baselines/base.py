@@ -1,0 +1,272 @@
+"""The explainer protocol, the registry, input checks and the hook scope.
+
+An explainer is called as ``explainer(model, images, targets) -> heatmaps``:
+
+* ``model``: a ``torch.nn.Module`` in eval mode, mapping (B, 3, H, W) to logits (B, K);
+* ``images``: float tensor (B, C, H, W) on the model's device (moved there if not);
+* ``targets``: long tensor (B,) of class indices in ``[0, K)``, or ``None`` for the predicted class;
+* returns float32 heatmaps (B, H, W) at the input resolution, on the model's device, larger = more
+  relevant, detached (no autograd graph kept).
+
+No hook outlives a call: explainers register module hooks only inside :class:`HookScope`, which
+removes them on exit, exceptions included. Explainers that need fitting (VEBI) also implement
+``fit(model, loader)``, ``save(path)`` and ``load(path)``.
+
+Explainers are registered by name with :func:`register_explainer` and built with
+:func:`build_explainer`; :func:`list_explainers` lists them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+import torch
+from torch import nn
+
+from an8flower.errors import UsageError
+
+__all__ = [
+    "Explainer",
+    "HookScope",
+    "register_explainer",
+    "build_explainer",
+    "list_explainers",
+    "explainer_class",
+    "check_inputs",
+    "model_device",
+    "CHANNEL_REDUCTIONS",
+    "reduce_channels",
+]
+
+_REGISTRY: dict[str, type["Explainer"]] = {}
+
+E = TypeVar("E", bound=type)
+
+
+def register_explainer(name: str) -> Callable[[E], E]:
+    """Class decorator adding an :class:`Explainer` subclass to the registry under ``name``.
+
+    A user registers their own explainer the same way::
+
+        @register_explainer("my_method")
+        class MyMethod(Explainer):
+            def explain(self, model, images, targets):
+                ...
+    """
+
+    def decorate(cls: E) -> E:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise UsageError(f"an explainer named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
+        if not (isinstance(cls, type) and issubclass(cls, Explainer)):
+            raise UsageError(f"register_explainer({name!r}) decorates Explainer subclasses, got {cls!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_builtins() -> None:
+    # Importing the package registers the built-in explainers.
+    import an8flower.baselines  # noqa: F401
+
+
+def list_explainers() -> list[str]:
+    """Names of all registered explainers, sorted."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def explainer_class(name: str) -> type["Explainer"]:
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown explainer {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def build_explainer(name: str, **options: Any) -> "Explainer":
+    """Build the explainer registered as ``name`` with keyword ``options``.
+
+    Unknown option names raise :class:`~an8flower.errors.UsageError` naming the option.
+    """
+    cls = explainer_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not accepts_any:
+        unknown = sorted(set(options) - set(params) - {"self"})
+        if unknown:
+            valid = sorted(set(params) - {"self"})
+            raise UsageError(f"explainer {name!r} has no option {unknown[0]!r}; options: {', '.join(valid) or 'none'}")
+    return cls(**options)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def check_inputs(
+    model: nn.Module, images: torch.Tensor, targets: Optional[torch.Tensor | list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate and move ``images``/``targets`` to the model's device.
+
+    ``targets=None`` means the predicted class. Raises :class:`~an8flower.errors.UsageError` for a
+    non-4-D image batch, a non-floating image dtype, NaN/inf pixels, a target batch of another
+    length, or a target outside ``[0, K)`` with K the number of logits.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise UsageError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4:
+        raise UsageError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise UsageError(f"images must be a floating-point tensor, got {images.dtype}")
+    if images.shape[0] == 0:
+        raise UsageError("images is an empty batch")
+    device = model_device(model)
+    images = images.to(device)
+    if targets is not None:
+        targets = torch.as_tensor(targets, device=device)
+        if targets.dim() == 0:
+            targets = targets.expand(images.shape[0])
+        if targets.dim() != 1 or targets.shape[0] != images.shape[0]:
+            raise UsageError(
+                f"targets must have shape ({images.shape[0]},) to match images, got {tuple(targets.shape)}"
+            )
+        if targets.is_floating_point():
+            raise UsageError(f"targets must be integer class indices, got {targets.dtype}")
+        targets = targets.long()
+    with torch.no_grad():
+        logits = model(images[:1]) if targets is not None else model(images)
+    if logits.dim() != 2:
+        raise UsageError(f"the model must return logits (B, K), got shape {tuple(logits.shape)}")
+    n_classes = logits.shape[1]
+    if targets is None:
+        targets = logits.argmax(dim=1)
+    else:
+        bad = ((targets < 0) | (targets >= n_classes)).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            raise UsageError(f"targets[{i}] = {int(targets[i])} is out of range for a model with {n_classes} classes")
+    return images, targets
+
+
+def _reduce_abs_max(x: torch.Tensor) -> torch.Tensor:
+    return x.abs().amax(dim=1)
+
+
+def _reduce_abs_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.abs().sum(dim=1)
+
+
+def _reduce_l2(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).sum(dim=1).sqrt()
+
+
+def _reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.sum(dim=1)
+
+
+def _reduce_pos_l2(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(min=0).pow(2).sum(dim=1).sqrt()
+
+
+#: Rules that reduce an input-space attribution (B, C, H, W) to a map (B, H, W).
+#: ``abs_max``: max_c |a_c| (Simonyan et al. 2014); ``abs_sum``: sum_c |a_c|; ``l2``: sqrt(sum_c a_c^2);
+#: ``sum``: sum_c a_c (signed); ``pos_l2``: sqrt(sum_c max(a_c, 0)^2) (the rectify-then-L2 rule of
+#: Oramas et al. 2019).
+CHANNEL_REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "abs_max": _reduce_abs_max,
+    "abs_sum": _reduce_abs_sum,
+    "l2": _reduce_l2,
+    "sum": _reduce_sum,
+    "pos_l2": _reduce_pos_l2,
+}
+
+
+def reduce_channels(attribution: torch.Tensor, rule: str) -> torch.Tensor:
+    """Reduce (B, C, H, W) to (B, H, W) with one of :data:`CHANNEL_REDUCTIONS`."""
+    try:
+        fn = CHANNEL_REDUCTIONS[rule]
+    except KeyError:
+        raise UsageError(f"unknown channel reduction {rule!r}; choose from {', '.join(CHANNEL_REDUCTIONS)}") from None
+    return fn(attribution)
+
+
+class HookScope:
+    """Context manager owning module hooks: every handle added is removed on exit, errors included.
+
+    >>> with HookScope() as hooks:
+    ...     hooks.add(layer.register_forward_hook(fn))
+    ...     model(x)
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+
+    def add(self, handle: Any) -> Any:
+        self._handles.append(handle)
+        return handle
+
+    def __enter__(self) -> "HookScope":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._handles)
+
+
+class Explainer:
+    """Base class of explainers: callable ``(model, images, targets) -> heatmaps (B, H, W)``.
+
+    Subclasses implement :meth:`explain`, which receives validated inputs on the model's device
+    (``targets`` resolved to class indices) and returns (B, H, W) heatmaps or (B, C, H, W)
+    attributions (reduced with ``self.reduction``). ``__call__`` puts the model in eval mode for
+    the call, restores its mode and ``requires_grad`` flags afterwards, and checks the output.
+    """
+
+    #: Registry name, set by :func:`register_explainer`.
+    name: str = ""
+    #: Whether :meth:`fit` must run before the explainer can be called.
+    requires_fit: bool = False
+    #: Default channel reduction for (B, C, H, W) attributions.
+    reduction: str = "abs_max"
+
+    def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The options this explainer was built with (JSON-serialisable), for caching and reports."""
+        return {}
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, targets: Optional[torch.Tensor | list[int]] = None
+    ) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        flags = [p.requires_grad for p in model.parameters()]
+        try:
+            images, targets = check_inputs(model, images, targets)
+            out = self.explain(model, images, targets)
+            if out.dim() == 4:
+                out = reduce_channels(out, self.reduction)
+            expected = (images.shape[0], images.shape[2], images.shape[3])
+            if tuple(out.shape) != expected:
+                raise RuntimeError(f"{type(self).__name__} returned heatmaps of shape {tuple(out.shape)}, expected {expected}")
+            return out.detach().float()
+        finally:
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+            model.train(was_training)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"

@@ -1,0 +1,230 @@
+"""Classifiers to explain, built by name.
+
+``build_model(name, num_classes, weights=None)`` returns a ``torch.nn.Module`` mapping a float batch
+(B, C, H, W) in [0, 1] to logits (B, num_classes). Input normalisation is part of the model
+(:class:`Normalize` as its first layer), so explainers and metrics all see images in [0, 1].
+
+* ``small-cnn``: four 3x3 conv blocks (conv-BN-ReLU, max-pool after the first three), global
+  average pooling and a linear layer; fast on a CPU at 112 px. Its last conv block is
+  ``features.conv4`` (the default Grad-CAM layer is the ReLU after it, ``features.relu4``).
+* ``lenet``: a LeNet-5-style network for 28x28 grey digits (MNIST).
+* ``vgg16``, ``resnet18``, ``resnet50``: the torchvision architectures (ImageNet normalisation).
+
+``weights`` is a path to a local file: either a checkpoint written by :func:`an8flower.eval.train`
+(a dict with ``state_dict``) or a plain ``state_dict`` (e.g. torchvision's ImageNet weights saved
+locally). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from an8flower.errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std``; part of the model so inputs stay in [0, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _block(i: int, c_in: int, c_out: int, pool: bool) -> list[tuple[str, nn.Module]]:
+    layers: list[tuple[str, nn.Module]] = [
+        (f"conv{i}", nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)),
+        (f"bn{i}", nn.BatchNorm2d(c_out)),
+        (f"relu{i}", nn.ReLU()),
+    ]
+    if pool:
+        layers.append((f"pool{i}", nn.MaxPool2d(2)))
+    return layers
+
+
+class SmallCNN(nn.Module):
+    """A small VGG-style CNN for an8Flower: fast to train on a CPU, easy to explain.
+
+    ``features``: conv1(32)-pool-conv2(64)-pool-conv3(128)-pool-conv4(128), each conv 3x3 followed
+    by batch norm and ReLU; ``classifier``: global average pooling then a linear layer. At 112 px
+    the last feature map is 14x14.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        layers: list[tuple[str, nn.Module]] = [("normalize", Normalize([0.5] * in_channels, [0.25] * in_channels))]
+        layers += _block(1, in_channels, w, True)
+        layers += _block(2, w, 2 * w, True)
+        layers += _block(3, 2 * w, 4 * w, True)
+        layers += _block(4, 4 * w, 4 * w, False)
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.avgpool(self.features(x))))
+
+
+class LeNet(nn.Module):
+    """LeNet-5-style network for 28x28 single-channel digits (LeCun et al., 1998), ReLU and max-pool."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("normalize", Normalize([0.1307] * in_channels, [0.3081] * in_channels)),
+                    ("conv1", nn.Conv2d(in_channels, 20, 5)),
+                    ("relu1", nn.ReLU()),
+                    ("pool1", nn.MaxPool2d(2)),
+                    ("conv2", nn.Conv2d(20, 50, 5)),
+                    ("relu2", nn.ReLU()),
+                    ("pool2", nn.MaxPool2d(2)),
+                ]
+            )
+        )
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Sequential(
+            OrderedDict([("fc1", nn.LazyLinear(500)), ("relu3", nn.ReLU()), ("fc2", nn.Linear(500, num_classes))])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.features(x)))
+
+
+def _torchvision(arch: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        import torchvision
+
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        # torchvision's ResNet reuses one ReLU module per block; explainers that hook ReLU modules
+        # (guided backprop, deconvnet, VEBI) need one module per use and no in-place ops.
+        _make_relus_distinct(net)
+        return nn.Sequential(OrderedDict([("normalize", Normalize(IMAGENET_MEAN, IMAGENET_STD)), ("net", net)]))
+
+    return build
+
+
+def _make_relus_distinct(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    import torchvision
+
+    for m in module.modules():
+        if isinstance(m, (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck)):
+            _split_block_relu(m)
+
+
+def _split_block_relu(block: nn.Module) -> None:
+    """Give a torchvision ResNet block one ReLU module per use (relu1, relu2[, relu3]).
+
+    The block's ``forward`` is replaced by an equivalent one that calls the distinct modules, so
+    the computation is unchanged and each ReLU can carry its own hook.
+    """
+    import types
+
+    import torchvision
+
+    bottleneck = isinstance(block, torchvision.models.resnet.Bottleneck)
+    n = 3 if bottleneck else 2
+    for i in range(1, n + 1):
+        block.add_module(f"relu{i}", nn.ReLU())
+    del block.relu
+
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu1(self.bn1(self.conv1(x)))
+        if bottleneck:
+            out = self.relu2(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+        else:
+            out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out = out + identity
+        return getattr(self, f"relu{n}")(out)
+
+    block.forward = types.MethodType(forward, block)
+
+
+MODELS: dict[str, Callable[[int], nn.Module]] = {
+    "small-cnn": lambda k: SmallCNN(k),
+    "lenet": lambda k: LeNet(k),
+    "vgg16": _torchvision("vgg16"),
+    "resnet18": _torchvision("resnet18"),
+    "resnet50": _torchvision("resnet50"),
+}
+
+#: Default layer for CAM-style explainers (Grad-CAM, Grad-CAM++, upsampled activations).
+DEFAULT_CAM_LAYER: dict[str, str] = {
+    "small-cnn": "features.relu4",
+    "lenet": "features.relu2",
+    "vgg16": "net.features.29",
+    "resnet18": "net.layer4",
+    "resnet50": "net.layer4",
+}
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def build_model(name: str, num_classes: int, weights: Optional[str | os.PathLike[str]] = None) -> nn.Module:
+    """Build the classifier ``name`` with ``num_classes`` outputs; load ``weights`` from a local file.
+
+    Raises :class:`~an8flower.errors.UsageError` for an unknown name, a missing weights file or a
+    state dict that does not fit the architecture (the message names the file).
+    """
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models())}") from None
+    model = factory(num_classes)
+    if name == "lenet":
+        with torch.no_grad():
+            model(torch.zeros(1, 1, 28, 28))  # materialise the lazy layer
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict:
+    """Load a checkpoint or a plain state dict from ``path`` into ``model``; return the checkpoint.
+
+    Plain torchvision state dicts (keys without the ``net.`` prefix of our wrapper) are accepted.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"weights file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise UsageError(f"cannot read weights file {path}: {exc}") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise UsageError(f"weights file {path} holds no state dict")
+    own = model.state_dict()
+    if not set(state) & set(own) and all(k.startswith("net.") for k in own if k not in ("normalize.mean", "normalize.std")):
+        state = {f"net.{k}": v for k, v in state.items()}
+        for k in ("normalize.mean", "normalize.std"):
+            state.setdefault(k, own[k])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise UsageError(f"weights file {path} does not fit the model: {' '.join(first)}") from None
+    return ckpt if isinstance(ckpt, dict) else {}
