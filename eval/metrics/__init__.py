@@ -1,0 +1,1 @@
+"""Metrics: localisation (heatmap vs mask) and faithfulness (model-based) scores."""
