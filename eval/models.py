@@ -10,13 +10,16 @@
 * ``lenet``: a LeNet-5-style network for 28x28 grey digits (MNIST).
 * ``vgg16``, ``resnet18``, ``resnet50``: the torchvision architectures (ImageNet normalisation).
 
-``weights`` is a path to a local file: either a checkpoint written by :func:`an8flower.eval.train`
-(a dict with ``state_dict``) or a plain ``state_dict`` (e.g. torchvision's ImageNet weights saved
-locally). Nothing is ever downloaded.
+``weights`` is a path to a local file: either a checkpoint written by
+:func:`an8flower.eval.train.save_checkpoint` (a dict with ``state_dict`` and ``model_card``) or a
+plain ``state_dict`` (e.g. torchvision's ImageNet weights saved locally). Nothing is ever
+downloaded. :func:`load_checkpoint` rebuilds a model from a checkpoint's model card alone, and
+:func:`model_hash` fingerprints a model's weights (the leaderboard's cache key).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from typing import Callable, Optional, Sequence
@@ -183,23 +186,111 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def build_model(name: str, num_classes: int, weights: Optional[str | os.PathLike[str]] = None) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int,
+    weights: Optional[str | os.PathLike[str]] = None,
+    seed: Optional[int] = None,
+) -> nn.Module:
     """Build the classifier ``name`` with ``num_classes`` outputs; load ``weights`` from a local file.
 
-    Raises :class:`~an8flower.errors.UsageError` for an unknown name, a missing weights file or a
-    state dict that does not fit the architecture (the message names the file).
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: number of logits.
+        weights: a local checkpoint or state dict (see :func:`load_weights`); ``None`` keeps the
+            random initialisation.
+        seed: seeds the random initialisation without touching the global RNG state (the
+            initialisation runs under :func:`torch.random.fork_rng`); ``None`` draws from the
+            global RNG as ``torch.nn`` does.
+
+    Returns:
+        The model on the CPU, in training mode.
+
+    Raises :class:`~an8flower.errors.UsageError` for an unknown name, a bad ``num_classes``, a
+    missing weights file or a state dict that does not fit the architecture (the message names the
+    file).
     """
     try:
         factory = MODELS[name]
     except KeyError:
         raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models())}") from None
+    if int(num_classes) < 2:
+        raise UsageError(f"num_classes must be at least 2, got {num_classes}")
+    if seed is None:
+        model = _instantiate(name, factory, int(num_classes))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            model = _instantiate(name, factory, int(num_classes))
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _instantiate(name: str, factory: Callable[[int], nn.Module], num_classes: int) -> nn.Module:
     model = factory(num_classes)
     if name == "lenet":
         with torch.no_grad():
             model(torch.zeros(1, 1, 28, 28))  # materialise the lazy layer
-    if weights is not None:
-        load_weights(model, weights)
     return model
+
+
+def model_hash(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict: parameter and buffer names, dtypes, shapes and bytes.
+
+    Two models with equal weights (whatever their device) have the same hash; any changed weight
+    changes it. Used as the model part of the leaderboard's cache keys.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], name: Optional[str] = None, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint of :func:`an8flower.eval.train.save_checkpoint` describes.
+
+    Args:
+        path: the checkpoint file (a dict with ``state_dict`` and a ``model_card``).
+        name: the architecture the caller expects; a checkpoint of another architecture raises.
+        map_location: device the model is moved to.
+
+    Returns:
+        ``(model, model_card)`` with the model in eval mode.
+
+    Raises :class:`~an8flower.errors.UsageError` naming ``path`` when the file is missing,
+    unreadable, carries no model card, or holds another architecture than ``name``.
+    """
+    path = os.fspath(path)
+    ckpt = read_checkpoint(path)
+    card = ckpt.get("model_card") if isinstance(ckpt, dict) else None
+    if not isinstance(card, dict) or "architecture" not in card or "num_classes" not in card:
+        raise UsageError(
+            f"weights file {path} has no model card (architecture, num_classes); "
+            "pass --model and the number of classes to load a plain state dict"
+        )
+    arch = card["architecture"]
+    if name is not None and arch != name:
+        raise UsageError(f"weights file {path} holds a {arch!r} model, not {name!r}")
+    model = build_model(arch, int(card["num_classes"]))
+    _load_state(model, ckpt["state_dict"] if "state_dict" in ckpt else None, path)
+    return model.to(map_location).eval(), card
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> object:
+    """``torch.load`` a local weights file safely (``weights_only``); UsageError naming it on failure."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot read weights file {path}: {reason}") from None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict:
@@ -208,13 +299,29 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict:
     Plain torchvision state dicts (keys without the ``net.`` prefix of our wrapper) are accepted.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UsageError(f"weights file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise UsageError(f"cannot read weights file {path}: {exc}") from None
+    ckpt = read_checkpoint(path)
+    card = ckpt.get("model_card") if isinstance(ckpt, dict) else None
+    if isinstance(card, dict) and isinstance(card.get("num_classes"), int):
+        out = _num_outputs(model)
+        if out is not None and out != card["num_classes"]:
+            raise UsageError(
+                f"weights file {path} holds a {card.get('architecture', '?')!r} model with "
+                f"{card['num_classes']} classes; the model has {out} outputs"
+            )
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    _load_state(model, state, path)
+    return ckpt if isinstance(ckpt, dict) else {}
+
+
+def _num_outputs(model: nn.Module) -> Optional[int]:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and not isinstance(m, nn.LazyLinear):
+            last = m
+    return None if last is None else last.out_features
+
+
+def _load_state(model: nn.Module, state: object, path: str) -> None:
     if not isinstance(state, dict):
         raise UsageError(f"weights file {path} holds no state dict")
     own = model.state_dict()
@@ -227,4 +334,3 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict:
     except RuntimeError as exc:
         first = str(exc).splitlines()[0:3]
         raise UsageError(f"weights file {path} does not fit the model: {' '.join(first)}") from None
-    return ckpt if isinstance(ckpt, dict) else {}

@@ -1,0 +1,362 @@
+"""Training the classifiers to explain, and their checkpoints with a model card.
+
+:func:`train` fits a model on a labelled dataset with a fixed seed: AdamW with a linear warm-up
+then cosine decay of the learning rate, cross-entropy, optional horizontal flips (label-preserving on an8Flower,
+whose classes are colours of parts), mixed precision on CUDA, and early stopping on validation
+accuracy (the weights of the best validation epoch are kept). Shuffling uses its own
+``torch.Generator`` and the initialisation :func:`~an8flower.eval.models.build_model`'s ``seed``,
+so the global RNG state is never touched and a seed reproduces the same weights on the same
+machine and software versions.
+
+A checkpoint (:func:`save_checkpoint`) is a ``torch.save`` dict ``{"state_dict", "model_card"}``;
+the model card is a JSON-serialisable dict (:func:`model_card`): architecture, number of classes,
+input size and channels, the dataset it was trained on (variant, manifest or spec hash, sizes),
+accuracy per split, seed, training settings and history, and the versions of an8flower, torch and
+torchvision. :func:`an8flower.eval.models.load_checkpoint` rebuilds the model from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from an8flower.errors import UsageError
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "evaluate",
+    "predict",
+    "model_card",
+    "save_checkpoint",
+    "read_model_card",
+    "software_versions",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train`.
+
+    Args:
+        epochs: maximum number of passes over the training set.
+        batch_size: images per optimisation step.
+        lr: peak learning rate (AdamW; warm-up over 10% of the steps, then cosine decay to 0).
+        weight_decay: AdamW's decoupled weight decay.
+        patience: stop after this many epochs without a better validation accuracy.
+        stop_at: stop as soon as validation accuracy reaches this value (``None``: never).
+        hflip: flip each training image horizontally with probability 1/2.
+        seed: seeds the shuffling and the flips (the initialisation is seeded by the caller).
+        workers: ``DataLoader`` worker processes.
+        amp: use float16 autocast and gradient scaling when the model is on CUDA (ignored on CPU).
+    """
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 4
+    stop_at: Optional[float] = None
+    hflip: bool = False
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise UsageError(f"workers must be >= 0, got {self.workers}")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be positive, got {self.lr}")
+        if self.patience < 1:
+            raise UsageError(f"patience must be >= 1, got {self.patience}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the model (best validation weights, eval mode) and its history."""
+
+    model: nn.Module
+    best_epoch: int
+    val_accuracy: float
+    train_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _xy(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate ``(image, label, ...)`` items into an image batch and a label batch."""
+    images = torch.stack([b[0] for b in batch])
+    labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
+    return images, labels
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    # Always our own generator: without one, every DataLoader iterator draws its base seed from the
+    # global RNG.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=_xy,
+        persistent_workers=workers > 0,
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, data: Dataset | Iterable, batch_size: int = 128, workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes and true labels of every item of ``data``, in order.
+
+    Args:
+        model: the classifier (its device is used; put in eval mode for the call).
+        data: a dataset yielding ``(image, label, ...)`` items, or an iterable of
+            ``(images, labels, ...)`` batches.
+        batch_size, workers: of the ``DataLoader`` built when ``data`` is a dataset.
+
+    Returns:
+        ``(predictions, labels)``, two long tensors (N,) on the CPU.
+    """
+    loader = _loader(data, batch_size, workers, shuffle=False) if isinstance(data, Dataset) else data
+    device = next(iter(model.parameters())).device
+    was_training = model.training
+    model.eval()
+    preds, labels = [], []
+    try:
+        for batch in loader:
+            images, y = batch[0], batch[1]
+            preds.append(model(images.to(device)).argmax(1).cpu())
+            labels.append(torch.as_tensor(y).long().cpu())
+    finally:
+        model.train(was_training)
+    if not preds:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, data: Dataset | Iterable, batch_size: int = 128, workers: int = 0) -> float:
+    """Top-1 accuracy of ``model`` on ``data`` (NaN for an empty dataset)."""
+    pred, y = predict(model, data, batch_size, workers)
+    return float((pred == y).float().mean()) if y.numel() else math.nan
+
+
+def _flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    coin = torch.rand(images.shape[0], generator=generator) < 0.5
+    coin = coin.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(coin, images.flip(-1), images)
+
+
+def _warmup_cosine(total: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up over the first 10% of steps, then cosine decay to 0."""
+    warm = max(1, round(0.1 * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return factor
+
+
+def train(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Optional[Dataset],
+    config: TrainConfig = TrainConfig(),
+    device: Optional[str | torch.device] = None,
+    progress: Optional[bool] = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_set``, early-stopping on ``val_set`` accuracy.
+
+    Args:
+        model: a classifier from :func:`~an8flower.eval.models.build_model` (moved to ``device``).
+        train_set: yields ``(image float (C,H,W) in [0,1], label, ...)``.
+        val_set: the same for validation; ``None`` trains for ``config.epochs`` epochs and keeps
+            the last weights.
+        config: see :class:`TrainConfig`.
+        device: where to train; ``None`` picks CUDA when available, else the CPU.
+        progress: show a tqdm bar (``None``: only on a terminal).
+
+    Returns:
+        A :class:`TrainResult` whose model holds the weights of the best validation epoch (the
+        earliest one on ties), in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    if len(train_set) == 0:
+        raise UsageError("the training set is empty")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    use_amp = bool(config.amp) and device.type == "cuda"
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = _loader(train_set, config.batch_size, config.workers, shuffle=True, seed=config.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(config.epochs * len(loader)))
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    loss_fn = nn.CrossEntropyLoss()
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=config.epochs * len(loader), desc="train", unit="batch", disable=None if progress is None else not progress)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            total_loss, correct, seen = 0.0, 0, 0
+            for images, labels in loader:
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if config.hflip:
+                    images = _flip(images, generator)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    logits = model(images)
+                    loss = loss_fn(logits, labels)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                total_loss += float(loss.detach()) * labels.numel()
+                correct += int((logits.detach().argmax(1) == labels).sum())
+                seen += labels.numel()
+                bar.update(1)
+            record = {"epoch": float(epoch), "loss": total_loss / seen, "train_accuracy": correct / seen}
+            if val_set is not None:
+                record["val_accuracy"] = evaluate(model, val_set, batch_size=2 * config.batch_size, workers=config.workers)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record['val_accuracy']:.3f}")
+            else:
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+            history.append(record)
+            score = record.get("val_accuracy", float(epoch))
+            if score > best_acc:
+                best_acc, best_epoch = score, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            if val_set is None:
+                continue
+            if config.stop_at is not None and score >= config.stop_at:
+                break
+            if epoch - best_epoch >= config.patience:
+                break
+    finally:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    best = history[best_epoch - 1]
+    return TrainResult(
+        model=model,
+        best_epoch=best_epoch,
+        val_accuracy=best.get("val_accuracy", math.nan),
+        train_accuracy=best["train_accuracy"],
+        history=history,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python, an8flower, torch and torchvision (for model cards and run records)."""
+    import torchvision
+
+    from an8flower import __version__
+
+    return {
+        "an8flower": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def model_card(
+    architecture: str,
+    num_classes: int,
+    input_size: Sequence[int],
+    dataset: dict[str, Any],
+    accuracy: dict[str, float],
+    seed: int,
+    config: Optional[TrainConfig] = None,
+    history: Optional[list[dict[str, float]]] = None,
+    classes: Optional[Sequence[str]] = None,
+) -> dict[str, Any]:
+    """The model card stored in a checkpoint: a JSON-serialisable dict.
+
+    Args:
+        architecture: the model's name in :func:`~an8flower.eval.models.build_model`.
+        num_classes: number of logits.
+        input_size: ``(channels, height, width)`` the model was trained on.
+        dataset: what it was trained on, e.g. ``{"name": "an8flower", "variant": "single-6c",
+            "manifest_hash": ..., "spec_hash": ..., "seed": 0, "sizes": {"train": 600, ...}}``.
+        accuracy: top-1 accuracy per split (``{"train": ..., "val": ..., "test": ...}``).
+        seed: the training seed.
+        config: the training settings.
+        history: per-epoch loss and accuracies.
+        classes: class names, index = label.
+
+    Returns:
+        The card; ``json.dumps`` of it always succeeds (NaN accuracies become ``None``).
+    """
+    card = {
+        "architecture": architecture,
+        "num_classes": int(num_classes),
+        "classes": list(classes) if classes is not None else None,
+        "input_size": [int(v) for v in input_size],
+        "dataset": dataset,
+        "accuracy": {k: (None if v is None or math.isnan(v) else round(float(v), 6)) for k, v in accuracy.items()},
+        "seed": int(seed),
+        "training": asdict(config) if config is not None else None,
+        "history": [{k: round(float(v), 6) for k, v in h.items()} for h in history] if history else [],
+        "versions": software_versions(),
+    }
+    json.dumps(card, allow_nan=False)  # fail here, not when a user reads the card
+    return card
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: dict[str, Any]) -> None:
+    """Write ``{"state_dict", "model_card"}`` to ``path`` atomically (temporary file, then rename).
+
+    The state dict is saved from the CPU so the checkpoint loads on any device.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"cannot write checkpoint {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+            torch.save({"state_dict": state, "model_card": card}, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model card of a checkpoint; :class:`~an8flower.errors.UsageError` naming ``path`` if none."""
+    from an8flower.eval.models import read_checkpoint
+
+    path = os.fspath(path)
+    ckpt = read_checkpoint(path)
+    card = ckpt.get("model_card") if isinstance(ckpt, dict) else None
+    if not isinstance(card, dict):
+        raise UsageError(f"weights file {path} has no model card")
+    return card
