@@ -1,0 +1,613 @@
+"""Generate an an8Flower dataset folder: the index plan, splits, worker pool, shards and resume.
+
+**Index plan.** A dataset of ``K`` classes and ``N`` samples per class holds the sample indices
+``0 .. K*N - 1``. Sample ``i`` is ``render(spec, seed, i)``; its class is ``i % K`` and its
+per-class ordinal is ``i // K``. Splits are cut on the ordinal, so every split holds exactly the
+same number of samples of each class and is a contiguous index range::
+
+    train: ordinals [0, n_train)                 indices [0, K*n_train)
+    val:   ordinals [n_train, n_train + n_val)   indices [K*n_train, K*(n_train + n_val))
+    test:  the rest                              indices [K*(n_train + n_val), K*N)
+
+The default is ``N = 1000`` (the original release's order of magnitude) cut 70/10/20:
+700 train, 100 validation and 200 test images per class, i.e. 6,000 images for ``single-6c`` and
+12,000 for ``double-12c``. For other ``N`` see :func:`split_sizes`. No k-fold split is written: the
+validation split serves model selection, and folds over ``train`` can be cut from the manifest.
+
+**Chunks, workers, shards.** The index range is cut into chunks of :func:`chunk_size` indices.
+Each chunk is rendered, PNG-encoded and written by one worker process; when all its files are in
+place the worker writes the chunk's manifest rows to ``.an8flower-work/rows/chunk-NNNNNN.json``,
+which marks the chunk complete. ``--shard I/N`` (1-based) renders the chunks ``c`` with
+``c % N == I - 1``. When every chunk is complete, whichever process notices first (the last shard
+to finish, or a plain ``generate`` call) writes ``manifest.csv``, the data card and, last,
+``dataset.json``, then removes ``.an8flower-work``. The result is the same bytes whatever the
+worker count or sharding: each file is a function of (spec, seed, index) and the manifest is
+sorted by index.
+
+**Resume.** Every file is written atomically (temporary name, then :func:`os.replace`), so a file
+that exists is whole. Re-running the same command skips the chunks whose row file exists and whose
+files all exist, and re-renders the others; left-over temporary files of killed workers are
+removed when the dataset is finalised. A folder holding ``dataset.json`` is complete; a folder
+holding ``.an8flower-work`` but no ``dataset.json`` is an unfinished generation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import secrets
+import shutil
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from an8flower import __version__
+from an8flower.errors import UsageError
+from an8flower.manifest import (
+    DATACARD_NAME,
+    DATASET_JSON,
+    FORMAT,
+    KIND_FOLDERS,
+    KINDS,
+    MANIFEST_NAME,
+    WORK_DIR,
+    ManifestRow,
+    atomic_write_bytes,
+    atomic_write_text,
+    canonical_json,
+    content_sha256,
+    encode_png,
+    is_temp_name,
+    manifest_bytes,
+    pixel_sha256,
+    png_encoder_info,
+    sha256_bytes,
+)
+from an8flower.spec import MAX_SIZE, MIN_SIZE, VariantSpec, builtin_variants, load_spec
+
+__all__ = [
+    "SPLITS",
+    "SPLIT_FRACTIONS",
+    "DEFAULT_PER_CLASS",
+    "IndexPlan",
+    "split_sizes",
+    "plan_indices",
+    "sample_paths",
+    "parse_shard",
+    "resolve_spec",
+    "data_card_text",
+    "GenerateResult",
+    "generate",
+]
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Fractions of the samples of each class that go to train / val / test.
+SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
+#: Samples per class of a default dataset (700 train + 100 val + 200 test).
+DEFAULT_PER_CLASS = 1000
+#: Width of the zero-padded sample index in file names.
+INDEX_DIGITS = 6
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def split_sizes(per_class: int) -> dict[str, int]:
+    """Samples per class in each split for ``per_class`` samples per class.
+
+    ``n_val = max(1, round(0.1 N))``, ``n_test = max(1, round(0.2 N))`` (halves rounded up) and
+    ``n_train = N - n_val - n_test``: 1000 -> 700/100/200, 100 -> 70/10/20, 10 -> 7/1/2,
+    5 -> 3/1/1, 3 -> 1/1/1.
+
+    Raises:
+        UsageError: ``per_class`` is not an integer >= 3 (every split needs a sample of each class).
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 3:
+        raise UsageError(f"per-class {per_class!r}: must be an integer >= 3 (one sample of each class per split)")
+    n_val = max(1, _round_half_up(SPLIT_FRACTIONS["val"] * per_class))
+    n_test = max(1, _round_half_up(SPLIT_FRACTIONS["test"] * per_class))
+    return {"train": per_class - n_val - n_test, "val": n_val, "test": n_test}
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """Which sample index goes to which class and split (see the module docstring).
+
+    Attributes:
+        num_classes: K.
+        per_class: N, samples per class over all splits.
+    """
+
+    num_classes: int
+    per_class: int
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Samples per class in each split."""
+        return split_sizes(self.per_class)
+
+    @property
+    def total(self) -> int:
+        """Number of samples, K * N."""
+        return self.num_classes * self.per_class
+
+    def class_of(self, index: int) -> int:
+        """Label of sample ``index``: ``index % K`` (as :func:`an8flower.render.class_of`)."""
+        return index % self.num_classes
+
+    def split_range(self, split: str) -> range:
+        """The indices of ``split``, a contiguous range."""
+        if split not in SPLITS:
+            raise UsageError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+        sizes = self.sizes
+        start = 0
+        for s in SPLITS:
+            if s == split:
+                return range(start * self.num_classes, (start + sizes[s]) * self.num_classes)
+            start += sizes[s]
+        raise AssertionError("unreachable")
+
+    def split_of(self, index: int) -> str:
+        """Split of sample ``index``."""
+        if not 0 <= index < self.total:
+            raise IndexError(f"sample index {index} outside 0..{self.total - 1}")
+        ordinal, sizes = index // self.num_classes, self.sizes
+        if ordinal < sizes["train"]:
+            return "train"
+        return "val" if ordinal < sizes["train"] + sizes["val"] else "test"
+
+
+def plan_indices(spec: VariantSpec, split: str, per_class: int = DEFAULT_PER_CLASS) -> range:
+    """The sample indices that ``generate`` writes to ``split`` (used by the on-the-fly dataset)."""
+    return IndexPlan(spec.num_classes, per_class).split_range(split)
+
+
+def sample_paths(spec: VariantSpec, index: int, split: str, label: int) -> dict[str, str]:
+    """Relative paths of sample ``index``'s files: ``{kind: "<folder>/<split>/<class>/<index>.png"}``."""
+    name = f"{index:0{INDEX_DIGITS}d}.png"
+    return {k: f"{KIND_FOLDERS[k]}/{split}/{spec.classes[label]}/{name}" for k in KINDS}
+
+
+def chunk_size(total: int) -> int:
+    """Indices per chunk: about 64 chunks for small datasets, at most 32 indices per chunk."""
+    return max(1, min(32, math.ceil(total / 64)))
+
+
+def parse_shard(text: str | None) -> Optional[tuple[int, int]]:
+    """Parse ``"I/N"`` (1-based: shard I of N) into ``(I, N)``; None stays None.
+
+    Raises:
+        UsageError: naming ``--shard`` and the expected form.
+    """
+    if text is None:
+        return None
+    parts = str(text).split("/")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        i, n = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected I/N, e.g. 1/4 (shard I of N, 1 <= I <= N)") from None
+    if n < 1 or not 1 <= i <= n:
+        raise UsageError(f"--shard {text!r}: expected 1 <= I <= N (shard I of N, counted from 1)")
+    return i, n
+
+
+def resolve_spec(variant: str | os.PathLike[str] | VariantSpec, size: Optional[int] = None) -> VariantSpec:
+    """A spec from a built-in name, a spec file or a spec, at image side ``size`` if given.
+
+    Raises:
+        SpecError: unknown variant or bad spec file. UsageError: ``size`` outside 64..512.
+    """
+    spec = variant if isinstance(variant, VariantSpec) else load_spec(variant)
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+            raise UsageError(f"size {size!r}: must be an integer number of pixels in {MIN_SIZE}..{MAX_SIZE}")
+        spec = spec.with_size(size)
+    return spec
+
+
+def _is_builtin(spec: VariantSpec) -> bool:
+    if spec.name not in builtin_variants():
+        return False
+    return load_spec(spec.name).with_size(spec.size) == spec
+
+
+def data_card_text(spec: VariantSpec) -> str:
+    """The data card shipped for a built-in variant, or a minimal generated card for another spec."""
+    if _is_builtin(spec):
+        card = resources.files("an8flower.data_cards") / f"an8flower-{spec.name}.md"
+        if card.is_file():
+            return card.read_text(encoding="utf-8")
+    colours = dict(spec.colours)
+    lines = [
+        f"# an8Flower variant `{spec.name}` (generated from a user spec)",
+        "",
+        "This card was written by `an8flower generate` for a spec that is not one of the built-in",
+        f"variants ({', '.join(builtin_variants())}); see their data cards for the full datasheet.",
+        "",
+        f"- Spec SHA-256: `{spec.sha256()}` (the spec itself is stored in `dataset.json`).",
+        f"- Description: {spec.description or '(none)'}",
+        f"- Image size: {spec.size} x {spec.size} px.",
+        f"- Parts (part-map id = position): {', '.join(f'{i} {p}' for i, p in enumerate(spec.parts))}.",
+        f"- Discriminative parts (the mask): {', '.join(spec.discriminative)}.",
+        "",
+        "## Classes",
+        "",
+        "| label | class | " + " | ".join(f"{p} colour" for p in spec.discriminative) + " |",
+        "|---|---|" + "---|" * len(spec.discriminative),
+    ]
+    for label, (name, cols) in enumerate(zip(spec.classes, spec.class_colours)):
+        cells = " | ".join(f"{c} {tuple(colours[c])}" for c in cols)
+        lines.append(f"| {label} | {name} | {cells} |")
+    lines += [
+        "",
+        "## Files",
+        "",
+        "Images `images/<split>/<class>/<index>.png` (RGB); masks `masks/...` (1-bit PNG, 1/white =",
+        "visible pixel of a discriminative part); part maps `parts/...` (palette PNG, value = part id);",
+        "`manifest.csv` lists every sample with its SHA-256 hashes and sampled parameters.",
+        "",
+        "## How to cite",
+        "",
+        "Run `an8flower cite` for the paper (Oramas, Wang, Tuytelaars, ICLR 2019) and this package.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# workers
+
+
+class _ChunkWriter:
+    """Renders, encodes and writes the chunks of one dataset (picklable; one per worker)."""
+
+    def __init__(self, spec: VariantSpec, seed: int, per_class: int, root: str, chunk: int) -> None:
+        self.spec, self.seed, self.root, self.chunk = spec, seed, root, chunk
+        self.plan = IndexPlan(spec.num_classes, per_class)
+
+    def indices(self, chunk_id: int) -> range:
+        return range(chunk_id * self.chunk, min((chunk_id + 1) * self.chunk, self.plan.total))
+
+    def journal(self, chunk_id: int) -> str:
+        return os.path.join(self.root, WORK_DIR, "rows", f"chunk-{chunk_id:06d}.json")
+
+    def __call__(self, chunk_id: int) -> int:
+        from an8flower.render import render
+
+        records = []
+        for index in self.indices(chunk_id):
+            sample = render(self.spec, self.seed, index)
+            label = self.plan.class_of(index)
+            if sample.label != label:
+                raise RuntimeError(f"renderer gave label {sample.label} to sample {index}; the plan says {label}")
+            split = self.plan.split_of(index)
+            files = sample_paths(self.spec, index, split, label)
+            sha, pix = {}, {}
+            for kind, array in (("image", sample.image), ("mask", sample.mask), ("parts", sample.parts)):
+                data = encode_png(array, kind)
+                atomic_write_bytes(os.path.join(self.root, files[kind]), data)
+                sha[kind] = sha256_bytes(data)
+                pix[kind] = pixel_sha256(array)
+            row = ManifestRow(index, split, self.spec.classes[label], label, files, sha, pix, sample.meta)
+            records.append(row.to_record())
+        atomic_write_text(self.journal(chunk_id), json.dumps(records, sort_keys=True))
+        return len(records)
+
+    def is_complete(self, chunk_id: int) -> bool:
+        """Whether the chunk's row file exists, lists the chunk's indices and all its files exist."""
+        try:
+            with open(self.journal(chunk_id), encoding="utf-8") as f:
+                records = json.load(f)
+            if [int(r["index"]) for r in records] != list(self.indices(chunk_id)):
+                return False
+            return all(os.path.isfile(os.path.join(self.root, r[k])) for r in records for k in KINDS)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+
+_WORKER: Optional[_ChunkWriter] = None
+
+
+def _init_worker(writer: _ChunkWriter) -> None:
+    global _WORKER
+    _WORKER = writer
+
+
+def _run_chunk(chunk_id: int) -> int:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER(chunk_id)
+
+
+def default_workers() -> int:
+    """The CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------------
+# output folder
+
+
+def _plan_record(spec: VariantSpec, seed: int, per_class: int) -> dict[str, Any]:
+    total = spec.num_classes * per_class
+    return {
+        "an8flower_version": __version__,
+        "variant": spec.name,
+        "spec_sha256": spec.sha256(),
+        "seed": seed,
+        "size": spec.size,
+        "per_class": per_class,
+        "total": total,
+        "chunk_size": chunk_size(total),
+    }
+
+
+def _mismatch(found: dict[str, Any], wanted: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    return [f"{k} {found.get(k)!r} (asked: {wanted[k]!r})" for k in keys if found.get(k) != wanted[k]]
+
+
+def _probe_writable(folder: Path, out: Path) -> None:
+    probe = folder / f".an8flower-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"output folder {out}: cannot write in {folder} ({exc.strerror})") from None
+
+
+def _inspect_out(out: Path, record: dict[str, Any]) -> str:
+    """Check the output folder before anything is written: "new", "partial" or "complete".
+
+    Raises:
+        UsageError: ``out`` is a file, an unrelated non-empty folder, unwritable, or holds a dataset
+            or an unfinished generation made with other parameters.
+    """
+    keys = ("an8flower_version", "spec_sha256", "seed", "size", "per_class")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {out}: exists and is not a folder")
+    if out.is_dir():
+        if (out / DATASET_JSON).is_file():
+            try:
+                info = json.loads((out / DATASET_JSON).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"output folder {out}: unreadable {DATASET_JSON} ({exc})") from None
+            diff = _mismatch(info, record, keys)
+            if diff:
+                raise UsageError(f"output folder {out}: holds a dataset made with other parameters: {'; '.join(diff)}")
+            return "complete"
+        plan_path = out / WORK_DIR / "plan.json"
+        if plan_path.is_file():
+            try:
+                plan = json.loads(plan_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"output folder {out}: unreadable {plan_path.relative_to(out)} ({exc})") from None
+            diff = _mismatch(plan, record, keys + ("chunk_size",))
+            if diff:
+                raise UsageError(
+                    f"output folder {out}: holds an unfinished generation with other parameters: {'; '.join(diff)}"
+                )
+            _probe_writable(out, out)
+            return "partial"
+        if any(out.iterdir()):
+            raise UsageError(f"output folder {out}: not empty and not an an8flower dataset; choose a new or empty folder")
+        _probe_writable(out, out)
+        return "new"
+    ancestor = out.parent
+    while not ancestor.exists():
+        if ancestor == ancestor.parent:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"output folder {out}: cannot be created, {ancestor} is not a folder")
+    _probe_writable(ancestor, out)
+    return "new"
+
+
+def _make_folders(root: Path, spec: VariantSpec, record: dict[str, Any]) -> None:
+    try:
+        (root / WORK_DIR / "rows").mkdir(parents=True, exist_ok=True)
+        for kind in KINDS:
+            for split in SPLITS:
+                for name in spec.classes:
+                    (root / KIND_FOLDERS[kind] / split / name).mkdir(parents=True, exist_ok=True)
+        if not (root / WORK_DIR / "plan.json").is_file():
+            atomic_write_text(root / WORK_DIR / "plan.json", canonical_json(record))
+    except OSError as exc:
+        raise UsageError(f"output folder {root}: cannot create ({exc.strerror}: {exc.filename})") from None
+
+
+def _sweep_temporaries(root: Path) -> None:
+    for top in [root] + [root / KIND_FOLDERS[k] for k in KINDS]:
+        for dirpath, _dirs, files in os.walk(top):
+            for name in files:
+                if is_temp_name(name):
+                    try:
+                        os.unlink(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        pass
+            if top == root:
+                break
+
+
+def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[str, Any], n_chunks: int) -> tuple[str, str]:
+    """Write manifest.csv, the data card and dataset.json from the chunk row files."""
+    rows: list[ManifestRow] = []
+    for c in range(n_chunks):
+        with open(writer.journal(c), encoding="utf-8") as f:
+            rows.extend(ManifestRow.from_record(r) for r in json.load(f))
+    rows.sort(key=lambda r: r.index)
+    if [r.index for r in rows] != list(range(writer.plan.total)):
+        raise RuntimeError(f"{root}: chunk row files do not cover indices 0..{writer.plan.total - 1}")
+    data = manifest_bytes(rows)
+    manifest_sha = sha256_bytes(data)
+    content_sha = content_sha256(rows)
+    card = data_card_text(spec).encode("utf-8")
+    _sweep_temporaries(root)
+    atomic_write_bytes(root / MANIFEST_NAME, data)
+    atomic_write_bytes(root / DATACARD_NAME, card)
+    plan = writer.plan
+    info = {
+        "format": FORMAT,
+        "an8flower_version": __version__,
+        "variant": spec.name,
+        "spec": spec.to_dict(),
+        "spec_sha256": spec.sha256(),
+        "seed": record["seed"],
+        "size": spec.size,
+        "per_class": plan.per_class,
+        "split_sizes_per_class": plan.sizes,
+        "split_index_ranges": {s: [plan.split_range(s).start, plan.split_range(s).stop] for s in SPLITS},
+        "classes": list(spec.classes),
+        "parts": list(spec.parts),
+        "discriminative_parts": list(spec.discriminative),
+        "num_samples": plan.total,
+        "counts": {s: {c: plan.sizes[s] for c in spec.classes} for s in SPLITS},
+        "layout": {k: f"{KIND_FOLDERS[k]}/{{split}}/{{class}}/{{index:0{INDEX_DIGITS}d}}.png" for k in KINDS},
+        "encoding": {
+            "image": "RGB, 8 bits per channel",
+            "mask": "1-bit greyscale; 1 (white) = visible pixel of a discriminative part, 0 = other",
+            "parts": "8-bit palette; pixel value = part id = position in 'parts' (0 = background)",
+        },
+        "png_encoder": png_encoder_info(),
+        "manifest": MANIFEST_NAME,
+        "manifest_sha256": manifest_sha,
+        "content_sha256": content_sha,
+        "data_card": DATACARD_NAME,
+        "data_card_sha256": sha256_bytes(card),
+    }
+    atomic_write_text(root / DATASET_JSON, canonical_json(info))
+    shutil.rmtree(root / WORK_DIR, ignore_errors=True)
+    return manifest_sha, content_sha
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """What :func:`generate` did.
+
+    Attributes:
+        root: the dataset folder.
+        complete: whether the dataset is finished (``dataset.json`` written).
+        rendered: samples rendered by this call.
+        skipped: samples of this call's share that an earlier run had already written.
+        chunks_done, chunks_total: complete chunks after this call, out of all chunks.
+        manifest_sha256, content_sha256: the dataset's hashes once complete, else None.
+    """
+
+    root: str
+    complete: bool
+    rendered: int
+    skipped: int
+    chunks_done: int
+    chunks_total: int
+    num_samples: int
+    manifest_sha256: Optional[str] = None
+    content_sha256: Optional[str] = None
+
+
+def generate(
+    variant: str | os.PathLike[str] | VariantSpec,
+    out: str | os.PathLike[str],
+    *,
+    size: Optional[int] = None,
+    per_class: int = DEFAULT_PER_CLASS,
+    seed: int = 0,
+    workers: Optional[int] = None,
+    shard: Optional[tuple[int, int] | str] = None,
+    progress: Optional[bool] = None,
+) -> GenerateResult:
+    """Generate (or resume, or finish) a dataset folder.
+
+    Args:
+        variant: built-in variant name, path of a ``.json``/``.toml`` spec file, or a spec.
+        out: the dataset folder (created; may exist empty, or hold an unfinished generation of the
+            same parameters, which is resumed).
+        size: image side in pixels (64..512); default the spec's size (224 for the built-ins).
+        per_class: samples per class over the three splits (see :func:`split_sizes`).
+        seed: global seed (integer >= 0).
+        workers: worker processes (default: the usable CPUs); 1 renders in this process.
+        shard: ``(I, N)`` or ``"I/N"``: render only shard I of N (1-based). The dataset is
+            finalised by whichever call finds every chunk complete.
+        progress: show a tqdm bar; None shows one on a terminal only.
+
+    Returns:
+        A :class:`GenerateResult`.
+
+    Raises:
+        SpecError: unknown variant or bad spec file. UsageError: bad size, per-class, seed,
+        workers or shard, or an unusable output folder. All are raised before anything is written.
+    """
+    from tqdm import tqdm
+
+    spec = resolve_spec(variant, size)
+    split_sizes(per_class)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise UsageError(f"seed {seed!r}: must be an integer in 0..2**63-1")
+    if workers is None:
+        workers = default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers {workers!r}: must be an integer >= 1")
+    shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
+    if shard_t is not None and (len(shard_t) != 2 or not 1 <= shard_t[0] <= shard_t[1]):
+        raise UsageError(f"shard {shard!r}: expected (I, N) with 1 <= I <= N")
+
+    root = Path(out)
+    record = _plan_record(spec, seed, per_class)
+    state = _inspect_out(root, record)
+    total, csize = record["total"], record["chunk_size"]
+    n_chunks = math.ceil(total / csize)
+    if state == "complete":
+        shutil.rmtree(root / WORK_DIR, ignore_errors=True)
+        info = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
+        return GenerateResult(str(root), True, 0, 0, n_chunks, n_chunks, total,
+                              info.get("manifest_sha256"), info.get("content_sha256"))
+    _make_folders(root, spec, record)
+
+    writer = _ChunkWriter(spec, seed, per_class, str(root), csize)
+    mine = [c for c in range(n_chunks) if shard_t is None or c % shard_t[1] == shard_t[0] - 1]
+    todo = [c for c in mine if not writer.is_complete(c)]
+    n_mine = sum(len(writer.indices(c)) for c in mine)
+    n_todo = sum(len(writer.indices(c)) for c in todo)
+    desc = f"generate {spec.name}" + (f" [{shard_t[0]}/{shard_t[1]}]" if shard_t else "")
+    disable = None if progress is None else not progress
+    with tqdm(total=n_mine, initial=n_mine - n_todo, unit="img", desc=desc, disable=disable) as bar:
+        n_workers = min(workers, len(todo))
+        if n_workers <= 1:
+            for c in todo:
+                bar.update(writer(c))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker, initargs=(writer,)) as pool:
+                futures = {pool.submit(_run_chunk, c) for c in todo}
+                try:
+                    while futures:
+                        done, futures = wait(futures, return_when=FIRST_EXCEPTION)
+                        for f in done:
+                            bar.update(f.result())
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+
+    mine_set = set(mine)
+    complete = [c for c in range(n_chunks) if c in mine_set or writer.is_complete(c)]
+    if len(complete) < n_chunks:
+        return GenerateResult(str(root), False, n_todo, n_mine - n_todo, len(complete), n_chunks, total)
+    try:
+        manifest_sha, content_sha = _finalise(root, spec, writer, record, n_chunks)
+    except FileNotFoundError:
+        # Another shard finalised concurrently and removed the row files: its result is ours.
+        if not (root / DATASET_JSON).is_file():
+            raise
+        info = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
+        manifest_sha, content_sha = info["manifest_sha256"], info["content_sha256"]
+    return GenerateResult(str(root), True, n_todo, n_mine - n_todo, n_chunks, n_chunks, total, manifest_sha, content_sha)

@@ -1,0 +1,473 @@
+"""The on-disk format of a generated an8Flower dataset: files, manifest, ``dataset.json``, verify.
+
+A dataset folder holds::
+
+    DIR/
+      dataset.json                          spec, version, seed, size, counts, hashes (written last)
+      manifest.csv                          one row per sample (see MANIFEST_COLUMNS)
+      DATACARD.md                           the variant's data card
+      images/<split>/<class>/<index>.png    RGB, 8 bit
+      masks/<split>/<class>/<index>.png     1-bit greyscale: 1 (white) = pixel of a visible
+                                            discriminative part, 0 (black) = anything else
+      parts/<split>/<class>/<index>.png     8-bit palette PNG: palette index = part id, the
+                                            position of the part in ``spec.parts`` (0 = background)
+
+``<index>`` is the sample index, zero-padded to six digits. Paths in the manifest are relative to
+``DIR`` with forward slashes. ``images/<split>`` is a torchvision ``ImageFolder`` root.
+
+Two hashes are kept per file:
+
+* ``<kind>_sha256``: SHA-256 of the PNG file's bytes. The PNG encoder (Pillow, a fixed
+  ``compress_level``, no optional chunks) is deterministic, but the compressed bytes depend on the
+  zlib build, so two machines may write different bytes for the same pixels;
+* ``<kind>_pixels_sha256``: SHA-256 of the decoded pixel array, :func:`pixel_sha256`, which does not.
+
+``dataset.json`` records ``manifest_sha256`` (the manifest file's bytes, which include both) and
+``content_sha256``: the SHA-256 of the manifest written without the three file-byte hash columns.
+The content hash covers every split, label, sampled parameter and pixel; it is the identity of a
+dataset that compares across machines. The manifest hash compares byte-identical copies.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import secrets
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from an8flower.errors import DatasetFormatError, DatasetNotFoundError
+
+#: File names at the top of a dataset folder.
+DATASET_JSON = "dataset.json"
+MANIFEST_NAME = "manifest.csv"
+DATACARD_NAME = "DATACARD.md"
+#: Hidden folder of an unfinished generation (plan, per-chunk row journals); removed at the end.
+WORK_DIR = ".an8flower-work"
+#: Format tag written into ``dataset.json`` (bumped when the layout changes).
+FORMAT = "an8flower-dataset/1"
+#: The three files of a sample, and the top folder each lives under.
+KINDS: tuple[str, ...] = ("image", "mask", "parts")
+KIND_FOLDERS: dict[str, str] = {"image": "images", "mask": "masks", "parts": "parts"}
+#: zlib level of every PNG the package writes: fast, and fixed so the bytes are reproducible.
+PNG_COMPRESS_LEVEL = 1
+
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "index",
+    "split",
+    "class",
+    "label",
+    "image",
+    "mask",
+    "parts",
+    "image_sha256",
+    "mask_sha256",
+    "parts_sha256",
+    "image_pixels_sha256",
+    "mask_pixels_sha256",
+    "parts_pixels_sha256",
+    "meta",
+)
+#: Columns left out of the content hash: they depend on the zlib build.
+BYTE_HASH_COLUMNS: tuple[str, ...] = ("image_sha256", "mask_sha256", "parts_sha256")
+
+_TMP_SUFFIX = ".tmp"
+
+
+# --------------------------------------------------------------------------------------------
+# hashing
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pixel_sha256(array: np.ndarray) -> str:
+    """Hex SHA-256 of a decoded pixel array, independent of how it was compressed.
+
+    The hashed bytes are the header ``"<dtype> <d0>x<d1>[x<d2>]\\n"`` (NumPy's dtype string, e.g.
+    ``|u1`` for uint8 and ``|b1`` for bool) followed by the array's elements in C order. A bool mask
+    therefore hashes differently from the same values as uint8.
+    """
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.bool_:  # some producers store True as a byte other than 1
+        array = array.view(np.uint8) != 0
+    header = f"{array.dtype.str} {'x'.join(str(d) for d in array.shape)}\n".encode("ascii")
+    h = hashlib.sha256(header)
+    h.update(array.data)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# PNG encoding
+
+_PALETTE: list[int] = []
+
+
+def part_palette() -> list[int]:
+    """The fixed RGB palette of part-map PNGs (flat list, 3 x 256 values).
+
+    Index 0 (background) is black; the next ids get distinct, saturated colours so a part map is
+    readable in an image viewer. The palette only affects display: the stored values are ids.
+    """
+    if not _PALETTE:
+        base = [
+            (0, 0, 0), (46, 160, 44), (140, 200, 90), (230, 120, 30), (250, 210, 40),
+            (31, 119, 180), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+            (127, 127, 127), (188, 189, 34), (23, 190, 207), (255, 152, 150), (197, 176, 213),
+            (247, 182, 210),
+        ]
+        flat: list[int] = []
+        for i in range(256):
+            if i < len(base):
+                flat.extend(base[i])
+            else:  # deterministic filler for specs with many parts
+                flat.extend(((i * 67) % 256, (i * 139) % 256, (i * 29) % 256))
+        _PALETTE.extend(flat)
+    return _PALETTE
+
+
+def to_pil(array: np.ndarray, kind: str) -> Image.Image:
+    """Wrap a sample array as the PIL image that is written for ``kind``."""
+    if kind == "image":
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"image must be uint8 HxWx3, got {array.dtype} {array.shape}")
+        return Image.fromarray(array)
+    if kind == "mask":
+        if array.ndim != 2:
+            raise ValueError(f"mask must be HxW, got {array.shape}")
+        return Image.fromarray(np.ascontiguousarray(array, dtype=bool))  # mode "1"
+    if kind == "parts":
+        if array.dtype != np.uint8 or array.ndim != 2:
+            raise ValueError(f"part map must be uint8 HxW, got {array.dtype} {array.shape}")
+        img = Image.fromarray(np.ascontiguousarray(array))
+        img.putpalette(part_palette())  # turns the "L" image into "P", keeping the values as ids
+        return img
+    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+
+
+def encode_png(array: np.ndarray, kind: str) -> bytes:
+    """PNG bytes of a sample array: RGB image, 1-bit mask or palette part map.
+
+    Encoded by Pillow at ``compress_level=PNG_COMPRESS_LEVEL`` with ``optimize=False`` and no
+    optional chunks, so the bytes are a function of the pixels and the zlib build only.
+    """
+    buf = io.BytesIO()
+    to_pil(array, kind).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buf.getvalue()
+
+
+def decode_png(source: str | os.PathLike[str] | bytes, kind: str) -> np.ndarray:
+    """Read a sample file back as the array it was written from.
+
+    Returns uint8 HxWx3 for ``"image"``, bool HxW for ``"mask"`` (non-zero = relevant, so an 8-bit
+    mask also reads correctly) and uint8 HxW part ids for ``"parts"``.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(stream) as img:
+        img.load()
+        if kind == "image":
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+        if kind == "mask":
+            return np.asarray(img.convert("L") if img.mode != "L" else img) > 0
+        if kind == "parts":
+            if img.mode not in ("P", "L"):
+                raise DatasetFormatError(f"part map {source!s:.200}: mode {img.mode}, expected P or L")
+            return np.asarray(img, dtype=np.uint8)
+    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+
+
+def png_encoder_info() -> dict[str, Any]:
+    """The PNG encoder and its settings, recorded in ``dataset.json``."""
+    import PIL
+
+    return {
+        "library": "Pillow",
+        "pillow_version": PIL.__version__,
+        "zlib_version": zlib.ZLIB_RUNTIME_VERSION,
+        "compress_level": PNG_COMPRESS_LEVEL,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write_bytes`'s temporary names."""
+    return name.startswith(".") and name.endswith(_TMP_SUFFIX)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` never holds a partial file.
+
+    The bytes go to a unique hidden temporary name in the same folder, which then replaces
+    ``path`` with :func:`os.replace` (atomic on POSIX and Windows within one file system). On error
+    the temporary file is removed. There is no ``fsync``: after a power loss a resumed run re-checks
+    the files (see :mod:`an8flower.generate`).
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text with ``\\n`` line ends."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys, two-space indent and a final newline: the form of every JSON file."""
+    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# manifest
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One sample of a generated dataset (one manifest line).
+
+    Attributes:
+        index: global sample index, the renderer's ``index`` argument.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        class_name: folder name of the class (``spec.classes[label]``).
+        label: class index.
+        files: relative path of each kind (``"image"``, ``"mask"``, ``"parts"``).
+        sha256: SHA-256 of each file's bytes.
+        pixels_sha256: :func:`pixel_sha256` of each file's decoded array.
+        meta: the renderer's sampled parameters.
+    """
+
+    index: int
+    split: str
+    class_name: str
+    label: int
+    files: Mapping[str, str]
+    sha256: Mapping[str, str]
+    pixels_sha256: Mapping[str, str]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, str]:
+        """The row as strings keyed by :data:`MANIFEST_COLUMNS`."""
+        rec = {
+            "index": str(self.index),
+            "split": self.split,
+            "class": self.class_name,
+            "label": str(self.label),
+            "meta": json.dumps(self.meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+        }
+        for kind in KINDS:
+            rec[kind] = self.files[kind]
+            rec[f"{kind}_sha256"] = self.sha256[kind]
+            rec[f"{kind}_pixels_sha256"] = self.pixels_sha256[kind]
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, str]) -> "ManifestRow":
+        """Inverse of :meth:`to_record`; raises ``KeyError``/``ValueError`` on a malformed record."""
+        return cls(
+            index=int(rec["index"]),
+            split=rec["split"],
+            class_name=rec["class"],
+            label=int(rec["label"]),
+            files={k: rec[k] for k in KINDS},
+            sha256={k: rec[f"{k}_sha256"] for k in KINDS},
+            pixels_sha256={k: rec[f"{k}_pixels_sha256"] for k in KINDS},
+            meta=json.loads(rec["meta"]),
+        )
+
+
+def _csv_bytes(records: Iterable[Mapping[str, str]], columns: Sequence[str]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for rec in records:
+        writer.writerow([rec[c] for c in columns])
+    return buf.getvalue().encode("utf-8")
+
+
+def manifest_bytes(rows: Sequence[ManifestRow]) -> bytes:
+    """The manifest file's exact bytes: CSV, header line, one line per row in index order, ``\\n``."""
+    return _csv_bytes((r.to_record() for r in sorted(rows, key=lambda r: r.index)), MANIFEST_COLUMNS)
+
+
+def content_sha256(rows: Sequence[ManifestRow]) -> str:
+    """SHA-256 of the manifest without the file-byte hash columns (comparable across machines)."""
+    columns = [c for c in MANIFEST_COLUMNS if c not in BYTE_HASH_COLUMNS]
+    return sha256_bytes(_csv_bytes((r.to_record() for r in sorted(rows, key=lambda r: r.index)), columns))
+
+
+def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
+    """Parse a manifest file; :class:`DatasetFormatError` names the file and line on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: manifest not found")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+            raise DatasetFormatError(f"{path}: unexpected header {reader.fieldnames}; expected {list(MANIFEST_COLUMNS)}")
+        rows = []
+        for rec in reader:
+            try:
+                rows.append(ManifestRow.from_record(rec))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise DatasetFormatError(f"{path}, line {reader.line_num}: malformed row ({exc})") from None
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# dataset.json
+
+
+def read_dataset_json(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load ``root/dataset.json``; clear errors when the folder is not a (complete) dataset."""
+    root = Path(root)
+    path = root / DATASET_JSON
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{root}: no such dataset folder")
+    if not path.is_file():
+        hint = " (an unfinished generation: re-run `an8flower generate` to resume)" if (root / WORK_DIR).is_dir() else ""
+        raise DatasetNotFoundError(f"{root}: not an an8flower dataset, {DATASET_JSON} is missing{hint}")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetFormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise DatasetFormatError(f"{path}: not an {FORMAT} file (format={info.get('format') if isinstance(info, dict) else None!r})")
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# verify
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_dataset` found. Paths are relative to the dataset folder."""
+
+    root: str
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.changed or self.extra)
+
+    def lines(self) -> list[str]:
+        """One line per problem: ``missing: PATH``, ``changed: PATH (...)``, ``extra: PATH``."""
+        return (
+            [f"missing: {p}" for p in self.missing]
+            + [f"changed: {p}" for p in self.changed]
+            + [f"extra: {p}" for p in self.extra]
+        )
+
+
+def _walk_files(root: Path) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            yield name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+
+
+def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress: bool | None = None) -> VerifyReport:
+    """Re-hash every file of a dataset folder against its manifest.
+
+    Args:
+        root: the dataset folder.
+        pixels: compare the decoded pixel hashes (``<kind>_pixels_sha256``) instead of the file
+            bytes: the check to use on a copy regenerated on another machine, whose zlib may
+            compress differently. Slower (decodes every PNG).
+        progress: tqdm's ``disable`` convention inverted: None shows a bar on a terminal only.
+
+    Returns:
+        A :class:`VerifyReport`. ``changed`` also lists ``manifest.csv`` when its hash differs from
+        ``dataset.json``'s ``manifest_sha256`` and the data card when it differs from
+        ``data_card_sha256``; ``extra`` lists every file in the folder that the manifest does not
+        name (left-over temporary files included).
+
+    Raises:
+        DatasetNotFoundError / DatasetFormatError: ``root`` is not a dataset folder.
+    """
+    from tqdm import tqdm
+
+    root_p = Path(root)
+    info = read_dataset_json(root_p)
+    report = VerifyReport(root=str(root_p))
+    manifest_path = root_p / MANIFEST_NAME
+    expected: set[str] = {DATASET_JSON}
+    expected.add(MANIFEST_NAME)
+    if not manifest_path.is_file():
+        report.missing.append(MANIFEST_NAME)
+        rows: list[ManifestRow] = []
+    else:
+        if sha256_file(manifest_path) != info.get("manifest_sha256"):
+            report.changed.append(f"{MANIFEST_NAME} (sha256 differs from {DATASET_JSON})")
+        rows = read_manifest(manifest_path)
+        if pixels and content_sha256(rows) != info.get("content_sha256"):
+            report.changed.append(f"{MANIFEST_NAME} (content sha256 differs from {DATASET_JSON})")
+    card = info.get("data_card")
+    if card:
+        expected.add(card)
+        card_path = root_p / card
+        if not card_path.is_file():
+            report.missing.append(card)
+        elif sha256_file(card_path) != info.get("data_card_sha256"):
+            report.changed.append(card)
+    disable = None if progress is None else not progress
+    bar = tqdm(total=len(rows) * len(KINDS), unit="file", desc="verify", disable=disable)
+    for row in rows:
+        for kind in KINDS:
+            rel = row.files[kind]
+            expected.add(rel)
+            path = root_p / rel
+            report.checked += 1
+            bar.update(1)
+            if not path.is_file():
+                report.missing.append(rel)
+                continue
+            if pixels:
+                try:
+                    ok = pixel_sha256(decode_png(path, kind)) == row.pixels_sha256[kind]
+                except Exception:  # an undecodable file is a changed file
+                    ok = False
+            else:
+                ok = sha256_file(path) == row.sha256[kind]
+            if not ok:
+                report.changed.append(rel)
+    bar.close()
+    report.extra.extend(p for p in _walk_files(root_p) if p not in expected)
+    return report

@@ -1,0 +1,121 @@
+"""Contact sheet of a generated dataset: a few images per class, each beside its mask."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from an8flower.errors import UsageError
+from an8flower.manifest import MANIFEST_NAME, atomic_write_bytes, decode_png, read_dataset_json, read_manifest
+
+__all__ = ["mask_overlay", "contact_sheet", "write_contact_sheet"]
+
+_PAD = 6
+_BG = (255, 255, 255)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, dim: float = 0.25) -> np.ndarray:
+    """The image with the pixels outside ``mask`` dimmed to ``dim`` of their value and the
+    mask's boundary (mask pixels with a 4-neighbour outside it) drawn in white.
+
+    Args:
+        image: uint8 (H, W, 3). mask: bool (H, W).
+    Returns:
+        uint8 (H, W, 3).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    out = image.astype(np.float32)
+    out[~mask] *= dim
+    padded = np.pad(mask, 1, mode="constant", constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    out[mask & ~interior] = 255.0
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the bitmap font
+        return ImageFont.load_default()
+
+
+def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str = "test", thumb: int = 112) -> Image.Image:
+    """Build the contact sheet of a dataset folder.
+
+    One row per class, labelled with its label and name; in each row the first ``per_class``
+    samples of ``split`` (manifest order), each as the image and, beside it, :func:`mask_overlay`.
+
+    Args:
+        root: dataset folder. per_class: samples per class (>= 1). split: train, val or test.
+        thumb: side of each thumbnail in pixels (>= 16).
+
+    Raises:
+        UsageError: bad ``per_class``/``split``/``thumb``; dataset errors from
+        :func:`read_dataset_json`.
+    """
+    info = read_dataset_json(root)
+    if per_class < 1:
+        raise UsageError(f"per-class {per_class}: must be >= 1")
+    if thumb < 16:
+        raise UsageError(f"thumb {thumb}: must be >= 16 pixels")
+    classes: list[str] = list(info["classes"])
+    rows = [r for r in read_manifest(Path(root) / MANIFEST_NAME) if r.split == split]
+    if not rows:
+        raise UsageError(f"split {split!r}: no samples in {root} (splits: {', '.join(info['counts'])})")
+    chosen: dict[int, list] = {c: [] for c in range(len(classes))}
+    for r in rows:
+        if len(chosen[r.label]) < per_class:
+            chosen[r.label].append(r)
+
+    font = _font(max(10, thumb // 9))
+    title_font = _font(max(12, thumb // 7))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(int(probe.textlength(f"{i} {c}", font=font)) for i, c in enumerate(classes)) + 2 * _PAD
+    cell = 2 * thumb + _PAD
+    title_h = int(thumb * 0.35) + _PAD
+    width = label_w + per_class * (cell + 2 * _PAD)
+    height = title_h + len(classes) * (thumb + _PAD) + _PAD
+    sheet = Image.new("RGB", (width, height), _BG)
+    draw = ImageDraw.Draw(sheet)
+    title = (f"an8Flower {info['variant']} - seed {info['seed']}, {info['size']} px, split {split}: "
+             f"image | mask (outside dimmed, outline white)")
+    draw.text((_PAD, _PAD), title, fill=(0, 0, 0), font=title_font)
+    for label, name in enumerate(classes):
+        y = title_h + label * (thumb + _PAD)
+        draw.text((_PAD, y + thumb // 2), f"{label} {name}", fill=(0, 0, 0), font=font, anchor="lm")
+        for j, r in enumerate(chosen[label]):
+            image = decode_png(Path(root) / r.files["image"], "image")
+            mask = decode_png(Path(root) / r.files["mask"], "mask")
+            small = Image.fromarray(image).resize((thumb, thumb), Image.Resampling.BILINEAR)
+            small_mask = np.asarray(
+                Image.fromarray(mask.astype(np.uint8) * 255).resize((thumb, thumb), Image.Resampling.NEAREST)) > 127
+            over = Image.fromarray(mask_overlay(np.asarray(small), small_mask))
+            x = label_w + j * (cell + 2 * _PAD)
+            sheet.paste(small, (x, y))
+            sheet.paste(over, (x + thumb + _PAD, y))
+    return sheet
+
+
+def write_contact_sheet(root: str | os.PathLike[str], out: str | os.PathLike[str], per_class: int = 4,
+                        split: str = "test", thumb: int = 112) -> Path:
+    """:func:`contact_sheet` written atomically as a PNG to ``out``; returns the path.
+
+    Raises:
+        UsageError: ``out`` does not end in ``.png`` or its folder does not exist.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: the contact sheet is a PNG; give a path ending in .png")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    buf = io.BytesIO()
+    contact_sheet(root, per_class, split, thumb).save(buf, format="PNG", compress_level=6)
+    try:
+        atomic_write_bytes(out, buf.getvalue())
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror})") from None
+    return out
