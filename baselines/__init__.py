@@ -12,6 +12,18 @@ from an8flower.baselines.base import (
     reduce_channels,
     register_explainer,
 )
+from an8flower.baselines.cam import GradCAM, GradCAMPlusPlus, UpsampledActivation, default_cam_layer, resolve_layer
+from an8flower.baselines.gradient import (
+    Deconvnet,
+    Gradient,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    SmoothGrad,
+)
+from an8flower.baselines.perturbation import RISE, Occlusion
+from an8flower.baselines.reference import CentreGaussian, RandomMap
+from an8flower.baselines.rules import backward_rules, modified_gradient
 
 __all__ = [
     "CHANNEL_REDUCTIONS",
@@ -24,4 +36,21 @@ __all__ = [
     "model_device",
     "reduce_channels",
     "register_explainer",
+    "backward_rules",
+    "modified_gradient",
+    "default_cam_layer",
+    "resolve_layer",
+    "Gradient",
+    "InputXGradient",
+    "GuidedBackprop",
+    "Deconvnet",
+    "IntegratedGradients",
+    "SmoothGrad",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "UpsampledActivation",
+    "Occlusion",
+    "RISE",
+    "RandomMap",
+    "CentreGaussian",
 ]

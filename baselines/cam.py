@@ -1,0 +1,217 @@
+"""CAM-style explainers: Grad-CAM, Grad-CAM++ and upsampled unit activations, and layer resolution.
+
+Each works on the output ``A`` (B, K, h, w) of one layer, chosen by its module path (``layer="features.relu4"``)
+or by ``layer="auto"`` (:func:`default_cam_layer`). Their maps are computed at the layer's
+resolution and upsampled bilinearly (``align_corners=False``) to the input's H x W; they are
+single-channel by construction, so no colour reduction applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from an8flower.baselines._options import check_choice
+from an8flower.baselines.base import Explainer, HookScope, register_explainer
+from an8flower.errors import UsageError
+
+__all__ = [
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "UpsampledActivation",
+    "default_cam_layer",
+    "resolve_layer",
+    "layer_activation_and_gradient",
+    "gradcam_plus_plus_map",
+]
+
+
+def default_cam_layer(model: nn.Module) -> str:
+    """The module path CAM-style explainers use when ``layer="auto"``.
+
+    Rules, in order:
+
+    1. a module named ``layer4`` (the last stage of torchvision ResNets: ``layer4`` bare,
+       ``net.layer4`` in the package's wrapper); the shortest such path;
+    2. otherwise the first ``nn.ReLU`` registered after the last ``nn.Conv2d`` (the rectified
+       output of the last convolution: ``features.29`` of torchvision VGG16, ``features.relu4`` of
+       the package's small CNN);
+    3. otherwise the last ``nn.Conv2d``.
+
+    Raises:
+        UsageError: the model has no ``nn.Conv2d``.
+    """
+    named = list(model.named_modules())
+    stages = [name for name, _ in named if name.split(".")[-1] == "layer4"]
+    if stages:
+        return min(stages, key=lambda n: (n.count("."), n))
+    last_conv = max((i for i, (_, m) in enumerate(named) if isinstance(m, nn.Conv2d)), default=None)
+    if last_conv is None:
+        raise UsageError(f"layer='auto': {type(model).__name__} has no nn.Conv2d; name a layer with layer=")
+    for name, m in named[last_conv + 1 :]:
+        if isinstance(m, nn.ReLU):
+            return name
+    return named[last_conv][0]
+
+
+def resolve_layer(model: nn.Module, layer: str) -> tuple[str, nn.Module]:
+    """``(path, module)`` for ``layer``, a module path of ``model`` or ``"auto"``.
+
+    Raises:
+        UsageError: naming ``layer`` when the model has no such module.
+    """
+    name = default_cam_layer(model) if layer == "auto" else layer
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise UsageError(f"layer={layer!r}: {type(model).__name__} has no submodule {name!r}") from None
+    if module is model:
+        raise UsageError(f"layer={layer!r} names the whole model; name one of its layers")
+    return name, module
+
+
+def layer_activation_and_gradient(
+    model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output ``A`` of ``layer`` and ``dS_t / dA`` for every image, in one batched pass.
+
+    Args:
+        model: the classifier.
+        layer: a module path or ``"auto"`` (see :func:`resolve_layer`).
+        images: (B, C, H, W) on the model's device.
+        targets: (B,) class indices.
+
+    Returns:
+        ``(A, G)``, both (B, K, h, w), detached.
+
+    Raises:
+        UsageError: the layer's output is not a 4-D tensor, the layer runs more than once per forward,
+            or the target scores do not depend on it.
+    """
+    name, module = resolve_layer(model, layer)
+    acts: list[Any] = []
+    x = images.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with HookScope() as hooks:
+            hooks.add(module.register_forward_hook(lambda m, i, o: acts.append(o)))
+            logits = model(x)
+        if len(acts) != 1:
+            raise UsageError(f"layer={name!r} ran {len(acts)} times in one forward pass; name a layer that runs once")
+        act = acts[0]
+        if not isinstance(act, torch.Tensor) or act.dim() != 4:
+            shape = tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__
+            raise UsageError(f"layer={name!r} outputs {shape}, not a (B, K, h, w) feature map")
+        score = logits.gather(1, targets.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(score, act, allow_unused=True)
+    if grad is None:
+        raise UsageError(f"layer={name!r}: the class scores do not depend on this layer's output")
+    return act.detach(), grad.detach()
+
+
+def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W) by bilinear interpolation (align_corners=False)."""
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def gradcam_plus_plus_map(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The Grad-CAM++ map at the layer's resolution (Chattopadhay et al., WACV 2018, Eq. 19).
+
+    With ``Y = exp(S)`` the derivatives of the score are ``exp(S) G``, ``exp(S) G^2``, ``exp(S) G^3``
+    (``G = dS/dA``, a ReLU network being piecewise linear), so the closed form is
+
+    ``alpha^k_ij = G_ij^2 / (2 G_ij^2 + sum_ab A^k_ab G_ij^3)`` (0 where the denominator is 0),
+    ``w_k = sum_ij alpha^k_ij relu(G^k_ij)``, ``L = relu(sum_k w_k A^k)``.
+
+    The common factor ``exp(S)`` of the weights is dropped: it is a positive constant per image that
+    would overflow for logits above ~88.
+
+    Args:
+        act: (B, K, h, w) layer output.
+        grad: (B, K, h, w) gradient of the target score with respect to it.
+
+    Returns:
+        (B, h, w).
+    """
+    g2 = grad.pow(2)
+    denom = 2 * g2 + act.sum(dim=(2, 3), keepdim=True) * g2 * grad
+    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    weights = (alpha * grad.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    return (weights * act).sum(dim=1).clamp(min=0)
+
+
+class _LayerExplainer(Explainer):
+    def __init__(self, layer: str = "auto") -> None:
+        if not isinstance(layer, str) or not layer:
+            raise UsageError(f"layer must be a module path or 'auto', got {layer!r}")
+        self.layer = layer
+
+    def options(self) -> dict[str, Any]:
+        return {"layer": self.layer}
+
+
+@register_explainer("gradcam")
+class GradCAM(_LayerExplainer):
+    """Grad-CAM (Selvaraju et al., ICCV 2017), computed by Captum's ``LayerGradCam``.
+
+    ``w_k = (1/hw) sum_ij dS_t / dA^k_ij``, ``L = relu(sum_k w_k A^k)``, upsampled bilinearly to the
+    input size. ``layer``: a module path or ``"auto"`` (:func:`default_cam_layer`).
+    """
+
+    def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        from captum.attr import LayerGradCam
+
+        _, module = resolve_layer(model, self.layer)
+        x = images.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            cam = LayerGradCam(model, module).attribute(x, target=targets, relu_attributions=True)
+        if cam.dim() != 4:
+            raise UsageError(f"layer={self.layer!r} does not output a (B, K, h, w) feature map")
+        return _upsample(cam.detach().sum(dim=1), (images.shape[2], images.shape[3]))
+
+
+@register_explainer("gradcam_pp")
+class GradCAMPlusPlus(_LayerExplainer):
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018); the map of :func:`gradcam_plus_plus_map`
+    upsampled bilinearly to the input size. ``layer``: a module path or ``"auto"``."""
+
+    def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        act, grad = layer_activation_and_gradient(model, self.layer, images, targets)
+        return _upsample(gradcam_plus_plus_map(act, grad), (images.shape[2], images.shape[3]))
+
+
+@register_explainer("upsampled_activation")
+class UpsampledActivation(_LayerExplainer):
+    """The activation map of one unit, upsampled (Bau et al., CVPR 2017, Network Dissection).
+
+    Network Dissection reads a unit's activation map ``A^k`` (B, h, w) at input resolution by
+    bilinear upsampling. The unit is chosen per image as the channel of ``layer`` most relevant to
+    the target class:
+
+    * ``select="contribution"`` (default): ``k* = argmax_k sum_ij A^k_ij dS_t / dA^k_ij``, the
+      channel's first-order contribution to the target logit (exactly ``W_tk * mean(A^k)`` for a
+      global-average-pooling + linear head);
+    * ``select="activation"``: ``k* = argmax_k mean_ij A^k_ij``, the most active unit, whatever the
+      class.
+
+    The map is the continuous activation (Network Dissection's thresholding at a top quantile is
+    left to the metrics).
+    """
+
+    SELECTIONS = ("contribution", "activation")
+
+    def __init__(self, layer: str = "auto", select: str = "contribution") -> None:
+        super().__init__(layer)
+        self.select = check_choice("select", select, self.SELECTIONS)
+
+    def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        act, grad = layer_activation_and_gradient(model, self.layer, images, targets)
+        relevance = (act * grad).sum(dim=(2, 3)) if self.select == "contribution" else act.mean(dim=(2, 3))
+        unit = relevance.argmax(dim=1)
+        maps = act[torch.arange(act.shape[0], device=act.device), unit]
+        return _upsample(maps, (images.shape[2], images.shape[3]))
+
+    def options(self) -> dict[str, Any]:
+        return {"layer": self.layer, "select": self.select}
