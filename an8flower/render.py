@@ -86,7 +86,21 @@ def class_of(spec: VariantSpec, index: int) -> int:
 @lru_cache(maxsize=None)
 def _circle(n: int = 40) -> np.ndarray:
     t = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
-    return np.stack([np.cos(t), np.sin(t)], axis=1)
+    out = np.stack([np.cos(t), np.sin(t)], axis=1)
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _seeds(n: int = 13) -> np.ndarray:
+    """(n, 12, 2) small discs in a sunflower (golden-angle) pattern inside the unit disc."""
+    k = np.arange(1, n + 1)
+    r = 0.72 * np.sqrt(k / n)
+    th = k * math.pi * (3.0 - math.sqrt(5.0))
+    centres = np.stack([r * np.cos(th), r * np.sin(th)], axis=1)
+    out = _circle(12)[None] * 0.09 + centres[:, None, :]
+    out.setflags(write=False)
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -99,11 +113,9 @@ def _petal_template(shape: str, n: int = 14) -> np.ndarray:
     elif shape == "pointed":
         half = 0.5 * np.sin(math.pi * th) ** 0.85
         x = th
-    elif shape == "round":  # narrow at the base, broad round tip (spatulate)
-        half = 0.5 * np.sqrt(np.clip(1.0 - ((th - 0.62) / 0.62) ** 2, 0.0, None)) * (
-            0.55 + 0.45 * th
-        )
-        half = half / half.max() * 0.5
+    elif shape == "round":  # narrow base widening linearly, semicircular tip (spatulate)
+        half = np.where(th < 0.6, 0.5 * (0.35 + 0.65 * th / 0.6),
+                        0.5 * np.sqrt(np.clip(1.0 - ((th - 0.6) / 0.4) ** 2, 0.0, None)))
         x = th
     elif shape == "notched":  # ellipse with a V notch at the tip
         half = 0.5 * np.sqrt(np.clip(1.0 - (2.0 * th - 1.0) ** 2, 0.0, None))
@@ -113,8 +125,10 @@ def _petal_template(shape: str, n: int = 14) -> np.ndarray:
     upper = np.stack([x, half], axis=1)
     lower = np.stack([x[::-1], -half[::-1]], axis=1)[1:-1]
     if shape == "notched":  # replace the tip point by a V notch
-        return np.concatenate([upper[:-1], np.array([[0.82, 0.0]]), lower], axis=0)
-    pts = np.concatenate([upper, lower], axis=0)
+        pts = np.concatenate([upper[:-1], np.array([[0.82, 0.0]]), lower], axis=0)
+    else:
+        pts = np.concatenate([upper, lower], axis=0)
+    pts.setflags(write=False)
     return pts
 
 
@@ -125,7 +139,9 @@ def _leaf_template(n: int = 12) -> np.ndarray:
     half = 0.5 * np.sin(math.pi * th**0.8) ** 0.9
     upper = np.stack([th, half], axis=1)
     lower = np.stack([th[::-1], -0.85 * half[::-1]], axis=1)[1:-1]
-    return np.concatenate([upper, lower], axis=0)
+    out = np.concatenate([upper, lower], axis=0)
+    out.setflags(write=False)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,22 +149,39 @@ def _leaf_template(n: int = 12) -> np.ndarray:
 
 
 class _Draws:
-    """Sequential uniform draws from one generator, fetched in blocks (fast, order-stable)."""
+    """Sequential uniform [0, 1) draws from one generator, fetched in blocks (fast, order-stable).
+
+    The k-th value handed out is the k-th value of ``rng.random`` whatever mix of :meth:`u` and
+    :meth:`vec` calls consumed it, so the stream is a pure function of the generator's seed.
+    """
+
+    _BLOCK = 256
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
-        self.buf: list[float] = rng.random(128).tolist()
+        self.arr = rng.random(self._BLOCK)
+        self.buf: list[float] = self.arr.tolist()
         self.pos = 0
+
+    def _ensure(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
+            fresh = self.rng.random(max(self._BLOCK, n))
+            self.arr = np.concatenate([self.arr[self.pos :], fresh])
+            self.buf = self.arr.tolist()
+            self.pos = 0
 
     def u(self) -> float:
         if self.pos >= len(self.buf):
-            self.buf.extend(self.rng.random(128).tolist())
+            self._ensure(1)
         v = self.buf[self.pos]
         self.pos += 1
         return v
 
     def vec(self, n: int) -> np.ndarray:
-        return np.array([self.u() for _ in range(n)], dtype=np.float64)
+        self._ensure(n)
+        v = self.arr[self.pos : self.pos + n]
+        self.pos += n
+        return v
 
     def uniform(self, lo_hi: tuple[float, float]) -> float:
         lo, hi = lo_hi
@@ -159,8 +192,7 @@ class _Draws:
         return min(hi, lo + int(self.u() * (hi - lo + 1)))
 
     def choice(self, weighted: tuple[tuple[str, float], ...]) -> str:
-        total = sum(w for _, w in weighted)
-        r = self.u() * total
+        r = self.u() * sum(w for _, w in weighted)
         acc = 0.0
         for name, w in weighted:
             acc += w
@@ -169,7 +201,30 @@ class _Draws:
         return weighted[-1][0]
 
     def jitter(self, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
-        return tuple(int(min(255, max(0, c + round((2.0 * self.u() - 1.0) * amount)))) for c in rgb)
+        """``rgb`` plus independent uniform integer offsets in [-amount, amount] per channel."""
+        r, g, b = self.u(), self.u(), self.u()
+        a = 2.0 * amount
+        return (
+            _clip8(rgb[0] + round((r - 0.5) * a)),
+            _clip8(rgb[1] + round((g - 0.5) * a)),
+            _clip8(rgb[2] + round((b - 0.5) * a)),
+        )
+
+
+def _clip8(v: float) -> int:
+    return 0 if v < 0 else 255 if v > 255 else int(v)
+
+
+def _shade(rgb: tuple[int, int, int], f: float) -> tuple[int, int, int]:
+    """``rgb`` scaled by ``f >= 0``, rounded half up, clipped to 0..255."""
+    return (min(255, int(rgb[0] * f + 0.5)), min(255, int(rgb[1] * f + 0.5)),
+            min(255, int(rgb[2] * f + 0.5)))
+
+
+def _rot(angle: float) -> np.ndarray:
+    """Rotation by ``angle`` (radians, counter-clockwise on screen) for row vectors: ``p @ R``."""
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s], [s, c]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,63 +232,93 @@ class _Draws:
 
 
 class _Painter:
+    """Draws every shape three ways at once.
+
+    * ``image``: anti-aliased colour fill;
+    * ``parts``: hard (``LINE_8``) fill with the part id (painter's order);
+    * ``cover[k]`` (one per discriminative part ``k`` drawn so far): anti-aliased fill with 255 for
+      part ``k`` and 0 for every other part, so after compositing ``cover[k] > 0`` exactly where
+      part ``k`` still contributes to the pixel's colour. A shape is not drawn on a coverage canvas
+      whose part lies outside the shape's bounding box (nothing there to erase).
+    """
+
     def __init__(self, size: int, disc_ids: tuple[int, ...]) -> None:
         self.size = size
+        self.scale = size * _ONE
         self.image = np.empty((size, size, 3), np.uint8)
         self.parts = np.zeros((size, size), np.uint8)
         self.disc_ids = disc_ids
         self.cover: dict[int, np.ndarray] = {}
+        self.box: dict[int, list[int]] = {}
 
-    def _fix(self, polys: list[np.ndarray]) -> list[np.ndarray]:
-        s = self.size * _ONE
-        return [np.rint(p * s).astype(np.int32) for p in polys]
+    def fix(self, pts: np.ndarray) -> np.ndarray:
+        """Unit coordinates (..., 2) -> int32 fixed-point pixel coordinates."""
+        return np.rint(pts * self.scale).astype(np.int32)
 
-    def fill(self, polys: list[np.ndarray], colour: tuple[int, int, int], pid: int) -> None:
-        """Fill polygons (unit coordinates; disjoint if more than one) with colour, part ``pid``."""
-        pts = self._fix(polys)
+    def _cover(self, pts: list[np.ndarray], pid: int, draw) -> None:
+        if pid in self.disc_ids and pid not in self.cover:
+            self.cover[pid] = np.zeros((self.size, self.size), np.uint8)
+            self.box[pid] = [1 << 30, 1 << 30, -(1 << 30), -(1 << 30)]
+        if not self.cover:
+            return
+        x, y, w, h = cv2.boundingRect(pts[0] if len(pts) == 1 else np.concatenate(pts))
+        margin = 2 << _SHIFT  # anti-aliasing reaches a pixel beyond the outline
+        x0, y0, x1, y1 = x - margin, y - margin, x + w + margin, y + h + margin
+        for k, canvas in self.cover.items():
+            b = self.box[k]
+            if k == pid:
+                draw(canvas, 255)
+                b[0], b[1] = min(b[0], x0), min(b[1], y0)
+                b[2], b[3] = max(b[2], x1), max(b[3], y1)
+            elif x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1:
+                draw(canvas, 0)
+
+    def fill(self, pts: list[np.ndarray], colour: tuple[int, int, int], pid: int) -> None:
+        """Fill polygons (fixed-point; disjoint if more than one) with ``colour`` as part ``pid``."""
         cv2.fillPoly(self.image, pts, colour, cv2.LINE_AA, _SHIFT)
         cv2.fillPoly(self.parts, pts, pid, cv2.LINE_8, _SHIFT)
-        if pid in self.disc_ids and pid not in self.cover:
-            self.cover[pid] = np.zeros((self.size, self.size), np.uint8)
-        for k, canvas in self.cover.items():
-            cv2.fillPoly(canvas, pts, 255 if k == pid else 0, cv2.LINE_AA, _SHIFT)
+        self._cover(pts, pid, lambda c, v: cv2.fillPoly(c, pts, v, cv2.LINE_AA, _SHIFT))
 
-    def outline(self, polys: list[np.ndarray], colour: tuple[int, int, int], pid: int,
+    def outline(self, pts: list[np.ndarray], colour: tuple[int, int, int], pid: int,
                 closed: bool = True) -> None:
-        """Draw 1-px anti-aliased outlines of polygons as part ``pid``."""
-        pts = self._fix(polys)
+        """Draw 1-px anti-aliased outlines (fixed-point polylines) as part ``pid``."""
         cv2.polylines(self.image, pts, closed, colour, 1, cv2.LINE_AA, _SHIFT)
         cv2.polylines(self.parts, pts, closed, pid, 1, cv2.LINE_8, _SHIFT)
-        if pid in self.disc_ids and pid not in self.cover:
-            self.cover[pid] = np.zeros((self.size, self.size), np.uint8)
-        for k, canvas in self.cover.items():
-            cv2.polylines(canvas, pts, closed, 255 if k == pid else 0, 1, cv2.LINE_AA, _SHIFT)
+        self._cover(pts, pid,
+                    lambda c, v: cv2.polylines(c, pts, closed, v, 1, cv2.LINE_AA, _SHIFT))
+
+    def seal(self, pid: int) -> None:
+        """Mark every pixel part ``pid`` touched as fully its own (255) before later parts erase it.
+
+        Later anti-aliased fills scale a coverage value ``w`` by ``1 - alpha`` and round; starting
+        from 255 rather than a small fringe value keeps ``w > 0`` wherever the part still shows.
+        """
+        canvas = self.cover.get(pid)
+        if canvas is not None:
+            cv2.threshold(canvas, 0, 255, cv2.THRESH_BINARY, dst=canvas)
 
     def area(self, pid: int) -> int:
+        """Pixels part ``pid`` contributes to now (0 for a non-discriminative part)."""
         canvas = self.cover.get(pid)
         return 0 if canvas is None else int(cv2.countNonZero(canvas))
 
     def finish_parts(self) -> None:
-        """Label every pixel a discriminative part contributes to with that part (see docstring)."""
-        if not self.cover:
-            return
-        ids = list(self.cover)
-        if len(ids) == 1:
-            self.parts[self.cover[ids[0]] > 0] = ids[0]
-            return
-        stack = np.stack([self.cover[k] for k in ids])
-        best = stack.argmax(axis=0)
-        touched = stack.max(axis=0) > 0
-        self.parts[touched] = np.asarray(ids, np.uint8)[best[touched]]
+        """Label every pixel a discriminative part contributes to with that part.
 
-
-def _shade(rgb: tuple[int, int, int], f: float) -> tuple[int, int, int]:
-    return tuple(int(min(255, max(0, round(c * f)))) for c in rgb)
-
-
-def _rot(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, s], [-s, c]])  # row-vector convention: p @ R
+        Where two discriminative parts contribute, the larger contribution wins (ties: the part
+        listed first in the spec).
+        """
+        best = None
+        for k in self.disc_ids:
+            w = self.cover.get(k)
+            if w is None:
+                continue
+            if best is None:
+                np.copyto(self.parts, k, where=w > 0)
+                best = w
+            else:
+                np.copyto(self.parts, k, where=w > best)
+                best = np.maximum(best, w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,174 +326,173 @@ def _rot(angle: float) -> np.ndarray:
 
 
 def _background(p: _Painter, d: _Draws, spec: VariantSpec, kind: str, meta: dict) -> None:
+    """Paint ``plain``, ``gradient`` or two-octave value-``noise`` background into ``p.image``."""
     nz = spec.nuisance
     pal = spec.palette("background")
-    jit = nz.nuisance_jitter
     c1n, c2n = d.choice(pal), d.choice(pal)
-    c1 = np.array(d.jitter(spec.rgb(c1n), d.integer(jit)), np.float32)
-    c2 = np.array(d.jitter(spec.rgb(c2n), d.integer(jit)), np.float32)
-    size = p.size
+    c1 = np.array(d.jitter(spec.rgb(c1n), d.integer(nz.nuisance_jitter)), np.float32)
+    c2 = np.array(d.jitter(spec.rgb(c2n), d.integer(nz.nuisance_jitter)), np.float32)
     if kind == "plain":
         p.image[:] = c1.astype(np.uint8)
         meta["background_colours"] = [c1n]
         return
     if kind == "gradient":
         ang = 2.0 * math.pi * d.u()
-        g = 6
+        g = 8  # the linear ramp sampled at the cell centres of a g x g grid, then upsampled
         xy = (np.arange(g, dtype=np.float32) + 0.5) / g - 0.5
-        t = (math.cos(ang) * xy[None, :] + math.sin(ang) * xy[:, None]) / 0.71 * 0.5 + 0.5
-    else:  # noise
-        g1 = 3 + int(d.u() * 6)
-        g2 = 24
-        t1 = np.array(d.vec(g1 * g1), np.float32).reshape(g1, g1)
-        t2 = np.array(d.vec(g2 * g2), np.float32).reshape(g2, g2)
-        t = 0.75 * cv2.resize(t1, (g2, g2), interpolation=cv2.INTER_CUBIC) + 0.25 * t2
-        g = g2
-    low = (c1[None, None, :] + np.clip(t, 0.0, 1.0)[:, :, None] * (c2 - c1)[None, None, :])
+        t = (math.cos(ang) * xy[None, :] + math.sin(ang) * xy[:, None]) * 1.41 + 0.5
+    else:  # noise: a coarse octave (3..8 cells) and a fine one (24 cells)
+        g1, g = 3 + int(d.u() * 6), 24
+        t1 = d.vec(g1 * g1).astype(np.float32).reshape(g1, g1)
+        t2 = d.vec(g * g).astype(np.float32).reshape(g, g)
+        t = 0.75 * cv2.resize(t1, (g, g), interpolation=cv2.INTER_CUBIC) + 0.25 * t2
+    low = c1 + np.clip(t, 0.0, 1.0)[:, :, None] * (c2 - c1)
     low = np.clip(low + 0.5, 0, 255).astype(np.uint8)
-    cv2.resize(low, (size, size), dst=p.image, interpolation=cv2.INTER_LINEAR)
+    cv2.resize(low, (p.size, p.size), dst=p.image, interpolation=cv2.INTER_LINEAR)
     meta["background_colours"] = [c1n, c2n]
 
 
-def _clutter_polys(d: _Draws) -> np.ndarray:
-    """One clutter shape (unit coordinates): triangle, quadrilateral, bar or zig-zag band."""
+def _clutter_shape(d: _Draws) -> np.ndarray:
+    """One clutter shape (unit coordinates): triangle, quadrilateral, bar or zig-zag band.
+
+    Only straight-edged shapes: never a disc, an ellipse or a leaf-like lens, so clutter cannot be
+    taken for a flower centre or a leaf.
+    """
     kind = int(d.u() * 4)
-    cx, cy = d.u(), d.u()
-    r = 0.05 + 0.1 * d.u()
-    ang = 2.0 * math.pi * d.u()
+    cx, cy, r, ang = d.u(), d.u(), 0.04 + 0.09 * d.u(), 2.0 * math.pi * d.u()
     if kind == 0:  # triangle
-        a = ang + np.array([0.0, 2.1 + 0.4 * d.u(), 4.2 + 0.4 * d.u()])
+        a = ang + np.array([0.0, 2.0 + 0.5 * d.u(), 4.1 + 0.5 * d.u()])
         pts = np.stack([np.cos(a), np.sin(a)], axis=1) * r
-    elif kind == 1:  # quadrilateral
-        w, h = r, r * (0.5 + 0.5 * d.u())
-        pts = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) @ _rot(ang)
-    elif kind == 2:  # bar
-        w, h = 1.6 * r, 0.12 * r + 0.01
+    elif kind in (1, 2):  # quadrilateral, bar
+        w, h = (r, r * (0.4 + 0.6 * d.u())) if kind == 1 else (1.7 * r, 0.1 * r + 0.008)
         pts = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) @ _rot(ang)
     else:  # zig-zag band
-        n = 5
-        xs = np.linspace(-1.5 * r, 1.5 * r, n)
-        ys = np.where(np.arange(n) % 2 == 0, -0.4 * r, 0.4 * r)
-        h = 0.012 + 0.02 * d.u()
-        top = np.stack([xs, ys - h], axis=1)
-        bot = np.stack([xs[::-1], ys[::-1] + h], axis=1)
-        pts = np.concatenate([top, bot]) @ _rot(ang)
+        xs = np.linspace(-1.5 * r, 1.5 * r, 5)
+        ys = np.array([-0.4, 0.4, -0.4, 0.4, -0.4]) * r
+        h = 0.01 + 0.015 * d.u()
+        pts = np.concatenate([np.stack([xs, ys - h], axis=1),
+                              np.stack([xs[::-1], ys[::-1] + h], axis=1)]) @ _rot(ang)
     return pts + np.array([cx, cy])
 
 
-def _stem_polygon(start: np.ndarray, ctrl: np.ndarray, end: np.ndarray,
-                  w0: float, w1: float, n: int = 14) -> tuple[np.ndarray, np.ndarray]:
-    """Band of half-width w0..w1 around a quadratic Bezier curve; returns (polygon, centreline)."""
-    t = np.linspace(0.0, 1.0, n)[:, None]
+@lru_cache(maxsize=None)
+def _unit_steps(n: int) -> np.ndarray:
+    out = np.linspace(0.0, 1.0, n)[:, None]
+    out.setflags(write=False)
+    return out
+
+
+def _band(start: np.ndarray, ctrl: np.ndarray, end: np.ndarray, w0: float, w1: float,
+          n: int = 14) -> tuple[np.ndarray, np.ndarray]:
+    """Band of half-width w0 -> w1 around a quadratic Bezier curve; returns (polygon, centreline)."""
+    t = _unit_steps(n)
     line = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t**2 * end
     tang = 2 * (1 - t) * (ctrl - start) + 2 * t * (end - ctrl)
-    tang /= np.linalg.norm(tang, axis=1, keepdims=True)
-    normal = np.stack([-tang[:, 1], tang[:, 0]], axis=1)
-    half = (w0 + (w1 - w0) * t)
-    left = line + normal * half
-    right = line - normal * half
-    return np.concatenate([left, right[::-1]]), line
+    tang /= np.sqrt((tang**2).sum(axis=1, keepdims=True))
+    normal = np.concatenate([-tang[:, 1:], tang[:, :1]], axis=1) * (w0 + (w1 - w0) * t)
+    return np.concatenate([line + normal, (line - normal)[::-1]]), line
 
 
 def _blade(d: _Draws) -> np.ndarray:
-    """A grass blade rising from the bottom edge (a thin tapered curved polygon)."""
+    """A grass blade rising from the bottom edge: a thin, tapered, curved polygon."""
     x0 = d.u()
     top = np.array([x0 + (d.u() - 0.5) * 0.5, 0.1 + 0.5 * d.u()])
     start = np.array([x0, 1.05])
     ctrl = (start + top) / 2 + np.array([(d.u() - 0.5) * 0.2, 0.0])
-    w = 0.006 + 0.008 * d.u()
-    poly, _ = _stem_polygon(start, ctrl, top, w, 0.0015, n=10)
+    poly, _ = _band(start, ctrl, top, 0.005 + 0.007 * d.u(), 0.0015, n=10)
     return poly
 
 
 def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int) -> tuple[_Painter, dict]:
+    """Draw one scene; ``label`` is read only to pick the discriminative parts' colours."""
     nz = spec.nuisance
     pid = {name: i for i, name in enumerate(spec.parts)}
-    disc = set(spec.discriminative)
+    disc = spec.discriminative
     p = _Painter(size, spec.discriminative_ids)
     meta: dict = {}
 
-    # Colours: every draw happens whatever the label; the label only picks the class colours.
-    class_rgb = spec.class_colour_rgb(label)
+    # Colours. Every draw is made whatever the label; the label only picks the class colours.
     colour: dict[str, tuple[int, int, int]] = {}
-    colour_name: dict[str, str] = {}
     for part in ("stem", "leaves", "petals", "centre"):
-        jit_amount = d.integer(nz.class_jitter if part in disc else nz.nuisance_jitter)
+        amount = d.integer(nz.class_jitter if part in disc else nz.nuisance_jitter)
         if part in disc:
-            d.u()  # the palette draw a nuisance part would make: keeps the stream label-free
-            colour_name[part] = spec.class_colours[label][spec.discriminative.index(part)]
-            base = class_rgb[part]
+            d.u()  # stands for the palette draw of a nuisance part: same stream for every label
+            name = spec.class_colours[label][disc.index(part)]
         else:
-            colour_name[part] = d.choice(spec.palette(part))
-            base = spec.rgb(colour_name[part])
-        colour[part] = d.jitter(base, jit_amount)
-    for part in ("stem", "leaves", "petals", "centre"):
-        meta[f"{part}_colour"] = colour_name[part]
+            name = d.choice(spec.palette(part))
+        colour[part] = d.jitter(spec.rgb(name), amount)
+        meta[f"{part}_colour"] = name
         meta[f"{part}_rgb"] = list(colour[part])
 
-    # 1. background (+ clutter)
+    # 1. background, and clutter behind the flower
     kind = d.choice(nz.backgrounds)
     base_kind = kind if kind != "clutter" else ("plain", "gradient", "noise")[int(d.u() * 3)]
     meta["background"] = kind
     meta["background_base"] = base_kind
     _background(p, d, spec, base_kind, meta)
-    n_clutter = d.integer(nz.clutter_count) if kind == "clutter" else 0
-    has_clutter = "clutter" in pid
-    clutter_pal = spec.palette("clutter") if has_clutter else spec.palette("background")
     clutter_id = pid.get("clutter", 0)
+    clutter_pal = spec.palette("clutter" if "clutter" in pid else "background")
+    n_clutter = d.integer(nz.clutter_count) if kind == "clutter" else 0
     for _ in range(n_clutter):
         c = d.jitter(spec.rgb(d.choice(clutter_pal)), nz.nuisance_jitter[1])
-        p.fill([_clutter_polys(d)], c, clutter_id)
+        p.fill([p.fix(_clutter_shape(d))], c, clutter_id)
     meta["clutter_count"] = n_clutter
 
-    # flower geometry
+    # Flower pose: head position, size, foreshortening of the head along a random axis.
     s = d.uniform(nz.scale)
     head = np.array([d.uniform(nz.head_x), d.uniform(nz.head_y)])
+    squash = d.uniform(nz.head_squash)
+    axis = math.pi * d.u()
+    head_m = _rot(-axis) @ np.diag([1.0, squash]) @ _rot(axis)  # row vectors: p @ head_m
     rc = d.uniform(nz.centre_radius) * s
     meta.update(head_x=round(float(head[0]), 6), head_y=round(float(head[1]), 6),
-                scale=round(s, 6), centre_radius=round(rc, 6))
+                scale=round(s, 6), head_squash=round(squash, 6),
+                head_axis_deg=round(math.degrees(axis), 6), centre_radius=round(rc, 6))
 
-    # 2. stem
-    end = np.array([head[0] + (d.u() - 0.5) * 0.2, 1.06])
+    # 2. stem: a tapered quadratic Bezier band from the head to below the bottom edge
+    end = np.array([head[0] + (d.u() - 0.5) * 0.24, 1.06])
     curv = d.uniform(nz.stem_curvature)
-    mid = (head + end) / 2
-    ctrl = mid + np.array([curv, 0.0])
+    ctrl = (head + end) / 2 + np.array([curv, 0.0])
     sw = d.uniform(nz.stem_width) * s / 2
-    stem_poly, stem_line = _stem_polygon(head, ctrl, end, 0.75 * sw, sw)
+    stem_poly, stem_line = _band(head, ctrl, end, 0.7 * sw, sw)
     meta["stem_curvature"] = round(curv, 6)
 
-    # 3. leaves (drawn before the stem, which covers their bases)
+    # 3. leaves along the stem, alternating sides (drawn first: the stem covers their bases)
     n_leaves = d.integer(nz.leaf_count)
     side = 1.0 if d.u() < 0.5 else -1.0
     lo, hi = nz.leaf_position
-    leaf_polys, ribs = [], []
-    slots = np.sort(np.array([lo + (hi - lo) * (i + d.u()) / max(n_leaves, 1)
-                              for i in range(n_leaves)]))
+    leaf_rgb = colour["leaves"]
+    rib_rgb = _shade(leaf_rgb, 0.7)
+    tmpl = _leaf_template()
     for i in range(n_leaves):
-        t = slots[i]
+        t = lo + (hi - lo) * (i + d.u()) / n_leaves
         k = t * (len(stem_line) - 1)
         j = min(int(k), len(stem_line) - 2)
         base = stem_line[j] + (stem_line[j + 1] - stem_line[j]) * (k - j)
         length = d.uniform(nz.leaf_length) * s
         width = d.uniform(nz.leaf_width)
-        ang = math.radians(d.uniform(nz.leaf_angle_deg))
-        direction = math.atan2(-math.sin(ang), side * math.cos(ang))
-        tmpl = _leaf_template() * np.array([length, length * width])
-        rot = _rot(-direction)
-        leaf_polys.append(tmpl @ rot + base)
-        ribs.append(np.array([[0.05 * length, 0.0], [0.85 * length, 0.0]]) @ rot + base)
+        bend = d.uniform(nz.leaf_bend)
+        up = math.radians(d.uniform(nz.leaf_angle_deg))
+        shape = tmpl * np.array([1.0, width])
+        shape[:, 1] += bend * shape[:, 0] ** 2  # bend the midrib
+        rib = np.stack([np.linspace(0.05, 0.85, 6), np.zeros(6)], axis=1)
+        rib[:, 1] = bend * rib[:, 0] ** 2
+        # local x along the leaf (pointing `up` above the horizontal, towards `side`), local y
+        # mirrored with the side; screen y grows downwards
+        cu, su = math.cos(up), math.sin(up)
+        frame = np.array([[side * cu, -su], [side * su, cu]]) * length
+        leaf = shape @ frame + base
+        rib = rib @ frame + base
+        p.fill([p.fix(leaf)], leaf_rgb, pid["leaves"])
+        p.outline([p.fix(rib)], rib_rgb, pid["leaves"], closed=False)
         side = -side
-    leaf_rgb = colour["leaves"]
-    rib_rgb = _shade(leaf_rgb, 0.72)
-    for poly, rib in zip(leaf_polys, ribs):
-        p.fill([poly], leaf_rgb, pid["leaves"])
-        p.outline([rib], rib_rgb, pid["leaves"], closed=False)
     meta["leaf_count"] = n_leaves
+    p.seal(pid["leaves"])
     leaves_full = p.area(pid["leaves"])
 
-    p.fill([stem_poly], colour["stem"], pid["stem"])
+    p.fill([p.fix(stem_poly)], colour["stem"], pid["stem"])
 
-    # 4. petals
+    # 4. petals: one or two rings, drawn one by one (they overlap), each with a darker rim
     n_pet = d.integer(nz.petal_count)
     layers = d.integer(nz.petal_layers)
     shape = d.choice(nz.petal_shapes)
@@ -418,51 +502,49 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int) -> tuple[_P
     tmpl = _petal_template(shape)
     petal_rgb = colour["petals"]
     for layer in range(layers):
-        f_len = 1.0 if layer == 0 else 0.62
-        offset = 0.0 if layer == 0 else math.pi / n_pet
-        shade0 = 1.0 if layer == 0 else 0.86
+        f_len, offset, shade0 = (1.0, 0.0, 1.0) if layer == 0 else (0.62, math.pi / n_pet, 0.86)
+        ang_j, len_j, shade_j = d.vec(n_pet), d.vec(n_pet), d.vec(n_pet)
+        angles = rot0 + offset + 2.0 * math.pi * (np.arange(n_pet) + (ang_j - 0.5) * 0.25) / n_pet
+        lengths = plen * f_len * (0.9 + 0.2 * len_j)
+        # petal i: template scaled (length, length * width), pushed out from the centre, rotated
+        local = tmpl[None] * np.stack([lengths, lengths * pwid], axis=1)[:, None, :]
+        local[:, :, 0] += 0.35 * rc
+        c, si = np.cos(angles)[:, None], np.sin(angles)[:, None]
+        x = local[:, :, 0] * c - local[:, :, 1] * si
+        y = local[:, :, 0] * si + local[:, :, 1] * c
+        polys = p.fix(np.stack([x, y], axis=2) @ head_m + head)
         for i in range(n_pet):
-            a = rot0 + offset + 2.0 * math.pi * i / n_pet + (d.u() - 0.5) * 0.5 * math.pi / n_pet
-            ln = plen * f_len * (0.9 + 0.2 * d.u())
-            pts = tmpl * np.array([ln, ln * pwid]) + np.array([0.35 * rc, 0.0])
-            poly = pts @ _rot(-a) + head
-            c = _shade(petal_rgb, shade0 * (0.9 + 0.12 * d.u()))
-            p.fill([poly], c, pid["petals"])
-            p.outline([poly], _shade(c, 0.78), pid["petals"])
+            col = _shade(petal_rgb, shade0 * (0.9 + 0.12 * shade_j[i]))
+            p.fill([polys[i]], col, pid["petals"])
+            p.outline([polys[i]], _shade(col, 0.75), pid["petals"])
     meta.update(petal_count=n_pet, petal_layers=layers, petal_shape=shape,
                 petal_length=round(plen, 6), petal_width=round(pwid, 6),
                 rotation_deg=round(math.degrees(rot0), 6))
 
-    # 5. centre disc with phyllotactic seeds
+    # 5. centre: a disc with a phyllotactic pattern of darker seeds and a darker rim
     centre_rgb = colour["centre"]
-    p.fill([_circle() * rc + head], centre_rgb, pid["centre"])
-    n_seeds = 13
-    k = np.arange(1, n_seeds + 1)
-    golden = math.pi * (3.0 - math.sqrt(5.0))
-    rr = 0.72 * rc * np.sqrt(k / n_seeds)
-    th = k * golden + rot0
-    seed_r = 0.09 * rc
-    seeds = [_circle(12) * seed_r + head + np.array([x, y])
-             for x, y in zip(rr * np.cos(th), rr * np.sin(th))]
-    p.fill(seeds, _shade(centre_rgb, 0.72), pid["centre"])
-    p.outline([_circle() * rc + head], _shade(centre_rgb, 0.8), pid["centre"])
+    disc_pts = p.fix((_circle() * rc) @ head_m + head)
+    p.fill([disc_pts], centre_rgb, pid["centre"])
+    seeds = p.fix((_seeds() * rc) @ head_m + head)
+    p.fill(list(seeds), _shade(centre_rgb, 0.72), pid["centre"])
+    p.outline([disc_pts], _shade(centre_rgb, 0.8), pid["centre"])
+    p.seal(pid["centre"])
     centre_full = p.area(pid["centre"])
 
-    # 6. occluders in front
+    # 6. grass-blade occluders in front of the flower
     n_occ = d.integer(nz.occluder_count)
     for _ in range(n_occ):
         c = d.jitter(spec.rgb(d.choice(clutter_pal)), nz.nuisance_jitter[1])
-        p.fill([_blade(d)], c, clutter_id)
+        p.fill([p.fix(_blade(d))], c, clutter_id)
     meta["occluder_count"] = n_occ
 
-    # 7. lighting: smooth grey field with a mild per-channel tint, 128 = 1.0
+    # 7. lighting: a smooth grey field times a per-channel tint, fixed point with 128 = 1.0
     amp = d.uniform(nz.illumination)
     tint = d.uniform(nz.tint)
-    g = 3
-    field = 1.0 + amp * (2.0 * d.vec(g * g) - 1.0)
+    field = 1.0 + amp * (2.0 * d.vec(9) - 1.0)
     chan = 1.0 + tint * (2.0 * d.vec(3) - 1.0)
-    low = np.clip(np.rint(128.0 * field.reshape(g, g, 1) * chan.reshape(1, 1, 3)), 0, 255)
-    light = cv2.resize(low.astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
+    low = np.rint(128.0 * field.reshape(3, 3, 1) * chan.reshape(1, 1, 3)).astype(np.uint8)
+    light = cv2.resize(low, (size, size), interpolation=cv2.INTER_LINEAR)
     cv2.multiply(p.image, light, dst=p.image, scale=1.0 / 128.0)
     meta.update(illumination=round(amp, 6), tint=round(tint, 6))
 
@@ -496,7 +578,15 @@ def render(spec: VariantSpec, seed: int, index: int, size: int | None = None) ->
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise UsageError(f"{name} must be a non-negative integer, got {v!r}")
     size, seed, index = int(size), int(seed), int(index)
-    label = class_of(spec, index)
+    return _render_sample(spec, seed, index, size, class_of(spec, index))
+
+
+def _render_sample(spec: VariantSpec, seed: int, index: int, size: int, label: int) -> Sample:
+    """:func:`render` with the label given: sample ``index``'s nuisance, painted as class ``label``.
+
+    Rendering one ``(seed, index)`` with every label is the counterfactual the tests use to prove
+    that the class lives only in the mask: the images are byte-identical outside it.
+    """
     nz = spec.nuisance
     min_px = nz.min_visible_area * size * size
     for attempt in range(MAX_ATTEMPTS):
@@ -518,7 +608,9 @@ def render(spec: VariantSpec, seed: int, index: int, size: int | None = None) ->
             f"spec {spec.name!r}: discriminative parts not visible enough in {MAX_ATTEMPTS} draws "
             f"(sample {index}); relax nuisance.min_visible_fraction / min_visible_area"
         )
-    mask = np.isin(painter.parts, np.asarray(spec.discriminative_ids, np.uint8))
+    mask = np.zeros((size, size), bool)
+    for k in spec.discriminative_ids:
+        mask |= painter.parts == k
     meta = {"index": index, "seed": seed, "size": size, "label": label,
             "class": spec.classes[label], "attempt": attempt,
             **meta, **{f"{part}_visible_px": v for part, v in visible.items()}}

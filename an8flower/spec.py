@@ -36,6 +36,7 @@ Built-in variants (``an8flower/specs/*.json``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -128,6 +129,7 @@ _NUISANCE_FIELDS: dict[str, tuple[str, float, float]] = {
     "head_y": ("float", 0.0, 1.0),
     "scale": ("float", 0.3, 2.0),
     "rotation_deg": ("float", -360.0, 360.0),
+    "head_squash": ("float", 0.5, 1.0),
     "petal_count": ("int", 3, 24),
     "petal_length": ("float", 0.02, 0.5),
     "petal_width": ("float", 0.05, 1.0),
@@ -140,6 +142,7 @@ _NUISANCE_FIELDS: dict[str, tuple[str, float, float]] = {
     "leaf_width": ("float", 0.05, 1.0),
     "leaf_position": ("float", 0.0, 1.0),
     "leaf_angle_deg": ("float", 0.0, 90.0),
+    "leaf_bend": ("float", -0.5, 0.5),
     "illumination": ("float", 0.0, 0.3),
     "tint": ("float", 0.0, 0.1),
     "clutter_count": ("int", 0, 40),
@@ -164,6 +167,8 @@ class Nuisance:
         head_x, head_y: position of the flower head (centre of the centre disc).
         scale: overall size factor of the flower.
         rotation_deg: rotation of the petal ring about the head.
+        head_squash: foreshortening of the head (petals and centre) along a random axis, as the
+            ratio of its short to its long axis (1 = seen face-on).
         petal_count, petal_length, petal_width, petal_layers: the corolla; with two layers the
             second ring is shorter, rotated by half a petal and drawn on top.
         petal_shapes: weights of the petal outlines (``ellipse``, ``pointed``, ``round``,
@@ -175,6 +180,7 @@ class Nuisance:
         leaf_position: where leaves attach, as a fraction of the stem from the head (0) to the
             bottom edge (1).
         leaf_angle_deg: angle between a leaf and the horizontal, pointing up.
+        leaf_bend: sideways bend of a leaf's midrib, as a fraction of its length.
         illumination: amplitude ``a`` of the smooth multiplicative grey lighting field, which lies
             in ``[1 - a, 1 + a]``.
         tint: amplitude of a per-channel factor of the same field (a mild colour cast).
@@ -194,13 +200,14 @@ class Nuisance:
     head_y: tuple[float, float] = (0.28, 0.42)
     scale: tuple[float, float] = (0.85, 1.15)
     rotation_deg: tuple[float, float] = (0.0, 360.0)
+    head_squash: tuple[float, float] = (0.8, 1.0)
     petal_count: tuple[int, int] = (5, 12)
     petal_length: tuple[float, float] = (0.15, 0.21)
     petal_width: tuple[float, float] = (0.3, 0.55)
     petal_layers: tuple[int, int] = (1, 2)
     petal_shapes: tuple[tuple[str, float], ...] = (
         ("ellipse", 1.0), ("notched", 1.0), ("pointed", 1.0), ("round", 1.0))
-    centre_radius: tuple[float, float] = (0.065, 0.085)
+    centre_radius: tuple[float, float] = (0.07, 0.09)
     stem_width: tuple[float, float] = (0.018, 0.03)
     stem_curvature: tuple[float, float] = (-0.18, 0.18)
     leaf_count: tuple[int, int] = (1, 3)
@@ -208,6 +215,7 @@ class Nuisance:
     leaf_width: tuple[float, float] = (0.3, 0.45)
     leaf_position: tuple[float, float] = (0.35, 0.8)
     leaf_angle_deg: tuple[float, float] = (10.0, 50.0)
+    leaf_bend: tuple[float, float] = (-0.2, 0.2)
     illumination: tuple[float, float] = (0.0, 0.18)
     tint: tuple[float, float] = (0.0, 0.04)
     backgrounds: tuple[tuple[str, float], ...] = (
@@ -295,18 +303,26 @@ class VariantSpec:
         """Id of ``part`` in the part maps (its position in :attr:`parts`)."""
         return self.parts.index(part)
 
-    @property
+    @functools.cached_property
     def discriminative_ids(self) -> tuple[int, ...]:
         """Part-map ids of the discriminative parts."""
         return tuple(self.parts.index(p) for p in self.discriminative)
 
+    @functools.cached_property
+    def _colour_table(self) -> dict[str, tuple[int, int, int]]:
+        return dict(self.colours)
+
+    @functools.cached_property
+    def _palette_table(self) -> dict[str, tuple[tuple[str, float], ...]]:
+        return dict(self.palettes)
+
     def rgb(self, colour: str) -> tuple[int, int, int]:
         """RGB triple of a named colour."""
-        return dict(self.colours)[colour]
+        return self._colour_table[colour]
 
     def palette(self, part: str) -> tuple[tuple[str, float], ...]:
         """Weighted palette ``((colour, weight), ...)`` of a non-discriminative part."""
-        return dict(self.palettes)[part]
+        return self._palette_table[part]
 
     def class_colour_rgb(self, label: int) -> dict[str, tuple[int, int, int]]:
         """``{discriminative part: RGB}`` of class ``label`` (before jitter and lighting)."""
