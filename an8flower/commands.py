@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: ``an8flower.generate.DEFAULT_PER_CLASS``, repeated so building the parser imports nothing heavy.
+DEFAULT_PER_CLASS = 1000
+
 
 def _int_arg(text: str | None, option: str, minimum: int) -> int | None:
     """Parse an integer option in the handler, so a bad value is a one-line :class:`UsageError`."""
@@ -49,8 +52,6 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``generate``, ``verify``, ``show`` and ``cite`` to the CLI."""
-    from an8flower.generate import DEFAULT_PER_CLASS
-
     p = subparsers.add_parser(
         "generate",
         help="generate an an8Flower dataset folder",

@@ -77,7 +77,8 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
     label_w = max(int(probe.textlength(f"{i} {c}", font=font)) for i, c in enumerate(classes)) + 2 * _PAD
     cell = 2 * thumb + _PAD
     title_h = int(thumb * 0.35) + _PAD
-    width = label_w + per_class * (cell + 2 * _PAD)
+    n_cols = max(len(v) for v in chosen.values())
+    width = label_w + n_cols * (cell + 2 * _PAD)
     height = title_h + len(classes) * (thumb + _PAD) + _PAD
     sheet = Image.new("RGB", (width, height), _BG)
     draw = ImageDraw.Draw(sheet)
