@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -47,14 +47,6 @@ def require_file(path: str, what: str) -> str:
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"{what} not found: {path}")
     return path
-
-
-def first_existing(candidates: Iterable[str]) -> str | None:
-    """The first path of ``candidates`` that exists, or None."""
-    for path in candidates:
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def list_images(folder: str) -> list[str]:

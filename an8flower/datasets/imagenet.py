@@ -15,9 +15,11 @@ Layouts read (``root`` is the folder the user points to):
 position (the first validation image has id 490 = n01751748, class index 65).
 
 **Masks** (validation only): the union of the boxes of the labelled class, at the image's native
-resolution. Box coordinates are read as **0-based, inclusive pixel indices** (ImageNet's XML,
-unlike PASCAL VOC's 1-based ones: ImageNet boxes reach ``xmin = 0`` and ``xmax = width - 1``):
-pixel (row ``y``, column ``x``) is inside when ``xmin <= x <= xmax`` and ``ymin <= y <= ymax``.
+resolution. Box coordinates are read as **0-based, inclusive pixel indices**: pixel (row ``y``,
+column ``x``) is inside when ``xmin <= x <= xmax`` and ``ymin <= y <= ymax``. (A decision: PASCAL
+VOC's boxes are 1-based, widely used ImageNet loaders treat ImageNet's as 0-based and clip ``xmax``
+to ``width - 1``; the ILSVRC documentation we consulted does not state the origin. The two
+readings differ by a one-pixel shift.)
 Non-integer coordinates are rounded to the nearest pixel; boxes are clipped to the image. When
 the image on disk is not the size the XML records (a pre-resized copy), the boxes are scaled:
 the box covers the continuous span ``[xmin, xmax + 1)``, scaled by ``W_image / W_xml``, and then
