@@ -43,6 +43,17 @@ from an8flower.datasets.base import ExplanationDataset, Sample
 from an8flower.datasets.files import check_split, load_image, require_file
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 
+__all__ = [
+    "Fashion144k",
+    "read_photos_txt",
+    "read_sparse_triplets",
+    "read_split_mat",
+    "detect_index_base",
+    "tag_matrix",
+    "most_frequent_tags",
+    "dominant_tag_labels",
+]
+
 SPLITS = ("train", "val", "test")
 LABEL_SOURCES = {"colour": os.path.join("feat", "col_cco.mat"), "garment": os.path.join("feat", "garflat_cco.mat")}
 #: Accepted variable names in ``split.mat`` for each split (first found wins).

@@ -14,6 +14,19 @@ from PIL import Image, UnidentifiedImageError
 
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "is_image_file",
+    "natural_key",
+    "check_split",
+    "require_dir",
+    "require_file",
+    "list_images",
+    "list_subdirs",
+    "load_image",
+    "is_readable_image",
+]
+
 #: File-name endings treated as images when a loader lists a folder (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 

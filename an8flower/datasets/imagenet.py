@@ -53,6 +53,20 @@ from an8flower.datasets.files import (
 )
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 
+__all__ = [
+    "ILSVRC12",
+    "Synset",
+    "Box",
+    "parse_meta_mat",
+    "leaf_synsets",
+    "read_val_ground_truth",
+    "read_loc_synset_mapping",
+    "read_loc_val_solution",
+    "parse_voc_xml",
+    "scale_boxes",
+    "boxes_to_mask",
+]
+
 SPLITS = ("train", "val")
 VAL_LABEL_SOURCES = ("auto", "folders", "devkit", "loc_csv")
 BOX_SOURCES = ("auto", "xml", "loc_csv", "none")

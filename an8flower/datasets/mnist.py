@@ -25,6 +25,14 @@ from an8flower.datasets.base import ExplanationDataset, Sample
 from an8flower.datasets.files import check_split
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
 
+__all__ = [
+    "MNIST",
+    "FashionMNIST",
+    "read_idx",
+    "find_idx_file",
+    "IDX_DTYPES",
+]
+
 #: IDX element-type code -> big-endian numpy dtype.
 IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),

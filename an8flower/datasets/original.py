@@ -41,6 +41,12 @@ from an8flower.datasets.files import (
 )
 from an8flower.errors import DatasetFormatError, UsageError
 
+__all__ = [
+    "An8FlowerOriginal",
+    "split_members",
+    "mask_from_image",
+]
+
 VARIANTS = ("single_6c", "double_12c")
 SPLITS = ("all", "train", "val", "test")
 POLARITIES = ("dark", "light")
