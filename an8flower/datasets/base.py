@@ -4,8 +4,9 @@ The contract (after torchvision's ``VisionDataset``): a dataset has a ``root``, 
 optional ``transform`` applied to the image, ``classes`` (class names, index = label) and
 ``has_masks``. Item ``i`` is ``(image, label, mask)``:
 
-* ``image``: a float32 tensor (3, H, W) in [0, 1] when ``transform`` is None, else whatever the
-  transform returns when given a ``PIL.Image.Image`` in RGB;
+* ``image``: a float32 tensor (C, H, W) in [0, 1] when ``transform`` is None (C = 3, or 1 for
+  grey datasets such as MNIST), else whatever the transform returns when given a
+  ``PIL.Image.Image`` (RGB, or "L" for grey datasets);
 * ``label``: an ``int`` class index;
 * ``mask``: a bool tensor (H, W) of the localisation ground truth at the image's native
   resolution, or ``None`` where the dataset has none. ``mask_transform`` (if given) receives that
