@@ -287,20 +287,20 @@ class _Painter:
         self._cover(pts, pid,
                     lambda c, v: cv2.polylines(c, pts, closed, v, 1, cv2.LINE_AA, _SHIFT))
 
-    def seal(self, pid: int) -> None:
-        """Mark every pixel part ``pid`` touched as fully its own (255) before later parts erase it.
+    def seal(self, pid: int) -> int:
+        """Once part ``pid`` is drawn, mark every pixel it touched as fully its own (255).
 
         Later anti-aliased fills scale a coverage value ``w`` by ``1 - alpha`` and round; starting
         from 255 rather than a small fringe value keeps ``w > 0`` wherever the part still shows.
+
+        Returns:
+            The number of pixels the part touched (0 for a non-discriminative part).
         """
         canvas = self.cover.get(pid)
-        if canvas is not None:
-            cv2.threshold(canvas, 0, 255, cv2.THRESH_BINARY, dst=canvas)
-
-    def area(self, pid: int) -> int:
-        """Pixels part ``pid`` contributes to now (0 for a non-discriminative part)."""
-        canvas = self.cover.get(pid)
-        return 0 if canvas is None else int(cv2.countNonZero(canvas))
+        if canvas is None:
+            return 0
+        cv2.threshold(canvas, 0, 255, cv2.THRESH_BINARY, dst=canvas)
+        return int(cv2.countNonZero(canvas))
 
     def finish_parts(self) -> None:
         """Label every pixel a discriminative part contributes to with that part.
@@ -403,8 +403,14 @@ def _blade(d: _Draws) -> np.ndarray:
     return poly
 
 
-def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int) -> tuple[_Painter, dict]:
-    """Draw one scene; ``label`` is read only to pick the discriminative parts' colours."""
+def _draw_scene(spec: VariantSpec, d: _Draws, label: int,
+                size: int) -> tuple[_Painter, dict, dict[int, int]]:
+    """Draw one scene; ``label`` is read only to pick the discriminative parts' colours.
+
+    Returns:
+        The painter (image, part map, coverage canvases), the sampled parameters and, for each
+        discriminative part id, the pixels it covered when drawn (before later parts hid any).
+    """
     nz = spec.nuisance
     pid = {name: i for i, name in enumerate(spec.parts)}
     disc = spec.discriminative
@@ -487,10 +493,10 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int) -> tuple[_P
         p.outline([p.fix(rib)], rib_rgb, pid["leaves"], closed=False)
         side = -side
     meta["leaf_count"] = n_leaves
-    p.seal(pid["leaves"])
-    leaves_full = p.area(pid["leaves"])
+    full = {pid["leaves"]: p.seal(pid["leaves"])}
 
     p.fill([p.fix(stem_poly)], colour["stem"], pid["stem"])
+    full[pid["stem"]] = p.seal(pid["stem"])
 
     # 4. petals: one or two rings, drawn one by one (they overlap), each with a darker rim
     n_pet = d.integer(nz.petal_count)
@@ -517,6 +523,7 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int) -> tuple[_P
             col = _shade(petal_rgb, shade0 * (0.9 + 0.12 * shade_j[i]))
             p.fill([polys[i]], col, pid["petals"])
             p.outline([polys[i]], _shade(col, 0.75), pid["petals"])
+    full[pid["petals"]] = p.seal(pid["petals"])
     meta.update(petal_count=n_pet, petal_layers=layers, petal_shape=shape,
                 petal_length=round(plen, 6), petal_width=round(pwid, 6),
                 rotation_deg=round(math.degrees(rot0), 6))
@@ -528,8 +535,7 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int) -> tuple[_P
     seeds = p.fix((_seeds() * rc) @ head_m + head)
     p.fill(list(seeds), _shade(centre_rgb, 0.72), pid["centre"])
     p.outline([disc_pts], _shade(centre_rgb, 0.8), pid["centre"])
-    p.seal(pid["centre"])
-    centre_full = p.area(pid["centre"])
+    full[pid["centre"]] = p.seal(pid["centre"])
 
     # 6. grass-blade occluders in front of the flower
     n_occ = d.integer(nz.occluder_count)
@@ -548,8 +554,7 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int) -> tuple[_P
     cv2.multiply(p.image, light, dst=p.image, scale=1.0 / 128.0)
     meta.update(illumination=round(amp, 6), tint=round(tint, 6))
 
-    meta["_full_area"] = {pid["centre"]: centre_full, pid["leaves"]: leaves_full}
-    return p, meta
+    return p, meta, full
 
 
 def render(spec: VariantSpec, seed: int, index: int, size: int | None = None) -> Sample:
@@ -591,8 +596,7 @@ def _render_sample(spec: VariantSpec, seed: int, index: int, size: int, label: i
     min_px = nz.min_visible_area * size * size
     for attempt in range(MAX_ATTEMPTS):
         d = _Draws(np.random.default_rng([seed, index, attempt]))
-        painter, meta = _draw_scene(spec, d, label, size)
-        full = meta.pop("_full_area")
+        painter, meta, full = _draw_scene(spec, d, label, size)
         painter.finish_parts()
         visible = {}
         ok = True

@@ -40,6 +40,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from an8flower.errors import SpecError
+from an8flower.errors import SpecError, UsageError
 
 __all__ = [
     "KNOWN_PARTS",
@@ -503,9 +504,16 @@ class VariantSpec:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     def with_size(self, size: int) -> "VariantSpec":
-        """The same spec with another default image side (64..512)."""
-        size = _number(size, "size", lo=MIN_SIZE, hi=MAX_SIZE, integer=True)
-        return dataclasses.replace(self, size=size)
+        """The same spec with another default image side.
+
+        Raises:
+            UsageError: ``size`` is not an integer in 64..512.
+        """
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not (
+            MIN_SIZE <= size <= MAX_SIZE
+        ):
+            raise UsageError(f"size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
+        return dataclasses.replace(self, size=int(size))
 
 
 def _str_list(value: Any, field: str) -> tuple[str, ...]:
