@@ -92,23 +92,39 @@ def layer_activation_and_gradient(
             or the target scores do not depend on it.
     """
     name, module = resolve_layer(model, layer)
-    acts: list[Any] = []
-    x = images.detach().requires_grad_(True)
-    with torch.enable_grad():
-        with HookScope() as hooks:
-            hooks.add(module.register_forward_hook(lambda m, i, o: acts.append(o)))
-            logits = model(x)
-        if len(acts) != 1:
-            raise UsageError(f"layer={name!r} ran {len(acts)} times in one forward pass; name a layer that runs once")
-        act = acts[0]
-        if not isinstance(act, torch.Tensor) or act.dim() != 4:
-            shape = tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__
+    acts: list[torch.Tensor] = []
+
+    def capture(m: nn.Module, inputs: Any, out: Any) -> Any:
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise UsageError(f"layer={name!r} outputs {shape}, not a (B, K, h, w) feature map")
-        score = logits.gather(1, targets.view(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(score, act, allow_unused=True)
+        # A leaf from here on: autograd records only the part of the network after the layer. The
+        # clone keeps the leaf intact if a later in-place op modifies the layer's output.
+        leaf = out.detach().requires_grad_(True)
+        acts.append(leaf)
+        return leaf.clone()
+
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            with HookScope() as hooks:
+                hooks.add(module.register_forward_hook(capture))
+                logits = model(images.detach())
+            if len(acts) != 1:
+                raise UsageError(f"layer={name!r} ran {len(acts)} times in one forward pass; name a layer that runs once")
+            score = logits.gather(1, targets.view(-1, 1)).sum()
+            if not score.requires_grad:
+                raise UsageError(f"layer={name!r}: the class scores do not depend on this layer's output")
+            (grad,) = torch.autograd.grad(score, acts[0], allow_unused=True)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
     if grad is None:
         raise UsageError(f"layer={name!r}: the class scores do not depend on this layer's output")
-    return act.detach(), grad.detach()
+    return acts[0].detach(), grad.detach()
 
 
 def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
