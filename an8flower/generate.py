@@ -41,13 +41,15 @@ import secrets
 import shutil
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from an8flower import __version__
 from an8flower.errors import UsageError
+from an8flower.croissant import croissant_metadata
+from an8flower.datacard import data_card_text
 from an8flower.manifest import (
+    CROISSANT_NAME,
     DATACARD_NAME,
     DATASET_JSON,
     FORMAT,
@@ -67,7 +69,7 @@ from an8flower.manifest import (
     png_encoder_info,
     sha256_bytes,
 )
-from an8flower.spec import MAX_SIZE, MIN_SIZE, VariantSpec, builtin_variants, load_spec
+from an8flower.spec import MAX_SIZE, MIN_SIZE, VariantSpec, load_spec
 
 __all__ = [
     "SPLITS",
@@ -79,7 +81,6 @@ __all__ = [
     "sample_paths",
     "parse_shard",
     "resolve_spec",
-    "data_card_text",
     "GenerateResult",
     "generate",
 ]
@@ -210,55 +211,6 @@ def resolve_spec(variant: str | os.PathLike[str] | VariantSpec, size: Optional[i
             raise UsageError(f"size {size!r}: must be an integer number of pixels in {MIN_SIZE}..{MAX_SIZE}")
         spec = spec.with_size(size)
     return spec
-
-
-def _is_builtin(spec: VariantSpec) -> bool:
-    if spec.name not in builtin_variants():
-        return False
-    return load_spec(spec.name).with_size(spec.size) == spec
-
-
-def data_card_text(spec: VariantSpec) -> str:
-    """The data card shipped for a built-in variant, or a minimal generated card for another spec."""
-    if _is_builtin(spec):
-        card = resources.files("an8flower.data_cards") / f"an8flower-{spec.name}.md"
-        if card.is_file():
-            return card.read_text(encoding="utf-8")
-    colours = dict(spec.colours)
-    lines = [
-        f"# an8Flower variant `{spec.name}` (generated from a user spec)",
-        "",
-        "This card was written by `an8flower generate` for a spec that is not one of the built-in",
-        f"variants ({', '.join(builtin_variants())}); see their data cards for the full datasheet.",
-        "",
-        f"- Spec SHA-256: `{spec.sha256()}` (the spec itself is stored in `dataset.json`).",
-        f"- Description: {spec.description or '(none)'}",
-        f"- Image size: {spec.size} x {spec.size} px.",
-        f"- Parts (part-map id = position): {', '.join(f'{i} {p}' for i, p in enumerate(spec.parts))}.",
-        f"- Discriminative parts (the mask): {', '.join(spec.discriminative)}.",
-        "",
-        "## Classes",
-        "",
-        "| label | class | " + " | ".join(f"{p} colour" for p in spec.discriminative) + " |",
-        "|---|---|" + "---|" * len(spec.discriminative),
-    ]
-    for label, (name, cols) in enumerate(zip(spec.classes, spec.class_colours)):
-        cells = " | ".join(f"{c} {tuple(colours[c])}" for c in cols)
-        lines.append(f"| {label} | {name} | {cells} |")
-    lines += [
-        "",
-        "## Files",
-        "",
-        "Images `images/<split>/<class>/<index>.png` (RGB); masks `masks/...` (1-bit PNG, 1/white =",
-        "visible pixel of a discriminative part); part maps `parts/...` (palette PNG, value = part id);",
-        "`manifest.csv` lists every sample with its SHA-256 hashes and sampled parameters.",
-        "",
-        "## How to cite",
-        "",
-        "Run `an8flower cite` for the paper (Oramas, Wang, Tuytelaars, ICLR 2019) and this package.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,10 +404,13 @@ def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[
     manifest_sha = sha256_bytes(data)
     content_sha = content_sha256(rows)
     card = data_card_text(spec).encode("utf-8")
+    plan = writer.plan
+    croissant = canonical_json(croissant_metadata(spec, plan.per_class, record["seed"], manifest_sha, plan.total))
+    croissant_bytes = croissant.encode("utf-8")
     _sweep_temporaries(root)
     atomic_write_bytes(root / MANIFEST_NAME, data)
     atomic_write_bytes(root / DATACARD_NAME, card)
-    plan = writer.plan
+    atomic_write_bytes(root / CROISSANT_NAME, croissant_bytes)
     info = {
         "format": FORMAT,
         "an8flower_version": __version__,
@@ -484,6 +439,8 @@ def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[
         "content_sha256": content_sha,
         "data_card": DATACARD_NAME,
         "data_card_sha256": sha256_bytes(card),
+        "croissant": CROISSANT_NAME,
+        "croissant_sha256": sha256_bytes(croissant_bytes),
     }
     atomic_write_text(root / DATASET_JSON, canonical_json(info))
     shutil.rmtree(root / WORK_DIR, ignore_errors=True)

@@ -6,6 +6,7 @@ A dataset folder holds::
       dataset.json                          spec, version, seed, size, counts, hashes (written last)
       manifest.csv                          one row per sample (see MANIFEST_COLUMNS)
       DATACARD.md                           the variant's data card
+      croissant.json                        Croissant 1.0 JSON-LD metadata (with the manifest hash)
       images/<split>/<class>/<index>.png    RGB, 8 bit
       masks/<split>/<class>/<index>.png     1-bit greyscale: 1 (white) = pixel of a visible
                                             discriminative part, 0 (black) = anything else
@@ -17,9 +18,9 @@ A dataset folder holds::
 
 Two hashes are kept per file:
 
-* ``<kind>_sha256``: SHA-256 of the PNG file's bytes. The PNG encoder (Pillow, a fixed
-  ``compress_level``, no optional chunks) is deterministic, but the compressed bytes depend on the
-  zlib build, so two machines may write different bytes for the same pixels;
+* ``<kind>_sha256``: SHA-256 of the PNG file's bytes. The PNG encoder (:mod:`an8flower.png`: fixed
+  filter, fixed zlib level, no optional chunks) is deterministic, but the compressed bytes depend on
+  the zlib build, so two machines may write different bytes for the same pixels;
 * ``<kind>_pixels_sha256``: SHA-256 of the decoded pixel array, :func:`pixel_sha256`, which does not.
 
 ``dataset.json`` records ``manifest_sha256`` (the manifest file's bytes, which include both) and
@@ -36,29 +37,34 @@ import io
 import json
 import os
 import secrets
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
+from an8flower.png import KINDS, PNG_COMPRESS_LEVEL, decode_png, encode_png, png_encoder_info
+
+__all__ = [
+    "DATASET_JSON", "MANIFEST_NAME", "DATACARD_NAME", "CROISSANT_NAME", "WORK_DIR", "FORMAT", "KINDS", "KIND_FOLDERS",
+    "MANIFEST_COLUMNS", "PNG_COMPRESS_LEVEL", "sha256_bytes", "sha256_file", "pixel_sha256",
+    "encode_png", "decode_png", "png_encoder_info", "atomic_write_bytes", "atomic_write_text",
+    "canonical_json", "is_temp_name", "ManifestRow", "manifest_bytes", "content_sha256",
+    "read_manifest", "read_dataset_json", "VerifyReport", "verify_dataset",
+]
 
 #: File names at the top of a dataset folder.
 DATASET_JSON = "dataset.json"
 MANIFEST_NAME = "manifest.csv"
 DATACARD_NAME = "DATACARD.md"
+CROISSANT_NAME = "croissant.json"
 #: Hidden folder of an unfinished generation (plan, per-chunk row journals); removed at the end.
 WORK_DIR = ".an8flower-work"
 #: Format tag written into ``dataset.json`` (bumped when the layout changes).
 FORMAT = "an8flower-dataset/1"
-#: The three files of a sample, and the top folder each lives under.
-KINDS: tuple[str, ...] = ("image", "mask", "parts")
+#: The top folder each kind of sample file lives under.
 KIND_FOLDERS: dict[str, str] = {"image": "images", "mask": "masks", "parts": "parts"}
-#: zlib level of every PNG the package writes: fast, and fixed so the bytes are reproducible.
-PNG_COMPRESS_LEVEL = 1
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "index",
@@ -114,97 +120,6 @@ def pixel_sha256(array: np.ndarray) -> str:
     h = hashlib.sha256(header)
     h.update(array.data)
     return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# PNG encoding
-
-_PALETTE: list[int] = []
-
-
-def part_palette() -> list[int]:
-    """The fixed RGB palette of part-map PNGs (flat list, 3 x 256 values).
-
-    Index 0 (background) is black; the next ids get distinct, saturated colours so a part map is
-    readable in an image viewer. The palette only affects display: the stored values are ids.
-    """
-    if not _PALETTE:
-        base = [
-            (0, 0, 0), (46, 160, 44), (140, 200, 90), (230, 120, 30), (250, 210, 40),
-            (31, 119, 180), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
-            (127, 127, 127), (188, 189, 34), (23, 190, 207), (255, 152, 150), (197, 176, 213),
-            (247, 182, 210),
-        ]
-        flat: list[int] = []
-        for i in range(256):
-            if i < len(base):
-                flat.extend(base[i])
-            else:  # deterministic filler for specs with many parts
-                flat.extend(((i * 67) % 256, (i * 139) % 256, (i * 29) % 256))
-        _PALETTE.extend(flat)
-    return _PALETTE
-
-
-def to_pil(array: np.ndarray, kind: str) -> Image.Image:
-    """Wrap a sample array as the PIL image that is written for ``kind``."""
-    if kind == "image":
-        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(f"image must be uint8 HxWx3, got {array.dtype} {array.shape}")
-        return Image.fromarray(array)
-    if kind == "mask":
-        if array.ndim != 2:
-            raise ValueError(f"mask must be HxW, got {array.shape}")
-        return Image.fromarray(np.ascontiguousarray(array, dtype=bool))  # mode "1"
-    if kind == "parts":
-        if array.dtype != np.uint8 or array.ndim != 2:
-            raise ValueError(f"part map must be uint8 HxW, got {array.dtype} {array.shape}")
-        img = Image.fromarray(np.ascontiguousarray(array))
-        img.putpalette(part_palette())  # turns the "L" image into "P", keeping the values as ids
-        return img
-    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
-
-
-def encode_png(array: np.ndarray, kind: str) -> bytes:
-    """PNG bytes of a sample array: RGB image, 1-bit mask or palette part map.
-
-    Encoded by Pillow at ``compress_level=PNG_COMPRESS_LEVEL`` with ``optimize=False`` and no
-    optional chunks, so the bytes are a function of the pixels and the zlib build only.
-    """
-    buf = io.BytesIO()
-    to_pil(array, kind).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
-    return buf.getvalue()
-
-
-def decode_png(source: str | os.PathLike[str] | bytes, kind: str) -> np.ndarray:
-    """Read a sample file back as the array it was written from.
-
-    Returns uint8 HxWx3 for ``"image"``, bool HxW for ``"mask"`` (non-zero = relevant, so an 8-bit
-    mask also reads correctly) and uint8 HxW part ids for ``"parts"``.
-    """
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(stream) as img:
-        img.load()
-        if kind == "image":
-            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-        if kind == "mask":
-            return np.asarray(img.convert("L") if img.mode != "L" else img) > 0
-        if kind == "parts":
-            if img.mode not in ("P", "L"):
-                raise DatasetFormatError(f"part map {source!s:.200}: mode {img.mode}, expected P or L")
-            return np.asarray(img, dtype=np.uint8)
-    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
-
-
-def png_encoder_info() -> dict[str, Any]:
-    """The PNG encoder and its settings, recorded in ``dataset.json``."""
-    import PIL
-
-    return {
-        "library": "Pillow",
-        "pillow_version": PIL.__version__,
-        "zlib_version": zlib.ZLIB_RUNTIME_VERSION,
-        "compress_level": PNG_COMPRESS_LEVEL,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,8 +330,8 @@ def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress:
 
     Returns:
         A :class:`VerifyReport`. ``changed`` also lists ``manifest.csv`` when its hash differs from
-        ``dataset.json``'s ``manifest_sha256`` and the data card when it differs from
-        ``data_card_sha256``; ``extra`` lists every file in the folder that the manifest does not
+        ``dataset.json``'s ``manifest_sha256``, and the data card and ``croissant.json`` when they
+        differ from ``data_card_sha256`` / ``croissant_sha256``; ``extra`` lists every file in the folder that the manifest does not
         name (left-over temporary files included).
 
     Raises:
@@ -439,14 +354,15 @@ def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress:
         rows = read_manifest(manifest_path)
         if pixels and content_sha256(rows) != info.get("content_sha256"):
             report.changed.append(f"{MANIFEST_NAME} (content sha256 differs from {DATASET_JSON})")
-    card = info.get("data_card")
-    if card:
-        expected.add(card)
-        card_path = root_p / card
-        if not card_path.is_file():
-            report.missing.append(card)
-        elif sha256_file(card_path) != info.get("data_card_sha256"):
-            report.changed.append(card)
+    for key in ("data_card", "croissant"):
+        name = info.get(key)
+        if name:
+            expected.add(name)
+            path = root_p / name
+            if not path.is_file():
+                report.missing.append(name)
+            elif sha256_file(path) != info.get(f"{key}_sha256"):
+                report.changed.append(name)
     disable = None if progress is None else not progress
     bar = tqdm(total=len(rows) * len(KINDS), unit="file", desc="verify", disable=disable)
     for row in rows:

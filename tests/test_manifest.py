@@ -7,6 +7,8 @@ import io
 import json
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from an8flower.manifest import (
     sha256_file,
     verify_dataset,
 )
+from an8flower.png import part_palette
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +95,44 @@ def test_png_round_trip_and_modes(arrays, kind, mode):
     assert back.dtype == (bool if kind == "mask" else np.uint8)
     assert pixel_sha256(back) == pixel_sha256(arrays[kind])
     assert encode_png(arrays[kind], kind) == data  # deterministic bytes
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    tags, pos = [], 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(tag + body)
+        tags.append(tag)
+        pos += 12 + length
+    return tags
+
+
+@pytest.mark.parametrize("kind, tags", [("image", [b"IHDR", b"IDAT", b"IEND"]), ("mask", [b"IHDR", b"IDAT", b"IEND"]),
+                                        ("parts", [b"IHDR", b"PLTE", b"IDAT", b"IEND"])])
+def test_png_chunks_are_baseline_only(arrays, kind, tags):
+    """No optional chunks (no time stamp), valid CRCs."""
+    assert _chunks(encode_png(arrays[kind], kind)) == tags
+
+
+def test_png_decodes_with_an_independent_decoder(arrays):
+    """OpenCV's libpng reads the same pixels: RGB (as BGR), 1-bit mask (as 0/255), palette (expanded)."""
+    cv2 = pytest.importorskip("cv2")
+
+    def read(kind):
+        buf = np.frombuffer(encode_png(arrays[kind], kind), np.uint8)
+        return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+
+    np.testing.assert_array_equal(read("image")[:, :, ::-1], arrays["image"])
+    np.testing.assert_array_equal(read("mask"), arrays["mask"].astype(np.uint8) * 255)
+    np.testing.assert_array_equal(read("parts")[:, :, ::-1], part_palette()[arrays["parts"]])
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 9, 17])
+def test_mask_rows_pad_to_whole_bytes(width):
+    mask = (np.arange(3 * width).reshape(3, width) % 3) == 0
+    np.testing.assert_array_equal(decode_png(encode_png(mask, "mask"), "mask"), mask)
 
 
 def test_mask_png_white_is_relevant(arrays):
@@ -261,3 +302,74 @@ def test_verify_detects_a_changed_data_card(copy):
     card.write_text(card.read_text() + "\nedited\n")
     assert verify_dataset(copy, progress=False).changed == [info["data_card"]]
     assert sha256_file(copy / MANIFEST_NAME) == info["manifest_sha256"]
+
+
+# ------------------------------------------------------------------------------ data cards, Croissant
+
+
+@pytest.mark.parametrize("variant", ["single-6c", "double-12c"])
+def test_shipped_card_restates_the_spec(variant):
+    """The card's spec tables are the spec's (else: run `python -m an8flower.datacard data_cards`)."""
+    from importlib import resources
+
+    from an8flower.datacard import BEGIN, END, card_name, spec_tables
+    from an8flower.spec import load_spec
+
+    text = (resources.files("an8flower.data_cards") / card_name(variant)).read_text(encoding="utf-8")
+    block = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert block == spec_tables(load_spec(variant)), "data card out of date: python -m an8flower.datacard data_cards"
+    for heading in ("## Motivation", "## Composition", "## What the masks mean", "## Generation process",
+                    "## Relation to the original release", "## Intended uses", "## Known limits", "## How to cite"):
+        assert heading in text
+
+
+@pytest.mark.parametrize("variant", ["single-6c", "double-12c"])
+def test_shipped_croissant_template_is_current(variant):
+    from importlib import resources
+
+    from an8flower.croissant import croissant_metadata
+    from an8flower.manifest import canonical_json
+    from an8flower.spec import load_spec
+
+    text = (resources.files("an8flower.data_cards") / f"an8flower-{variant}.croissant.json").read_text(encoding="utf-8")
+    assert text == canonical_json(croissant_metadata(load_spec(variant), 1000, 0))
+
+
+def _sources(node):
+    if isinstance(node, dict):
+        if "source" in node:
+            yield node
+        for v in node.values():
+            yield from _sources(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _sources(v)
+
+
+def test_generated_card_and_croissant(dataset):
+    import re
+    from importlib import resources
+
+    info = json.loads((dataset / DATASET_JSON).read_text())
+    shipped = (resources.files("an8flower.data_cards") / "an8flower-single-6c.md").read_text(encoding="utf-8")
+    assert (dataset / info["data_card"]).read_text(encoding="utf-8") == shipped  # built-in at 64 px keeps its card
+    meta = json.loads((dataset / info["croissant"]).read_text())
+    assert meta["conformsTo"] == "http://mlcommons.org/croissant/1.0" and meta["@type"] == "sc:Dataset"
+    manifest = [d for d in meta["distribution"] if d["@id"] == "manifest.csv"]
+    assert manifest and manifest[0]["sha256"] == info["manifest_sha256"] == sha256_file(dataset / MANIFEST_NAME)
+    ids = {d["@id"] for d in meta["distribution"]}
+    rows = read_manifest(dataset / MANIFEST_NAME)
+    columns = set(MANIFEST_COLUMNS)
+    for field in _sources(meta["recordSet"]):
+        src = field["source"]
+        ref = src.get("fileSet", src.get("fileObject"))["@id"]
+        assert ref in ids
+        if "column" in src["extract"]:
+            assert src["extract"]["column"] in columns
+        if "transform" in src:  # the path regexes extract what the manifest says
+            regex = re.compile(src["transform"]["regex"])
+            kind = {"images": "image", "masks": "mask", "part_maps": "parts"}[ref]
+            for r in rows:
+                value = regex.match(r.files[kind]).group(1)
+                expected = {"index": str(r.index).zfill(6), "split": r.split, "class": r.class_name}[field["name"]]
+                assert value == expected
