@@ -6,7 +6,9 @@ or changes global random state. The label is ``index % K`` (:func:`class_of`); i
 only through the colours of the discriminative parts. Every other attribute (pose, scale, petal
 count and shape, leaf placement, nuisance colours, colour jitter, lighting, background, clutter,
 occluders) is drawn from the stream by code that never reads the label and that consumes the same
-number of draws whatever the label, so those attributes are independent of the class.
+number of draws whatever the label, so those attributes are independent of the class. The stream
+does not depend on the spec either: two variants rendered with the same seed share every nuisance
+attribute of sample ``index`` (paired samples), and only the class colours differ.
 
 Drawing (OpenCV, anti-aliased ``LINE_AA`` fills on uint8 arrays; geometry in fractions of the image
 side, fixed-point sub-pixel coordinates), in painter's order:
@@ -107,23 +109,17 @@ def _seeds(n: int = 13) -> np.ndarray:
 def _petal_template(shape: str, n: int = 14) -> np.ndarray:
     """Closed outline of a petal of length 1 along +x from the origin, maximal width 1."""
     th = np.linspace(0.0, 1.0, n)
-    if shape == "ellipse":
+    if shape in ("ellipse", "notched"):  # notched: an ellipse whose tip is cut by a V below
         half = 0.5 * np.sqrt(np.clip(1.0 - (2.0 * th - 1.0) ** 2, 0.0, None))
-        x = th
     elif shape == "pointed":
         half = 0.5 * np.sin(math.pi * th) ** 0.85
-        x = th
     elif shape == "round":  # narrow base widening linearly, semicircular tip (spatulate)
         half = np.where(th < 0.6, 0.5 * (0.35 + 0.65 * th / 0.6),
                         0.5 * np.sqrt(np.clip(1.0 - ((th - 0.6) / 0.4) ** 2, 0.0, None)))
-        x = th
-    elif shape == "notched":  # ellipse with a V notch at the tip
-        half = 0.5 * np.sqrt(np.clip(1.0 - (2.0 * th - 1.0) ** 2, 0.0, None))
-        x = th
     else:  # pragma: no cover - validated by the spec
         raise SpecError(f"unknown petal shape {shape!r}")
-    upper = np.stack([x, half], axis=1)
-    lower = np.stack([x[::-1], -half[::-1]], axis=1)[1:-1]
+    upper = np.stack([th, half], axis=1)
+    lower = np.stack([th[::-1], -half[::-1]], axis=1)[1:-1]
     if shape == "notched":  # replace the tip point by a V notch
         pts = np.concatenate([upper[:-1], np.array([[0.82, 0.0]]), lower], axis=0)
     else:
@@ -567,7 +563,15 @@ def render(spec: VariantSpec, seed: int, index: int, size: int | None = None) ->
         size: image side in pixels (64..512); default ``spec.size``.
 
     Returns:
-        :class:`Sample` with image, label, mask, part map and the sampled parameters.
+        :class:`Sample` with image, label, mask, part map and the sampled parameters. ``meta``
+        holds ``index``, ``seed``, ``size``, ``label``, ``class``, ``attempt`` (redraws needed for
+        visibility); ``<part>_colour`` (colour name) and ``<part>_rgb`` (after jitter, before
+        lighting) for stem, leaves, petals, centre; ``background`` (kind), ``background_base``,
+        ``background_colours``, ``clutter_count``; the pose ``head_x``, ``head_y``, ``scale``,
+        ``head_squash``, ``head_axis_deg``, ``centre_radius`` (fractions of the side),
+        ``stem_curvature``, ``leaf_count``, ``petal_count``, ``petal_layers``, ``petal_shape``,
+        ``petal_length``, ``petal_width``, ``rotation_deg``; ``occluder_count``,
+        ``illumination``, ``tint``; ``<part>_visible_px`` for each discriminative part.
 
     Raises:
         UsageError: a size outside 64..512 or a negative seed or index.

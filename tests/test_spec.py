@@ -282,3 +282,38 @@ def test_unknown_variant_and_unreadable_files(tmp_path):
     listed.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(SpecError, match="list.json"):
         load_spec(listed)
+
+
+@pytest.mark.parametrize("variant", ["single-6c", "double-12c"])
+def test_class_colours_stay_unambiguous_under_jitter_and_lighting(variant):
+    """Every class colour, pushed to the spec's extremes of colour jitter, lighting and tint, is
+    still nearest (in chromaticity ``rgb / (r + g + b)``) to itself among its part's colours."""
+    import itertools
+
+    import numpy as np
+
+    spec = load_spec(variant)
+    nz = spec.nuisance
+    jit, light, tint = nz.class_jitter[1], nz.illumination[1], nz.tint[1]
+    for j, part in enumerate(spec.discriminative):
+        names = sorted({cols[j] for cols in spec.class_colours})
+        rgb = np.array([spec.rgb(n) for n in names], np.float64)
+        refs = rgb / rgb.sum(axis=1, keepdims=True)
+        for i, base in enumerate(rgb):
+            for dj in itertools.product((-jit, jit), repeat=3):
+                for g in (1 - light, 1 + light):
+                    for dt in itertools.product((-tint, tint), repeat=3):
+                        c = np.clip(np.clip(base + dj, 0, 255) * g * (1 + np.array(dt)), 0, 255)
+                        c = c / c.sum()
+                        assert np.argmin(np.abs(refs - c).sum(axis=1)) == i, (part, names[i])
+
+
+@pytest.mark.parametrize("variant", ["single-6c", "double-12c"])
+def test_builtin_files_spell_out_every_field(variant):
+    """Built-in spec files do not lean on code defaults: changing a default cannot change them."""
+    import dataclasses
+    from importlib import resources
+
+    raw = json.loads((resources.files("an8flower") / "specs" / f"{variant}.json").read_text())
+    assert set(raw["nuisance"]) == {f.name for f in dataclasses.fields(Nuisance)}
+    assert raw == load_spec(variant).to_dict()
