@@ -251,3 +251,35 @@ def test_user_spec_with_other_discriminative_part():
         for s in samples[1:]:
             assert np.array_equal(s.image[~ref.mask], ref.image[~ref.mask])
             assert not np.array_equal(s.image[ref.mask], ref.image[ref.mask])
+
+
+def _with_visibility(fraction: float, area: float):
+    from an8flower.spec import VariantSpec
+
+    d = load_spec("double-12c").to_dict()
+    d["nuisance"].update(min_visible_fraction=fraction, min_visible_area=area)
+    return VariantSpec.from_dict(d)
+
+
+def test_visibility_is_enforced_by_redrawing():
+    """With 90% of each part required visible, occluded draws are redrawn (attempt > 0)."""
+    from an8flower import render as r
+
+    spec = _with_visibility(0.9, 0.004)
+    attempts = []
+    for i in range(40):
+        s = render(spec, 0, i, 64)
+        attempts.append(s.meta["attempt"])
+        d = r._Draws(np.random.default_rng([0, i, s.meta["attempt"]]))
+        _, _, full = r._draw_scene(spec, d, s.label, 64)
+        for part in spec.discriminative:
+            assert s.meta[f"{part}_visible_px"] >= 0.9 * full[spec.part_id(part)]
+    assert max(attempts) > 0
+
+
+def test_impossible_visibility_is_a_spec_error():
+    from an8flower.errors import SpecError
+
+    spec = _with_visibility(0.5, 0.2)  # 20% of the image for each part: never met
+    with pytest.raises(SpecError, match="min_visible"):
+        render(spec, 0, 0, 64)
