@@ -244,6 +244,8 @@ class _Painter:
         self.image = np.empty((size, size, 3), np.uint8)
         self.parts = np.zeros((size, size), np.uint8)
         self.disc_ids = disc_ids
+        #: Outline width in pixels: about 1/256 of the side (at least 1 px).
+        self.line = max(1, round(size / 256))
         self.cover: dict[int, np.ndarray] = {}
         self.box: dict[int, list[int]] = {}
 
@@ -258,7 +260,7 @@ class _Painter:
         if not self.cover:
             return
         x, y, w, h = cv2.boundingRect(pts[0] if len(pts) == 1 else np.concatenate(pts))
-        margin = 2 << _SHIFT  # anti-aliasing reaches a pixel beyond the outline
+        margin = (2 + self.line) << _SHIFT  # anti-aliasing and line width reach beyond
         x0, y0, x1, y1 = x - margin, y - margin, x + w + margin, y + h + margin
         for k, canvas in self.cover.items():
             b = self.box[k]
@@ -277,11 +279,12 @@ class _Painter:
 
     def outline(self, pts: list[np.ndarray], colour: tuple[int, int, int], pid: int,
                 closed: bool = True) -> None:
-        """Draw 1-px anti-aliased outlines (fixed-point polylines) as part ``pid``."""
-        cv2.polylines(self.image, pts, closed, colour, 1, cv2.LINE_AA, _SHIFT)
-        cv2.polylines(self.parts, pts, closed, pid, 1, cv2.LINE_8, _SHIFT)
+        """Draw anti-aliased outlines (fixed-point polylines, ``self.line`` px) as part ``pid``."""
+        t = self.line
+        cv2.polylines(self.image, pts, closed, colour, t, cv2.LINE_AA, _SHIFT)
+        cv2.polylines(self.parts, pts, closed, pid, t, cv2.LINE_8, _SHIFT)
         self._cover(pts, pid,
-                    lambda c, v: cv2.polylines(c, pts, closed, v, 1, cv2.LINE_AA, _SHIFT))
+                    lambda c, v: cv2.polylines(c, pts, closed, v, t, cv2.LINE_AA, _SHIFT))
 
     def seal(self, pid: int) -> int:
         """Once part ``pid`` is drawn, mark every pixel it touched as fully its own (255).
@@ -341,10 +344,11 @@ def _background(p: _Painter, d: _Draws, spec: VariantSpec, kind: str, meta: dict
         g1, g = 3 + int(d.u() * 6), 24
         t1 = d.vec(g1 * g1).astype(np.float32).reshape(g1, g1)
         t2 = d.vec(g * g).astype(np.float32).reshape(g, g)
-        t = 0.75 * cv2.resize(t1, (g, g), interpolation=cv2.INTER_CUBIC) + 0.25 * t2
+        t2 = cv2.GaussianBlur(t2, (3, 3), 0.8, borderType=cv2.BORDER_REFLECT)
+        t = 0.7 * cv2.resize(t1, (g, g), interpolation=cv2.INTER_CUBIC) + 0.3 * t2
     low = c1 + np.clip(t, 0.0, 1.0)[:, :, None] * (c2 - c1)
     low = np.clip(low + 0.5, 0, 255).astype(np.uint8)
-    cv2.resize(low, (p.size, p.size), dst=p.image, interpolation=cv2.INTER_LINEAR)
+    cv2.resize(low, (p.size, p.size), dst=p.image, interpolation=cv2.INTER_CUBIC)
     meta["background_colours"] = [c1n, c2n]
 
 
