@@ -130,7 +130,7 @@ def _petal_template(shape: str, n: int = 14) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def _leaf_template(n: int = 12) -> np.ndarray:
-    """Closed lens-shaped leaf of length 1 along +x, maximal width 1, pointed tip, slight asymmetry."""
+    """Closed lens-shaped leaf of length 1 along +x, maximal width 1, pointed, slightly lopsided."""
     th = np.linspace(0.0, 1.0, n)
     half = 0.5 * np.sin(math.pi * th**0.8) ** 0.9
     upper = np.stack([th, half], axis=1)
@@ -272,7 +272,7 @@ class _Painter:
                 draw(canvas, 0)
 
     def fill(self, pts: list[np.ndarray], colour: tuple[int, int, int], pid: int) -> None:
-        """Fill polygons (fixed-point; disjoint if more than one) with ``colour`` as part ``pid``."""
+        """Fill polygons (fixed point; disjoint if several) with ``colour`` as part ``pid``."""
         cv2.fillPoly(self.image, pts, colour, cv2.LINE_AA, _SHIFT)
         cv2.fillPoly(self.parts, pts, pid, cv2.LINE_8, _SHIFT)
         self._cover(pts, pid, lambda c, v: cv2.fillPoly(c, pts, v, cv2.LINE_AA, _SHIFT))
@@ -384,7 +384,7 @@ def _unit_steps(n: int) -> np.ndarray:
 
 def _band(start: np.ndarray, ctrl: np.ndarray, end: np.ndarray, w0: float, w1: float,
           n: int = 14) -> tuple[np.ndarray, np.ndarray]:
-    """Band of half-width w0 -> w1 around a quadratic Bezier curve; returns (polygon, centreline)."""
+    """Band of half-width w0 -> w1 around a quadratic Bezier curve: (polygon, centreline)."""
     t = _unit_steps(n)
     line = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t**2 * end
     tang = 2 * (1 - t) * (ctrl - start) + 2 * t * (end - ctrl)

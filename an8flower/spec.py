@@ -161,8 +161,8 @@ _NUISANCE_SCALARS: dict[str, tuple[str, float, float]] = {
 class Nuisance:
     """Distributions of the class-independent attributes of a sample.
 
-    Ranges are ``(min, max)`` pairs, sampled uniformly (integers inclusive). Lengths are fractions of
-    the image side (times ``scale``); widths are fractions of the matching length.
+    Ranges are ``(min, max)`` pairs, sampled uniformly (integers inclusive). Lengths are fractions
+    of the image side (times ``scale``); widths are fractions of the matching length.
 
     Attributes:
         head_x, head_y: position of the flower head (centre of the centre disc).

@@ -1,4 +1,4 @@
-"""The renderer: purity, shapes, masks against part maps, class colours, counterfactual invariance."""
+"""The renderer: purity, shapes, masks vs part maps, class colours, counterfactual invariance."""
 
 from __future__ import annotations
 
