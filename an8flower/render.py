@@ -6,9 +6,8 @@ or changes global random state. The label is ``index % K`` (:func:`class_of`); i
 only through the colours of the discriminative parts. Every other attribute (pose, scale, petal
 count and shape, leaf placement, nuisance colours, colour jitter, lighting, background, clutter,
 occluders) is drawn from the stream by code that never reads the label and that consumes the same
-number of draws whatever the label, so those attributes are independent of the class. The stream
-does not depend on the spec either: two variants rendered with the same seed share every nuisance
-attribute of sample ``index`` (paired samples), and only the class colours differ.
+number of draws whatever the label, so those attributes are independent of the class: painting
+sample ``index`` as another class changes only the pixels inside its mask.
 
 Drawing (OpenCV, anti-aliased ``LINE_AA`` fills on uint8 arrays; geometry in fractions of the image
 side, fixed-point sub-pixel coordinates), in painter's order:
