@@ -26,7 +26,9 @@ sorted by index.
 
 **Resume.** Every file is written atomically (temporary name, then :func:`os.replace`), so a file
 that exists is whole. Re-running the same command skips the chunks whose row file exists and whose
-files all exist, and re-renders the others; left-over temporary files of killed workers are
+files all exist, and re-renders the others. The parameters (version, :func:`code_sha256`, spec
+hash, seed, size, samples per class) are kept in ``.an8flower-work/plan.json``; a resume or shard
+with other parameters is refused rather than mixing two datasets; left-over temporary files of killed workers are
 removed when the dataset is finalised. A folder holding ``dataset.json`` is complete; a folder
 holding ``.an8flower-work`` but no ``dataset.json`` is an unfinished generation.
 """
@@ -39,6 +41,7 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import signal
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +273,9 @@ _WORKER: Optional[_ChunkWriter] = None
 def _init_worker(writer: _ChunkWriter) -> None:
     global _WORKER
     _WORKER = writer
+    # Ctrl-C reaches the whole process group: let the parent handle it (it cancels the pending
+    # chunks and waits for the running ones, whose files and row files are then complete).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_chunk(chunk_id: int) -> int:
@@ -289,10 +295,32 @@ def default_workers() -> int:
 # output folder
 
 
+#: Modules whose source decides the bytes of a dataset; their hash guards resumes across code changes.
+CODE_MODULES: tuple[str, ...] = ("an8flower.spec", "an8flower.render", "an8flower.png")
+
+
+def code_sha256() -> str:
+    """SHA-256 over the source files of :data:`CODE_MODULES` (name, NUL, bytes, NUL each).
+
+    Recorded in ``dataset.json`` and in an unfinished generation's plan, so that a resume or a shard
+    run by different renderer code (e.g. a development checkout between two commits) is refused
+    instead of mixing samples of two renderers.
+    """
+    import hashlib
+    import importlib
+
+    h = hashlib.sha256()
+    for name in CODE_MODULES:
+        module = importlib.import_module(name)
+        h.update(name.encode() + b"\0" + Path(module.__file__).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _plan_record(spec: VariantSpec, seed: int, per_class: int) -> dict[str, Any]:
     total = spec.num_classes * per_class
     return {
         "an8flower_version": __version__,
+        "code_sha256": code_sha256(),
         "variant": spec.name,
         "spec_sha256": spec.sha256(),
         "seed": seed,
@@ -324,7 +352,7 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
         UsageError: ``out`` is a file, an unrelated non-empty folder, unwritable, or holds a dataset
             or an unfinished generation made with other parameters.
     """
-    keys = ("an8flower_version", "spec_sha256", "seed", "size", "per_class")
+    keys = ("an8flower_version", "code_sha256", "spec_sha256", "seed", "size", "per_class")
     if out.exists() and not out.is_dir():
         raise UsageError(f"output folder {out}: exists and is not a folder")
     if out.is_dir():
@@ -335,7 +363,8 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
                 raise UsageError(f"output folder {out}: unreadable {DATASET_JSON} ({exc})") from None
             diff = _mismatch(info, record, keys)
             if diff:
-                raise UsageError(f"output folder {out}: holds a dataset made with other parameters: {'; '.join(diff)}")
+                raise UsageError(f"output folder {out}: holds a dataset made with other parameters: {'; '.join(diff)}; "
+                                 "use another --out")
             return "complete"
         plan_path = out / WORK_DIR / "plan.json"
         if plan_path.is_file():
@@ -346,7 +375,8 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
             diff = _mismatch(plan, record, keys + ("chunk_size",))
             if diff:
                 raise UsageError(
-                    f"output folder {out}: holds an unfinished generation with other parameters: {'; '.join(diff)}"
+                    f"output folder {out}: holds an unfinished generation with other parameters: {'; '.join(diff)}; "
+                    "resume it with those, or delete it"
                 )
             _probe_writable(out, out)
             return "partial"
@@ -414,6 +444,7 @@ def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[
     info = {
         "format": FORMAT,
         "an8flower_version": __version__,
+        "code_sha256": record["code_sha256"],
         "variant": spec.name,
         "spec": spec.to_dict(),
         "spec_sha256": spec.sha256(),
@@ -551,8 +582,7 @@ def generate(
                         for f in done:
                             bar.update(f.result())
                 except BaseException:
-                    for f in futures:
-                        f.cancel()
+                    pool.shutdown(wait=True, cancel_futures=True)
                     raise
 
     mine_set = set(mine)

@@ -286,3 +286,15 @@ def test_resume_with_other_parameters_is_refused(tmp_path):
     with pytest.raises(UsageError, match="seed 3"):
         generate("single-6c", root, size=SIZE, per_class=PER_CLASS, seed=5, workers=1, progress=False)
     assert tree(root) == before
+
+
+def test_resume_by_other_renderer_code_is_refused(tmp_path, monkeypatch):
+    import an8flower.generate as gen
+
+    root = tmp_path / "partial"
+    generate("single-6c", root, size=SIZE, per_class=PER_CLASS, seed=3, workers=1, shard="1/2", progress=False)
+    plan = json.loads((root / WORK_DIR / "plan.json").read_text())
+    assert plan["code_sha256"] == gen.code_sha256()
+    monkeypatch.setattr(gen, "code_sha256", lambda: "0" * 64)
+    with pytest.raises(UsageError, match="code_sha256"):
+        generate("single-6c", root, size=SIZE, per_class=PER_CLASS, seed=3, workers=1, shard="2/2", progress=False)
