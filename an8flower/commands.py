@@ -35,12 +35,12 @@ double-12c). Sample i has class i mod K; splits are contiguous index ranges.
 
 Layout of DIR: images/<split>/<class>/<index>.png (RGB), masks/... (1-bit PNG, 1/white = visible
 pixel of a discriminative part), parts/... (palette PNG, value = part id), manifest.csv,
-dataset.json, DATACARD.md.
+dataset.json, DATACARD.md, croissant.json.
 
 The bytes written do not depend on --workers or --shard. An interrupted run resumes when the same
-command is run again. With --shard I/N, run every shard (any order, any machine sharing DIR); the
-last one to finish writes manifest.csv and dataset.json (or run the command once more without
---shard).
+command is run again. With --shard I/N, run every shard (any order; several machines may share DIR
+if they run the same an8flower installation); the last one to finish writes manifest.csv and
+dataset.json (or run the command once more without --shard).
 
 examples:
   an8flower generate single-6c --out data/single-6c
