@@ -522,7 +522,10 @@ def generate(
         size: image side in pixels (64..512); default the spec's size (224 for the built-ins).
         per_class: samples per class over the three splits (see :func:`split_sizes`).
         seed: global seed (integer >= 0).
-        workers: worker processes (default: the usable CPUs); 1 renders in this process.
+        workers: worker processes (default: the usable CPUs); 1 renders in this process. Workers
+            are started with the ``spawn`` method (safe with threads and torch in the parent), so
+            a script that calls this with ``workers > 1`` must guard its entry point with
+            ``if __name__ == "__main__":``.
         shard: ``(I, N)`` or ``"I/N"``: render only shard I of N (1-based). The dataset is
             finalised by whichever call finds every chunk complete.
         progress: show a tqdm bar; None shows one on a terminal only.
