@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-Sample = tuple[Any, int, Optional[torch.Tensor]]
+Item = tuple[Any, int, Optional[torch.Tensor]]
 
 
 def to_image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -55,14 +55,14 @@ class ExplanationDataset(Dataset):
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> Sample:  # pragma: no cover - abstract
+    def __getitem__(self, index: int) -> Item:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def _finish(self, image: Any, label: int, mask: Optional[np.ndarray | torch.Tensor]) -> Sample:
+    def _finish(self, image: Any, label: int, mask: Optional[np.ndarray | torch.Tensor]) -> Item:
         """Apply ``transform``/``mask_transform``; ``image`` is a PIL image or a uint8 HxWx3 array."""
         if mask is not None and not isinstance(mask, torch.Tensor):
             mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
@@ -99,7 +99,7 @@ class ExplanationDataset(Dataset):
         return f"{type(self).__name__}\n" + "\n".join("    " + line for line in lines)
 
 
-def collate_with_masks(batch: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def collate_with_masks(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """``DataLoader`` collate function for ``(image, label, mask)`` items.
 
     Stacks images and labels; masks are stacked when every item has one and ``None`` otherwise

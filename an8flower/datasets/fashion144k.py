@@ -39,7 +39,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from an8flower.datasets.base import ExplanationDataset, Sample
+from an8flower.datasets.base import ExplanationDataset, Item
 from an8flower.datasets.files import check_split, load_image, require_file
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 
@@ -392,7 +392,7 @@ class Fashion144k(ExplanationDataset):
     def __len__(self) -> int:
         return len(self.post_ids)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> Item:
         return self._finish(load_image(self.image_path(index)), self.targets[index], None)
 
     def extra_repr(self) -> str:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from an8flower.datasets.base import ExplanationDataset, Sample
+from an8flower.datasets.base import ExplanationDataset, Item
 from an8flower.datasets.files import (
     check_split,
     is_readable_image,
@@ -632,7 +632,7 @@ class ILSVRC12(ExplanationDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> Item:
         path, label = self.samples[index]
         image = load_image(path)
         mask = None

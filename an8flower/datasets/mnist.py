@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from an8flower.datasets.base import ExplanationDataset, Sample
+from an8flower.datasets.base import ExplanationDataset, Item
 from an8flower.datasets.files import check_split
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
 
@@ -196,7 +196,7 @@ class MNIST(ExplanationDataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> Item:
         return self._finish(self.data[index], int(self.targets[index]), None)
 
     def extra_repr(self) -> str:

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from an8flower.datasets.base import ExplanationDataset, Sample
+from an8flower.datasets.base import ExplanationDataset, Item
 from an8flower.datasets.files import (
     check_split,
     list_images,
@@ -163,7 +163,7 @@ class An8FlowerOriginal(ExplanationDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> Item:
         image_path, mask_path, label = self.samples[index]
         image = load_image(image_path)
         grey = np.asarray(load_image(mask_path, mode="L"))
