@@ -2,8 +2,40 @@
 
 Implements the dataset of *Visual Explanation by Interpretation: Improving Visual Feedback
 Capabilities of Deep Neural Networks* (Oramas, Wang, Tuytelaars; ICLR 2019, arXiv:1712.06302).
+
+Public names are imported lazily (PEP 562), so ``import an8flower`` and the CLI's light commands
+do not pay for importing torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "VariantSpec": "an8flower.spec",
+    "load_spec": "an8flower.spec",
+    "builtin_variants": "an8flower.spec",
+    "Sample": "an8flower.render",
+    "render": "an8flower.render",
+    "class_of": "an8flower.render",
+    "An8Flower": "an8flower.datasets.generated",
+    "An8FlowerOnTheFly": "an8flower.datasets.generated",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'an8flower' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
