@@ -1,0 +1,30 @@
+"""The package surface: lazy top-level exports, the CLI's command list, packaging of data files."""
+
+import importlib.resources
+import subprocess
+import sys
+
+import an8flower
+from an8flower.cli import build_parser
+
+
+def test_import_is_light_and_exports_resolve():
+    code = "import sys, an8flower; assert 'torch' not in sys.modules; print(an8flower.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == an8flower.__version__
+    for name in an8flower.__all__:
+        assert getattr(an8flower, name) is not None
+
+
+def test_cli_lists_the_documented_commands():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    expected = {"generate", "verify", "show", "train", "leaderboard", "cite", "interpret", "explain"}
+    assert expected <= set(sub.choices)
+
+
+def test_builtin_specs_and_data_cards_ship_as_package_data():
+    specs = importlib.resources.files("an8flower") / "specs"
+    assert (specs / "single-6c.json").is_file() and (specs / "double-12c.json").is_file()
+    cards = importlib.resources.files("an8flower.data_cards")
+    for name in ("an8flower-single-6c.md", "an8flower-double-12c.md", "mnist.md", "ilsvrc12.md", "fashion144k.md"):
+        assert (cards / name).is_file(), name
