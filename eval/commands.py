@@ -1,9 +1,236 @@
-"""Subcommands of the ``an8flower`` CLI (see :mod:`an8flower.cli`)."""
+"""Subcommands of the ``an8flower`` CLI (see :mod:`an8flower.cli`): ``train`` and ``leaderboard``.
+
+Handlers import torch and the runner lazily so that ``an8flower --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Optional
+
+from an8flower.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's subcommands to the CLI."""
+    """Add ``train`` and ``leaderboard`` to the CLI."""
+    _register_train(subparsers)
+    _register_leaderboard(subparsers)
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a classifier to explain on an8Flower",
+        description="Train a classifier on an an8Flower variant (rendered in memory) or a generated folder, "
+        "and write a checkpoint with its model card (architecture, dataset hash, accuracy per split, seed, "
+        "versions). Early stopping on validation accuracy; mixed precision on CUDA.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--variant", help="built-in variant (single-6c, double-12c) or spec file, rendered in memory")
+    src.add_argument("--data", metavar="DIR", help="a folder written by `an8flower generate`")
+    p.add_argument("--model", default="small-cnn", help="classifier name (default: small-cnn)")
+    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--size", type=int, default=112, help="image side when rendering (default: 112)")
+    p.add_argument("--per-class", type=int, default=1000, help="samples per class when rendering, split 70/10/20 (default: 1000)")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30)")
+    p.add_argument("--patience", type=int, default=6, help="stop after this many epochs without a better val accuracy (default: 6)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="dataset, initialisation and shuffling seed (default: 0)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from an8flower.eval.config import RunConfig
+    from an8flower.eval.models import build_model, list_models
+    from an8flower.eval.runner import _device, prepare_an8flower
+    from an8flower.eval.train import TrainConfig, evaluate, model_card, save_checkpoint, train
+
+    if args.model not in list_models():
+        raise UsageError(f"--model: unknown model {args.model!r}; choose from {', '.join(list_models())}")
+    variant = args.variant or "data"
+    try:
+        config = RunConfig(variants=[variant], data={variant: args.data} if args.data else {}, size=args.size,
+                           per_class=args.per_class, seed=args.seed, workers=args.workers, device=args.device)
+        tconf = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                            seed=args.seed, workers=args.workers, hflip=True)
+    except UsageError as exc:
+        raise UsageError(f"--{str(exc).split(': ', 1)[-1]}") from None
+    if args.data is not None and not os.path.isdir(args.data):
+        raise UsageError(f"--data: no such folder: {args.data}")
+    data = prepare_an8flower(variant, config)
+    device = _device(config)
+    model = build_model(args.model, len(data.classes), seed=args.seed)
+    print(f"training {args.model} on {data.variant} ({len(data.train)} train / {len(data.val)} val images, "
+          f"{data.size} px) on {device}", file=sys.stderr)
+    result = train(model, data.train, data.val, tconf, device=device)
+    test_acc = evaluate(result.model, data.test)
+    card = model_card(
+        args.model, len(data.classes), (3, data.size, data.size),
+        {"name": data.dataset, "variant": data.variant, "hash": data.hash, "source": data.source, **data.info},
+        {"train": result.train_accuracy, "val": result.val_accuracy, "test": test_acc},
+        seed=args.seed, config=tconf, history=result.history, classes=data.classes,
+    )
+    save_checkpoint(args.out, result.model, card)
+    print(json.dumps({"checkpoint": args.out, "architecture": args.model, "variant": data.variant,
+                      "epochs": len(result.history), "best_epoch": result.best_epoch, "accuracy": card["accuracy"],
+                      "seconds": round(result.seconds, 1)}, indent=1))
+    return 0
+
+
+# ------------------------------------------------------------------------------ leaderboard
+
+
+def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "leaderboard",
+        help="score explainers against the ground-truth masks (the main job)",
+        description="Run every explainer on a trained classifier's test images and score the heatmaps against "
+        "the ground-truth masks. `an8flower leaderboard --quick` renders a small an8Flower, trains the small CNN, "
+        "runs all explainers and metrics and prints the table in a few minutes on a CPU. Results are cached "
+        "per cell in the results folder: rerunning resumes and skips what is done.",
+        epilog="Outputs in --out: results.csv, per_image.csv.gz, leaderboard.md, leaderboard.json, PNG plots, run.json.",
+    )
+    p.add_argument("--quick", action="store_true", help="the small preset: both variants at 64 px, cheap explainer options")
+    p.add_argument("--config", metavar="TOML", help="a run configuration file (flags override it)")
+    p.add_argument("--out", metavar="DIR", help="results folder (default: ./an8flower-results)")
+    p.add_argument("--variant", action="append", metavar="V", help="an8Flower variant or spec file (repeatable)")
+    p.add_argument("--data", action="append", metavar="[VARIANT=]DIR",
+                   help="use a generated folder for a variant instead of rendering it (repeatable)")
+    p.add_argument("--imagenet", metavar="ROOT", help="score on ILSVRC12 validation boxes (needs --weights)")
+    p.add_argument("--model", action="append", metavar="NAME", help="classifier (repeatable; default: small-cnn)")
+    p.add_argument("--weights", action="append", metavar="[MODEL=]FILE",
+                   help="local checkpoint or state dict for a model (else the model is trained on the variant)")
+    p.add_argument("--explainer", action="append", metavar="NAME", help="explainer to run (repeatable; default: all)")
+    p.add_argument("--metric", action="append", metavar="NAME", help="metric to score (repeatable; default: all)")
+    p.add_argument("--option", action="append", metavar="EXPLAINER.KEY=VALUE",
+                   help="an explainer (or metric) option, VALUE parsed as JSON when it can be (repeatable)")
+    p.add_argument("--size", type=int, help="image side of rendered datasets (default: 112; --quick: 64)")
+    p.add_argument("--per-class", type=int, help="samples per class of rendered datasets (default: 500)")
+    p.add_argument("--seed", type=int, help="dataset, model and explainer seed (default: 0)")
+    p.add_argument("--max-images", type=int, help="score at most this many images per dataset (default: 300)")
+    p.add_argument("--model-metric-images", type=int,
+                   help="images scored by deletion/insertion/randomisation (default: 64; --quick: 16)")
+    p.add_argument("--all-images", action="store_true", help="score misclassified images too")
+    p.add_argument("--batch-size", type=int, help="images per explainer call (default: 32)")
+    p.add_argument("--epochs", type=int, help="maximum training epochs of models the run trains")
+    p.add_argument("--workers", type=int, help="data-loading worker processes (default: 0)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--list", action="store_true", help="list the explainers and metrics, then exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages; print only the table")
+    p.set_defaults(func=_leaderboard)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(values: Optional[list[str]], flag: str, default_key: Optional[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or []:
+        key, sep, rest = v.partition("=")
+        if sep and key and not os.path.exists(v):
+            out[key] = rest
+        elif default_key is not None:
+            out[default_key] = v
+        else:
+            raise UsageError(f"{flag} {v!r}: expected NAME=PATH")
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    if args.out is not None:
+        o["out"] = args.out
+    if args.variant:
+        o["variants"] = list(args.variant)
+    if args.imagenet:
+        o["imagenet"] = args.imagenet
+        o.setdefault("variants", [])
+    if args.model:
+        o["models"] = list(args.model)
+    if args.explainer:
+        o["explainers"] = list(args.explainer)
+    if args.metric:
+        o["metrics"] = list(args.metric)
+    for flag, key in (("size", "size"), ("per_class", "per_class"), ("seed", "seed"), ("max_images", "max_images"),
+                      ("model_metric_images", "model_metric_images"), ("batch_size", "batch_size"),
+                      ("workers", "workers"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            o[key] = getattr(args, flag)
+    if args.all_images:
+        o["all_images"] = True
+    if args.no_plots:
+        o["plots"] = False
+    return o
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from an8flower.eval.config import RunConfig, load_config, quick_config
+
+    if args.list:
+        from an8flower.baselines import list_explainers
+        from an8flower.eval.runner import METRICS, ORACLE
+
+        print("explainers: " + ", ".join([ORACLE] + list_explainers()))
+        print("metrics:    " + ", ".join(METRICS))
+        return 0
+    overrides = _overrides(args)
+    base = quick_config() if args.quick else RunConfig()
+    try:
+        if args.config:
+            config = load_config(args.config, base=base)
+            config = RunConfig(**{**config.to_dict(), **overrides})
+        else:
+            config = RunConfig(**{**base.to_dict(), **overrides})
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("config: ", "", 1)) from None
+    variants = config.variants
+    data = dict(config.data)
+    data.update(_pairs(args.data, "--data", variants[0] if len(variants) == 1 else None))
+    weights = dict(config.weights)
+    weights.update(_pairs(args.weights, "--weights", config.models[0] if len(config.models) == 1 else None))
+    options = {k: dict(v) for k, v in config.explainer_options.items()}
+    metric_options = {k: dict(v) for k, v in config.metric_options.items()}
+    from an8flower.eval.runner import METRICS
+
+    for item in args.option or []:
+        target, sep, value = item.partition("=")
+        name, dot, key = target.rpartition(".")
+        if not sep or not dot or not name or not key:
+            raise UsageError(f"--option {item!r}: expected EXPLAINER.KEY=VALUE")
+        table = metric_options if name in METRICS else options
+        table.setdefault(name, {})[key] = _parse_value(value)
+    train = dict(config.train)
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    config = RunConfig(**{**config.to_dict(), "data": data, "weights": weights, "explainer_options": options,
+                          "metric_options": metric_options, "train": train})
+    if config.imagenet and not config.weights:
+        raise UsageError("--imagenet needs --weights FILE (local pretrained weights; nothing is downloaded)")
+    for key, folder in config.data.items():
+        if not os.path.isdir(folder):
+            raise UsageError(f"--data {key}={folder}: no such folder")
+    from an8flower.eval.runner import run_leaderboard
+
+    start = time.perf_counter()
+    summary = run_leaderboard(config, command=["an8flower"] + sys.argv[1:] if sys.argv else None,
+                              progress=False if args.quiet else None)
+    print(summary.markdown)
+    if not args.quiet:
+        print(f"results in {os.path.abspath(config.out)} ({summary.computed} cells computed, {summary.cached} cached, "
+              f"{len(summary.record['errors'])} errors; {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    return 0

@@ -1,0 +1,556 @@
+"""Reports of a leaderboard run: the long table, the leaderboard (Markdown, JSON) and the plots.
+
+The runner hands this module *cells*: one dict per (dataset, variant, model, explainer, metric,
+split, seed) with the per-image scores, their mean ``value`` and count ``n``, and an ``error``
+(``None`` when the explainer ran). From them it writes, in one folder:
+
+* ``results.csv``: the long table, columns exactly :data:`RESULT_COLUMNS`; ``value`` is the mean
+  over the images with a defined (finite) score and ``n`` their number; a failed cell has an empty
+  ``value`` and ``n`` = 0 (its error is in ``leaderboard.json`` and ``leaderboard.md``);
+* ``per_image.csv.gz``: one row per image and cell (``image`` = index in the test split), for
+  confidence intervals or other statistics;
+* ``leaderboard.md`` and ``leaderboard.json``: one table per (dataset, variant, model, split),
+  explainers x metrics, mean and 95% confidence interval, the best explainer of each column in
+  bold (the ``oracle`` row is the ceiling and is not a candidate);
+* PNG plots (matplotlib, Agg backend): IoU against the binarisation threshold per explainer,
+  a grid of example heatmaps over their images with the mask outlined, and the chance-normalised
+  share of positive attribution per part of the an8Flower part map.
+
+The 95% confidence interval of a mean over n images is the Student-t interval
+``mean +- t_{0.975, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation (``ddof=1``);
+it is undefined (shown without ``+-``) for n < 2 and for set-level metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "REFERENCE_ROWS",
+    "mean_ci",
+    "results_rows",
+    "leaderboard_tables",
+    "leaderboard_markdown",
+    "write_report",
+    "plot_iou_curves",
+    "plot_examples",
+    "plot_part_attribution",
+    "atomic_write",
+]
+
+#: Columns of ``results.csv``, in order.
+RESULT_COLUMNS: tuple[str, ...] = ("dataset", "variant", "model", "explainer", "metric", "split", "seed", "value", "n")
+#: Reference rows: the ceiling (``oracle``, the mask itself) and chance (``random``, ``centre``).
+REFERENCE_ROWS: tuple[str, ...] = ("oracle", "random", "centre")
+GROUP_KEYS: tuple[str, ...] = ("dataset", "variant", "model", "split", "seed")
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def mean_ci(scores: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
+    """Mean, 95% Student-t half-width and count of the finite entries of ``scores``.
+
+    Returns ``(nan, nan, 0)`` when no score is finite; the half-width is NaN when n < 2.
+    """
+    from scipy import stats
+
+    x = np.asarray(scores, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = float(x.mean())
+    if n < 2:
+        return mean, math.nan, n
+    half = float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return mean, half, n
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, float):
+        return repr(round(v, 6))
+    return str(v)
+
+
+def results_rows(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``results.csv``: one per cell, plus one per part for part-attribution cells.
+
+    A part-attribution cell (``extra["parts"]`` and ``extra["share"]``) becomes one row per part,
+    metric ``part_share:<part>``: the mean share of positive attribution on that part.
+    """
+    rows = []
+    for c in cells:
+        base = {k: c[k] for k in RESULT_COLUMNS if k not in ("metric", "value", "n")}
+        extra = c.get("extra") or {}
+        if "parts" in extra and "share" in extra:
+            for part, share in zip(extra["parts"], extra["share"]):
+                rows.append({**base, "metric": f"part_share:{part}", "value": share, "n": c["n"]})
+            continue
+        rows.append({**base, "metric": c["metric"], "value": c["value"] if not c.get("error") else math.nan, "n": c["n"]})
+    return rows
+
+
+def _csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([_fmt(r[k]) for k in columns])
+    return buf.getvalue().encode("utf-8")
+
+
+def _per_image_bytes(cells: Iterable[Mapping[str, Any]]) -> bytes:
+    columns = ("dataset", "variant", "model", "explainer", "metric", "split", "seed", "image", "score")
+    rows = []
+    for c in cells:
+        scores, ids = c.get("scores"), c.get("image_ids")
+        if not scores or ids is None or c.get("error"):
+            continue
+        for i, s in zip(ids, scores):
+            rows.append({**{k: c[k] for k in columns[:7]}, "image": int(i), "score": s})
+    raw = _csv_bytes(rows, columns)
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as gz:  # mtime 0: same bytes
+        gz.write(raw)
+    return out.getvalue()
+
+
+def _group_key(c: Mapping[str, Any]) -> tuple:
+    return tuple(c[k] for k in GROUP_KEYS)
+
+
+def leaderboard_tables(
+    cells: Sequence[Mapping[str, Any]],
+    metric_info: Mapping[str, Mapping[str, Any]],
+    group_meta: Optional[Mapping[tuple, Mapping[str, Any]]] = None,
+) -> list[dict[str, Any]]:
+    """One leaderboard per (dataset, variant, model, split, seed), as JSON-ready dicts.
+
+    Args:
+        cells: the runner's cells.
+        metric_info: per metric name, ``{"label": str, "higher_is_better": bool}``; metrics are
+            shown in this order, and only those present in it.
+        group_meta: per group key, anything to carry along (accuracy, image counts, parts).
+
+    Returns:
+        A list of ``{"dataset", "variant", "model", "split", "seed", "meta", "metrics", "rows",
+        "best", "errors"}``; ``rows`` is a list of ``{"explainer", "options", "scores": {metric:
+        {"mean", "ci95", "n"}}}``, reference rows last except ``oracle`` (first); ``best`` maps each
+        metric to the best non-oracle explainer(s).
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault(_group_key(c), []).append(c)
+    tables = []
+    for key in sorted(groups, key=lambda k: tuple(str(v) for v in k)):
+        group = groups[key]
+        metrics = [m for m in metric_info if any(c["metric"] == m for c in group)]
+        by_expl: dict[str, dict[str, Mapping[str, Any]]] = {}
+        options: dict[str, Any] = {}
+        for c in group:
+            by_expl.setdefault(c["explainer"], {})[c["metric"]] = c
+            options.setdefault(c["explainer"], c.get("options") or {})
+        rows, errors = [], []
+        for expl, mcells in by_expl.items():
+            scores = {}
+            for m in metrics:
+                c = mcells.get(m)
+                if c is None:
+                    continue
+                if c.get("error"):
+                    scores[m] = {"mean": None, "ci95": None, "n": 0, "error": c["error"]}
+                    if not any(e["explainer"] == expl and e["error"] == c["error"] for e in errors):
+                        errors.append({"explainer": expl, "metric": m, "error": c["error"]})
+                    continue
+                if c.get("scores"):
+                    mean, half, n = mean_ci(c["scores"])
+                else:
+                    mean, half, n = float(c["value"]) if c["value"] is not None else math.nan, math.nan, int(c["n"])
+                scores[m] = {"mean": _json_float(mean), "ci95": _json_float(half), "n": n}
+            rows.append({"explainer": expl, "options": options.get(expl, {}), "scores": scores})
+        rows = _order_rows(rows, metrics[0] if metrics else None, metric_info)
+        best = {}
+        for m in metrics:
+            sign = 1.0 if metric_info[m].get("higher_is_better", True) else -1.0
+            cand = [(sign * r["scores"][m]["mean"], r["explainer"]) for r in rows
+                    if r["explainer"] != "oracle" and m in r["scores"] and r["scores"][m]["mean"] is not None]
+            if cand:
+                top = max(v for v, _ in cand)
+                best[m] = sorted(e for v, e in cand if v >= top - 1e-12)
+        tables.append({
+            **dict(zip(GROUP_KEYS, key)),
+            "meta": dict(group_meta.get(key, {})) if group_meta else {},
+            "metrics": metrics,
+            "rows": rows,
+            "best": best,
+            "errors": errors,
+        })
+    return tables
+
+
+def _json_float(v: float) -> Optional[float]:
+    return None if v is None or not math.isfinite(v) else round(float(v), 6)
+
+
+def _order_rows(rows: list[dict], primary: Optional[str], metric_info: Mapping[str, Mapping[str, Any]]) -> list[dict]:
+    """Oracle first, then explainers by the first metric (best first), then random and centre."""
+    sign = 1.0 if primary is None or metric_info[primary].get("higher_is_better", True) else -1.0
+
+    def key(r: dict) -> tuple:
+        name = r["explainer"]
+        if name == "oracle":
+            return (0, 0.0, name)
+        s = r["scores"].get(primary, {}) if primary else {}
+        v = s.get("mean")
+        rank = -sign * v if v is not None else math.inf
+        return (2 if name in REFERENCE_ROWS else 1, rank, name)
+
+    return sorted(rows, key=key)
+
+
+def _cell_text(s: Optional[Mapping[str, Any]], bold: bool, note: Optional[int]) -> str:
+    if s is None:
+        return "–"
+    if s.get("error"):
+        return f"error [{note}]"
+    if s["mean"] is None:
+        return "n/a"
+    text = f"{s['mean']:.3f}"
+    if bold:
+        text = f"**{text}**"
+    if s["ci95"] is not None:
+        text += f" ± {s['ci95']:.3f}"
+    return text
+
+
+def leaderboard_markdown(
+    tables: Sequence[Mapping[str, Any]], metric_info: Mapping[str, Mapping[str, Any]], title: str = "Leaderboard"
+) -> str:
+    """The leaderboard as Markdown: one table per group, ``mean ± 95% CI``, best per column in bold.
+
+    Columns show ``↑`` (higher is better) or ``↓`` and, when a metric was scored on fewer images
+    than the group's first metric (model-based metrics on a subset), ``(n=...)``.
+    """
+    lines = [f"# {title}", ""]
+    for t in tables:
+        meta = t.get("meta", {})
+        head = f"## {t['dataset']}"
+        if t["variant"]:
+            head += f" `{t['variant']}`"
+        head += f" · `{t['model']}` · {t['split']} split"
+        lines += [head, ""]
+        facts = []
+        if meta.get("accuracy") is not None:
+            facts.append(f"{t['split']} accuracy {100 * meta['accuracy']:.1f}%")
+        if meta.get("n_images") is not None:
+            which = "all" if meta.get("all_images") else "correctly classified"
+            facts.append(f"{meta['n_images']} {which} images scored")
+        if meta.get("image_size"):
+            facts.append(f"{meta['image_size']} px")
+        if facts:
+            lines += ["; ".join(facts) + ".", ""]
+        counts = {}
+        for m in t["metrics"]:
+            ns = [r["scores"][m]["n"] for r in t["rows"] if m in r["scores"] and not r["scores"][m].get("error")]
+            counts[m] = max(ns) if ns else 0
+        full = max(counts.values()) if counts else 0
+        header = ["explainer"]
+        for m in t["metrics"]:
+            info = metric_info[m]
+            h = f"{info.get('label', m)} {'↑' if info.get('higher_is_better', True) else '↓'}"
+            if counts[m] and counts[m] < full:
+                h += f" (n={counts[m]})"
+            header.append(h)
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join([":--"] + ["--:"] * len(t["metrics"])) + "|")
+        notes: list[str] = []
+        for r in t["rows"]:
+            name = r["explainer"]
+            label = f"*{name}*" if name in REFERENCE_ROWS else name
+            cells = [label]
+            for m in t["metrics"]:
+                s = r["scores"].get(m)
+                note = None
+                if s is not None and s.get("error"):
+                    msg = f"`{name}`: {s['error']}"
+                    if msg not in notes:
+                        notes.append(msg)
+                    note = notes.index(msg) + 1
+                cells.append(_cell_text(s, name in t["best"].get(m, []), note))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        if notes:
+            lines += ["Errors:", ""] + [f"{i}. {msg}" for i, msg in enumerate(notes, 1)] + [""]
+        parts = meta.get("part_table")
+        if parts:
+            lines += _part_markdown(parts) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
+    names = parts["parts"]
+    disc = set(parts.get("discriminative", []))
+    head = [f"**{p}**" if p in disc else p for p in names]
+    lines = [
+        "Share of positive attribution per part, divided by the part's share of the image area "
+        "(1 = chance; discriminative parts in bold):",
+        "",
+        "| explainer | " + " | ".join(head) + " |",
+        "|:--|" + "|".join(["--:"] * len(names)) + "|",
+    ]
+    for expl, values in parts["normalised"].items():
+        lines.append(f"| {expl} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in values) + " |")
+    return lines
+
+
+def _slug(*parts: str) -> str:
+    return "_".join(str(p).replace("/", "-").replace(" ", "-") for p in parts if p)
+
+
+def plot_iou_curves(
+    path: str | os.PathLike[str],
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str = "",
+) -> None:
+    """Mean IoU with the mask against the binarisation threshold, one line per explainer.
+
+    Args:
+        path: the PNG to write.
+        curves: explainer -> (thresholds, mean IoU at each threshold).
+        title: the figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    cmap = plt.get_cmap("tab20")
+    for i, (expl, (thr, iou)) in enumerate(curves.items()):
+        style = "--" if expl in REFERENCE_ROWS else "-"
+        ax.plot(thr, iou, style, color=cmap(i % 20), label=expl, linewidth=1.5)
+    ax.set_xlabel("threshold on the min-max normalised heatmap")
+    ax.set_ylabel("mean IoU with the mask")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2, loc="upper right", frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_examples(
+    path: str | os.PathLike[str],
+    images: np.ndarray,
+    masks: np.ndarray,
+    heatmaps: Mapping[str, np.ndarray],
+    title: str = "",
+) -> None:
+    """A grid: one row per image, its picture then each explainer's heatmap over it, mask outlined.
+
+    Args:
+        path: the PNG to write.
+        images: uint8 (K, H, W, 3).
+        masks: bool (K, H, W).
+        heatmaps: explainer -> float (K, H, W); each map is min-max normalised for display.
+        title: the figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(heatmaps)
+    k = images.shape[0]
+    cols = 1 + len(names)
+    fig, axes = plt.subplots(k, cols, figsize=(1.1 * cols, 1.15 * k + 0.35), dpi=80, squeeze=False)
+    for i in range(k):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(images[i])
+            if j > 0:
+                h = np.asarray(heatmaps[names[j - 1]][i], dtype=np.float32)
+                lo, hi = np.nanmin(h), np.nanmax(h)
+                h = (h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)
+                ax.imshow(h, cmap="jet", alpha=0.55, vmin=0, vmax=1)
+            if masks[i].any():
+                ax.contour(masks[i].astype(np.float32), levels=[0.5], colors="white", linewidths=0.7)
+            if i == 0:
+                ax.set_title("image" if j == 0 else names[j - 1], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.2)
+    _save(fig, path)
+
+
+def plot_part_attribution(
+    path: str | os.PathLike[str],
+    parts: Sequence[str],
+    normalised: Mapping[str, Sequence[Optional[float]]],
+    discriminative: Sequence[str] = (),
+    title: str = "",
+) -> None:
+    """Grouped bars on a log axis: per part, each explainer's chance-normalised attribution.
+
+    The value of a part is its mean share of positive attribution divided by its share of the image
+    area (:func:`an8flower.eval.metrics.part_attribution`): 1 (the dashed line) is what a uniform
+    heatmap gets; a faithful explainer rises above it on the discriminative parts only. Values
+    are clipped to [0.01, 100] for display.
+
+    Args:
+        path: the PNG to write.
+        parts: part names (x axis).
+        normalised: explainer -> mean normalised share per part (None where undefined).
+        discriminative: parts whose colour decides the class (their labels are starred).
+        title: the figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(normalised)
+    x = np.arange(len(parts))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(parts) + 2), 4.0), dpi=90)
+    cmap = plt.get_cmap("tab20")
+    for i, expl in enumerate(names):
+        vals = np.array([np.nan if v is None else v for v in normalised[expl]], dtype=np.float64)
+        ax.bar(x - 0.4 + (i + 0.5) * width, np.clip(vals, 0.01, 100), width, label=expl, color=cmap(i % 20))
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_ylim(0.01, 100)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{p}*" if p in discriminative else p for p in parts], fontsize=8)
+    ax.set_ylabel("attribution share / area share")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title + ("  (* = discriminative part; 1 = chance)" if discriminative else "  (1 = chance)"), fontsize=9)
+    ax.legend(fontsize=6, ncol=3, frameon=False, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def write_report(
+    out_dir: str | os.PathLike[str],
+    cells: Sequence[Mapping[str, Any]],
+    metric_info: Mapping[str, Mapping[str, Any]],
+    group_meta: Optional[Mapping[tuple, Mapping[str, Any]]] = None,
+    examples: Optional[Mapping[tuple, Mapping[str, Any]]] = None,
+    title: str = "an8flower leaderboard",
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Write ``results.csv``, ``per_image.csv.gz``, ``leaderboard.md``, ``leaderboard.json`` and plots.
+
+    Args:
+        out_dir: the results folder.
+        cells: the runner's cells (see the module docstring).
+        metric_info: see :func:`leaderboard_tables`; ``iou_auc`` cells with ``extra["curve"]``
+            feed the IoU plot and cells with ``extra["parts"]`` the part-attribution plot and table.
+        group_meta: per group key ``(dataset, variant, model, split, seed)``: facts for the table
+            header (``accuracy``, ``n_images``, ``all_images``, ``image_size``) and the part names
+            that are ``discriminative``.
+        examples: per group key, ``{"images", "masks", "heatmaps": {explainer: (K,H,W)}}``.
+        title: the Markdown title.
+        plots: write the PNGs.
+
+    Returns:
+        ``{"tables": ..., "markdown": str, "files": [written file names]}``.
+    """
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {k: dict(v) for k, v in (group_meta or {}).items()}
+    part_cells = [c for c in cells if (c.get("extra") or {}).get("parts") and not c.get("error")]
+    for c in part_cells:
+        key = _group_key(c)
+        entry = meta.setdefault(key, {}).setdefault(
+            "part_table", {"parts": list(c["extra"]["parts"]), "normalised": {}, "share": {},
+                           "discriminative": list(meta.get(key, {}).get("discriminative", []))},
+        )
+        entry["normalised"][c["explainer"]] = [_json_float(v) for v in c["extra"].get("normalised", [])]
+        entry["share"][c["explainer"]] = [_json_float(v) for v in c["extra"]["share"]]
+    table_cells = [c for c in cells if not (c.get("extra") or {}).get("parts")]
+    tables = leaderboard_tables(table_cells, metric_info, meta)
+    for t in tables:
+        if "part_table" in t["meta"]:
+            order = [r["explainer"] for r in t["rows"]]
+            pt = t["meta"]["part_table"]
+            for k in ("normalised", "share"):
+                pt[k] = {e: pt[k][e] for e in order if e in pt[k]} | {e: v for e, v in pt[k].items() if e not in order}
+    md = leaderboard_markdown(tables, metric_info, title=title)
+    files = ["results.csv", "per_image.csv.gz", "leaderboard.md", "leaderboard.json"]
+    atomic_write(os.path.join(out_dir, "results.csv"), _csv_bytes(results_rows(cells), RESULT_COLUMNS))
+    atomic_write(os.path.join(out_dir, "per_image.csv.gz"), _per_image_bytes(cells))
+    atomic_write(os.path.join(out_dir, "leaderboard.md"), md)
+    doc = {"title": title, "metrics": {m: dict(v) for m, v in metric_info.items()}, "tables": tables}
+    atomic_write(os.path.join(out_dir, "leaderboard.json"), json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    if plots:
+        files += _write_plots(out_dir, cells, tables, examples or {})
+    return {"tables": tables, "markdown": md, "files": files}
+
+
+def _write_plots(out_dir: str, cells: Sequence[Mapping[str, Any]], tables: Sequence[Mapping[str, Any]],
+                 examples: Mapping[tuple, Mapping[str, Any]]) -> list[str]:
+    files = []
+    for t in tables:
+        key = tuple(t[k] for k in GROUP_KEYS)
+        slug = _slug(t["dataset"], t["variant"], t["model"], t["split"])
+        what = " · ".join(str(v) for v in (t["dataset"], t["variant"], t["model"]) if v)
+        order = [r["explainer"] for r in t["rows"]]
+        group = [c for c in cells if _group_key(c) == key and not c.get("error")]
+        curves = {c["explainer"]: (c["extra"]["thresholds"], c["extra"]["curve"])
+                  for c in group if c["metric"] == "iou_auc" and (c.get("extra") or {}).get("curve")}
+        if curves:
+            name = f"iou_curves_{slug}.png"
+            plot_iou_curves(os.path.join(out_dir, name), {e: curves[e] for e in order if e in curves}, what)
+            files.append(name)
+        pt = t["meta"].get("part_table")
+        if pt and pt["normalised"]:
+            name = f"part_attribution_{slug}.png"
+            plot_part_attribution(os.path.join(out_dir, name), pt["parts"], pt["normalised"], pt.get("discriminative", []), what)
+            files.append(name)
+        ex = examples.get(key)
+        if ex and ex.get("heatmaps"):
+            hm = ex["heatmaps"]
+            name = f"examples_{slug}.png"
+            plot_examples(os.path.join(out_dir, name), np.asarray(ex["images"]), np.asarray(ex["masks"]),
+                          {e: hm[e] for e in order if e in hm}, what)
+            files.append(name)
+    return files
