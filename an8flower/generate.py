@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from an8flower import __version__
-from an8flower.errors import UsageError
+from an8flower.errors import An8FlowerError, SpecError, UsageError
 from an8flower.croissant import croissant_metadata
 from an8flower.datacard import data_card_text
 from an8flower.manifest import (
@@ -408,6 +408,48 @@ def _make_folders(root: Path, spec: VariantSpec, record: dict[str, Any]) -> None
         raise UsageError(f"output folder {root}: cannot create ({exc.strerror}: {exc.filename})") from None
 
 
+def _first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` (``path`` itself included) that does not exist yet, or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _undo_new_folder(root: Path, created: Optional[Path]) -> None:
+    """Leave the file system as it was before a fresh generation into ``root`` started.
+
+    ``created`` is what :func:`_first_missing` returned before anything was written: that folder
+    is removed; if ``root`` existed (it was then empty), only what is inside it is.
+    """
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _check_renderable(spec: VariantSpec, seed: int, index: int, source: Any) -> None:
+    """Render sample ``index`` once before anything is written, so that a spec the renderer cannot
+    draw (e.g. visibility constraints that no draw meets) fails without leaving a folder behind.
+
+    Raises:
+        SpecError: naming the spec file when the variant came from one.
+    """
+    from an8flower.render import render
+
+    try:
+        render(spec, seed, index)
+    except SpecError as exc:
+        named = isinstance(source, (str, os.PathLike)) and os.fspath(source) != spec.name
+        raise SpecError(f"{os.fspath(source)}: {exc}" if named else str(exc)) from None
+
+
 def _sweep_temporaries(root: Path) -> None:
     for top in [root] + [root / KIND_FOLDERS[k] for k in KINDS]:
         for dirpath, _dirs, files in os.walk(top):
@@ -478,6 +520,32 @@ def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[
     return manifest_sha, content_sha
 
 
+def _render_chunks(writer: _ChunkWriter, todo: Sequence[int], workers: int, n_mine: int, n_todo: int,
+                   shard: Optional[tuple[int, int]], progress: Optional[bool]) -> None:
+    """Render and write the chunks ``todo``, in this process or in a spawned pool of ``workers``."""
+    from tqdm import tqdm
+
+    desc = f"generate {writer.spec.name}" + (f" [{shard[0]}/{shard[1]}]" if shard else "")
+    disable = None if progress is None else not progress
+    with tqdm(total=n_mine, initial=n_mine - n_todo, unit="img", desc=desc, disable=disable) as bar:
+        n_workers = min(workers, len(todo))
+        if n_workers <= 1:
+            for c in todo:
+                bar.update(writer(c))
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker, initargs=(writer,)) as pool:
+            futures = {pool.submit(_run_chunk, c) for c in todo}
+            try:
+                while futures:
+                    done, futures = wait(futures, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        bar.update(f.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
 @dataclass(frozen=True)
 class GenerateResult:
     """What :func:`generate` did.
@@ -534,11 +602,11 @@ def generate(
         A :class:`GenerateResult`.
 
     Raises:
-        SpecError: unknown variant or bad spec file. UsageError: bad size, per-class, seed,
-        workers or shard, or an unusable output folder. All are raised before anything is written.
+        SpecError: unknown variant, bad spec file, or a spec whose samples the renderer cannot draw.
+        UsageError: bad size, per-class, seed, workers or shard, or an unusable output folder. These
+        leave the file system as it was: they are raised before anything is written, or (a spec
+        that fails on a later sample) the folder a fresh, unsharded run created is removed again.
     """
-    from tqdm import tqdm
-
     spec = resolve_spec(variant, size)
     split_sizes(per_class)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
@@ -561,32 +629,24 @@ def generate(
         info = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
         return GenerateResult(str(root), True, 0, 0, n_chunks, n_chunks, total,
                               info.get("manifest_sha256"), info.get("content_sha256"))
-    _make_folders(root, spec, record)
-
     writer = _ChunkWriter(spec, seed, per_class, str(root), csize)
     mine = [c for c in range(n_chunks) if shard_t is None or c % shard_t[1] == shard_t[0] - 1]
     todo = [c for c in mine if not writer.is_complete(c)]
     n_mine = sum(len(writer.indices(c)) for c in mine)
     n_todo = sum(len(writer.indices(c)) for c in todo)
-    desc = f"generate {spec.name}" + (f" [{shard_t[0]}/{shard_t[1]}]" if shard_t else "")
-    disable = None if progress is None else not progress
-    with tqdm(total=n_mine, initial=n_mine - n_todo, unit="img", desc=desc, disable=disable) as bar:
-        n_workers = min(workers, len(todo))
-        if n_workers <= 1:
-            for c in todo:
-                bar.update(writer(c))
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker, initargs=(writer,)) as pool:
-                futures = {pool.submit(_run_chunk, c) for c in todo}
-                try:
-                    while futures:
-                        done, futures = wait(futures, return_when=FIRST_EXCEPTION)
-                        for f in done:
-                            bar.update(f.result())
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+    if todo:
+        _check_renderable(spec, seed, writer.indices(todo[0])[0], variant)
+    created = _first_missing(root)
+    _make_folders(root, spec, record)
+    try:
+        _render_chunks(writer, todo, workers, n_mine, n_todo, shard_t, progress)
+    except An8FlowerError:
+        # Bad input found while rendering (a spec whose samples cannot all be drawn): a fresh,
+        # unsharded run leaves nothing behind. Interruptions and I/O errors keep the finished
+        # chunks for a resume; so does a shard, whose folder other shards may be writing into.
+        if state == "new" and shard_t is None:
+            _undo_new_folder(root, created)
+        raise
 
     mine_set = set(mine)
     complete = [c for c in range(n_chunks) if c in mine_set or writer.is_complete(c)]

@@ -100,6 +100,7 @@ def test_generate_from_toml_spec_file(tmp_path, capsys):
         (["single-6c", "--shard", "half"], "--shard 'half'"),
         (["single-6c", "--workers", "0"], "--workers 0"),
         (["single-6c", "--seed", "-1"], "--seed -1"),
+        (["{undrawable}", "--size", "64"], "undrawable.json: spec 'single-6c': discriminative parts not visible"),
     ],
 )
 def test_generate_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, needle):
@@ -107,8 +108,11 @@ def test_generate_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, arg
     spec = load_spec("single-6c").to_dict()
     spec["classes"] = ["only-one"]
     (tmp_path / "field.json").write_text(json.dumps(spec))
+    spec = load_spec("single-6c").to_dict()
+    spec["nuisance"]["min_visible_area"] = 0.2  # valid field values that no draw can meet
+    (tmp_path / "undrawable.json").write_text(json.dumps(spec))
     subs = {"{bad_json}": str(tmp_path / "bad.json"), "{bad_field}": str(tmp_path / "field.json"),
-            "{missing_file}": str(tmp_path / "missing.json")}
+            "{missing_file}": str(tmp_path / "missing.json"), "{undrawable}": str(tmp_path / "undrawable.json")}
     args = [subs.get(a, a) for a in args]
     before = listing(tmp_path)
     line = run_error(capsys, ["generate", *args, "--out", str(tmp_path / "out")])

@@ -272,6 +272,51 @@ def test_resume_after_interruption(reference, tmp_path, monkeypatch):
     assert tree(root) == tree(reference)
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_spec_error_while_rendering_leaves_nothing(tmp_path, monkeypatch, existing):
+    """A spec that fails on a later sample (after chunks were written) leaves the file system as
+    it was: the new folder (and the parents this call created) is removed, an existing empty
+    folder is emptied again."""
+    import an8flower.generate as gen
+    from an8flower.errors import SpecError
+
+    original = gen._ChunkWriter.__call__
+
+    def fails_on_chunk_5(self, chunk_id):
+        if chunk_id == 5:
+            raise SpecError("spec 'single-6c': discriminative parts not visible enough (sample 5)")
+        return original(self, chunk_id)
+
+    monkeypatch.setattr(gen._ChunkWriter, "__call__", fails_on_chunk_5)
+    out = tmp_path / "new-parent" / "out"
+    if existing:
+        out.mkdir(parents=True)
+    with pytest.raises(SpecError, match="sample 5"):
+        generate("single-6c", out, size=SIZE, per_class=PER_CLASS, seed=3, workers=1, progress=False)
+    assert tree(tmp_path) == {}
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == (
+        ["new-parent", "new-parent/out"] if existing else [])
+
+
+def test_spec_error_in_a_shard_keeps_the_finished_chunks(tmp_path, monkeypatch):
+    """A shard may share its folder with other shards: it never deletes on error."""
+    import an8flower.generate as gen
+    from an8flower.errors import SpecError
+
+    original = gen._ChunkWriter.__call__
+
+    def fails_on_chunk_4(self, chunk_id):
+        if chunk_id == 4:
+            raise SpecError("spec 'single-6c': not drawable")
+        return original(self, chunk_id)
+
+    monkeypatch.setattr(gen._ChunkWriter, "__call__", fails_on_chunk_4)
+    out = tmp_path / "out"
+    with pytest.raises(SpecError):
+        generate("single-6c", out, size=SIZE, per_class=PER_CLASS, seed=3, workers=1, shard="1/2", progress=False)
+    assert sorted(p.name for p in (out / WORK_DIR / "rows").iterdir()) == ["chunk-000000.json", "chunk-000002.json"]
+
+
 def test_rerun_of_a_complete_dataset_renders_nothing(reference, tmp_path):
     before = tree(reference)
     again = generate("single-6c", reference, size=SIZE, per_class=PER_CLASS, seed=3, workers=1, progress=False)
