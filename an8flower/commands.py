@@ -89,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", metavar="DIR", help="dataset folder")
     p.add_argument("--out", required=True, metavar="PNG", help="output PNG file")
     p.add_argument("--per-class", default="4", metavar="N", help="samples per class (default 4)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="split to draw from (default test)")
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="split to draw from (default: all, i.e. the first samples of each class)")
     p.add_argument("--thumb", default="112", metavar="PX", help="thumbnail side (default 112)")
     p.set_defaults(func=_cmd_show)
 

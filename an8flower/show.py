@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from an8flower.errors import UsageError
 from an8flower.manifest import MANIFEST_NAME, atomic_write_bytes, decode_png, read_dataset_json, read_manifest
 
-__all__ = ["mask_overlay", "contact_sheet", "write_contact_sheet"]
+__all__ = ["ALL_SPLITS", "mask_overlay", "contact_sheet", "write_contact_sheet"]
 
 _PAD = 6
 _BG = (255, 255, 255)
@@ -43,15 +43,23 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str = "test", thumb: int = 112) -> Image.Image:
+#: ``split`` value of :func:`contact_sheet` that draws from every split.
+ALL_SPLITS = "all"
+
+
+def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str = ALL_SPLITS,
+                  thumb: int = 112) -> Image.Image:
     """Build the contact sheet of a dataset folder.
 
-    One row per class, labelled with its label and name; in each row the first ``per_class``
-    samples of ``split`` (manifest order), each as the image and, beside it, :func:`mask_overlay`.
+    A two-line title (variant, seed, size, split; the legend), then one row per class, labelled
+    with its label and name; in each row the first ``per_class`` samples of the class in ``split``
+    (by sample index), each as the image and, beside it, :func:`mask_overlay`. The sheet is wide
+    enough for the title and the rows.
 
     Args:
-        root: dataset folder. per_class: samples per class (>= 1). split: train, val or test.
-        thumb: side of each thumbnail in pixels (>= 16).
+        root: dataset folder. per_class: samples per class (>= 1; fewer are shown where the split
+            holds fewer). split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (default: every
+            split, so train samples come first). thumb: side of each thumbnail in pixels (>= 16).
 
     Raises:
         UsageError: bad ``per_class``/``split``/``thumb``; dataset errors from
@@ -63,11 +71,11 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
     if thumb < 16:
         raise UsageError(f"thumb {thumb}: must be >= 16 pixels")
     classes: list[str] = list(info["classes"])
-    rows = [r for r in read_manifest(Path(root) / MANIFEST_NAME) if r.split == split]
+    rows = [r for r in read_manifest(Path(root) / MANIFEST_NAME) if split in (ALL_SPLITS, r.split)]
     if not rows:
         raise UsageError(f"split {split!r}: no samples in {root} (splits: {', '.join(info['counts'])})")
     chosen: dict[int, list] = {c: [] for c in range(len(classes))}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r.index):
         if len(chosen[r.label]) < per_class:
             chosen[r.label].append(r)
 
@@ -76,15 +84,17 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(int(probe.textlength(f"{i} {c}", font=font)) for i, c in enumerate(classes)) + 2 * _PAD
     cell = 2 * thumb + _PAD
-    title_h = int(thumb * 0.35) + _PAD
     n_cols = max(len(v) for v in chosen.values())
-    width = label_w + n_cols * (cell + 2 * _PAD)
+    title = (f"an8Flower {info['variant']}: seed {info['seed']}, {info['size']} px, "
+             f"{'all splits' if split == ALL_SPLITS else f'split {split}'}\n"
+             f"image | mask (outside dimmed, outline white)")
+    left, top, right, bottom = probe.multiline_textbbox((_PAD, _PAD), title, font=title_font)
+    title_h = bottom + _PAD
+    width = max(label_w + n_cols * (cell + 2 * _PAD), right + _PAD)
     height = title_h + len(classes) * (thumb + _PAD) + _PAD
     sheet = Image.new("RGB", (width, height), _BG)
     draw = ImageDraw.Draw(sheet)
-    title = (f"an8Flower {info['variant']} - seed {info['seed']}, {info['size']} px, split {split}: "
-             f"image | mask (outside dimmed, outline white)")
-    draw.text((_PAD, _PAD), title, fill=(0, 0, 0), font=title_font)
+    draw.multiline_text((_PAD, _PAD), title, fill=(0, 0, 0), font=title_font)
     for label, name in enumerate(classes):
         y = title_h + label * (thumb + _PAD)
         draw.text((_PAD, y + thumb // 2), f"{label} {name}", fill=(0, 0, 0), font=font, anchor="lm")
@@ -102,7 +112,7 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
 
 
 def write_contact_sheet(root: str | os.PathLike[str], out: str | os.PathLike[str], per_class: int = 4,
-                        split: str = "test", thumb: int = 112) -> Path:
+                        split: str = ALL_SPLITS, thumb: int = 112) -> Path:
     """:func:`contact_sheet` written atomically as a PNG to ``out``; returns the path.
 
     Raises:

@@ -220,7 +220,7 @@ def test_mask_overlay_hand_computed():
 
 def test_show_contact_sheet_holds_each_class(dataset, tmp_path, capsys):
     out = tmp_path / "sheet.png"
-    assert main(["show", str(dataset), "--out", str(out), "--per-class", "1", "--thumb", "64"]) == 0
+    assert main(["show", str(dataset), "--out", str(out), "--per-class", "1", "--thumb", "64", "--split", "test"]) == 0
     assert str(out) in capsys.readouterr().out
     sheet = np.asarray(Image.open(out).convert("RGB"))
     rows = [r for r in read_manifest(dataset / MANIFEST_NAME) if r.split == "test"]
@@ -233,6 +233,37 @@ def test_show_contact_sheet_holds_each_class(dataset, tmp_path, capsys):
         assert y2 == y and x2 > x  # the mask view sits beside its image
         positions.append(y)
     assert positions == sorted(positions) and len(set(positions)) == 6  # one row per class, in label order
+
+
+def test_show_default_draws_the_first_samples_of_every_split(dataset, tmp_path, capsys):
+    """--per-class 3 of a 4-per-class dataset: its test split holds 1 per class, so the default
+    (all splits) is what gives 3: samples 0..17 (classes 0..5, ordinals 0..2), nothing later."""
+    out = tmp_path / "sheet.png"
+    assert main(["show", str(dataset), "--out", str(out), "--per-class", "3", "--thumb", "64"]) == 0
+    sheet = np.asarray(Image.open(out).convert("RGB"))
+    rows = read_manifest(dataset / MANIFEST_NAME)
+    for r in rows[:18]:
+        _find(sheet, decode_png(dataset / r.files["image"], "image"))
+    for r in rows[18:]:
+        with pytest.raises(AssertionError, match="not found"):
+            _find(sheet, decode_png(dataset / r.files["image"], "image"))
+
+
+def test_show_title_fits_on_the_sheet(dataset, tmp_path):
+    """With one thumbnail per class the title is wider than the grid of thumbnails: the sheet
+    widens, so the title's ink ends at least the margin before the right edge (it used to be cut)."""
+    from an8flower.show import write_contact_sheet
+
+    out = write_contact_sheet(dataset, tmp_path / "narrow.png", per_class=1, thumb=64)
+    sheet = np.asarray(Image.open(out).convert("RGB"))
+    first = read_manifest(dataset / MANIFEST_NAME)[0]
+    image = decode_png(dataset / first.files["image"], "image")
+    mask = decode_png(dataset / first.files["mask"], "mask")
+    top, _ = _find(sheet, image)
+    _, overlay_x = _find(sheet, mask_overlay(image, mask))
+    ink = np.nonzero((sheet[:top] != 255).any(axis=2).any(axis=0))[0]
+    assert ink.max() > overlay_x + 64  # the case under test: the title is wider than the grid
+    assert ink.max() < sheet.shape[1] - 3, (ink.max(), sheet.shape[1])
 
 
 def test_show_rejects_bad_output(dataset, tmp_path, capsys):
