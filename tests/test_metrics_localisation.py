@@ -416,3 +416,26 @@ def test_top_k_matches_expectation_over_tie_breaks(batch):
             above, tied = flat > v, flat == v
             expected = (mask[above].sum() + (kk - above.sum()) * mask[tied].mean()) / kk
             assert got == pytest.approx(expected)
+
+
+@settings(max_examples=15, deadline=None)
+@given(batches())
+def test_torch_code_paths_agree_with_numpy_paths(batch):
+    """Other devices sort and find ties with torch; run those paths on the CPU and compare."""
+    from an8flower.eval.metrics import _ranks
+
+    h, m = batch
+    fns = {**PER_IMAGE, "iou_curve": iou_curve}
+    if h.shape[1] * h.shape[2] < 3:
+        fns.pop("top_k_intersection")
+    numpy_scores = {name: fn(h, m) for name, fn in fns.items()}
+    numpy_double = pixel_auc(h.double(), m)
+    _ranks.NUMPY_ON_CPU = False
+    try:
+        torch_scores = {name: fn(h, m) for name, fn in fns.items()}
+        torch_double = pixel_auc(h.double(), m)
+    finally:
+        _ranks.NUMPY_ON_CPU = True
+    for name in fns:
+        torch.testing.assert_close(torch_scores[name], numpy_scores[name], equal_nan=True, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(torch_double, numpy_double, equal_nan=True, rtol=0, atol=0)

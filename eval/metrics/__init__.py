@@ -44,8 +44,8 @@ Conventions
 * **Randomisation** (Adebayo et al., NeurIPS 2018): cascading from the top layer (or independent),
   Spearman rank correlation with average ranks for ties, seeded re-initialisation from PyTorch's
   default initialisers on a deep copy (the caller's model is untouched).
-* **Memory.** Per-image metrics work ``chunk_size`` images at a time (default about 2**20 pixels,
-  ~20 heatmaps of 224 x 224), so a (B, H, W) batch needs no more than a few chunk-sized
+* **Memory.** Per-image metrics work ``chunk_size`` images at a time (default 2**18 pixels,
+  5 heatmaps of 224 x 224), so a (B, H, W) batch needs no more than a few chunk-sized
   temporaries. A set larger than memory (50,000 heatmaps of 224 x 224 are 10 GB) is streamed:
   call a metric per batch and concatenate the (B,) results; PxAP, being set-level, accumulates
   integer counts in :class:`PixelAveragePrecision`.

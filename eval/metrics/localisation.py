@@ -6,7 +6,7 @@ Every function takes ``heatmaps`` (B, H, W) floating (larger = more relevant) an
 conventions shared by all of them (thresholds, ties, NaN cases) are listed in the package
 docstring, :mod:`an8flower.eval.metrics`.
 
-All metrics are computed a chunk of images at a time (``chunk_size`` images, default about 2**20
+All metrics are computed a chunk of images at a time (``chunk_size`` images, default 2**18
 pixels per chunk), vectorised within the chunk; memory is bounded by the chunk, not the batch.
 """
 
@@ -26,7 +26,7 @@ from an8flower.eval.metrics._checks import (
     chunks,
     resolve_chunk_size,
 )
-from an8flower.eval.metrics._ranks import flagged_midrank_sum_x2, kth_largest, sort_rows, sort_with_flags
+from an8flower.eval.metrics._ranks import flagged_midrank_sum_x2, kth_largest, sort_with_flags
 
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS",
@@ -115,7 +115,7 @@ def iou_curve(
         masks: (B, H, W) bool.
         thresholds: strictly increasing values in (0, 1]; default :data:`DEFAULT_IOU_THRESHOLDS`
             (0.05, 0.10, ..., 0.95).
-        chunk_size: images per chunk (default: about 2**20 pixels).
+        chunk_size: images per chunk (default: 2**18 pixels, 5 heatmaps of 224 x 224).
 
     Returns:
         (B, T) float64. A row is NaN when the mask is empty or the heatmap is constant (no range
@@ -126,17 +126,15 @@ def iou_curve(
 
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
         c, n = hc.shape
-        # Counting from sorted rows: |A_t| and |A_t & M| are n minus the number of (mask) pixels
-        # whose normalised value is below t, found by binary search; one sort of all pixels, one of
-        # the mask pixels (the others set to +inf so they are never below a threshold).
-        ordered = sort_rows(hc)
-        ordered_in_mask = sort_rows(torch.where(mc, hc, torch.inf))
-        low = ordered[:, :1].double()
-        span = ordered[:, -1:].double() - low
-        scale = torch.where(span > 0, span, 1.0)
+        # Counting from sorted rows: with the pixels sorted by value and the mask flags carried
+        # along, |A_t| is n minus the number of normalised values below t (a binary search) and
+        # |A_t & M| is |M| minus the cumulative flag count at that position.
+        values, flags = sort_with_flags(hc, mc)
+        low = values[:, :1]
+        span = values[:, -1:] - low
         queries = t.expand(c, -1).contiguous()
-        below = torch.searchsorted((ordered.double() - low) / scale, queries)
-        below_in_mask = torch.searchsorted((ordered_in_mask.double() - low) / scale, queries)
+        below = torch.searchsorted((values - low) / torch.where(span > 0, span, 1.0), queries)
+        below_in_mask = flags.cumsum(dim=1).gather(1, (below - 1).clamp(min=0)) * (below > 0)
         k = mc.sum(dim=1, keepdim=True)
         inter = k - below_in_mask
         union = (n - below) + k - inter
@@ -168,13 +166,16 @@ def _expected_top_k_hits(h: torch.Tensor, m: torch.Tensor, k: torch.Tensor | int
     ``k - #{h > v}`` slots go to the ``#{h == v}`` tied pixels with equal probability.
     """
     v = kth_largest(h, k).unsqueeze(1)
+    at_least = h >= v
+    n_at_least = at_least.sum(dim=1)
+    hits = (at_least & m).sum(dim=1).double()
+    if bool((n_at_least == k).all()):  # no tie straddles the k-th value: the top k are exact
+        return hits
     above = h > v
-    tied = h == v
     n_above = above.sum(dim=1)
-    n_tied = tied.sum(dim=1)
-    hits_above = (above & m).sum(dim=1)
-    hits_tied = (tied & m).sum(dim=1)
-    return hits_above.double() + (k - n_above).double() * hits_tied.double() / n_tied.double()
+    hits_above = (above & m).sum(dim=1).double()
+    hits_tied, n_tied = hits - hits_above, n_at_least - n_above
+    return hits_above + (k - n_above).double() * hits_tied / n_tied.double()
 
 
 def iou_top_mask(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
@@ -219,8 +220,9 @@ def _dilate_disk(masks: torch.Tensor, radius: float) -> torch.Tensor:
     c, hh, ww = masks.shape
     rows = torch.arange(hh, device=masks.device).view(1, hh, 1)
     far = hh + r + 1
-    above = torch.where(masks, rows, -far).cummax(dim=1).values
-    below = torch.where(masks, rows, hh + far).flip(1).cummin(dim=1).values.flip(1)
+    # Arithmetic instead of torch.where: branch-free on random masks.
+    above = (masks * (rows + far) - far).cummax(dim=1).values
+    below = (hh + far - masks * (hh + far - rows)).flip(1).cummin(dim=1).values.flip(1)
     gap = torch.minimum(rows - above, below - rows)
     out = torch.zeros_like(masks)
     for dx in range(-r, r + 1):
@@ -269,8 +271,13 @@ def pointing_game(
         empty = ~mc.any(dim=1)
         if tolerance >= 1:
             mc = _dilate_disk(mc.view(-1, *shape), tolerance).view(mc.shape)
-        top = hc == hc.amax(dim=1, keepdim=True)
-        score = (top & mc).sum(dim=1).double() / top.sum(dim=1).double()
+        top_value, top_index = hc.max(dim=1, keepdim=True)
+        top = hc == top_value
+        n_top = top.sum(dim=1)
+        if bool((n_top == 1).all()):  # a single maximum per image: look it up
+            score = mc.gather(1, top_index).squeeze(1).double()
+        else:
+            score = (top & mc).sum(dim=1).double() / n_top.double()
         return _nan_where(score, empty)
 
     return _per_image(heatmaps, masks, chunk, chunk_size)
@@ -282,7 +289,7 @@ def pointing_game(
 def _positive_share(hc: torch.Tensor, mc: torch.Tensor) -> torch.Tensor:
     positive = hc.clamp(min=0)
     total = positive.sum(dim=1, dtype=torch.float64)
-    inside = torch.where(mc, positive, 0).sum(dim=1, dtype=torch.float64)
+    inside = (positive * mc).sum(dim=1, dtype=torch.float64)
     return _nan_where(inside / total, ~mc.any(dim=1) | (total <= 0))
 
 

@@ -58,7 +58,7 @@ def part_attribution(
         part_maps: (B, H, W) integer (uint8 or int16/32/64) part labels in ``[0, n_parts)``, on the
             heatmaps' device.
         n_parts: number of part labels P.
-        chunk_size: images per chunk (default about 2**20 pixels).
+        chunk_size: images per chunk (default 2**18 pixels).
 
     Returns:
         :class:`PartAttribution` of two (B, P) float64 tensors. A row of both is NaN when the
@@ -93,7 +93,7 @@ def part_attribution(
         total = positive.sum(dim=1, dtype=torch.float64)
         for p in range(p_count):
             on_part = labels == p
-            share[sl, p] = torch.where(on_part, positive, 0).sum(dim=1, dtype=torch.float64) / total
+            share[sl, p] = (positive * on_part).sum(dim=1, dtype=torch.float64) / total
             area[sl, p] = on_part.sum(dim=1).double() / n
     normalised = (share / area).masked_fill(area == 0, float("nan"))
     return PartAttribution(share, normalised)
