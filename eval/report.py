@@ -350,18 +350,19 @@ def plot_iou_curves(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.6, 4.0), dpi=90)
     cmap = plt.get_cmap("tab20")
     for i, (expl, (thr, iou)) in enumerate(curves.items()):
         style = "--" if expl in REFERENCE_ROWS else "-"
+        iou = [np.nan if v is None else v for v in iou]
         ax.plot(thr, iou, style, color=cmap(i % 20), label=expl, linewidth=1.5)
     ax.set_xlabel("threshold on the min-max normalised heatmap")
     ax.set_ylabel("mean IoU with the mask")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.03)
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="upper right", frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     _save(fig, path)
 

@@ -422,14 +422,21 @@ class _Oracle:
         return self.masks.to(images.device).float()
 
 
-def _explainer_options(name: str, model_name: str, config: RunConfig) -> dict[str, Any]:
-    """The options an explainer is built with: the run's, plus the CAM layer and the seed defaults."""
+#: Options the runner gives an explainer on an8Flower unless the run sets them: VEBI's lasso radius
+#: mu = 5, the value Oramas et al. used on an8Flower (their code's default, 10, is for ImageNet).
+AN8FLOWER_EXPLAINER_DEFAULTS: dict[str, dict[str, Any]] = {"vebi": {"mu": 5.0}}
+
+
+def _explainer_options(name: str, model_name: str, config: RunConfig, dataset: str = "an8flower") -> dict[str, Any]:
+    """The options an explainer is built with: the run's, plus the CAM layer, seed and an8Flower defaults."""
     from an8flower.baselines import explainer_class
     from an8flower.eval.models import DEFAULT_CAM_LAYER
 
     options = dict(config.explainer_options.get(name, {}))
     if name == ORACLE:
         return options
+    if dataset == "an8flower":
+        options = {**AN8FLOWER_EXPLAINER_DEFAULTS.get(name, {}), **options}
     params = inspect.signature(explainer_class(name).__init__).parameters
     if "layer" in params and "layer" not in options and model_name in DEFAULT_CAM_LAYER:
         options["layer"] = DEFAULT_CAM_LAYER[model_name]
@@ -816,7 +823,7 @@ def run_leaderboard(
                        disable=None if progress is None else not progress)
             for name in explainers:
                 bar.set_postfix_str(name)
-                options = _explainer_options(name, model_name, config)
+                options = _explainer_options(name, model_name, config, data.dataset)
                 base = {**base_meta, "explainer": name, "options": options}
                 wanted = [m for m in metrics if not (METRICS[m].kind == "parts" and test.parts is None)]
                 keys = {m: cell_key(data.hash, image_ids, mhash, name, options, m, _metric_options(m, config)) for m in wanted}
@@ -838,7 +845,7 @@ def run_leaderboard(
                 # With every cell cached, only the example heatmaps are missing: explain those images only.
                 todo = keep if missing else keep[:n_ex]
                 result = _run_explainer(name, options, missing, model, model_name, data, todo, config, device,
-                                        timer, n_ex, disc_ids, log)
+                                        timer, n_ex, disc_ids, log, progress)
                 calls += result["calls"]
                 if result["examples"] is not None:
                     ex["heatmaps"][name] = result["examples"]
@@ -884,7 +891,8 @@ def run_leaderboard(
         "seeds": {"dataset": config.seed, "model": config.seed, "explainers": config.seed},
         "datasets": datasets_rec,
         "models": models_rec,
-        "explainers": {e: {"options": _explainer_options(e, model_names[0], config),
+        "explainers": {e: {"options": _explainer_options(e, model_names[0], config,
+                                                         "ilsvrc12" if config.imagenet and datasets is None else "an8flower"),
                            "requires_fit": e != ORACLE and bool(explainer_class(e).requires_fit)} for e in explainers},
         "metrics": metric_info,
         "cells": {"computed": computed, "cached": cached, "errors": len(errors)},
@@ -912,7 +920,8 @@ def _jsonable(obj: Any) -> Any:
 
 def _run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], model: nn.Module, model_name: str,
                    data: PreparedData, keep: torch.Tensor, config: RunConfig, device: torch.device, timer: _Timer,
-                   n_ex: int, disc_ids: list[int], log: Callable[[str], None]) -> dict[str, Any]:
+                   n_ex: int, disc_ids: list[int], log: Callable[[str], None],
+                   progress: Optional[bool] = None) -> dict[str, Any]:
     """Explain the kept images batch by batch; score each batch into the missing cells."""
     accs = [_Accumulator(METRICS[m], _metric_options(m, config),
                          config.model_metric_images if METRICS[m].kind in ("model", "explainer") else None)
@@ -925,7 +934,10 @@ def _run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], m
                 raise UsageError(f"{name} must be fitted on a training split, and {data.dataset} has none here")
             t0 = time.perf_counter()
             loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0)
-            explainer.fit(model, loader)
+            if "progress" in inspect.signature(explainer.fit).parameters:
+                explainer.fit(model, loader, progress=progress)
+            else:
+                explainer.fit(model, loader)
             timer.add("fit", time.perf_counter() - t0, explainer=name)
     except Exception as exc:  # noqa: BLE001 - any failure of an explainer is recorded, the run goes on
         msg = _error_text(exc)
