@@ -24,6 +24,7 @@ from an8flower.baselines.gradient import (
 from an8flower.baselines.perturbation import RISE, Occlusion
 from an8flower.baselines.reference import CentreGaussian, RandomMap
 from an8flower.baselines.rules import backward_rules, modified_gradient
+from an8flower.baselines.vebi import VEBI, FeatureMaps, RelevantFeature
 
 __all__ = [
     "CHANNEL_REDUCTIONS",
@@ -53,4 +54,7 @@ __all__ = [
     "RISE",
     "RandomMap",
     "CentreGaussian",
+    "VEBI",
+    "FeatureMaps",
+    "RelevantFeature",
 ]
