@@ -20,7 +20,7 @@ from an8flower.errors import An8FlowerError
 COMMAND_MODULES: tuple[str, ...] = (
     "an8flower.commands",  # generate, verify, show, cite
     "an8flower.eval.commands",  # train, leaderboard
-    "an8flower.baselines.commands",  # interpret, explain
+    "an8flower.eval.interpret",  # interpret, explain (they load checkpoints and data: eval's side)
 )
 
 
