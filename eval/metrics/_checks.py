@@ -58,11 +58,16 @@ def check_masks(masks: object, heatmaps: torch.Tensor, name: str = "masks") -> t
 def check_finite(h: torch.Tensor, offset: int = 0, name: str = "heatmaps") -> None:
     """Raise a UsageError naming the first image of ``h`` (a (c, ...) chunk) with NaN or inf.
 
-    A float64 row sum is finite exactly when every value is (float32 values cannot overflow a
-    float64 sum); only rows whose sum is not finite are scanned element-wise, which also settles
-    float64 input whose finite values overflow the sum.
+    A row sum is finite when every value is, unless finite values overflow it; only rows whose sum
+    is not finite are scanned element-wise, which settles both cases. (On the GPU the sum is taken in
+    float64, which float32 values cannot overflow; on the CPU NumPy sums in the input's precision.)
     """
-    sums = h.reshape(h.shape[0], -1).sum(dim=1, dtype=torch.float64)
+    if h.device.type == "cpu":
+        # NumPy's SIMD sum in the input's precision: an overflow to inf only sends the row to the
+        # element-wise scan below, so the test stays exact.
+        sums = torch.from_numpy(np.asarray(h.reshape(h.shape[0], -1).numpy().sum(axis=1)))
+    else:
+        sums = h.reshape(h.shape[0], -1).sum(dim=1, dtype=torch.float64)
     suspects = (~torch.isfinite(sums)).nonzero().flatten()
     if suspects.numel() == 0:
         return

@@ -26,7 +26,13 @@ from an8flower.eval.metrics._checks import (
     chunks,
     resolve_chunk_size,
 )
-from an8flower.eval.metrics._ranks import flagged_midrank_sum_x2, kth_largest, sort_with_flags
+from an8flower.eval.metrics._ranks import (
+    Workspace,
+    count_true,
+    flagged_midrank_sum_x2,
+    kth_largest,
+    sort_with_flags,
+)
 
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS",
@@ -123,13 +129,14 @@ def iou_curve(
     """
     h = check_heatmaps(heatmaps)
     t = _check_thresholds(thresholds, h.device)
+    ws = Workspace()
 
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
         c, n = hc.shape
         # Counting from sorted rows: with the pixels sorted by value and the mask flags carried
         # along, |A_t| is n minus the number of normalised values below t (a binary search) and
         # |A_t & M| is |M| minus the cumulative flag count at that position.
-        values, flags = sort_with_flags(hc, mc)
+        values, flags = sort_with_flags(hc, mc, ws)
         low = values[:, :1]
         span = values[:, -1:] - low
         queries = t.expand(c, -1).contiguous()
@@ -403,12 +410,14 @@ def pixel_auc(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Option
     covers the whole image.
     """
 
+    ws = Workspace()
+
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
         n = hc.shape[1]
-        keys, flags = sort_with_flags(hc, mc)
-        n_pos = mc.sum(dim=1)
+        keys, flags = sort_with_flags(hc, mc, ws)
+        n_pos = count_true(mc)
         n_neg = n - n_pos
-        u = (flagged_midrank_sum_x2(keys, flags) - n_pos * (n_pos + 1)).double() / 2
+        u = (flagged_midrank_sum_x2(keys, flags, ws) - n_pos * (n_pos + 1)).double() / 2
         return _nan_where(u / (n_pos * n_neg).double(), (n_pos == 0) | (n_neg == 0))
 
     return _per_image(heatmaps, masks, chunk, chunk_size)
