@@ -117,7 +117,8 @@ def check_inputs(
     """Validate and move ``images``/``targets`` to the model's device.
 
     ``targets=None`` means the predicted class. Raises :class:`~an8flower.errors.UsageError` for a
-    non-4-D image batch, a non-floating image dtype, NaN/inf pixels, a target batch of another
+    non-4-D image batch, a non-floating image dtype, NaN/inf pixels, images the model cannot take
+    (wrong channel count or size: the model's own error is quoted), a target batch of another
     length, or a target outside ``[0, K)`` with K the number of logits.
     """
     if not isinstance(images, torch.Tensor):
@@ -141,8 +142,14 @@ def check_inputs(
         if targets.is_floating_point():
             raise UsageError(f"targets must be integer class indices, got {targets.dtype}")
         targets = targets.long()
-    with torch.no_grad():
-        logits = model(images[:1]) if targets is not None else model(images)
+    try:
+        with torch.no_grad():
+            logits = model(images[:1]) if targets is not None else model(images)
+    except RuntimeError as exc:  # wrong channel count or image size for this model
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"the model cannot take images of shape {tuple(images.shape)} (channels or size wrong?): {reason}"
+        ) from None
     if logits.dim() != 2:
         raise UsageError(f"the model must return logits (B, K), got shape {tuple(logits.shape)}")
     n_classes = logits.shape[1]

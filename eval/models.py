@@ -44,6 +44,9 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            # Broadcasting would silently turn a grey image into a 3-channel one.
+            raise RuntimeError(f"expected (B, {self.mean.shape[1]}, H, W) images, got {tuple(x.shape)}")
         return (x - self.mean) / self.std
 
 

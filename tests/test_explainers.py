@@ -394,7 +394,29 @@ def test_bad_input_errors(zoo: dict[str, nn.Module]) -> None:
         build_explainer("gradient", reduction="max")
     with pytest.raises(UsageError, match="window"):
         build_explainer("occlusion", window=64)(model, x, torch.tensor([0, 1]))
+    with pytest.raises(UsageError, match=r"cannot take images of shape \(2, 1, 32, 32\)"):
+        build_explainer("gradient")(model, torch.rand(2, 1, 32, 32), torch.tensor([0, 1]))
+    with pytest.raises(UsageError, match=r"cannot take images of shape \(2, 1, 20, 20\)"):
+        build_explainer("gradient")(build_model("lenet", 10), torch.rand(2, 1, 20, 20), torch.tensor([0, 1]))
     assert_no_hooks(model)
+
+
+@pytest.mark.parametrize(
+    "name, captum_cls",
+    [("gradient", "Saliency"), ("input_x_gradient", "InputXGradient"), ("guided_backprop", "GuidedBackprop"),
+     ("deconvnet", "Deconvolution")],
+)
+def test_gradient_family_matches_captum(name: str, captum_cls: str) -> None:
+    """Our one-backward-pass implementations give Captum's attributions (before channel reduction)."""
+    captum_attr = pytest.importorskip("captum.attr")
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 5).eval()
+    x = torch.rand(3, 3, 32, 32)
+    t = torch.tensor([0, 3, 4])
+    ours = build_explainer(name, reduction="sum")(model, x, t)
+    kwargs = {"abs": False} if captum_cls == "Saliency" else {}
+    theirs = getattr(captum_attr, captum_cls)(model).attribute(x.clone().requires_grad_(True), target=t, **kwargs)
+    torch.testing.assert_close(ours, theirs.detach().sum(dim=1), atol=1e-5, rtol=1e-4)
 
 
 # --- devices -------------------------------------------------------------------------------------
