@@ -194,6 +194,18 @@ def test_pixel_average_precision_hand_computed():
     assert pixel_average_precision(h, m2, n_thresholds=2).item() == pytest.approx(0.75)
 
 
+def test_pixel_average_precision_mask_is_the_ceiling_and_uniform_is_chance():
+    g = torch.Generator().manual_seed(5)
+    m = torch.rand(6, 16, 16, generator=g) > 0.8
+    assert pixel_average_precision(m.float(), m).item() == 1.0
+    # A constant heatmap puts every pixel in bin 0: one operating point, P = |M| / N, R = 1.
+    uniform = pixel_average_precision(torch.full((6, 16, 16), 0.3), m).item()
+    assert uniform == pytest.approx(m.sum().item() / m.numel(), abs=1e-12)
+X
+    h = torch.rand(6, 16, 16, generator=g)
+    assert pixel_average_precision(3 * h + 2, m).item() == pytest.approx(pixel_average_precision(h, m).item(), abs=1e-12)
+
+
 def test_pixel_average_precision_streams_exactly_and_matches_sklearn():
     sklearn = pytest.importorskip("sklearn.metrics")
     g = torch.Generator().manual_seed(3)
