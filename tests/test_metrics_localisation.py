@@ -201,7 +201,7 @@ def test_pixel_average_precision_mask_is_the_ceiling_and_uniform_is_chance():
     # A constant heatmap puts every pixel in bin 0: one operating point, P = |M| / N, R = 1.
     uniform = pixel_average_precision(torch.full((6, 16, 16), 0.3), m).item()
     assert uniform == pytest.approx(m.sum().item() / m.numel(), abs=1e-12)
-X
+    # Min-max normalisation makes it invariant under a positive affine map of the heatmap.
     h = torch.rand(6, 16, 16, generator=g)
     assert pixel_average_precision(3 * h + 2, m).item() == pytest.approx(pixel_average_precision(h, m).item(), abs=1e-12)
 
