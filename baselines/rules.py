@@ -58,14 +58,15 @@ class _GuidedReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        mask = x > 0
-        ctx.save_for_backward(mask)
-        return x * mask
+        y = torch.relu(x)
+        ctx.save_for_backward(y)  # y > 0 exactly where x > 0; no separate mask is kept
+        return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (mask,) = ctx.saved_tensors
-        return grad.clamp(min=0) * mask
+        (y,) = ctx.saved_tensors
+        # ReLU's own fused backward kernel (grad where y > 0, else 0), then the positive part.
+        return torch.ops.aten.threshold_backward(grad, y, 0).clamp_(min=0)
 
 
 class _DeconvReLU(torch.autograd.Function):
