@@ -413,11 +413,11 @@ class VEBI(Explainer):
         outputs, seeds = [], []
         for li in involved:
             act = acts[li]
-            select = (valid & (lay == li)).to(act.dtype)
-            onehot = torch.nn.functional.one_hot(chan.clamp(max=act.shape[1] - 1), act.shape[1]).to(act.dtype)
-            onehot = onehot * select.unsqueeze(1)
+            rows = torch.nonzero(valid & (lay == li)).flatten()
+            seed = torch.zeros_like(act)  # only the selected channel of the selected images is copied
+            seed[rows, chan[rows]] = act.detach()[rows, chan[rows]]
             outputs.append(act)
-            seeds.append(act.detach() * onehot.view(*onehot.shape, *([1] * (act.dim() - 2))))
+            seeds.append(seed)
         grads = torch.autograd.grad(outputs, x, seeds, retain_graph=retain_graph, allow_unused=True)
         return grads[0] if grads[0] is not None else torch.zeros_like(x)
 
