@@ -207,7 +207,7 @@ def _register_interpret(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", choices=["ground_truth", "predicted"], default="ground_truth",
                    help="lasso targets (default: ground_truth)")
     p.add_argument("--layer", action="append", metavar="NAME",
-                   help="module path of a feature layer (repeatable; default: every conv, ReLU, pooling, pre-logit linear)")
+                   help="module path of a feature layer (repeatable; default: every ReLU and pooling output)")
     p.add_argument("--no-stride-fix", action="store_true", help="visualise without the stride fix")
     p.add_argument("--max-features", type=int, default=8, help="features drawn per class sheet (default: 8)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")

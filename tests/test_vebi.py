@@ -81,7 +81,10 @@ def test_channel_j_is_the_relevant_feature_of_class_j() -> None:
 def test_default_layers_skip_the_logits_and_still_find_channel_j() -> None:
     net = class_net()
     x, y = class_data()
-    assert default_layers(net, x) == ["0", "1", "2"]  # conv, ReLU, pool; not the logit layer "4"
+    assert default_layers(net, x) == ["1", "2"]  # ReLU and pool; not the signed conv "0" nor the logits "4"
+    # Without ReLU modules: convolutions and linear layers, still not the logits.
+    plain = nn.Sequential(nn.Conv2d(K, K, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(K, K), nn.Linear(K, K))
+    assert default_layers(plain, x) == ["0", "1", "3"]
     vebi = VEBI(mu=5.0).fit(net, DataLoader(TensorDataset(x, y), batch_size=16))
     for j in range(K):
         top = vebi.relevant_features(j)[0]
