@@ -55,19 +55,26 @@ def colourise(heatmap: np.ndarray, cmap: str = "jet") -> np.ndarray:
     return lut[np.rint(h * 255.0).astype(np.intp)]
 
 
-def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``(1 - alpha) * image + alpha * colourise(heatmap)``, uint8 (H, W, 3).
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """The coloured heatmap blended over the image, weighted by the heatmap itself, uint8 (H, W, 3).
+
+    ``out = (1 - a) * image + a * colourise(heatmap)`` with the per-pixel weight
+    ``a = alpha * sqrt(s)``, ``s`` the min-max scaled heatmap: irrelevant pixels keep the image, the
+    most relevant get ``alpha`` of the colour, and the square root keeps sparse maps visible.
 
     Args:
         image: uint8 (H, W, 3) or (H, W) grey. heatmap: float (H, W), same size.
-        alpha: weight of the coloured heatmap.
+        alpha: weight of the colour at the heatmap's maximum.
     """
     img = np.asarray(image)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.shape[:2] != np.shape(heatmap):
         raise UsageError(f"heatmap {np.shape(heatmap)} and image {img.shape[:2]} differ in size")
-    mixed = (1.0 - alpha) * img.astype(np.float32) + alpha * colourise(heatmap).astype(np.float32)
+    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(h.min()), float(h.max())
+    weight = alpha * np.sqrt((h - lo) / (hi - lo) if hi > lo else np.zeros_like(h))[:, :, None]
+    mixed = (1.0 - weight) * img.astype(np.float64) + weight * colourise(heatmap).astype(np.float64)
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -94,6 +101,10 @@ def _tile(arr: np.ndarray, side: int) -> Image.Image:
     return img
 
 
+def _text_width(text: str, font: Any) -> int:
+    return int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 1
+
+
 def _text_sheet(width: int, height: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     sheet = Image.new("RGB", (width, height), _BG)
     return sheet, ImageDraw.Draw(sheet)
@@ -117,15 +128,16 @@ def interpretation_sheet(class_name: str, features: Sequence[Any], max_features:
     header, caption = 24, 30
     width = _PAD + cols * (thumb + _PAD)
     height = header + caption + 2 * (thumb + _PAD) + _PAD
-    sheet, draw = _text_sheet(max(width, 320), height)
     more = f" (top {len(shown)} of {len(features)})" if len(features) > len(shown) else ""
-    draw.text((_PAD, 4), f"{class_name}: {len(features)} relevant features{more}", fill=(0, 0, 0), font=title_font)
+    title = f"{class_name}: {len(features)} relevant features{more}"
+    sheet, draw = _text_sheet(max(width, _text_width(title, title_font) + 2 * _PAD), height)
+    draw.text((_PAD, 4), title, fill=(0, 0, 0), font=title_font)
     if not shown:
         draw.text((_PAD, header + 4), "no relevant features (the lasso selected none for this class)", fill=(90, 0, 0), font=font)
     for i, f in enumerate(shown):
         x = _PAD + i * (thumb + _PAD)
         draw.text((x, header), f.name, fill=(0, 0, 0), font=font)
-        draw.text((x, header + 13), f"w={f.weight:.3g} n={f.n_images}", fill=(60, 60, 60), font=font)
+        draw.text((x, header + 13), f"w={f.weight:.3g}, {f.n_images} img", fill=(60, 60, 60), font=font)
         y = header + caption
         if f.average_image is None or f.average_map is None:
             grey = np.full((thumb, thumb, 3), 200, np.uint8)
@@ -157,7 +169,7 @@ def explanation_figure(
     panels += [(name, heatmap_overlay(image, m)) for name, m in (maps or {}).items()]
     header, caption = 22, 16
     width = _PAD + len(panels) * (thumb + _PAD)
-    sheet, draw = _text_sheet(max(width, 360), header + caption + thumb + _PAD)
+    sheet, draw = _text_sheet(max(width, _text_width(title, font) + 2 * _PAD), header + caption + thumb + _PAD)
     draw.text((_PAD, 4), title, fill=(0, 0, 0), font=font)
     for i, (name, arr) in enumerate(panels):
         x = _PAD + i * (thumb + _PAD)
