@@ -246,6 +246,18 @@ def test_iou_curve_nan_for_constant_heatmap():
     assert torch.isnan(out).all()
 
 
+def test_pixel_auc_matches_sklearn_roc_auc():
+    """Against scikit-learn's trapezoidal ROC AUC, with ties (values rounded to 1/8)."""
+    sklearn = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(11)
+    h = (torch.rand(6, 20, 20, generator=g) * 8).round() / 8
+    m = torch.rand(6, 20, 20, generator=g) > 0.6
+    got = pixel_auc(h, m)
+    for i in range(6):
+        expected = sklearn.roc_auc_score(m[i].flatten().numpy(), h[i].flatten().numpy())
+        assert got[i].item() == pytest.approx(expected, abs=1e-12)
+
+
 def test_pixel_auc_nan_for_full_mask():
     assert math.isnan(pixel_auc(RAMP, torch.ones(1, 3, 3, dtype=torch.bool)).item())
 
