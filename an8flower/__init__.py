@@ -14,25 +14,28 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+#: Public name -> (module, attribute). The renderer function is exported as ``render_sample``:
+#: the name ``an8flower.render`` belongs to the submodule (importing it rebinds that attribute).
 _EXPORTS = {
-    "VariantSpec": "an8flower.spec",
-    "load_spec": "an8flower.spec",
-    "builtin_variants": "an8flower.spec",
-    "Sample": "an8flower.render",
-    "render": "an8flower.render",
-    "class_of": "an8flower.render",
-    "An8Flower": "an8flower.datasets.generated",
-    "An8FlowerOnTheFly": "an8flower.datasets.generated",
+    "VariantSpec": ("an8flower.spec", "VariantSpec"),
+    "load_spec": ("an8flower.spec", "load_spec"),
+    "builtin_variants": ("an8flower.spec", "builtin_variants"),
+    "Sample": ("an8flower.render", "Sample"),
+    "render_sample": ("an8flower.render", "render"),
+    "class_of": ("an8flower.render", "class_of"),
+    "An8Flower": ("an8flower.datasets.generated", "An8Flower"),
+    "An8FlowerOnTheFly": ("an8flower.datasets.generated", "An8FlowerOnTheFly"),
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'an8flower' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, attribute = target
+    value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value
     return value
 

@@ -16,6 +16,14 @@ def test_import_is_light_and_exports_resolve():
         assert getattr(an8flower, name) is not None
 
 
+def test_render_sample_is_the_function_even_after_the_submodule_is_imported():
+    import an8flower.render
+    from an8flower.render import render
+
+    assert an8flower.render_sample is render
+    assert an8flower.render_sample(an8flower.load_spec("single-6c"), 0, 7, size=64).label == 7 % 6
+
+
 def test_cli_lists_the_documented_commands():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     expected = {"generate", "verify", "show", "train", "leaderboard", "cite", "interpret", "explain"}
