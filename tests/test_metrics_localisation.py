@@ -258,6 +258,20 @@ def test_pixel_auc_matches_sklearn_roc_auc():
         assert got[i].item() == pytest.approx(expected, abs=1e-12)
 
 
+def test_pixel_auc_nonnegative_fast_path_equals_the_general_path():
+    """Non-negative float32 rows take the 32-bit key sort; shifted below zero they take the float64
+    packing. Pixel AUC is rank-based, so both must give the same numbers, ties and -0.0 included."""
+    g = torch.Generator().manual_seed(4)
+    h = (torch.rand(7, 24, 24, generator=g) * 8).round() / 8  # many ties, exact in float32
+    h[0, :3] = -0.0
+    h[1] = 0.0  # constant row: 0.5
+    m = torch.rand(7, 24, 24, generator=g) > 0.7
+    fast = pixel_auc(h, m, chunk_size=3)
+    general = pixel_auc(h - 10.0, m, chunk_size=3)
+    assert torch.equal(fast, general)
+    assert fast[1].item() == 0.5
+
+
 def test_pixel_auc_nan_for_full_mask():
     assert math.isnan(pixel_auc(RAMP, torch.ones(1, 3, 3, dtype=torch.bool)).item())
 

@@ -29,8 +29,8 @@ from an8flower.eval.metrics._checks import (
 from an8flower.eval.metrics._ranks import (
     Workspace,
     count_true,
-    flagged_midrank_sum_x2,
     kth_largest,
+    midrank_sum_x2_of_flagged,
     sort_with_flags,
 )
 
@@ -414,10 +414,9 @@ def pixel_auc(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Option
 
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
         n = hc.shape[1]
-        keys, flags = sort_with_flags(hc, mc, ws)
         n_pos = count_true(mc)
         n_neg = n - n_pos
-        u = (flagged_midrank_sum_x2(keys, flags, ws) - n_pos * (n_pos + 1)).double() / 2
+        u = (midrank_sum_x2_of_flagged(hc, mc, ws) - n_pos * (n_pos + 1)).double() / 2
         return _nan_where(u / (n_pos * n_neg).double(), (n_pos == 0) | (n_neg == 0))
 
     return _per_image(heatmaps, masks, chunk, chunk_size)
