@@ -19,6 +19,7 @@ Explainers are registered by name with :func:`register_explainer` and built with
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
@@ -100,6 +101,17 @@ def build_explainer(name: str, **options: Any) -> "Explainer":
             valid = sorted(set(params) - {"self"})
             raise UsageError(f"explainer {name!r} has no option {unknown[0]!r}; options: {', '.join(valid) or 'none'}")
     return cls(**options)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Inside the block ``model`` is in eval mode; its training mode is restored on exit, errors included."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -257,12 +269,11 @@ class Explainer:
     def __call__(
         self, model: nn.Module, images: torch.Tensor, targets: Optional[torch.Tensor | list[int]] = None
     ) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
         flags = [p.requires_grad for p in model.parameters()]
         try:
-            images, targets = check_inputs(model, images, targets)
-            out = self.explain(model, images, targets)
+            with eval_mode(model):
+                images, targets = check_inputs(model, images, targets)
+                out = self.explain(model, images, targets)
             if out.dim() == 4:
                 out = reduce_channels(out, self.reduction)
             expected = (images.shape[0], images.shape[2], images.shape[3])
@@ -272,7 +283,6 @@ class Explainer:
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
-            model.train(was_training)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())

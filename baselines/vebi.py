@@ -37,7 +37,6 @@ import json
 import os
 import tempfile
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -45,7 +44,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from an8flower.baselines.base import Explainer, check_inputs, model_device, reduce_channels, register_explainer
+from an8flower.baselines.base import (
+    Explainer,
+    check_inputs,
+    eval_mode,
+    model_device,
+    reduce_channels,
+    register_explainer,
+)
 from an8flower.baselines.features import LayerRecorder, channel_energy, default_layers, feature_vector
 from an8flower.baselines.lasso import nonneg_l1_lasso
 from an8flower.baselines.rules import RELU_RULES, backward_rules
@@ -123,16 +129,6 @@ def postprocess_signal(signal: torch.Tensor) -> torch.Tensor:
     Rectify, per-pixel L2 norm over colour channels (the ``pos_l2`` reduction), min-max per map.
     """
     return minmax_normalise(reduce_channels(signal, "pos_l2"))
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _batches(loader: Iterable[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -341,7 +337,7 @@ class VEBI(Explainer):
         layers: Optional[list[str]] = list(self.layers) if self.layers is not None else None
         sizes: Optional[list[int]] = None
         disable = None if progress is None else not progress
-        with _eval_mode(model):
+        with eval_mode(model):
             for images, labels in tqdm(_batches(loader), desc="vebi: features", unit="batch", disable=disable):
                 images = images.to(device)
                 if layers is None:
@@ -479,7 +475,7 @@ class VEBI(Explainer):
         Returns:
             :class:`FeatureMaps`, all tensors detached on the model's device.
         """
-        with _eval_mode(model):
+        with eval_mode(model):
             images, targets = check_inputs(model, images, targets)
             out = self._explain(model, images, targets)
         for name in ("heatmaps", "maps", "contributions"):
@@ -524,7 +520,7 @@ class VEBI(Explainer):
         offset = 0
         shape: Optional[tuple[int, ...]] = None
         disable = None if progress is None else not progress
-        with _eval_mode(model):
+        with eval_mode(model):
             for images, _ in tqdm(_batches(loader), desc="vebi: top images", unit="batch", disable=disable):
                 if shape is None:
                     shape = tuple(images.shape[1:])
