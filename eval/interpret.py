@@ -44,15 +44,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------- drawing
 
 
+def _unit_scale(heatmap: np.ndarray) -> np.ndarray:
+    """A float (H, W) map min-max scaled to [0, 1], float64; a constant map gives zeros, NaN/inf 0."""
+    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(h.min()), float(h.max())
+    return (h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)
+
+
 def colourise(heatmap: np.ndarray, cmap: str = "jet") -> np.ndarray:
     """A float (H, W) map min-max scaled to [0, 1] (constant: zeros; NaN: 0) as uint8 RGB (H, W, 3)."""
     from matplotlib import colormaps
 
-    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(h.min()), float(h.max())
-    h = (h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)
     lut = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
-    return lut[np.rint(h * 255.0).astype(np.intp)]
+    return lut[np.rint(_unit_scale(heatmap) * 255.0).astype(np.intp)]
 
 
 def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -71,9 +75,7 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) 
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.shape[:2] != np.shape(heatmap):
         raise UsageError(f"heatmap {np.shape(heatmap)} and image {img.shape[:2]} differ in size")
-    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(h.min()), float(h.max())
-    weight = alpha * np.sqrt((h - lo) / (hi - lo) if hi > lo else np.zeros_like(h))[:, :, None]
+    weight = alpha * np.sqrt(_unit_scale(heatmap))[:, :, None]
     mixed = (1.0 - weight) * img.astype(np.float64) + weight * colourise(heatmap).astype(np.float64)
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
 
