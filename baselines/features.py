@@ -18,8 +18,8 @@ MatConvNet networks the ReLUs run in place, so the blob of ``conv5_3`` or ``fc7`
 rectified activation. The raw output of a separate ``nn.Conv2d`` (before batch norm and ReLU) is
 signed, and its energy ``sum A^2`` counts strongly negative responses as relevant; visualising
 such a feature by sending its own (negative) activation back and rectifying the result highlights
-the wrong pixels (on an8Flower ``single-6c`` with the small CNN, VEBI's pixel AUC was 0.44 with
-conv outputs among the defaults and 0.80 without). A model without ReLU modules falls back to the
+the wrong pixels (in the published leaderboard, ``single-6c`` with the small CNN, VEBI's pixel
+AUC was 0.443 with conv outputs among the defaults and 0.793 without). A model without ReLU modules falls back to the
 outputs of its convolutions and of its linear layers except the logits. Any module can still be
 chosen by name.
 """

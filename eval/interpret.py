@@ -382,7 +382,7 @@ def _explain(args: argparse.Namespace) -> int:
     model, card = load_checkpoint(args.weights)
     device = _device(RunConfig(device=args.device))
     model = model.to(device).eval()
-    c, h, w = (list(card.get("input_size") or [3, 112, 112]) + [112])[:3]
+    c, h, w = card.get("input_size") or [3, 112, 112]  # model_card stores (channels, height, width)
     x = torch.from_numpy(_read_image(args.image, int(c), (h, w)))[None].to(device)
     classes = card.get("classes") or [str(i) for i in range(int(card["num_classes"]))]
     with torch.no_grad():
