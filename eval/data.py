@@ -1,0 +1,209 @@
+"""Datasets the leaderboard scores, held in memory: an8Flower rendered or read, ILSVRC12 validation.
+
+:func:`prepare_an8flower` and :func:`prepare_imagenet` turn a variant (or a generated folder) and
+an ILSVRC12 root into a :class:`PreparedData`: its splits as uint8 :class:`TensorSplit` tensors, its
+hash (the cache's dataset key) and what the report needs to know of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from an8flower.errors import UsageError
+from an8flower.eval.config import RunConfig
+
+__all__ = ["TensorSplit", "materialise", "PreparedData", "prepare_an8flower", "prepare_imagenet"]
+
+
+class TensorSplit(Dataset):
+    """A split held in memory: uint8 images (N, C, H, W), labels, masks and part maps.
+
+    Items are ``(image float32 (C, H, W) in [0, 1], label, mask)`` as every dataset of the package
+    yields them, so a split trains a model or fits VEBI through an ordinary ``DataLoader``.
+
+    Attributes:
+        images: uint8 (N, C, H, W). labels: long (N,). masks: bool (N, H, W) or None.
+        parts: uint8 (N, H, W) or None. ids: the sample index of each item in its source.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: Optional[torch.Tensor],
+                 parts: Optional[torch.Tensor], ids: Sequence[int]) -> None:
+        self.images, self.labels, self.masks, self.parts = images, labels, masks, parts
+        self.ids = [int(i) for i in ids]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, Optional[torch.Tensor]]:
+        return self.images[i].float().div_(255.0), int(self.labels[i]), None if self.masks is None else self.masks[i]
+
+    def float_images(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Images ``index`` as float32 in [0, 1]."""
+        return self.images[index].float().div_(255.0)
+
+    def sha256(self) -> str:
+        """SHA-256 of the split's bytes (images, labels, masks, part maps, ids)."""
+        d = hashlib.sha256()
+        for t in (self.images, self.labels, self.masks, self.parts):
+            if t is not None:
+                d.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                d.update(t.contiguous().numpy().tobytes())
+        d.update(json.dumps(self.ids).encode())
+        return d.hexdigest()
+
+
+def _raw_item(item: Sequence[Any]) -> tuple[torch.Tensor, int, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    image = item[0]
+    image = image if image.dtype == torch.uint8 else image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    mask = item[2] if len(item) > 2 else None
+    parts = item[3] if len(item) > 3 else None
+    return image, int(item[1]), mask, parts
+
+
+def _collate_raw(batch: Sequence[Sequence[Any]]) -> list:
+    return [_raw_item(b) for b in batch]
+
+
+def materialise(dataset: Dataset, workers: int = 0, desc: str = "load", progress: Optional[bool] = None) -> TensorSplit:
+    """Read every item of ``dataset`` into a :class:`TensorSplit` (images stored as uint8).
+
+    Items are ``(image float in [0, 1], label, mask[, parts])``; images are assumed to be 8-bit
+    (an8Flower PNGs, JPEGs) so the uint8 round trip is exact. ``ids`` come from the dataset's
+    ``sample_index`` when it has one.
+    """
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=_collate_raw)
+    images, labels, masks, parts = [], [], [], []
+    with tqdm(total=len(dataset), desc=desc, unit="img", disable=None if progress is None else not progress) as bar:
+        for batch in loader:
+            for image, label, mask, part in batch:
+                images.append(image)
+                labels.append(label)
+                masks.append(mask)
+                parts.append(part)
+            bar.update(len(batch))
+    if not images:
+        raise UsageError(f"{desc}: the dataset is empty")
+    shapes = {tuple(i.shape) for i in images}
+    if len(shapes) > 1:
+        raise UsageError(f"{desc}: images of different sizes {sorted(shapes)[:2]}; resize them with a transform")
+    ids = [dataset.sample_index(i) for i in range(len(dataset))] if hasattr(dataset, "sample_index") else list(range(len(dataset)))
+    return TensorSplit(
+        torch.stack(images),
+        torch.tensor(labels, dtype=torch.long),
+        torch.stack(masks).bool() if all(m is not None for m in masks) else None,
+        torch.stack(parts).to(torch.uint8) if all(p is not None for p in parts) else None,
+        ids,
+    )
+
+
+@dataclass
+class PreparedData:
+    """A dataset ready to score: splits in memory and what the report needs to know of it.
+
+    Attributes:
+        dataset: ``"an8flower"`` or ``"ilsvrc12"``. variant: the variant name (``""`` for ILSVRC12).
+        source: ``"rendered in memory"`` or the folder read. hash: the dataset hash (the manifest
+        SHA-256 of a generated folder; the SHA-256 of the rendered splits' bytes otherwise).
+        classes, parts, discriminative: class names, part names and the discriminative parts.
+        train, val: the training splits (None when the model is loaded, not trained). test: the
+        scored split. size: image side. info: facts recorded in ``run.json``.
+    """
+
+    dataset: str
+    variant: str
+    source: str
+    hash: str
+    classes: list[str]
+    parts: list[str]
+    discriminative: list[str]
+    train: Optional[TensorSplit]
+    val: Optional[TensorSplit]
+    test: TensorSplit
+    size: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, progress: Optional[bool] = None) -> PreparedData:
+    """Load (``config.data[variant]``, a generated folder) or render in memory an an8Flower variant.
+
+    Rendered in memory, the splits are exactly those ``an8flower generate VARIANT --size SIZE
+    --per-class PER_CLASS --seed SEED`` writes.
+    """
+    from an8flower.datasets.generated import An8Flower, An8FlowerOnTheFly
+
+    folder = config.data.get(variant)
+    splits = ["train", "val", config.split] if need_train else [config.split]
+    splits = list(dict.fromkeys(splits))
+    loaded: dict[str, TensorSplit] = {}
+    if folder is not None:
+        for split in splits:
+            ds = An8Flower(folder, split, return_parts=True)
+            loaded[split] = materialise(ds, config.workers, f"{variant} {split}", progress)
+        info = ds.info
+        name = info.get("variant", variant)
+        digest = info.get("manifest_sha256") or info.get("manifest_hash")
+        if not digest:
+            raise UsageError(f"{folder}: dataset.json has no manifest_sha256")
+        classes, parts, disc = list(ds.classes), list(ds.parts), list(ds.discriminative_parts)
+        source, size = os.fspath(folder), int(loaded[config.split].images.shape[-1])
+        facts = {"seed": info.get("seed"), "per_class": info.get("per_class"), "version": info.get("version")}
+    else:
+        for split in splits:
+            ds = An8FlowerOnTheFly(variant, split, size=config.size, per_class=config.per_class,
+                                   seed=config.seed, return_parts=True)
+            loaded[split] = materialise(ds, config.workers, f"render {ds.spec.name} {split}", progress)
+        spec = ds.spec
+        name, classes, parts, disc = spec.name, list(spec.classes), list(spec.parts), list(spec.discriminative)
+        d = hashlib.sha256()
+        for split in splits:
+            d.update(split.encode() + loaded[split].sha256().encode())
+        digest, source, size = d.hexdigest(), "rendered in memory", config.size
+        facts = {"seed": config.seed, "per_class": config.per_class, "spec_sha256": spec.sha256()}
+    facts["sizes"] = {s: len(t) for s, t in loaded.items()}
+    return PreparedData(
+        dataset="an8flower", variant=name, source=source, hash=digest, classes=classes, parts=parts,
+        discriminative=disc, train=loaded.get("train"), val=loaded.get("val"), test=loaded[config.split],
+        size=size, info=facts,
+    )
+
+
+def prepare_imagenet(config: RunConfig, progress: Optional[bool] = None) -> PreparedData:
+    """ILSVRC12 validation images resized to 256 (shorter side), centre-cropped to ``config.size``
+    (224 unless set), with the union of the labelled class's boxes as mask (same transform,
+    nearest-neighbour)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    from an8flower.datasets.imagenet import ILSVRC12
+
+    size = config.size
+    resize = round(size * 256 / 224)
+
+    def transform(img: Any) -> torch.Tensor:
+        return F.to_tensor(F.center_crop(F.resize(img, resize, InterpolationMode.BILINEAR), size))
+
+    def mask_transform(mask: torch.Tensor) -> torch.Tensor:
+        m = F.resize(mask[None].to(torch.uint8), resize, InterpolationMode.NEAREST)
+        return F.center_crop(m, size)[0].bool()
+
+    ds = ILSVRC12(config.imagenet, "val", transform=transform, mask_transform=mask_transform, num_classes=None)
+    n = len(ds) if config.max_images is None else min(len(ds), 4 * config.max_images)
+    subset = torch.utils.data.Subset(ds, range(n))
+    test = materialise(subset, config.workers, "ILSVRC12 val", progress)
+    if test.masks is None:
+        raise UsageError(f"{config.imagenet}: no validation boxes found (XML annotations or LOC_val_solution.csv)")
+    digest = hashlib.sha256(("ilsvrc12-val" + test.sha256()).encode()).hexdigest()
+    return PreparedData(
+        dataset="ilsvrc12", variant="", source=os.fspath(config.imagenet), hash=digest, classes=list(ds.classes),
+        parts=[], discriminative=[], train=None, val=None, test=test, size=size,
+        info={"images_read": n, "val_images": len(ds), "class_source": getattr(ds, "class_source", None)},
+    )
