@@ -19,6 +19,7 @@ Explainers are registered by name with :func:`register_explainer` and built with
 from __future__ import annotations
 
 import inspect
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
@@ -38,6 +39,7 @@ __all__ = [
     "model_device",
     "CHANNEL_REDUCTIONS",
     "reduce_channels",
+    "SelectOutput",
 ]
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
@@ -130,8 +132,11 @@ def check_inputs(
 
     ``targets=None`` means the predicted class. Raises :class:`~an8flower.errors.UsageError` for a
     non-4-D image batch, a non-floating image dtype, NaN/inf pixels, images the model cannot take
-    (wrong channel count or size: the model's own error is quoted), a target batch of another
-    length, or a target outside ``[0, K)`` with K the number of logits.
+    (wrong channel count or size: the model's own error is quoted), a model whose output is not a
+    logits tensor (B, K) (a tuple or dict: see :class:`SelectOutput`), a target batch of another
+    length, or a target outside ``[0, K)`` with K the number of logits. With ``targets`` given, K is
+    learnt from one forward pass of one image the first time a model sees images of that shape,
+    then cached (no extra forward pass per call).
     """
     if not isinstance(images, torch.Tensor):
         raise UsageError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
@@ -154,25 +159,85 @@ def check_inputs(
         if targets.is_floating_point():
             raise UsageError(f"targets must be integer class indices, got {targets.dtype}")
         targets = targets.long()
-    try:
-        with torch.no_grad():
-            logits = model(images[:1]) if targets is not None else model(images)
-    except RuntimeError as exc:  # wrong channel count or image size for this model
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(
-            f"the model cannot take images of shape {tuple(images.shape)} (channels or size wrong?): {reason}"
-        ) from None
-    if logits.dim() != 2:
-        raise UsageError(f"the model must return logits (B, K), got shape {tuple(logits.shape)}")
-    n_classes = logits.shape[1]
     if targets is None:
+        logits = _checked_logits(model, images)
+        n_classes = logits.shape[1]
         targets = logits.argmax(dim=1)
     else:
+        n_classes = _num_logits(model, images)
         bad = ((targets < 0) | (targets >= n_classes)).nonzero()
         if bad.numel():
             i = int(bad[0, 0])
             raise UsageError(f"targets[{i}] = {int(targets[i])} is out of range for a model with {n_classes} classes")
     return images, targets
+
+
+def _checked_logits(model: nn.Module, images: torch.Tensor, batch_shape: Optional[tuple[int, ...]] = None) -> torch.Tensor:
+    """``model(images)`` without autograd, as a logits tensor (B, K); a clear UsageError otherwise.
+
+    ``batch_shape`` is the shape quoted in the error (the caller's batch when ``images`` is its
+    first image).
+    """
+    try:
+        with torch.no_grad():
+            out = model(images)
+    except RuntimeError as exc:  # wrong channel count or image size for this model
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"the model cannot take images of shape {batch_shape or tuple(images.shape)} (channels or size wrong?): "
+            f"{reason}"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(
+            f"the model must return a logits tensor (B, K), got a {type(out).__name__}; wrap it to select the "
+            "logits, e.g. an8flower.baselines.SelectOutput(model, 0) or SelectOutput(model, 'logits')"
+        )
+    if out.dim() != 2 or out.shape[0] != images.shape[0]:
+        raise UsageError(f"the model must return logits (B, K) for B = {images.shape[0]} images, got shape {tuple(out.shape)}")
+    return out
+
+
+#: Number of logits per (model, input signature), so that explaining a given target costs no extra
+#: forward pass after the first call (the explainer's own forward would fail less clearly).
+_LOGITS_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]]" = weakref.WeakKeyDictionary()
+
+
+def _num_logits(model: nn.Module, images: torch.Tensor) -> int:
+    """K for ``model`` on images like ``images``: one checked forward of one image, then cached.
+
+    The cache key is the image shape, dtype and device plus the shapes of the model's parameters,
+    so replacing a layer (another K) is seen.
+    """
+    signature = (tuple(images.shape[1:]), images.dtype, images.device,
+                 tuple(tuple(p.shape) for p in model.parameters()))
+    per_model = _LOGITS_CACHE.setdefault(model, {})
+    k = per_model.get(signature)
+    if k is None:
+        k = per_model[signature] = int(_checked_logits(model, images[:1], tuple(images.shape)).shape[1])
+    return k
+
+
+class SelectOutput(nn.Module):
+    """Wraps a model whose forward returns a tuple, list or dict, keeping the logits only.
+
+    ``SelectOutput(model, key)(x) == model(x)[key]``: ``key`` is a position (tuple/list outputs)
+    or a name (dict outputs, e.g. ``"logits"``; Hugging Face outputs, whose fields are also
+    attributes, work too). Every explainer and metric of the package expects ``model(x)`` to be
+    the logits tensor (B, K): wrap such models once.
+    """
+
+    def __init__(self, model: nn.Module, key: int | str = 0) -> None:
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(self.key, str) and not isinstance(out, dict) and hasattr(out, self.key):
+            return getattr(out, self.key)
+        try:
+            return out[self.key]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise UsageError(f"SelectOutput: the model's output ({type(out).__name__}) has no entry {self.key!r}") from exc
 
 
 def _reduce_abs_max(x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,16 @@ Requirements: ReLUs must be ``nn.ReLU`` modules (a functional ``F.relu`` in a ``
 hooked and would back-propagate as the plain gradient); one module may be called several times
 (each call is hooked). In-place ReLUs are switched to out-of-place inside the block and restored
 on exit.
+
+**Unhooked rectifications are refused.** A model that defines ``nn.ReLU`` modules but also
+rectifies functionally (torchvision's DenseNet ends with ``F.relu(features)``) would get a guided
+backprop or deconvnet that is only partly guided, silently. While a non-plain rule is active, a
+:class:`torch.overrides.TorchFunctionMode` watches the forward pass: a rectification that runs
+outside an ``nn.ReLU`` module's call raises :class:`~an8flower.errors.UsageError` naming the
+function. Rectifications are :data:`RECTIFICATIONS` (``relu``, ``relu_``, ``relu6``,
+``threshold``, ``threshold_``) and ``clamp``/``clamp_min`` (and their in-place forms) with
+``min = 0`` and no ``max``. Other activations (GELU, SiLU, leaky ReLU...) are not rectifications
+and the rules do not touch them.
 """
 
 from __future__ import annotations
@@ -47,10 +57,13 @@ from torch import nn
 from an8flower.baselines.base import HookScope
 from an8flower.errors import UsageError
 
-__all__ = ["RELU_RULES", "backward_rules", "modified_gradient", "stride_fix_backward"]
+__all__ = ["RELU_RULES", "RECTIFICATIONS", "backward_rules", "modified_gradient", "stride_fix_backward"]
 
 #: The ReLU backward rules :func:`backward_rules` accepts.
 RELU_RULES: tuple[str, ...] = ("gradient", "guided", "deconvnet")
+#: Functions (by ``__name__``) that rectify their input; see "Unhooked rectifications are refused".
+RECTIFICATIONS: frozenset[str] = frozenset({"relu", "relu_", "relu6", "threshold", "threshold_"})
+_CLAMPS: frozenset[str] = frozenset({"clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_"})
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -183,22 +196,69 @@ def backward_rules(model: nn.Module, relu: str = "gradient", stride_fix: bool = 
         )
     inplace = [m for m in relus if m.inplace]
     scope = HookScope()
+    guard = _RectificationGuard(relu, type(model).__name__) if relu != "gradient" else None
     try:
         for m in inplace:
             m.inplace = False
-        if relu != "gradient":
+        if guard is not None:
             hook = _relu_hook(_RELU_FUNCTIONS[relu])
             for m in relus:
+                scope.add(m.register_forward_pre_hook(guard.enter))
                 scope.add(m.register_forward_hook(hook, prepend=True))
+                scope.add(m.register_forward_hook(guard.leave, always_call=True))
         if stride_fix:
             for m in model.modules():
                 if isinstance(m, nn.Conv2d) and tuple(m.stride) != (1, 1):
                     scope.add(m.register_forward_hook(_stride_fix_hook, prepend=True))
-        yield scope
+        if guard is None:
+            yield scope
+        else:
+            with guard:
+                yield scope
     finally:
         scope.__exit__(None, None, None)
         for m in inplace:
             m.inplace = True
+
+
+def _is_rectification(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    name = getattr(func, "__name__", "")
+    if name in RECTIFICATIONS:
+        return True
+    if name not in _CLAMPS:
+        return False
+    lo = kwargs.get("min", args[1] if len(args) > 1 else None)
+    hi = kwargs.get("max", args[2] if len(args) > 2 else None)
+    return hi is None and isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo == 0
+
+
+class _RectificationGuard(torch.overrides.TorchFunctionMode):
+    """Refuses rectifications that run outside an ``nn.ReLU`` module while a ReLU rule is active.
+
+    ``enter``/``leave`` are the pre- and post-hooks of every ``nn.ReLU``; a rectification seen at
+    depth 0 is one the rule does not cover.
+    """
+
+    def __init__(self, rule: str, model_name: str) -> None:
+        super().__init__()
+        self.rule, self.model_name, self.depth = rule, model_name, 0
+
+    def enter(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        self.depth += 1
+
+    def leave(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        self.depth -= 1
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Optional[dict] = None) -> Any:
+        kwargs = kwargs or {}
+        if self.depth == 0 and _is_rectification(func, args, kwargs):
+            name = getattr(func, "__name__", repr(func))
+            raise UsageError(
+                f"relu={self.rule!r}: {self.model_name} rectifies outside its nn.ReLU modules ({name} called in a "
+                "forward), so the rule would not apply there and the result would be partly the plain gradient; "
+                "replace the functional call by an nn.ReLU module"
+            )
+        return func(*args, **kwargs)
 
 
 def modified_gradient(

@@ -228,3 +228,29 @@ def test_constant_explanation_is_nan_and_bad_layers():
         randomisation_similarity(model, gradient, x, layers=["3"])
     with pytest.raises(UsageError, match="explainer output"):
         randomisation_similarity(model, lambda m, images, t: torch.ones(8, 8), x, layers=["6"])
+
+
+@pytest.mark.parametrize("metric", ["deletion_auc", "insertion_auc", "randomisation_similarity"])
+def test_model_based_metrics_leave_a_train_mode_model_untouched(metric: str) -> None:
+    """A model handed over in train mode keeps its batch-norm statistics and its mode; scores are eval-mode scores."""
+    import copy
+
+    from an8flower.baselines import build_explainer
+    from an8flower.eval import metrics as M
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3))
+    model.train()
+    images, heatmaps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+    reference = copy.deepcopy(model).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    if metric == "randomisation_similarity":
+        run = lambda m: M.randomisation_similarity(m, build_explainer("gradient"), images, torch.tensor([0, 1]), seed=1)
+    else:
+        run = lambda m: getattr(M, metric)(m, images, heatmaps, torch.tensor([0, 1]), steps=4)
+    scores = run(model)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(scores, run(reference))

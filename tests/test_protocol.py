@@ -147,3 +147,49 @@ def test_hook_scope_removes_hooks_on_error():
             assert len(layer._forward_hooks) == 1
             raise ValueError("inside")
     assert len(layer._forward_hooks) == 0 and len(layer._backward_hooks) == 0
+
+
+class TupleNet(TinyNet):
+    """Returns (logits, features), or a dict {"logits", "features"}, as many research models do."""
+
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.as_dict = as_dict
+
+    def forward(self, x: torch.Tensor):
+        feats = x.mean(dim=(2, 3))
+        logits = self.fc(feats)
+        return {"logits": logits, "features": feats} if self.as_dict else (logits, feats)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+@pytest.mark.parametrize("targets", [None, torch.tensor([0, 2])])
+def test_model_returning_tuple_or_dict_is_a_clear_error_and_select_output_fixes_it(as_dict: bool, targets) -> None:
+    from an8flower.baselines import SelectOutput
+
+    x = torch.rand(2, 2, 4, 4)
+    net = TupleNet(as_dict)
+    with pytest.raises(UsageError, match=rf"logits tensor \(B, K\), got a {'dict' if as_dict else 'tuple'}.*SelectOutput"):
+        build_explainer("gradient")(net, x, targets)
+    wrapped = SelectOutput(net, "logits" if as_dict else 0)
+    h = build_explainer("gradient")(wrapped, x, targets)
+    expected = build_explainer("gradient")(TinyNet(), x, targets)
+    assert torch.equal(h, expected)
+    with pytest.raises(UsageError, match="has no entry 'scores'"):
+        SelectOutput(net, "scores")(x)
+
+
+def test_target_check_costs_one_forward_per_model_and_shape() -> None:
+    calls = []
+    net = TinyNet()
+    net.register_forward_pre_hook(lambda m, inp: calls.append(tuple(inp[0].shape)))
+    x = torch.rand(4, 2, 3, 3)
+    for _ in range(3):
+        check_inputs(net, x, torch.tensor([0, 1, 2, 0]))
+    assert calls == [(1, 2, 3, 3)]  # checked once, then the class count is cached
+    check_inputs(net, torch.rand(2, 2, 5, 5), torch.tensor([0, 1]))
+    assert calls[-1] == (1, 2, 5, 5)  # a new image size is checked again
+    with pytest.raises(UsageError, match=r"targets\[1\] = 3 is out of range for a model with 3 classes"):
+        check_inputs(net, x[:2], torch.tensor([0, 3]))
+    net.fc = nn.Linear(2, 5, bias=False)  # another number of classes: seen through the parameter shapes
+    check_inputs(net, x[:2], torch.tensor([0, 4]))

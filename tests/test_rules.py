@@ -142,7 +142,7 @@ def test_hooks_removed_and_inplace_restored_after_exception() -> None:
     net = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(inplace=True), nn.Flatten())
     with pytest.raises(RuntimeError, match="boom"):
         with backward_rules(net, relu="deconvnet", stride_fix=True) as scope:
-            assert len(list(scope)) == 2
+            assert len(list(scope)) == 4  # the ReLU's rule hook and guard pre/post hooks, the conv's stride fix
             assert net[1].inplace is False
             raise RuntimeError("boom")
     for m in net.modules():
@@ -234,3 +234,48 @@ def test_stride_fix_leaves_stride1_conv_alone() -> None:
     t = torch.tensor([0, 2])
     for rule in ("gradient", "guided"):
         assert torch.equal(modified_gradient(net, x, t, relu=rule, stride_fix=True), modified_gradient(net, x, t, relu=rule))
+
+
+class _HalfFunctional(nn.Module):
+    """Defines an nn.ReLU module but also rectifies functionally (as torchvision's DenseNet does)."""
+
+    def __init__(self, functional: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(3, 2)
+        self.functional = functional
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv(x))
+        y = {"F.relu": torch.nn.functional.relu, "Tensor.relu": torch.Tensor.relu,
+             "clamp(min=0)": lambda t: t.clamp(min=0), "relu6": torch.nn.functional.relu6}[self.functional](y - 0.1)
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("functional", ["F.relu", "Tensor.relu", "clamp(min=0)", "relu6"])
+@pytest.mark.parametrize("rule", ["guided", "deconvnet"])
+def test_functional_rectification_next_to_relu_modules_is_refused(functional: str, rule: str) -> None:
+    net = _HalfFunctional(functional)
+    with pytest.raises(UsageError, match=f"relu={rule!r}: _HalfFunctional rectifies outside its nn.ReLU modules"):
+        modified_gradient(net, X1, torch.tensor([0]), relu=rule)
+    for m in net.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    # the plain gradient has no rule to miss, and is computed as before
+    g = modified_gradient(net, X1, torch.tensor([0]), relu="gradient")
+    assert g.shape == X1.shape and torch.isfinite(g).all()
+
+
+def test_rectifications_inside_relu_modules_and_other_clamps_pass() -> None:
+    class Clamps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.relu(self.conv(x)).clamp(min=-1.0).clamp(0.0, 1.0)  # not rectifications: lower bound != 0, or a max
+            return y.flatten(1)[:, :3]
+
+    g = modified_gradient(Clamps(), X1, torch.tensor([1]), relu="guided")
+    assert g.shape == X1.shape

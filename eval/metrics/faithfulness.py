@@ -7,7 +7,9 @@
   Maps"): how similar the heatmaps stay when the model's weights are randomised, layer by layer
   from the top; an explanation that does not change is not explaining the model.
 
-The model is used as given (call ``model.eval()`` first); images go to the model's device and the
+Every model-based metric runs the model in eval mode and restores its mode afterwards (errors
+included), as the explainers do: a model handed over in train mode would otherwise update its
+batch-norm running statistics on the perturbed images. Images go to the model's device and the
 scores come back there as float64. The caller's model is never modified.
 """
 
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from an8flower.baselines.base import eval_mode
 from an8flower.errors import UsageError
 from an8flower.eval.metrics._checks import as_tensor, check_finite, check_heatmaps, check_positive_int, chunks
 from an8flower.eval.metrics._ranks import average_ranks
@@ -143,6 +146,13 @@ def _perturbation_curve(
     chunk_size: int,
     insert: bool,
 ) -> torch.Tensor:
+    with eval_mode(model):
+        return _perturbation_curve_eval(model, images, heatmaps, targets, steps, baseline, chunk_size, insert)
+
+
+def _perturbation_curve_eval(model: nn.Module, images: torch.Tensor, heatmaps: torch.Tensor,
+                             targets: Optional[torch.Tensor], steps: int, baseline: Baseline, chunk_size: int,
+                             insert: bool) -> torch.Tensor:
     device = _model_device(model)
     x = _check_images(images, device)
     h = check_heatmaps(heatmaps).to(device)
@@ -232,7 +242,7 @@ def deletion_auc(
     ``chunk_size`` at a time, without gradients.
 
     Args:
-        model: classifier returning logits (B, K), in eval mode.
+        model: classifier returning logits (B, K); run in eval mode, its mode restored.
         images: (B, C, H, W) floating, moved to the model's device.
         heatmaps: (B, H, W) floating, larger = more relevant.
         targets: (B,) class indices, or ``None`` for the model's predicted class.
@@ -389,6 +399,12 @@ def randomisation_similarity(
         (B, L) float64, L = len(layers), column order top layer first. NaN where a heatmap is
         constant (no ranking).
     """
+    with eval_mode(model):
+        return _randomisation_eval(model, explainer, images, targets, layers, cascade, absolute, seed)
+
+
+def _randomisation_eval(model: nn.Module, explainer: Explainer, images: torch.Tensor, targets: Optional[torch.Tensor],
+                        layers: Optional[Sequence[str]], cascade: bool, absolute: bool, seed: int) -> torch.Tensor:
     device = _model_device(model)
     x = _check_images(images, device)
     t = _check_targets(model, x, targets)
