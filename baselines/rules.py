@@ -202,6 +202,8 @@ def backward_rules(model: nn.Module, relu: str = "gradient", stride_fix: bool = 
             m.inplace = False
         if guard is not None:
             hook = _relu_hook(_RELU_FUNCTIONS[relu])
+            scope.add(model.register_forward_pre_hook(guard.start))
+            scope.add(model.register_forward_hook(guard.stop, always_call=True))
             for m in relus:
                 scope.add(m.register_forward_pre_hook(guard.enter))
                 scope.add(m.register_forward_hook(hook, prepend=True))
@@ -233,15 +235,23 @@ def _is_rectification(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
 
 
 class _RectificationGuard(torch.overrides.TorchFunctionMode):
-    """Refuses rectifications that run outside an ``nn.ReLU`` module while a ReLU rule is active.
+    """Refuses rectifications that run outside an ``nn.ReLU`` module during the model's forward.
 
-    ``enter``/``leave`` are the pre- and post-hooks of every ``nn.ReLU``; a rectification seen at
-    depth 0 is one the rule does not cover.
+    ``start``/``stop`` are the model's own pre- and post-hooks (code outside the forward, such as
+    an explainer's post-processing, is not watched); ``enter``/``leave`` those of every
+    ``nn.ReLU``. A rectification seen inside the forward at ReLU depth 0 is one the rule does not
+    cover.
     """
 
     def __init__(self, rule: str, model_name: str) -> None:
         super().__init__()
-        self.rule, self.model_name, self.depth = rule, model_name, 0
+        self.rule, self.model_name, self.depth, self.forwards = rule, model_name, 0, 0
+
+    def start(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        self.forwards += 1
+
+    def stop(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        self.forwards -= 1
 
     def enter(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.depth += 1
@@ -251,7 +261,7 @@ class _RectificationGuard(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
-        if self.depth == 0 and _is_rectification(func, args, kwargs):
+        if self.forwards > 0 and self.depth == 0 and _is_rectification(func, args, kwargs):
             name = getattr(func, "__name__", repr(func))
             raise UsageError(
                 f"relu={self.rule!r}: {self.model_name} rectifies outside its nn.ReLU modules ({name} called in a "

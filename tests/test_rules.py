@@ -142,7 +142,7 @@ def test_hooks_removed_and_inplace_restored_after_exception() -> None:
     net = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(inplace=True), nn.Flatten())
     with pytest.raises(RuntimeError, match="boom"):
         with backward_rules(net, relu="deconvnet", stride_fix=True) as scope:
-            assert len(list(scope)) == 4  # the ReLU's rule hook and guard pre/post hooks, the conv's stride fix
+            assert len(list(scope)) == 6  # the guard's model pre/post hooks, the ReLU's rule hook and guard pre/post hooks, the conv's stride fix
             assert net[1].inplace is False
             raise RuntimeError("boom")
     for m in net.modules():
