@@ -1,72 +1,378 @@
-"""The leaderboard's per-cell cache: keys and files under ``<out>/cache``."""
+"""The leaderboard's per-cell cache: keys derived from a cell's complete configuration, validated files.
+
+A *cell* is the score of one explainer under one metric on the scored images of one (dataset,
+model) group. Its **key** is the SHA-256 of its configuration (:func:`cell_config`), which holds
+every setting that can change one of its numbers:
+
+* the data: the dataset hash, the scored split and the ids of the scored images (which follow
+  from ``max_images``, ``all_images`` and the model's predictions);
+* the model: the SHA-256 of its weights;
+* the explainer: its name, its options completed with the defaults of its constructor, and the
+  identity of its code (:func:`explainer_code_identity`: a hash of the package's numeric source for
+  built-in explainers, of the user's source file for explainers registered elsewhere);
+* the metric: its name, its options completed with the metric function's defaults, and the number
+  of images model-based metrics score (``model_metric_images``);
+* the run: the seed (explainer noise, randomisation draws), the batch size (explainers that draw
+  noise per call, and floating-point summation order), the device type, and the versions of
+  an8flower and torch.
+
+Settings that change no number (``out``, ``plots``, ``examples``, ``workers``, ``quick``) are not
+in the key. ``tests/test_cache.py`` enumerates the fields of
+:class:`~an8flower.eval.config.RunConfig` and checks each one is classified.
+
+**Files.** ``<out>/cache/<key[:2]>/<key>.json`` holds ``{"format", "key", "config", "cell",
+"sha256", "written"}``: ``sha256`` is the SHA-256 of the canonical JSON of ``cell``. A read checks
+the JSON, the format, the key, the checksum and the cell's schema; a file that fails any check
+(truncated, edited, ``[]``, ``null``) is reported with a warning naming it and recomputed, never
+used. The checksum detects damage and edits made without recomputing it; it is not a signature.
+Example heatmaps (``<key>.npz``, for the plots) are read with ``allow_pickle=False`` and checked
+for their array names, shapes, dtype and finiteness the same way.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import io
 import json
+import math
 import os
-from typing import Any, Optional, Sequence
+import time
+import warnings
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from an8flower.eval.report import atomic_write
 
-__all__ = ["canonical", "cell_key", "CellCache"]
+__all__ = [
+    "CACHE_FORMAT",
+    "canonical",
+    "package_code_sha256",
+    "explainer_code_identity",
+    "complete_options",
+    "cell_config",
+    "cell_key",
+    "CellCache",
+    "validate_cell",
+]
+
+#: Version of the cell-file layout and of the key's configuration schema.
+CACHE_FORMAT = 2
+
+#: Source folders (relative to the installed ``an8flower`` package and its mapped subpackages) whose
+#: code decides the numbers of a built-in explainer or metric.
+_NUMERIC_PACKAGES: tuple[str, ...] = ("an8flower.baselines", "an8flower.eval.metrics")
+_NUMERIC_MODULES: tuple[str, ...] = ("an8flower.eval.scoring", "an8flower.eval.models")
+
+#: Keys every cell holds (see :func:`validate_cell`).
+_CELL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "dataset": str, "variant": str, "model": str, "explainer": str, "metric": str, "split": str, "seed": int,
+    "options": dict, "metric_options": dict, "n": int, "extra": dict,
+}
 
 
 def canonical(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces; values JSON cannot hold are written with ``str``)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def cell_key(dataset_hash: str, image_ids: Sequence[int], model_hash: str, explainer: str,
-             explainer_options: dict[str, Any], metric: str, metric_options: dict[str, Any]) -> str:
-    """The cache key of a cell: SHA-256 of its inputs and the package version (hex)."""
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def package_code_sha256() -> str:
+    """SHA-256 over the source of the package code that computes heatmaps and scores.
+
+    Every ``.py`` file of :data:`_NUMERIC_PACKAGES` (recursively) and the modules of
+    :data:`_NUMERIC_MODULES`, in sorted order of their module names, as ``name NUL bytes NUL``.
+    A development checkout that changes an explainer, a backward rule or a metric therefore gets
+    new keys; an installed release keeps its keys.
+    """
+    import importlib
+
+    files: dict[str, bytes] = {}
+    for name in _NUMERIC_PACKAGES:
+        package = importlib.import_module(name)
+        for folder in package.__path__:
+            for dirpath, _dirs, names in os.walk(folder):
+                for fname in names:
+                    if fname.endswith(".py"):
+                        path = os.path.join(dirpath, fname)
+                        rel = os.path.relpath(path, folder).replace(os.sep, "/")
+                        with open(path, "rb") as fh:
+                            files[f"{name}/{rel}"] = fh.read()
+    for name in _NUMERIC_MODULES:
+        path = importlib.import_module(name).__file__
+        with open(path, "rb") as fh:
+            files[name] = fh.read()
+    digest = hashlib.sha256()
+    for key in sorted(files):
+        digest.update(key.encode() + b"\0" + files[key] + b"\0")
+    return digest.hexdigest()
+
+
+def explainer_code_identity(cls: type) -> dict[str, Any]:
+    """What identifies the code of an explainer class in a cache key.
+
+    * a class of the package (module under ``an8flower.``): :func:`package_code_sha256`;
+    * any other class (a user's ``@register_explainer``): the SHA-256 of the source files that
+      define its methods (and those of its base classes outside the package), or of the methods'
+      code objects when a file cannot be read (a class typed into a notebook);
+    * plus whatever the class's optional ``cache_identity()`` classmethod returns (adapters to
+      other libraries give the library's name and version).
+    """
+    module = getattr(cls, "__module__", "") or ""
+    identity: dict[str, Any] = {"class": f"{module}.{getattr(cls, '__qualname__', repr(cls))}"}
+    if module == "an8flower" or module.startswith("an8flower."):
+        identity["source_sha256"] = package_code_sha256()
+    else:
+        identity["source_sha256"] = _user_source_sha256(cls)
+    extra = getattr(cls, "cache_identity", None)
+    if callable(extra):
+        identity["library"] = extra()
+    return identity
+
+
+def _user_source_sha256(cls: type) -> str:
+    """SHA-256 of the files that define ``cls``'s methods (their code objects' file names), or of the
+    code objects themselves when a file cannot be read (a class typed into a notebook)."""
+    import marshal
+
+    functions = [v for _, v in sorted(vars(cls).items()) if inspect.isfunction(v)]
+    for base in cls.__mro__[1:]:
+        if (base.__module__ or "").startswith("an8flower."):
+            break
+        functions += [v for _, v in sorted(vars(base).items()) if inspect.isfunction(v)]
+    digest = hashlib.sha256()
+    files = sorted({f.__code__.co_filename for f in functions})
+    if files and all(os.path.isfile(path) for path in files):
+        for path in files:
+            with open(path, "rb") as fh:
+                digest.update(path.encode() + b"\0" + fh.read() + b"\0")
+        return digest.hexdigest()
+    if not functions:
+        warnings.warn(f"explainer class {cls.__qualname__} defines no method whose code can be hashed: its "
+                      "leaderboard cells are recomputed on every run", stacklevel=3)
+        return "uncacheable-" + os.urandom(16).hex()
+    for f in functions:
+        digest.update(marshal.dumps(f.__code__))
+    return digest.hexdigest()
+
+
+def complete_options(function: Optional[Callable[..., Any]], options: dict[str, Any], skip: int = 0) -> dict[str, Any]:
+    """``options`` over the keyword defaults of ``function``'s signature (after its first ``skip`` parameters).
+
+    So that a key does not change when an option is spelt out at its default value, and does change
+    when a default changes.
+    """
+    out: dict[str, Any] = {}
+    if function is not None:
+        try:
+            params = list(inspect.signature(function).parameters.values())[skip:]
+        except (TypeError, ValueError):
+            params = []
+        for p in params:
+            if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                out[p.name] = p.default
+    out.update(options)
+    return out
+
+
+def cell_config(*, dataset: str, split: str, image_ids: Sequence[int], model: str, explainer: dict[str, Any],
+                metric: dict[str, Any], seed: int, batch_size: int, device: str) -> dict[str, Any]:
+    """The complete configuration of a cell (see the module docstring), JSON-ready.
+
+    Args:
+        dataset: the dataset hash. split: the scored split. image_ids: the scored images' ids.
+        model: the model hash.
+        explainer: ``{"name", "options" (complete), "code" (:func:`explainer_code_identity`)}``.
+        metric: ``{"name", "options" (complete), "limit" (images scored, or None for all)}``.
+        seed, batch_size: the run's. device: the device type (``"cpu"``, ``"cuda"``).
+    """
+    import torch
+
     from an8flower import __version__
 
-    payload = {
-        "dataset": dataset_hash,
-        "images": hashlib.sha256(canonical(list(map(int, image_ids))).encode()).hexdigest(),
-        "model": model_hash,
+    return {
+        "format": CACHE_FORMAT,
+        "dataset": dataset,
+        "split": split,
+        "images": _sha256_text(canonical([int(i) for i in image_ids])),
+        "n_images": len(image_ids),
+        "model": model,
         "explainer": explainer,
-        "explainer_options": explainer_options,
         "metric": metric,
-        "metric_options": metric_options,
-        "version": __version__,
+        "run": {"seed": int(seed), "batch_size": int(batch_size), "device": str(device)},
+        "versions": {"an8flower": __version__, "torch": str(torch.__version__).split("+")[0]},
     }
-    return hashlib.sha256(canonical(payload).encode()).hexdigest()
+
+
+def cell_key(config: dict[str, Any]) -> str:
+    """The cache key of a cell: the hex SHA-256 of the canonical JSON of its :func:`cell_config`."""
+    return _sha256_text(canonical(config))
+
+
+def group_part(config: dict[str, Any]) -> str:
+    """The part of a cell configuration shared by every cell of its group (all but explainer and metric)."""
+    return canonical({k: v for k, v in config.items() if k not in ("explainer", "metric")})
+
+
+def validate_cell(cell: Any) -> Optional[str]:
+    """None if ``cell`` has the schema of a cell, else the reason it has not."""
+    if not isinstance(cell, dict):
+        return f"the cell is a {type(cell).__name__}, not an object"
+    for name, kind in _CELL_FIELDS.items():
+        if name not in cell:
+            return f"no {name!r}"
+        if not isinstance(cell[name], kind) or isinstance(cell[name], bool):
+            return f"{name!r} is a {type(cell[name]).__name__}"
+    if cell["n"] < 0:
+        return "negative 'n'"
+    if cell.get("error") is not None and not isinstance(cell["error"], str):
+        return "'error' is not a string"
+    value = cell.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "'value' is not a number"
+    scores, ids = cell.get("scores"), cell.get("image_ids")
+    if scores is not None:
+        if not isinstance(scores, list) or not all(s is None or (isinstance(s, (int, float)) and not isinstance(s, bool))
+                                                   for s in scores):
+            return "'scores' is not a list of numbers"
+        if not isinstance(ids, list) or len(ids) != len(scores):
+            return "'scores' and 'image_ids' differ in length"
+        finite = [float(s) for s in scores if s is not None and math.isfinite(s)]
+        if cell["n"] != len(finite):
+            return "'n' is not the number of finite scores"
+    if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        return "'image_ids' is not a list of integers"
+    return None
 
 
 class CellCache:
-    """Cells as JSON files ``<out>/cache/<key[:2]>/<key>.json``; example heatmaps as ``.npz``."""
+    """Cells as JSON files ``<out>/cache/<key[:2]>/<key>.json``; example heatmaps as ``.npz``.
 
-    def __init__(self, root: str) -> None:
+    Args:
+        root: the results folder (the cache is its ``cache`` sub-folder).
+        warn: where the one-line warnings about damaged files go (default :func:`warnings.warn`).
+    """
+
+    def __init__(self, root: str, warn: Optional[Callable[[str], None]] = None) -> None:
         self.root = os.path.join(root, "cache")
+        self.warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
+        self.damaged: list[str] = []
 
-    def _path(self, key: str, ext: str) -> str:
+    def path(self, key: str, ext: str) -> str:
         return os.path.join(self.root, key[:2], f"{key}.{ext}")
 
+    def _damaged(self, path: str, reason: str) -> None:
+        self.damaged.append(path)
+        self.warn(f"damaged cache file {path} ({reason}): recomputed")
+
     def get(self, key: str) -> Optional[dict[str, Any]]:
-        path = self._path(key, "json")
+        """The cell stored under ``key``, or None (absent, or damaged: then a warning names the file)."""
+        path = self.path(key, "json")
         try:
             with open(path, encoding="utf-8") as fh:
-                cell = json.load(fh)
-        except (OSError, ValueError):
+                text = fh.read()
+        except FileNotFoundError:
             return None
-        return cell if cell.get("key") == key else None
+        except (OSError, UnicodeDecodeError) as exc:
+            self._damaged(path, f"unreadable: {exc}")
+            return None
+        return self._parse(path, text, key)
 
-    def put(self, key: str, cell: dict[str, Any]) -> None:
-        atomic_write(self._path(key, "json"), json.dumps({**cell, "key": key}, allow_nan=True))
-
-    def get_arrays(self, key: str) -> Optional[dict[str, np.ndarray]]:
+    def _parse(self, path: str, text: str, key: Optional[str]) -> Optional[dict[str, Any]]:
         try:
-            with np.load(self._path(key, "npz")) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError):
+            doc = json.loads(text)
+        except ValueError as exc:
+            self._damaged(path, f"not valid JSON: {exc}")
             return None
+        if not isinstance(doc, dict):
+            self._damaged(path, f"holds a {type(doc).__name__}, not a cell file")
+            return None
+        if doc.get("format") != CACHE_FORMAT:
+            self._damaged(path, f"cache format {doc.get('format')!r}, expected {CACHE_FORMAT}")
+            return None
+        if key is not None and doc.get("key") != key:
+            self._damaged(path, "its key differs from its file name")
+            return None
+        cell = doc.get("cell")
+        if doc.get("sha256") != _sha256_text(canonical(cell)):
+            self._damaged(path, "its checksum does not match its content")
+            return None
+        if not isinstance(doc.get("config"), dict) or cell_key(doc["config"]) != doc.get("key"):
+            self._damaged(path, "its configuration does not match its key")
+            return None
+        reason = validate_cell(cell)
+        if reason is not None:
+            self._damaged(path, reason)
+            return None
+        return {**cell, "_config": doc["config"], "_written": doc.get("written", 0.0)}
+
+    def put(self, key: str, config: dict[str, Any], cell: dict[str, Any]) -> None:
+        """Store ``cell`` (validated first) under ``key`` with its configuration and checksum, atomically."""
+        cell = {k: v for k, v in cell.items() if not k.startswith("_")}
+        reason = validate_cell(json.loads(json.dumps(cell, allow_nan=True)))
+        if reason is not None:
+            raise ValueError(f"not a valid cell ({reason})")
+        doc = {"format": CACHE_FORMAT, "key": key, "config": config, "cell": cell,
+               "sha256": _sha256_text(canonical(cell)), "written": time.time()}
+        atomic_write(self.path(key, "json"), json.dumps(doc, allow_nan=True))
+
+    def cells(self) -> Iterator[dict[str, Any]]:
+        """Every valid cell in the cache (damaged files are skipped with a warning)."""
+        if not os.path.isdir(self.root):
+            return
+        for sub in sorted(os.listdir(self.root)):
+            folder = os.path.join(self.root, sub)
+            if len(sub) != 2 or not os.path.isdir(folder):
+                continue
+            for name in sorted(os.listdir(folder)):
+                if not name.endswith(".json") or name.startswith("."):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, encoding="utf-8") as fh:
+                        text = fh.read()
+                except (OSError, UnicodeDecodeError) as exc:
+                    self._damaged(path, f"unreadable: {exc}")
+                    continue
+                cell = self._parse(path, text, name[: -len(".json")])
+                if cell is not None:
+                    yield cell
+
+    def get_arrays(self, key: str, shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Optional[dict[str, np.ndarray]]:
+        """The arrays stored under ``key``, or None (absent or damaged).
+
+        ``shapes``: the names and shapes the file must hold (a dimension given as -1 is free); the
+        arrays must also be floating point and finite.
+        """
+        path = self.path(key, "npz")
+        if not os.path.isfile(path):
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001 - a truncated zip raises BadZipFile, EOFError, ValueError...
+            self._damaged(path, f"unreadable: {type(exc).__name__}: {exc}")
+            return None
+        for name, shape in (shapes or {}).items():
+            a = arrays.get(name)
+            if a is None:
+                self._damaged(path, f"no array {name!r}")
+                return None
+            if a.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, a.shape)):
+                self._damaged(path, f"array {name!r} has shape {a.shape}, expected {shape}")
+                return None
+            if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+                self._damaged(path, f"array {name!r} is not finite floating point")
+                return None
+        return arrays
 
     def put_arrays(self, key: str, **arrays: np.ndarray) -> None:
-        import io
-
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        atomic_write(self._path(key, "npz"), buf.getvalue())
+        atomic_write(self.path(key, "npz"), buf.getvalue())

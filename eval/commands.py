@@ -126,6 +126,8 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="data-loading worker processes (default: 0)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute every requested cell instead of reading the cache in --out (trained models are reused)")
     p.add_argument("--list", action="store_true", help="list the explainers and metrics, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages; print only the table")
     p.set_defaults(func=_leaderboard)
@@ -228,9 +230,11 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     summary = run_leaderboard(config, command=["an8flower"] + sys.argv[1:] if sys.argv else None,
-                              progress=False if args.quiet else None)
+                              progress=False if args.quiet else None, fresh=args.fresh)
     print(summary.markdown)
     if not args.quiet:
-        print(f"results in {os.path.abspath(config.out)} ({summary.computed} cells computed, {summary.cached} cached, "
-              f"{len(summary.record['errors'])} errors; {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+        cells = summary.record["cells"]
+        print(f"results in {os.path.abspath(config.out)} ({summary.computed} cells computed, {summary.cached} from the "
+              f"cache, {cells['from_earlier_runs']} more from earlier runs, {len(summary.record['errors'])} errors; "
+              f"{time.perf_counter() - start:.0f} s)", file=sys.stderr)
     return 0

@@ -14,11 +14,15 @@ kept under ``<out>/models``):
    metrics (deletion, insertion, randomisation) run on the first ``model_metric_images`` scored
    images only: each costs tens of forward passes (or explainer calls) per image;
 3. stores every (dataset, model, explainer, metric) *cell* as a JSON file under ``<out>/cache``,
-   keyed by the SHA-256 of (dataset hash, scored image ids, model hash, explainer name and
-   options, metric name and options, package version). A later run with the same key reads the
-   cell instead of computing it, so an interrupted run resumes and an extended run (another
-   explainer, metric, variant) computes only what is new. Failed cells are not cached: a rerun
-   tries them again;
+   keyed by the SHA-256 of the cell's complete configuration (:mod:`an8flower.eval.cache`: data,
+   scored images, model weights, explainer options and code, metric options, seed, batch size,
+   device, versions). A later run with the same key reads the cell instead of computing it, so an
+   interrupted run resumes and an extended run (another explainer, metric, variant) computes only
+   what is new; ``fresh=True`` (``--fresh``) recomputes. Every cell read is validated (schema and
+   checksum): a damaged one is recomputed with a warning naming its file. Failed cells are not
+   cached: a rerun tries them again. The report covers the requested cells plus, for the same
+   groups, the other explainers and metrics earlier runs cached in the folder, so a narrower
+   rerun does not shrink it; plots of an earlier report that are not rewritten are removed;
 4. records an explainer that raises, or returns NaN/inf, as an error in all its cells (``value``
    NaN, ``n`` 0, the message in ``leaderboard.json`` and ``leaderboard.md``) and goes on; a metric
    that raises fails only its own cell.
@@ -32,6 +36,7 @@ wall time split into data, training, explainers, metrics and I/O).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -47,7 +52,15 @@ import torch
 from torch import nn
 
 from an8flower.errors import UsageError
-from an8flower.eval.cache import CellCache, canonical, cell_key
+from an8flower.eval.cache import (
+    CellCache,
+    canonical,
+    cell_config,
+    cell_key,
+    complete_options,
+    explainer_code_identity,
+    group_part,
+)
 from an8flower.eval.config import RunConfig
 from an8flower.eval.data import PreparedData, TensorSplit, materialise, prepare_an8flower, prepare_imagenet
 from an8flower.eval.report import atomic_write, write_report
@@ -123,7 +136,7 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
     if data.train is None:
         raise UsageError(f"no --weights for {model_name} and {data.dataset} has no training split to train one")
     tconf = config.train_config()
-    recipe = canonical({"model": model_name, "data": data.hash, "train": tconf.__dict__})
+    recipe = canonical({"model": model_name, "data": data.hash, "train": tconf.__dict__, "code": _training_code_sha256()})
     path = os.path.join(config.out, "models", f"{data.variant}_{model_name}_{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.pt")
     if os.path.isfile(path):
         t0 = time.perf_counter()
@@ -206,6 +219,7 @@ def run_leaderboard(
     command: Optional[Sequence[str]] = None,
     progress: Optional[bool] = None,
     log: Optional[Callable[[str], None]] = None,
+    fresh: bool = False,
 ) -> RunSummary:
     """Run the leaderboard that ``config`` describes; write its results folder; return a summary.
 
@@ -218,15 +232,19 @@ def run_leaderboard(
         command: the command line recorded in ``run.json`` (default ``sys.argv``).
         progress: tqdm bars (``None``: on a terminal only).
         log: where one-line progress messages go (default: stderr when ``progress`` is not False).
+        fresh: recompute every requested cell instead of reading it from the cache (the results
+            are written to the cache again; trained models in ``<out>/models`` are reused, being
+            keyed by their full recipe).
 
     Returns:
-        A :class:`RunSummary`.
+        A :class:`RunSummary`. The report covers the requested cells and, for the same groups,
+        the cells of other explainers and metrics that earlier runs cached in ``config.out``.
 
     Raises:
         UsageError: unknown explainer, metric or model names, unreadable weights or data (before
         any explainer runs).
     """
-    run = _Run(config, models, progress, log)
+    run = _Run(config, models, progress, log, fresh)
     sources: list[Any] = list(datasets) if datasets is not None else ([None] if config.imagenet else list(config.variants))
     for source in sources:
         data = run.prepare(source)
@@ -239,7 +257,7 @@ class _Run:
     """The state of one leaderboard run: cache, timer, the cells gathered so far and the run record."""
 
     def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
-                 log: Optional[Callable[[str], None]]) -> None:
+                 log: Optional[Callable[[str], None]], fresh: bool = False) -> None:
         from an8flower.baselines import explainer_class
         from an8flower.eval.models import list_models
 
@@ -258,7 +276,10 @@ class _Run:
                 raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
         os.makedirs(config.out, exist_ok=True)
         self.device = _device(config)
-        self.cache = CellCache(config.out)
+        self.cache = CellCache(config.out, warn=self.log)
+        self.fresh = fresh
+        self.group_configs: dict[tuple, str] = {}
+        self.identities: dict[str, dict[str, Any]] = {}
         self.timer = Timer()
         self.cells: list[dict[str, Any]] = []
         self.group_meta: dict[tuple, dict[str, Any]] = {}
@@ -325,16 +346,21 @@ class _Run:
               "masks": test.masks[keep[:n_ex]].numpy() if test.masks is not None else np.zeros((n_ex, data.size, data.size), bool),
               "heatmaps": {}}
         self.examples[group] = ex
+        self.group_configs[group] = {"_config": self._cell_config(data, image_ids, mhash, ORACLE, {}, None),
+                                     "image_ids": image_ids, "n_ex": n_ex, "size": data.size}
         disc_ids = [data.parts.index(p) for p in data.discriminative]
         base_meta = {"dataset": data.dataset, "variant": data.variant, "model": model_name, "split": config.split,
                      "seed": config.seed}
         bar = tqdm(total=len(self.explainers), desc=f"{data.variant or data.dataset}/{model_name}", unit="explainer",
                    disable=None if self.progress is None else not self.progress)
+        before = (self.cached, self.computed)
         for name in self.explainers:
             bar.set_postfix_str(name)
             self._score_explainer(name, data, model, model_name, mhash, keep, image_ids, n_ex, ex, disc_ids, base_meta)
             bar.update(1)
         bar.close()
+        self.log(f"{data.variant or data.dataset} / {model_name}: {self.cached - before[0]} cells from the cache, "
+                 f"{self.computed - before[1]} computed")
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -347,12 +373,16 @@ class _Run:
         options = explainer_options(name, model_name, config, data.dataset)
         base = {**base_meta, "explainer": name, "options": options}
         wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)]
-        keys = {m: cell_key(data.hash, image_ids, mhash, name, options, m, metric_options(m, config)) for m in wanted}
-        ex_key = cell_key(data.hash, image_ids[:n_ex], mhash, name, options, "examples", {})
+        configs = {m: self._cell_config(data, image_ids, mhash, name, options, m) for m in wanted}
+        keys = {m: cell_key(c) for m, c in configs.items()}
+        ex_config = {**self._cell_config(data, image_ids[:n_ex], mhash, name, options, None),
+                     "metric": {"name": "examples"}}
+        ex_key = cell_key(ex_config)
         t0 = time.perf_counter()
-        found = {m: cache.get(k) for m, k in keys.items()}
+        found = {} if self.fresh else {m: cache.get(k) for m, k in keys.items()}
         found = {m: c for m, c in found.items() if c is not None}
-        ex_arrays = cache.get_arrays(ex_key)
+        size = data.size
+        ex_arrays = None if self.fresh else cache.get_arrays(ex_key, {"heatmaps": (n_ex, size, size)})
         timer.add("io", time.perf_counter() - t0)
         for m in wanted:
             if m in found:
@@ -376,7 +406,7 @@ class _Run:
             cell = finish_cell(acc, base, image_ids, data.parts)
             t0 = time.perf_counter()
             if cell["error"] is None:
-                cache.put(keys[acc.spec.name], cell)
+                cache.put(keys[acc.spec.name], configs[acc.spec.name], cell)
             else:
                 self.errors.append({"variant": data.variant, "model": model_name, "explainer": name,
                                     "metric": acc.spec.name, "error": cell["error"]})
@@ -384,23 +414,97 @@ class _Run:
             self.cells.append(for_json(cell))
             self.computed += 1
 
+    def _cell_config(self, data: PreparedData, image_ids: Sequence[int], mhash: str, name: str,
+                     options: dict[str, Any], metric: Optional[str]) -> dict[str, Any]:
+        """The complete configuration of a cell (:func:`an8flower.eval.cache.cell_config`)."""
+        config = self.config
+        if name not in self.identities:
+            if name == ORACLE:
+                self.identities[name] = {"class": ORACLE}
+            else:
+                from an8flower.baselines import explainer_class
+
+                self.identities[name] = explainer_code_identity(explainer_class(name))
+        if name == ORACLE:
+            explainer = {"name": name, "options": options, "code": self.identities[name]}
+        else:
+            from an8flower.baselines import explainer_class
+
+            explainer = {"name": name, "options": complete_options(explainer_class(name).__init__, options, skip=1),
+                         "code": self.identities[name]}
+        if metric is None:
+            metric_part: dict[str, Any] = {}
+        else:
+            spec = METRICS[metric]
+            limited = spec.kind in ("model", "explainer")
+            metric_part = {"name": metric, "options": complete_options(spec.callable(), metric_options(metric, config),
+                                                                       skip=spec.skip),
+                           "limit": min(config.model_metric_images, len(image_ids)) if limited else None}
+        return cell_config(dataset=data.hash, split=config.split, image_ids=image_ids, model=mhash, explainer=explainer,
+                           metric=metric_part, seed=config.seed, batch_size=config.batch_size,
+                           device=self.device.type)
+
+    def _cached_extras(self) -> int:
+        """Add the cached cells of this run's groups for explainer/metric pairs this run did not ask for.
+
+        So that a narrower rerun (fewer explainers or metrics) reports everything the folder holds
+        for this configuration. Where several cached cells share a group, explainer and metric (an
+        explainer rerun with other options), the latest one is shown. Returns how many were added.
+        """
+        groups = {group_part(c["_config"]): key for key, c in self.group_configs.items()}
+        have = {(c["dataset"], c["variant"], c["model"], c["explainer"], c["metric"]) for c in self.cells}
+        extra: dict[tuple, dict[str, Any]] = {}
+        for cell in self.cache.cells():
+            cfg = cell["_config"]
+            if group_part(cfg) not in groups or cfg.get("metric", {}).get("name") not in METRICS:
+                continue
+            ident = (cell["dataset"], cell["variant"], cell["model"], cell["explainer"], cell["metric"])
+            if ident in have:
+                continue
+            if ident not in extra or cell["_written"] > extra[ident]["_written"]:
+                extra[ident] = cell
+        for cell in extra.values():
+            self.cells.append(for_json(cell))
+            group = groups[group_part(cell["_config"])]
+            info, ex = self.group_configs[group], self.examples.get(group)
+            if ex is None or cell["explainer"] in ex["heatmaps"]:
+                continue
+            ids = info["image_ids"][: info["n_ex"]]
+            ex_config = {**cell["_config"], "images": cell_config(
+                dataset="", split="", image_ids=ids, model="", explainer={}, metric={}, seed=0, batch_size=1,
+                device="")["images"], "n_images": len(ids), "metric": {"name": "examples"}}
+            arrays = self.cache.get_arrays(cell_key(ex_config), {"heatmaps": (len(ids), info["size"], info["size"])})
+            if arrays is not None:
+                ex["heatmaps"][cell["explainer"]] = arrays["heatmaps"]
+        return len(extra)
+
     def finish(self, command: Optional[Sequence[str]], imagenet: bool) -> RunSummary:
         """Write the report and ``run.json``; the summary."""
         from an8flower.baselines import explainer_class
         from an8flower.eval.train import software_versions
 
         config, timer, device = self.config, self.timer, self.device
-        order = {m: i for i, m in enumerate(self.metrics)}
-        expl_order = {e: i for i, e in enumerate(self.explainers)}
+        t0 = time.perf_counter()
+        added = self._cached_extras()
+        timer.add("io", time.perf_counter() - t0)
+        if added:
+            self.log(f"the report also shows {added} cells of other explainers or metrics cached in {config.out} "
+                     "for this configuration (use another --out for a report of this run alone)")
+        metrics = self.metrics + [m for m in METRICS if m not in self.metrics and any(c["metric"] == m for c in self.cells)]
+        explainers = self.explainers + sorted({c["explainer"] for c in self.cells} - set(self.explainers))
+        order = {m: i for i, m in enumerate(metrics)}
+        expl_order = {e: i for i, e in enumerate(explainers)}
         cells = self.cells
         cells.sort(key=lambda c: (c["dataset"], c["variant"], c["model"], expl_order.get(c["explainer"], 1 << 30),
                                   order.get(c["metric"], 1 << 30)))
         t0 = time.perf_counter()
         metric_info = {m: {"label": METRICS[m].label, "higher_is_better": METRICS[m].higher_is_better,
-                           "kind": METRICS[m].kind, "options": metric_options(m, config)} for m in self.metrics}
+                           "kind": METRICS[m].kind, "options": metric_options(m, config)} for m in metrics}
         title = "an8flower leaderboard" + (" (--quick)" if config.quick else "")
+        previous = _previous_files(config.out)
         report = write_report(config.out, cells, metric_info, self.group_meta, self.examples, title=title,
                               plots=config.plots)
+        _remove_stale(config.out, previous, set(report["files"]))
         timer.add("io", time.perf_counter() - t0)
         wall = time.perf_counter() - self.start
         record = {
@@ -416,15 +520,53 @@ class _Run:
             "explainers": {e: {"options": explainer_options(e, self.model_names[0], config,
                                                             "ilsvrc12" if imagenet else "an8flower"),
                                "requires_fit": e != ORACLE and bool(explainer_class(e).requires_fit)}
-                           for e in self.explainers},
+                           for e in explainers},
             "metrics": metric_info,
-            "cells": {"computed": self.computed, "cached": self.cached, "errors": len(self.errors)},
+            "cells": {"computed": self.computed, "cached": self.cached, "from_earlier_runs": added,
+                      "errors": len(self.errors), "damaged_cache_files": len(self.cache.damaged)},
             "errors": self.errors,
             "timings": {**timer.to_dict(), "wall_seconds": round(wall, 3)},
             "files": report["files"] + ["run.json"],
         }
         atomic_write(os.path.join(config.out, "run.json"), json.dumps(_jsonable(record), indent=1, allow_nan=False) + "\n")
         return RunSummary(config.out, cells, report["markdown"], record, self.computed, self.cached, self.calls)
+
+
+#: File names of the plots a report writes (see :func:`an8flower.eval.report.write_report`).
+_PLOT_PREFIXES: tuple[str, ...] = ("iou_curves_", "part_attribution_", "examples_", "reliance_")
+
+
+def _previous_files(out: str) -> list[str]:
+    """The plot files the previous run in ``out`` wrote, from its ``run.json`` (none if unreadable)."""
+    try:
+        with open(os.path.join(out, "run.json"), encoding="utf-8") as fh:
+            files = json.load(fh).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str) and os.path.basename(f) == f and f.endswith(".png")
+            and f.startswith(_PLOT_PREFIXES)]
+
+
+def _remove_stale(out: str, previous: Sequence[str], written: set[str]) -> None:
+    """Remove the plots of the previous report that this report did not rewrite."""
+    for name in previous:
+        if name not in written:
+            try:
+                os.unlink(os.path.join(out, name))
+            except FileNotFoundError:
+                pass
+
+
+@functools.lru_cache(maxsize=None)
+def _training_code_sha256() -> str:
+    """SHA-256 of the training and model-building code: part of a trained model's cache name."""
+    from an8flower.eval import models, train
+
+    digest = hashlib.sha256()
+    for module in (models, train):
+        with open(module.__file__, "rb") as fh:
+            digest.update(fh.read())
+    return digest.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:

@@ -45,6 +45,10 @@ class MetricSpec:
             ``"explainer"`` (model, explainer, images, targets).
         higher_is_better: the direction in which the best explainer of a column is picked.
         defaults: keyword options passed to the metric function unless the run overrides them.
+        function: the name of the function (or accumulator class) in :mod:`an8flower.eval.metrics`
+            that computes it (default: ``name``); its signature's defaults complete the options in
+            the cache key.
+        skip: leading positional parameters of ``function`` that are data, not options.
     """
 
     name: str
@@ -52,6 +56,14 @@ class MetricSpec:
     kind: str
     higher_is_better: bool = True
     defaults: dict[str, Any] = field(default_factory=dict)
+    function: Optional[str] = None
+    skip: int = 2
+
+    def callable(self) -> Optional[Callable[..., Any]]:
+        """The function that computes the metric, or None when it is not in :mod:`an8flower.eval.metrics`."""
+        from an8flower.eval import metrics as M
+
+        return getattr(M, self.function or self.name, None)
 
 
 #: Every metric the leaderboard can score, in column order. ``top_k_intersection`` uses k = 5% of
@@ -63,7 +75,7 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
-        MetricSpec("iou_auc", "IoU-AUC", "mask"),
+        MetricSpec("iou_auc", "IoU-AUC", "mask", function="iou_curve"),
         MetricSpec("iou_top_mask", "IoU@|M|", "mask"),
         MetricSpec("pointing_game", "pointing", "mask"),
         MetricSpec("energy_pointing_game", "energy PG", "mask"),
@@ -71,11 +83,12 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("relevance_rank_accuracy", "rel. rank", "mask"),
         MetricSpec("top_k_intersection", "top-5%", "mask", defaults={"k": 0.05}),
         MetricSpec("pixel_auc", "pixel AUC", "mask"),
-        MetricSpec("pixel_average_precision", "PxAP", "set"),
-        MetricSpec("part_attribution", "part share", "parts"),
-        MetricSpec("deletion_auc", "deletion", "model", higher_is_better=False),
-        MetricSpec("insertion_auc", "insertion", "model"),
-        MetricSpec("randomisation", "randomisation", "explainer", higher_is_better=False),
+        MetricSpec("pixel_average_precision", "PxAP", "set", function="PixelAveragePrecision", skip=0),
+        MetricSpec("part_attribution", "part share", "parts", skip=3),
+        MetricSpec("deletion_auc", "deletion", "model", higher_is_better=False, skip=4),
+        MetricSpec("insertion_auc", "insertion", "model", skip=4),
+        MetricSpec("randomisation", "randomisation", "explainer", higher_is_better=False,
+                   function="randomisation_similarity", skip=5),
     )
 }
 #: The metrics scored by default on an8Flower: all of them.

@@ -21,7 +21,7 @@ from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig, load_config, quick_config
 from an8flower.eval.models import build_model, model_hash
 from an8flower.eval.report import RESULT_COLUMNS, leaderboard_markdown, leaderboard_tables, mean_ci
-from an8flower.eval.runner import METRICS, PreparedData, TensorSplit, cell_key, run_leaderboard
+from an8flower.eval.runner import METRICS, PreparedData, TensorSplit, run_leaderboard
 from an8flower.eval.train import model_card, save_checkpoint
 
 COLOURS = torch.tensor([[230, 25, 25], [25, 200, 25], [25, 50, 230]], dtype=torch.uint8)
@@ -159,22 +159,6 @@ def test_resume_skips_cached_cells_and_extends_with_new_ones(tmp_path, custom_ex
     assert fresh.cached == 0 and custom_explainers["n"] == 9
 
 
-def test_cell_key_covers_every_input() -> None:
-    base = ("d" * 64, [1, 2], "m" * 64, "rise", {"n_masks": 10}, "iou_auc", {})
-    keys = {
-        cell_key(*base),
-        cell_key("e" * 64, *base[1:]),
-        cell_key(base[0], [1, 3], *base[2:]),
-        cell_key(*base[:2], "n" * 64, *base[3:]),
-        cell_key(*base[:3], "gradient", *base[4:]),
-        cell_key(*base[:4], {"n_masks": 11}, *base[5:]),
-        cell_key(*base[:5], "pixel_auc", {}),
-        cell_key(*base[:6], {"thresholds": [0.5]}),
-    }
-    assert len(keys) == 8
-    assert cell_key(*base[:4], {"n_masks": 10}, *base[5:]) == cell_key(*base)
-
-
 def test_a_failing_explainer_is_recorded_and_the_run_goes_on(tmp_path, custom_explainers) -> None:
     data, out = squares(), tmp_path / "r"
     config = RunConfig(out=str(out), explainers=["test_failing", "gradient", "test_nan"],
@@ -193,7 +177,7 @@ def test_a_failing_explainer_is_recorded_and_the_run_goes_on(tmp_path, custom_ex
     md = (out / "leaderboard.md").read_text()
     assert "boom on purpose" in md and "| test_failing | error [1] | error [1] |" in md
     run = json.loads((out / "run.json").read_text())
-    assert run["cells"] == {"computed": 6, "cached": 0, "errors": 4}
+    assert run["cells"] == {"computed": 6, "cached": 0, "from_earlier_runs": 0, "errors": 4, "damaged_cache_files": 0}
     # Failures are not cached: a rerun tries them again, the good cells come from the cache.
     rerun = run_leaderboard(config, datasets=[data], models={"m": ColourDetector()}, progress=False)
     assert rerun.cached == 2 and rerun.computed == 4
