@@ -66,8 +66,8 @@ from an8flower import __version__
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 from an8flower.generate import SPLITS
 from an8flower.manifest import (
-    MANIFEST_NAME, ManifestRow, canonical_json, content_sha256, read_dataset_json, read_manifest,
-    sha256_bytes, sha256_file,
+    DATASET_JSON, MANIFEST_COLUMNS, MANIFEST_NAME, ManifestRow, canonical_json, content_sha256, read_dataset_json,
+    read_manifest, sha256_bytes, sha256_file,
 )
 from an8flower.png import KINDS
 
@@ -85,7 +85,7 @@ EXPORT_FORMAT = "an8flower-export/1"
 EXPORT_MANIFEST = "manifest.json"
 CARD_NAME = "README.md"
 #: Rows per shard (Parquet file or tar) unless ``--shard-size`` says otherwise. At 224 px a row is
-#: about 60 KB of PNG, so a full shard is about 60 MB.
+#: about 38 KB of PNG (single-6c), so a full shard is about 38 MB.
 DEFAULT_SHARD_SIZE = 1000
 #: Rows per Parquet row group (the unit ``datasets`` reads at a time).
 PARQUET_ROW_GROUP_SIZE = 100
@@ -121,20 +121,26 @@ class ExportResult:
 # the source folder, read and checked
 
 
-def _inside(root: Path, rel: str, manifest: Path) -> Path:
+def _inside(root: Path, rel: str, manifest: Path, real_dirs: Optional[dict[str, str]] = None) -> Path:
     """``root / rel`` if the manifest path ``rel`` stays inside ``root``, else DatasetFormatError.
 
     Refused: an empty, absolute or drive-qualified path, a backslash, a ``..`` component, and a
     path whose real location (symbolic links followed) lies outside ``root``'s real location.
+    ``real_dirs`` caches the real location of folders across calls; the file itself is resolved
+    only when it is a symbolic link.
     """
-    pure = PurePosixPath(rel)
-    if not pure.parts or pure.is_absolute() or "\\" in rel or ":" in pure.parts[0] or ".." in pure.parts:
+    parts = PurePosixPath(rel).parts
+    if not parts or rel.startswith("/") or "\\" in rel or ":" in parts[0] or ".." in parts:
         raise DatasetFormatError(f"{manifest}: file path {rel!r} is not a relative path inside the dataset folder")
-    path = root.joinpath(*pure.parts)
-    real_root = os.path.realpath(root)
-    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+    path = os.path.join(root, *parts)
+    cache = {} if real_dirs is None else real_dirs
+    folder = os.path.dirname(path)
+    real_root = cache.get("") or cache.setdefault("", os.path.realpath(root))
+    real_folder = cache.get(folder) or cache.setdefault(folder, os.path.realpath(folder))
+    real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_folder, parts[-1])
+    if os.path.commonpath([real, real_root]) != real_root:
         raise DatasetFormatError(f"{manifest}: file path {rel!r} leads outside the dataset folder {root}")
-    return path
+    return Path(path)
 
 
 class _Source:
@@ -164,7 +170,9 @@ class _Source:
                                          f"{r.class_name!r}, which dataset.json does not pair")
         self.rows: list[ManifestRow] = rows
         #: Every sample file, checked up front so that a bad path fails before anything is written.
-        self.paths = {(r.index, kind): _inside(self.root, r.files[kind], self.manifest) for r in rows for kind in KINDS}
+        real_dirs: dict[str, str] = {}
+        self.paths = {(r.index, kind): _inside(self.root, r.files[kind], self.manifest, real_dirs)
+                      for r in rows for kind in KINDS}
 
     def read(self, row: ManifestRow, kind: str) -> bytes:
         """The bytes of a sample file, checked against the manifest's ``<kind>_sha256``."""
@@ -185,7 +193,7 @@ class _Source:
         name = self.info.get("data_card")
         if not name:
             return None
-        path = _inside(self.root, name, self.root / "dataset.json")
+        path = _inside(self.root, name, self.root / DATASET_JSON)
         if not path.is_file():
             raise DatasetNotFoundError(f"{path}: missing (named by dataset.json)")
         data = path.read_bytes()
@@ -256,8 +264,6 @@ def hf_features(classes: Sequence[str]) -> dict[str, Any]:
     ``label`` is ``ClassLabel(names=classes)``, ``image``/``mask``/``parts`` are ``Image()``, the
     other columns ``Value("int64")`` or ``Value("string")``.
     """
-    from an8flower.manifest import MANIFEST_COLUMNS
-
     features: dict[str, Any] = {}
     for column in MANIFEST_COLUMNS:
         if column == "label":

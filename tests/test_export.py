@@ -361,12 +361,14 @@ def test_manifest_paths_outside_the_folder_are_refused(dataset, tmp_path, path):
     assert not (tmp_path / "o").exists()
 
 
-def test_symlink_out_of_the_folder_is_refused(dataset, tmp_path):
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_symlink_out_of_the_folder_is_refused(dataset, tmp_path, link):
     root = copy_dataset(dataset, tmp_path / "ds")
-    row = read_manifest(root / MANIFEST_NAME)[0]
-    target = tmp_path / "elsewhere.png"
-    shutil.move(root / row.files["image"], target)  # same bytes, so only the location is wrong
-    os.symlink(target, root / row.files["image"])
+    rel = Path(read_manifest(root / MANIFEST_NAME)[0].files["image"])
+    inside = root / rel if link == "file" else root / rel.parent
+    target = tmp_path / "elsewhere"
+    shutil.move(inside, target)  # the same bytes, so only the location is wrong
+    os.symlink(target, inside)
     with pytest.raises(DatasetFormatError, match="leads outside the dataset folder"):
         export_dataset(root, tmp_path / "o", "webdataset")
 
