@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional, Sequence
@@ -606,20 +605,15 @@ class VEBI(Explainer):
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise UsageError(f"cannot save vebi to {path}: folder {directory} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=".vebi-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    weights=self.weights_.numpy(),
-                    layer_sizes=np.asarray(self.layer_sizes_, dtype=np.int64),
-                    meta=np.asarray(json.dumps(meta, sort_keys=True)),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from an8flower.atomic import atomic_writer
+
+        with atomic_writer(path) as fh:
+            np.savez(
+                fh,
+                weights=self.weights_.numpy(),
+                layer_sizes=np.asarray(self.layer_sizes_, dtype=np.int64),
+                meta=np.asarray(json.dumps(meta, sort_keys=True)),
+            )
 
     def load(self, path: str | os.PathLike[str]) -> "VEBI":
         """Read a state written by :meth:`save`; returns ``self``.

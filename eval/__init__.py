@@ -1,5 +1,37 @@
-"""Evaluation: metrics, classifiers to explain, the leaderboard runner and reports."""
+"""Evaluation: metrics, classifiers to explain, the leaderboard runner and reports.
 
-from an8flower.eval.models import DEFAULT_CAM_LAYER, build_model, list_models, load_weights
+Public names are imported lazily (PEP 562), so that importing a submodule (the CLI's command
+registration imports ``an8flower.eval.commands``) does not import torch.
+"""
 
-__all__ = ["DEFAULT_CAM_LAYER", "build_model", "list_models", "load_weights"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> (module, attribute).
+_EXPORTS = {
+    "DEFAULT_CAM_LAYER": ("an8flower.eval.models", "DEFAULT_CAM_LAYER"),
+    "build_model": ("an8flower.eval.models", "build_model"),
+    "list_models": ("an8flower.eval.models", "list_models"),
+    "load_weights": ("an8flower.eval.models", "load_weights"),
+    "load_checkpoint": ("an8flower.eval.models", "load_checkpoint"),
+    "run_leaderboard": ("an8flower.eval.runner", "run_leaderboard"),
+    "RunConfig": ("an8flower.eval.config", "RunConfig"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'an8flower.eval' has no attribute {name!r}")
+    module, attribute = target
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

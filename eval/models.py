@@ -290,15 +290,32 @@ def load_checkpoint(
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> object:
-    """``torch.load`` a local weights file safely (``weights_only``); UsageError naming it on failure."""
+    """``torch.load`` a local weights file safely (``weights_only=True``); UsageError naming it on failure.
+
+    Only tensors and plain containers are read: a file that holds other Python objects is refused
+    (unpickling them could run code from the file), and the error never suggests loading it
+    unsafely. PyTorch's own advice (re-run with ``weights_only=False``) is not passed on.
+    """
+    import pickle
+    import warnings
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"weights file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unpickler's protocol warnings
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(
+            f"weights file {path} is not an an8flower or PyTorch checkpoint of tensors: it holds other Python "
+            "objects, which an8flower never unpickles (that could run code from the file)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot read weights file {path}: {reason}") from None
+        raise UsageError(
+            f"weights file {path} is not an an8flower or PyTorch checkpoint (torch.load could not read it: "
+            f"{type(exc).__name__})"
+        ) from None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict:

@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -56,19 +55,13 @@ GROUP_KEYS: tuple[str, ...] = ("dataset", "variant", "model", "split", "seed")
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    """Write ``data`` (text as UTF-8) to ``path`` atomically, creating its folder
+    (:func:`an8flower.atomic.atomic_write_bytes`: temporary file, rename; the umask is honoured)."""
+    from an8flower.atomic import atomic_write_bytes
+
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def mean_ci(scores: Sequence[float] | np.ndarray) -> tuple[float, float, int]:

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -328,26 +327,22 @@ def model_card(
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: dict[str, Any]) -> None:
-    """Write ``{"state_dict", "model_card"}`` to ``path`` atomically (temporary file, then rename).
+    """Write ``{"state_dict", "model_card"}`` to ``path`` atomically (temporary file, then rename;
+    the file mode follows the umask).
 
     The state dict is saved from the CPU so the checkpoint loads on any device.
     """
+    from an8flower.atomic import atomic_writer
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise UsageError(f"cannot write checkpoint {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+        with atomic_writer(path) as fh:
             torch.save({"state_dict": state, "model_card": card}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    except OSError as exc:
+        raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
 
 
 def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:

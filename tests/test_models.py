@@ -126,3 +126,41 @@ def test_checkpoint_without_card_cannot_be_rebuilt_alone(tmp_path) -> None:
     with pytest.raises(UsageError, match="plain.pt has no model card"):
         load_checkpoint(path)
     assert model_hash(build_model("small-cnn", 3, weights=path))  # a plain state dict still loads
+
+
+@pytest.mark.parametrize("content", ["pickle-with-code", "numpy-array", "text", "empty"])
+def test_a_file_that_is_not_a_checkpoint_is_refused_without_unsafe_advice(tmp_path, content: str) -> None:
+    import pickle
+
+    import numpy as np
+
+    from an8flower.cli import main
+
+    class Runs:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "not-a-checkpoint.pt"
+    if content == "pickle-with-code":
+        path.write_bytes(pickle.dumps({"state_dict": Runs()}))
+    elif content == "numpy-array":
+        np.save(path.with_suffix(".npy"), np.zeros(3))
+        path.write_bytes(path.with_suffix(".npy").read_bytes())
+    else:
+        path.write_text("hello\n" if content == "text" else "")
+    with pytest.raises(UsageError) as info:
+        build_model("small-cnn", 6, weights=path)
+    message = str(info.value)
+    assert str(path) in message and "not an an8flower or PyTorch checkpoint" in message
+    assert "weights_only" not in message and "False" not in message
+
+
+def test_leaderboard_weights_error_is_one_line_without_unsafe_advice(tmp_path, capsys) -> None:
+    from an8flower.cli import main
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x04\x95not a pickle")
+    code = main(["leaderboard", "--variant", "single-6c", "--weights", str(bad), "--out", str(tmp_path / "r"),
+                 "--size", "64", "--per-class", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not an an8flower or PyTorch checkpoint" in err and "weights_only" not in err

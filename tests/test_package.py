@@ -16,6 +16,19 @@ def test_import_is_light_and_exports_resolve():
         assert getattr(an8flower, name) is not None
 
 
+def test_help_and_cite_do_not_import_torch():
+    """`an8flower --help` and `an8flower cite` build every command's parser: none may import torch."""
+    for argv in (["--help"], ["cite"], ["leaderboard", "--help"], ["train", "--help"]):
+        code = ("import sys\nfrom an8flower.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+                "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]\n"
+                % (argv,))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, (argv, out.stderr[-500:])
+    import an8flower.eval as ev
+
+    assert ev.build_model is not None and "run_leaderboard" in dir(ev)
+
+
 def test_render_sample_is_the_function_even_after_the_submodule_is_imported():
     import an8flower.render
     from an8flower.render import render
@@ -26,7 +39,7 @@ def test_render_sample_is_the_function_even_after_the_submodule_is_imported():
 
 def test_cli_lists_the_documented_commands():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    expected = {"generate", "verify", "show", "train", "leaderboard", "cite", "interpret", "explain"}
+    expected = {"generate", "verify", "show", "train", "leaderboard", "cite", "interpret", "explain", "export"}
     assert expected <= set(sub.choices)
 
 

@@ -126,3 +126,31 @@ def test_unwritable_checkpoint_names_the_path(tmp_path, trained) -> None:
     blocker.write_text("x")
     with pytest.raises(UsageError, match="file/sub/ckpt.pt"):
         save_checkpoint(blocker / "sub" / "ckpt.pt", trained[0].model, {"architecture": "small-cnn"})
+
+
+def test_results_checkpoints_and_vebi_files_honour_the_umask(tmp_path) -> None:
+    """Temporary files renamed into place keep the mode open() would give (0o666 & ~umask), not 0o600."""
+    import os
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from an8flower.baselines import VEBI
+    from an8flower.eval.models import build_model
+    from an8flower.eval.report import atomic_write
+    from an8flower.eval.train import save_checkpoint
+    from test_vebi import class_data, class_net
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "results" / "results.csv", "a,b\n")
+        save_checkpoint(tmp_path / "m.pt", build_model("small-cnn", 3, seed=0), {"architecture": "small-cnn", "num_classes": 3})
+        x, y = class_data()
+        VEBI(mu=5.0, layers=["1"]).fit(class_net(), DataLoader(TensorDataset(x, y), batch_size=16)).save(tmp_path / "v.npz")
+        for rel in ("results/results.csv", "m.pt", "v.npz"):
+            assert os.stat(tmp_path / rel).st_mode & 0o777 == 0o644, rel
+        os.umask(0o077)
+        atomic_write(tmp_path / "private.csv", "x\n")
+        assert os.stat(tmp_path / "private.csv").st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
