@@ -40,6 +40,8 @@ __all__ = [
     "results_rows",
     "leaderboard_tables",
     "leaderboard_markdown",
+    "legend_markdown",
+    "md_cell",
     "write_report",
     "plot_iou_curves",
     "plot_examples",
@@ -227,6 +229,11 @@ def _order_rows(rows: list[dict], primary: Optional[str], metric_info: Mapping[s
     return sorted(rows, key=key)
 
 
+def md_cell(text: Any) -> str:
+    """``text`` safe inside a GitHub-flavoured Markdown table cell: ``|`` escaped, no line breaks."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def _cell_text(s: Optional[Mapping[str, Any]], bold: bool, note: Optional[int]) -> str:
     if s is None:
         return "–"
@@ -248,9 +255,11 @@ def leaderboard_markdown(
     """The leaderboard as Markdown: one table per group, ``mean ± 95% CI``, best per column in bold.
 
     Columns show ``↑`` (higher is better) or ``↓`` and, when a metric was scored on fewer images
-    than the group's first metric (model-based metrics on a subset), ``(n=...)``.
+    than the group's first metric (model-based metrics on a subset), ``(n=...)``. A legend under
+    the title says what the signs, the bold and italic entries and each column mean
+    (:func:`legend_markdown`).
     """
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", ""] + legend_markdown(metric_info, [m for t in tables for m in t["metrics"]])
     for t in tables:
         meta = t.get("meta", {})
         head = f"## {t['dataset']}"
@@ -279,13 +288,13 @@ def leaderboard_markdown(
             h = f"{info.get('label', m)} {'↑' if info.get('higher_is_better', True) else '↓'}"
             if counts[m] and counts[m] < full:
                 h += f" (n={counts[m]})"
-            header.append(h)
+            header.append(md_cell(h))
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join([":--"] + ["--:"] * len(t["metrics"])) + "|")
         notes: list[str] = []
         for r in t["rows"]:
             name = r["explainer"]
-            label = f"*{name}*" if name in REFERENCE_ROWS else name
+            label = f"*{md_cell(name)}*" if name in REFERENCE_ROWS else md_cell(name)
             cells = [label]
             for m in t["metrics"]:
                 s = r["scores"].get(m)
@@ -299,17 +308,39 @@ def leaderboard_markdown(
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if notes:
-            lines += ["Errors:", ""] + [f"{i}. {msg}" for i, msg in enumerate(notes, 1)] + [""]
+            lines += ["Errors:", ""] + [f"{i}. {md_cell(msg)}" for i, msg in enumerate(notes, 1)] + [""]
         parts = meta.get("part_table")
         if parts:
             lines += _part_markdown(parts) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
+def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequence[str]) -> list[str]:
+    """The legend of ``leaderboard.md``: how to read a table, and one line per metric shown."""
+    lines = [
+        "How to read the tables: each cell is the mean over the scored images ± the half-width of its 95% "
+        "Student-t confidence interval (no ± for set-level metrics and for fewer than 2 images); ↑ / ↓: higher / "
+        "lower is better; **bold**: the best explainer of the column (reference rows excluded); *italic* rows are "
+        "references: *oracle* is the ground-truth mask used as the heatmap (the ceiling of the mask metrics), "
+        "*random* (uniform noise) and *centre* (a centred Gaussian) are chance levels; (n=...): the column was "
+        "scored on that many images only; n/a: undefined on every image (see the metric's definition); error [k]: "
+        "the explainer failed, note k under the table.",
+        "",
+    ]
+    seen = [m for m in dict.fromkeys(shown) if m in metric_info]
+    described = [m for m in seen if metric_info[m].get("description")]
+    if described:
+        lines += ["Columns:", ""]
+        lines += [f"* **{md_cell(metric_info[m].get('label', m))}** (`{m}`): {metric_info[m]['description']}."
+                  for m in described]
+        lines.append("")
+    return lines
+
+
 def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
     names = parts["parts"]
     disc = set(parts.get("discriminative", []))
-    head = [f"**{p}**" if p in disc else p for p in names]
+    head = [f"**{md_cell(p)}**" if p in disc else md_cell(p) for p in names]
     lines = [
         "Share of positive attribution per part, divided by the part's share of the image area "
         "(1 = chance; discriminative parts in bold):",
@@ -318,7 +349,7 @@ def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
         "|:--|" + "|".join(["--:"] * len(names)) + "|",
     ]
     for expl, values in parts["normalised"].items():
-        lines.append(f"| {expl} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in values) + " |")
+        lines.append(f"| {md_cell(expl)} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in values) + " |")
     return lines
 
 

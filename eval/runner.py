@@ -499,7 +499,8 @@ class _Run:
                                   order.get(c["metric"], 1 << 30)))
         t0 = time.perf_counter()
         metric_info = {m: {"label": METRICS[m].label, "higher_is_better": METRICS[m].higher_is_better,
-                           "kind": METRICS[m].kind, "options": metric_options(m, config)} for m in metrics}
+                           "kind": METRICS[m].kind, "options": metric_options(m, config),
+                           "description": METRICS[m].description} for m in metrics}
         title = "an8flower leaderboard" + (" (--quick)" if config.quick else "")
         previous = _previous_files(config.out)
         report = write_report(config.out, cells, metric_info, self.group_meta, self.examples, title=title,

@@ -49,6 +49,7 @@ class MetricSpec:
             that computes it (default: ``name``); its signature's defaults complete the options in
             the cache key.
         skip: leading positional parameters of ``function`` that are data, not options.
+        description: one line for the legend of ``leaderboard.md``.
     """
 
     name: str
@@ -58,6 +59,7 @@ class MetricSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     function: Optional[str] = None
     skip: int = 2
+    description: str = ""
 
     def callable(self) -> Optional[Callable[..., Any]]:
         """The function that computes the metric, or None when it is not in :mod:`an8flower.eval.metrics`."""
@@ -75,20 +77,35 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
-        MetricSpec("iou_auc", "IoU-AUC", "mask", function="iou_curve"),
-        MetricSpec("iou_top_mask", "IoU@|M|", "mask"),
-        MetricSpec("pointing_game", "pointing", "mask"),
-        MetricSpec("energy_pointing_game", "energy PG", "mask"),
-        MetricSpec("relevance_mass_accuracy", "rel. mass", "mask"),
-        MetricSpec("relevance_rank_accuracy", "rel. rank", "mask"),
-        MetricSpec("top_k_intersection", "top-5%", "mask", defaults={"k": 0.05}),
-        MetricSpec("pixel_auc", "pixel AUC", "mask"),
-        MetricSpec("pixel_average_precision", "PxAP", "set", function="PixelAveragePrecision", skip=0),
-        MetricSpec("part_attribution", "part share", "parts", skip=3),
-        MetricSpec("deletion_auc", "deletion", "model", higher_is_better=False, skip=4),
-        MetricSpec("insertion_auc", "insertion", "model", skip=4),
+        MetricSpec("iou_auc", "IoU-AUC", "mask", function="iou_curve",
+                   description="mean IoU with the mask of the min-max normalised heatmap binarised at 0.05, ..., 0.95 "
+                               "(the paper's protocol)"),
+        MetricSpec("iou_top_mask", "IoU@|M|", "mask",
+                   description="IoU with the mask of the heatmap's top-|M| pixels (|M| = mask area)"),
+        MetricSpec("pointing_game", "pointing", "mask",
+                   description="pointing game: whether the heatmap's maximum lies in the mask (ties: fraction)"),
+        MetricSpec("energy_pointing_game", "energy PG", "mask",
+                   description="energy pointing game: share of positive heatmap mass inside the mask"),
+        MetricSpec("relevance_mass_accuracy", "rel. mass", "mask",
+                   description="relevance mass accuracy (Arras et al.): share of positive relevance inside the mask"),
+        MetricSpec("relevance_rank_accuracy", "rel. rank", "mask",
+                   description="relevance rank accuracy: share of the top-|M| pixels inside the mask"),
+        MetricSpec("top_k_intersection", "top-5%", "mask", defaults={"k": 0.05},
+                   description="share of the heatmap's top 5% pixels inside the mask"),
+        MetricSpec("pixel_auc", "pixel AUC", "mask",
+                   description="ROC AUC of the heatmap as a per-pixel score of the mask (0.5 = chance)"),
+        MetricSpec("pixel_average_precision", "PxAP", "set", function="PixelAveragePrecision", skip=0,
+                   description="pixel average precision over the set (Choe et al. 2020; no per-image CI)"),
+        MetricSpec("part_attribution", "part share", "parts", skip=3,
+                   description="share of positive attribution on the discriminative parts (per-part table below)"),
+        MetricSpec("deletion_auc", "deletion", "model", higher_is_better=False, skip=4,
+                   description="area under the target probability as the most relevant pixels are removed first"),
+        MetricSpec("insertion_auc", "insertion", "model", skip=4,
+                   description="area under the target probability as the most relevant pixels are inserted first"),
         MetricSpec("randomisation", "randomisation", "explainer", higher_is_better=False,
-                   function="randomisation_similarity", skip=5),
+                   function="randomisation_similarity", skip=5,
+                   description="Spearman correlation with the heatmap of the fully re-initialised model (sanity check; "
+                               "lower is better)"),
     )
 }
 #: The metrics scored by default on an8Flower: all of them.
