@@ -71,8 +71,11 @@ def register_explainer(name: str) -> Callable[[E], E]:
 
 
 def _load_builtins() -> None:
-    # Importing the package registers the built-in explainers.
+    # Importing the package registers the built-in explainers; installed plugins register theirs.
     import an8flower.baselines  # noqa: F401
+    from an8flower.baselines.plugins import load_entry_points
+
+    load_entry_points()
 
 
 def list_explainers() -> list[str]:

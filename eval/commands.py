@@ -111,6 +111,7 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", action="append", metavar="[MODEL=]FILE",
                    help="local checkpoint or state dict for a model (else the model is trained on the variant)")
     p.add_argument("--explainer", action="append", metavar="NAME", help="explainer to run (repeatable; default: all)")
+    add_import_option(p)
     p.add_argument("--metric", action="append", metavar="NAME", help="metric to score (repeatable; default: all)")
     p.add_argument("--option", action="append", metavar="EXPLAINER.KEY=VALUE",
                    help="an explainer (or metric) option, VALUE parsed as JSON when it can be (repeatable)")
@@ -180,8 +181,26 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+def add_import_option(parser: argparse.ArgumentParser) -> None:
+    """``--import MODULE_OR_FILE``: code that registers user explainers (see :mod:`an8flower.baselines.plugins`)."""
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
+                        help="import a module or .py file first, so that the explainers it registers with "
+                             "@register_explainer can be named (repeatable); installed packages can use the "
+                             "'an8flower.explainers' entry-point group instead")
+
+
+def apply_imports(args: argparse.Namespace) -> None:
+    """Import what ``--import`` names (UsageError naming it when that fails)."""
+    from an8flower.baselines.plugins import import_explainers
+
+    for target in getattr(args, "imports", None) or []:
+        import_explainers(target)
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from an8flower.eval.config import RunConfig, load_config, quick_config
+
+    apply_imports(args)
 
     if args.list:
         from an8flower.baselines import list_explainers

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from an8flower.errors import UsageError
+from an8flower.eval.commands import add_import_option
 
 __all__ = ["register", "heatmap_overlay", "colourise", "interpretation_sheet", "explanation_figure"]
 
@@ -328,6 +329,7 @@ def _register_explain(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint with a model card")
     p.add_argument("--out", required=True, metavar="PNG", help="the figure to write")
     p.add_argument("--explainer", default="vebi", help="registered explainer (default: vebi)")
+    add_import_option(p)
     p.add_argument("--vebi", metavar="NPZ", help="VEBI state from `an8flower interpret` (needed for --explainer vebi)")
     p.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -356,11 +358,12 @@ def _explain(args: argparse.Namespace) -> int:
     import torch
 
     from an8flower.baselines import VEBI, build_explainer
-    from an8flower.eval.commands import _parse_value
+    from an8flower.eval.commands import _parse_value, apply_imports
     from an8flower.eval.models import load_checkpoint
     from an8flower.eval.config import RunConfig
     from an8flower.eval.runner import _device
 
+    apply_imports(args)
     if not args.out.lower().endswith(".png"):
         raise UsageError(f"--out {args.out}: the figure is a PNG; give a path ending in .png")
     folder = os.path.dirname(os.path.abspath(args.out))
