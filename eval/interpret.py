@@ -113,11 +113,28 @@ def _text_sheet(width: int, height: int) -> tuple[Image.Image, ImageDraw.ImageDr
     return sheet, ImageDraw.Draw(sheet)
 
 
+def _fit_text(text: str, font: Any, width: int) -> str:
+    """``text`` cut with an ellipsis so that it is at most ``width`` pixels wide in ``font``."""
+    if _text_width(text, font) <= width:
+        return text
+    while text and _text_width(text + "…", font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _feature_caption(name: str) -> tuple[str, str]:
+    """``"features.relu4:11"`` -> ``("features.relu4", "channel 11")``: two short lines, not one long one."""
+    layer, sep, channel = name.rpartition(":")
+    return (layer, f"channel {channel}") if sep and channel.isdigit() else (name, "")
+
+
 def interpretation_sheet(class_name: str, features: Sequence[Any], max_features: int = 8, thumb: int = 96) -> Image.Image:
     """One class's sheet: a column per relevant feature (largest weight first, at most ``max_features``).
 
-    Each column: ``layer:channel`` and its weight, the colour average visualisation, and the average
-    heatmap (jet). A feature no training image activates shows grey tiles.
+    Each column is captioned with the feature's layer, its channel, its lasso weight and the number
+    of training images averaged; below come two rows, labelled on the left: the feature's average
+    colour visualisation, and its average heatmap (jet). A feature no training image activates
+    shows grey tiles.
 
     Args:
         class_name: the title. features: :class:`~an8flower.baselines.vebi.RelevantFeature` list
@@ -127,9 +144,11 @@ def interpretation_sheet(class_name: str, features: Sequence[Any], max_features:
 
     shown = list(features)[:max_features]
     font, title_font = _font(11), _font(14)
+    rows = ("average image", "average heatmap")
+    label_w = max(_text_width(word, font) for r in rows for word in r.split()) + 2 * _PAD
     cols = max(1, len(shown))
-    header, caption = 24, 30
-    width = _PAD + cols * (thumb + _PAD)
+    header, caption = 24, 44
+    width = label_w + cols * (thumb + _PAD) + _PAD
     height = header + caption + 2 * (thumb + _PAD) + _PAD
     more = f" (top {len(shown)} of {len(features)})" if len(features) > len(shown) else ""
     title = f"{class_name}: {len(features)} relevant features{more}"
@@ -137,10 +156,18 @@ def interpretation_sheet(class_name: str, features: Sequence[Any], max_features:
     draw.text((_PAD, 4), title, fill=(0, 0, 0), font=title_font)
     if not shown:
         draw.text((_PAD, header + 4), "no relevant features (the lasso selected none for this class)", fill=(90, 0, 0), font=font)
+        return sheet
+    for r, label in enumerate(rows):
+        y = header + caption + r * (thumb + _PAD) + thumb // 2 - 13
+        for j, word in enumerate(label.split()):
+            draw.text((_PAD, y + 13 * j), word, fill=(60, 60, 60), font=font)
     for i, f in enumerate(shown):
-        x = _PAD + i * (thumb + _PAD)
-        draw.text((x, header), f.name, fill=(0, 0, 0), font=font)
-        draw.text((x, header + 13), f"w={f.weight:.3g}, {f.n_images} img", fill=(60, 60, 60), font=font)
+        x = label_w + i * (thumb + _PAD)
+        layer, channel = _feature_caption(f.name)
+        lines = [layer, channel, f"w={f.weight:.3g}, {f.n_images} img"]
+        for j, line in enumerate(l for l in lines if l):
+            draw.text((x, header + 13 * j), _fit_text(line, font, thumb), fill=(0, 0, 0) if j == 0 else (70, 70, 70),
+                      font=font)
         y = header + caption
         if f.average_image is None or f.average_map is None:
             grey = np.full((thumb, thumb, 3), 200, np.uint8)
@@ -159,25 +186,42 @@ def explanation_figure(
     maps: Optional[Mapping[str, np.ndarray]] = None,
     thumb: int = 160,
 ) -> Image.Image:
-    """The image, the heatmap over it and, optionally, named extra maps (VEBI's k feature maps).
+    """The image, the heatmap and, optionally, named extra maps (VEBI's k feature maps).
+
+    Two rows, labelled on the left: each map blended over the image (:func:`heatmap_overlay`), and
+    the map alone on black ("inferno" colour map, min-max scaled), where a sparse map such as
+    VEBI's stays visible. A caption ``"name (detail)"`` is written on two lines, name then detail.
 
     Args:
         image: uint8 (H, W, 3). heatmap: float (H, W). title: one line above the panels.
-        maps: name -> float (H, W), each drawn over the image like the heatmap.
+        maps: name -> float (H, W), each drawn like the heatmap.
     """
     from an8flower.show import _font
 
     font = _font(12)
-    panels = [("image", image), ("heatmap", heatmap_overlay(image, heatmap))]
-    panels += [(name, heatmap_overlay(image, m)) for name, m in (maps or {}).items()]
-    header, caption = 22, 16
-    width = _PAD + len(panels) * (thumb + _PAD)
-    sheet, draw = _text_sheet(max(width, _text_width(title, font) + 2 * _PAD), header + caption + thumb + _PAD)
+    named = [("heatmap", heatmap)] + list((maps or {}).items())
+    rows = ("over the image", "alone")
+    label_w = max(_text_width(word, font) for r in rows for word in r.split()) + 2 * _PAD
+    header, caption = 22, 32
+    width = label_w + (1 + len(named)) * (thumb + _PAD) + _PAD
+    height = header + caption + 2 * (thumb + _PAD) + _PAD
+    sheet, draw = _text_sheet(max(width, _text_width(title, font) + 2 * _PAD), height)
     draw.text((_PAD, 4), title, fill=(0, 0, 0), font=font)
-    for i, (name, arr) in enumerate(panels):
-        x = _PAD + i * (thumb + _PAD)
-        draw.text((x, header), name, fill=(40, 40, 40), font=font)
-        sheet.paste(_tile(arr, thumb), (x, header + caption))
+    for r, label in enumerate(rows):
+        y = header + caption + r * (thumb + _PAD) + thumb // 2 - 14
+        for j, word in enumerate(label.split()):
+            draw.text((_PAD, y + 15 * j), word, fill=(60, 60, 60), font=font)
+    y0 = header + caption
+    draw.text((label_w, header), "image", fill=(40, 40, 40), font=font)
+    sheet.paste(_tile(image, thumb), (label_w, y0))
+    for i, (name, m) in enumerate(named, start=1):
+        x = label_w + i * (thumb + _PAD)
+        first, _, rest = name.partition(" (")
+        draw.text((x, header), _fit_text(first, font, thumb), fill=(40, 40, 40), font=font)
+        if rest:
+            draw.text((x, header + 15), _fit_text("(" + rest, font, thumb), fill=(90, 90, 90), font=font)
+        sheet.paste(_tile(heatmap_overlay(image, m), thumb), (x, y0))
+        sheet.paste(_tile(colourise(m, "inferno"), thumb), (x, y0 + thumb + _PAD))
     return sheet
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "plot_iou_curves",
     "plot_examples",
     "plot_part_attribution",
+    "series_styles",
     "atomic_write",
 ]
 
@@ -277,6 +278,8 @@ def leaderboard_markdown(
             facts.append(f"{meta['image_size']} px")
         if facts:
             lines += ["; ".join(facts) + ".", ""]
+        if meta.get("warning"):
+            lines += [f"**Warning:** {meta['warning']}.", ""]
         counts = {}
         for m in t["metrics"]:
             ns = [r["scores"][m]["n"] for r in t["rows"] if m in r["scores"] and not r["scores"][m].get("error")]
@@ -357,6 +360,38 @@ def _slug(*parts: str) -> str:
     return "_".join(str(p).replace("/", "-").replace(" ", "-") for p in parts if p)
 
 
+#: Twelve colours that stay apart from each other (Paul Tol's "muted" and "bright" schemes, merged);
+#: explainers cycle through them, then through the line styles and markers, so no two of the first
+#: 12 x 4 series share a colour-style pair. Reference rows are drawn in greys with dashes.
+_SERIES_COLOURS: tuple[str, ...] = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77",
+                                    "#CC6677", "#882255", "#AA4499", "#EE6677", "#4477AA", "#EE7733")
+_SERIES_STYLES: tuple[tuple[str, str, str], ...] = (("-", "o", ""), ("-.", "s", "//"), (":", "^", ".."),
+                                                    ("--", "D", "xx"))
+_REFERENCE_STYLE: dict[str, tuple[str, str, str, str]] = {
+    "oracle": ("#000000", "--", "", ""), "random": ("#777777", "--", "", "\\\\"), "centre": ("#BBBBBB", "--", "", "--"),
+}
+
+
+def series_styles(names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Per explainer name: ``color``, ``linestyle``, ``marker`` and ``hatch`` for lines and bars.
+
+    Reference rows get fixed greys; the others take :data:`_SERIES_COLOURS` in order, then the next
+    line style, marker and hatch of :data:`_SERIES_STYLES`.
+    """
+    out, i = {}, 0
+    for name in names:
+        if name in _REFERENCE_STYLE:
+            color, ls, marker, hatch = _REFERENCE_STYLE[name]
+        else:
+            color = _SERIES_COLOURS[i % len(_SERIES_COLOURS)]
+            ls, marker, hatch = _SERIES_STYLES[(i // len(_SERIES_COLOURS)) % len(_SERIES_STYLES)]
+            if i >= len(_SERIES_COLOURS) * len(_SERIES_STYLES):
+                marker = ""
+            i += 1
+        out[name] = {"color": color, "linestyle": ls, "marker": marker, "hatch": hatch}
+    return out
+
+
 def plot_iou_curves(
     path: str | os.PathLike[str],
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
@@ -374,12 +409,13 @@ def plot_iou_curves(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.6, 4.0), dpi=90)
-    cmap = plt.get_cmap("tab20")
-    for i, (expl, (thr, iou)) in enumerate(curves.items()):
-        style = "--" if expl in REFERENCE_ROWS else "-"
+    fig, ax = plt.subplots(figsize=(8.4, 4.4), dpi=100)
+    styles = series_styles(list(curves))
+    for expl, (thr, iou) in curves.items():
+        st = styles[expl]
         iou = [np.nan if v is None else v for v in iou]
-        ax.plot(thr, iou, style, color=cmap(i % 20), label=expl, linewidth=1.5)
+        ax.plot(thr, iou, linestyle=st["linestyle"], color=st["color"], marker=st["marker"] or None, markersize=4,
+                markevery=3, label=expl, linewidth=1.6)
     ax.set_xlabel("threshold on the min-max normalised heatmap")
     ax.set_ylabel("mean IoU with the mask")
     ax.set_ylim(0, 1.03)
@@ -415,7 +451,8 @@ def plot_examples(
     names = list(heatmaps)
     k = images.shape[0]
     cols = 1 + len(names)
-    fig, axes = plt.subplots(k, cols, figsize=(1.1 * cols, 1.15 * k + 0.35), dpi=80, squeeze=False)
+    head = 0.45 if title else 0.2  # inches above the panels: the figure title, then the column titles
+    fig, axes = plt.subplots(k, cols, figsize=(1.1 * cols, 1.15 * k + head), dpi=80, squeeze=False)
     for i in range(k):
         for j in range(cols):
             ax = axes[i, j]
@@ -431,9 +468,10 @@ def plot_examples(
                 ax.contour(masks[i].astype(np.float32), levels=[0.5], colors="white", linewidths=0.7)
             if i == 0:
                 ax.set_title("image" if j == 0 else names[j - 1], fontsize=7)
+    height = 1.15 * k + head
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - (head - 0.2) / height))
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.2)
+        fig.suptitle(title, fontsize=9, y=1 - 0.06 / height, va="top")
     _save(fig, path)
 
 
@@ -466,11 +504,13 @@ def plot_part_attribution(
     names = list(normalised)
     x = np.arange(len(parts))
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(parts) + 2), 4.0), dpi=90)
-    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(max(7.2, 1.1 * len(parts) + 3), 4.4), dpi=100)
+    styles = series_styles(names)
     for i, expl in enumerate(names):
         vals = np.array([np.nan if v is None else v for v in normalised[expl]], dtype=np.float64)
-        ax.bar(x - 0.4 + (i + 0.5) * width, np.clip(vals, 0.01, 100), width, label=expl, color=cmap(i % 20))
+        st = styles[expl]
+        ax.bar(x - 0.4 + (i + 0.5) * width, np.clip(vals, 0.01, 100), width, label=expl, color=st["color"],
+               hatch=st["hatch"] or None, edgecolor="white", linewidth=0.3)
     ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_ylim(0.01, 100)
@@ -479,7 +519,7 @@ def plot_part_attribution(
     ax.set_ylabel("attribution share / area share")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title + ("  (* = discriminative part; 1 = chance)" if discriminative else "  (1 = chance)"), fontsize=9)
-    ax.legend(fontsize=6, ncol=3, frameon=False, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     _save(fig, path)
 

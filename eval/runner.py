@@ -311,7 +311,7 @@ class _Run:
         from tqdm.auto import tqdm
 
         from an8flower.eval.models import model_hash
-        from an8flower.eval.train import predict
+        from an8flower.eval.train import accuracy_warning, predict
 
         config, device = self.config, self.device
         if model_name in self.given:
@@ -335,9 +335,13 @@ class _Run:
                                 "card_accuracy": minfo["card"].get("accuracy")})
         self.log(f"{data.variant or data.dataset} / {model_name}: {config.split} accuracy {100 * accuracy:.1f}%, "
                  f"scoring {len(keep)} images on {device}")
+        warning = accuracy_warning(accuracy, config.split)
+        if warning:
+            self.log(f"warning: {data.variant or data.dataset} / {model_name}: {warning}")
         group = (data.dataset, data.variant, model_name, config.split, config.seed)
         self.group_meta[group] = {"accuracy": accuracy, "n_images": len(keep), "all_images": config.all_images,
-                                  "image_size": data.size, "discriminative": data.discriminative}
+                                  "image_size": data.size, "discriminative": data.discriminative,
+                                  "warning": warning}
         if len(keep) == 0:
             self.log(f"{data.variant} / {model_name}: no image to score")
             return

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from an8flower.errors import UsageError
+from an8flower.eval.config import TRAIN_DEFAULTS
 
 __all__ = [
     "TrainConfig",
@@ -42,6 +43,8 @@ __all__ = [
     "save_checkpoint",
     "read_model_card",
     "software_versions",
+    "LOW_ACCURACY",
+    "accuracy_warning",
 ]
 
 
@@ -62,12 +65,12 @@ class TrainConfig:
         amp: use float16 autocast and gradient scaling when the model is on CUDA (ignored on CPU).
     """
 
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 3e-3
+    epochs: int = TRAIN_DEFAULTS["epochs"]
+    batch_size: int = TRAIN_DEFAULTS["batch_size"]
+    lr: float = TRAIN_DEFAULTS["lr"]
     weight_decay: float = 1e-4
-    patience: int = 4
-    stop_at: Optional[float] = None
+    patience: int = TRAIN_DEFAULTS["patience"]
+    stop_at: Optional[float] = TRAIN_DEFAULTS["stop_at"]
     hflip: bool = False
     seed: int = 0
     workers: int = 0
@@ -175,6 +178,15 @@ def _warmup_cosine(total: int) -> Callable[[int], float]:
     return factor
 
 
+def _default_epoch_log(progress: Optional[bool]) -> Optional[Callable[[str], None]]:
+    """One line per epoch on stderr when no progress bar shows (not a terminal: logs, CI, batch jobs)."""
+    import sys
+
+    if progress is None and not sys.stderr.isatty():
+        return lambda line: print(line, file=sys.stderr, flush=True)
+    return None
+
+
 def train(
     model: nn.Module,
     train_set: Dataset,
@@ -182,6 +194,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     device: Optional[str | torch.device] = None,
     progress: Optional[bool] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set``, early-stopping on ``val_set`` accuracy.
 
@@ -193,6 +206,8 @@ def train(
         config: see :class:`TrainConfig`.
         device: where to train; ``None`` picks CUDA when available, else the CPU.
         progress: show a tqdm bar (``None``: only on a terminal).
+        log: called with one line per epoch (loss, accuracies, best epoch); default: stderr when
+            ``progress`` is None and stderr is not a terminal (where no bar shows), else nothing.
 
     Returns:
         A :class:`TrainResult` whose model holds the weights of the best validation epoch (the
@@ -202,6 +217,8 @@ def train(
 
     if len(train_set) == 0:
         raise UsageError("the training set is empty")
+    if log is None:
+        log = _default_epoch_log(progress)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     use_amp = bool(config.amp) and device.type == "cuda"
@@ -246,6 +263,11 @@ def train(
             if score > best_acc:
                 best_acc, best_epoch = score, epoch
                 best_state = copy.deepcopy(model.state_dict())
+            if log is not None:
+                val = (f", val {100 * record['val_accuracy']:.1f}% (best {100 * best_acc:.1f}% at epoch {best_epoch})"
+                       if "val_accuracy" in record else "")
+                log(f"epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}, train {100 * record['train_accuracy']:.1f}%"
+                    f"{val}")
             if val_set is None:
                 continue
             if config.stop_at is not None and score >= config.stop_at:
@@ -266,6 +288,20 @@ def train(
         history=history,
         seconds=time.perf_counter() - start,
     )
+
+
+#: Test accuracy below which a model's explanations are flagged: a model that has not learned the
+#: task gives explanations of its errors, not of the task.
+LOW_ACCURACY = 0.9
+
+
+def accuracy_warning(accuracy: float, split: str = "test") -> Optional[str]:
+    """A one-line warning when ``accuracy`` is below :data:`LOW_ACCURACY` (or undefined), else None."""
+    if accuracy is not None and math.isfinite(accuracy) and accuracy >= LOW_ACCURACY:
+        return None
+    shown = "undefined" if accuracy is None or not math.isfinite(accuracy) else f"{100 * accuracy:.1f}%"
+    return (f"{split} accuracy {shown} is below {100 * LOW_ACCURACY:.0f}%: explanations of a model that has not "
+            "learned the task mean little (train longer, on more images, or check the data)")
 
 
 def software_versions() -> dict[str, str]:

@@ -361,3 +361,25 @@ def test_cli_train_writes_a_checkpoint_with_its_card(tmp_path, capsys) -> None:
     assert card["input_size"] == [3, 64, 64] and set(card["accuracy"]) == {"train", "val", "test"}
     assert main(["train", "--variant", "single-6c", "--model", "alexnet", "--out", str(ckpt)]) == 2
     assert "unknown model 'alexnet'" in capsys.readouterr().err
+
+
+def test_cli_model_list_matches_the_models(capsys) -> None:
+    from an8flower.eval.commands import MODEL_NAMES
+    from an8flower.eval.models import list_models
+
+    assert list(MODEL_NAMES) == list_models()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "classifier: lenet, resnet18, resnet50, small-cnn, vgg16" in text
+    assert "--per-class N" in text and "PER_CLASS" not in text and "Default sizes, and why they differ" in text
+
+
+def test_train_logs_one_line_per_epoch_and_warns_when_accuracy_is_low(tmp_path, capsys) -> None:
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", "--variant", "single-6c", "--size", "64", "--per-class", "5", "--epochs", "2",
+                 "--patience", "5", "--out", str(ckpt)]) == 0
+    err = capsys.readouterr().err  # pytest's captured stderr is not a terminal: no bar, one line per epoch
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: loss ") and "val " in lines[0]
+    assert "warning: test accuracy" in err and "below 90%" in err
