@@ -43,6 +43,10 @@ from an8flower.errors import UsageError
 
 __all__ = ["RunConfig", "quick_config", "load_config", "QUICK", "TRAIN_DEFAULTS"]
 
+#: Largest ``per_class`` a run accepts (the generator's bound); memory is checked too, see
+#: :func:`an8flower.eval.data.check_memory`.
+MAX_PER_CLASS = 100_000
+
 #: The training recipe of every model the package trains (``an8flower train``, the leaderboard,
 #: ``--quick``) unless a run overrides it: the defaults of :class:`~an8flower.eval.train.TrainConfig`.
 #: Tuned so that the small CNN reaches >= 95% test accuracy on both built-in variants at the sizes
@@ -120,6 +124,11 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"{source}: {name} must be a positive integer, got {v!r}")
+        if self.per_class > MAX_PER_CLASS:
+            raise UsageError(f"{source}: per_class {self.per_class} is above the limit of {MAX_PER_CLASS:,} samples "
+                             "per class")
+        if self.size > 512:
+            raise UsageError(f"{source}: size {self.size} is above 512 pixels, the renderer's largest image")
         for name in ("model_metric_images", "examples", "workers", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -19,7 +19,46 @@ from torch.utils.data import DataLoader, Dataset
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig
 
-__all__ = ["TensorSplit", "materialise", "PreparedData", "prepare_an8flower", "prepare_imagenet"]
+__all__ = ["TensorSplit", "materialise", "PreparedData", "prepare_an8flower", "prepare_imagenet", "check_memory"]
+
+#: Bytes a rendered sample takes in a :class:`TensorSplit`, per pixel: RGB, mask, part map.
+BYTES_PER_PIXEL = 5
+#: Share of the machine's memory the rendered splits of one variant may take.
+MEMORY_SHARE = 0.5
+
+
+def _physical_memory() -> Optional[int]:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return None
+
+
+def check_memory(variant: str, num_classes: int, config: RunConfig, need_train: bool = True,
+                 memory: Optional[int] = None) -> int:
+    """Refuse, before anything is rendered or written, a run whose splits cannot fit in memory.
+
+    The runner holds the rendered splits in memory as uint8 tensors, ``5 * size**2`` bytes per
+    sample (:data:`BYTES_PER_PIXEL`); with training, every split (``K * per_class`` samples), else
+    the scored split alone. Returns the estimate in bytes.
+
+    Raises:
+        UsageError: the estimate exceeds :data:`MEMORY_SHARE` of ``memory`` (default: this machine's
+            physical memory), naming the variant, the estimate and the settings to change.
+    """
+    from an8flower.generate import split_sizes
+
+    sizes = split_sizes(config.per_class)
+    per_class = config.per_class if need_train else sizes[config.split]
+    estimate = num_classes * per_class * config.size * config.size * BYTES_PER_PIXEL
+    memory = _physical_memory() if memory is None else memory
+    if memory is not None and estimate > MEMORY_SHARE * memory:
+        raise UsageError(
+            f"{variant}: per_class {config.per_class} at {config.size} px needs about {estimate / 2**30:,.1f} GiB in "
+            f"memory for the rendered {'splits' if need_train else config.split + ' split'} (this machine has "
+            f"{memory / 2**30:,.1f} GiB); lower per_class or size"
+        )
+    return estimate
 
 
 class TensorSplit(Dataset):

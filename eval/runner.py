@@ -62,7 +62,14 @@ from an8flower.eval.cache import (
     group_part,
 )
 from an8flower.eval.config import RunConfig
-from an8flower.eval.data import PreparedData, TensorSplit, materialise, prepare_an8flower, prepare_imagenet
+from an8flower.eval.data import (
+    PreparedData,
+    TensorSplit,
+    check_memory,
+    materialise,
+    prepare_an8flower,
+    prepare_imagenet,
+)
 from an8flower.eval.report import atomic_write, write_report
 from an8flower.eval.scoring import (
     DEFAULT_METRICS,
@@ -244,7 +251,7 @@ def run_leaderboard(
         UsageError: unknown explainer, metric or model names, unreadable weights or data (before
         any explainer runs).
     """
-    run = _Run(config, models, progress, log, fresh)
+    run = _Run(config, models, progress, log, fresh, datasets_given=datasets is not None)
     sources: list[Any] = list(datasets) if datasets is not None else ([None] if config.imagenet else list(config.variants))
     for source in sources:
         data = run.prepare(source)
@@ -257,7 +264,7 @@ class _Run:
     """The state of one leaderboard run: cache, timer, the cells gathered so far and the run record."""
 
     def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
-                 log: Optional[Callable[[str], None]], fresh: bool = False) -> None:
+                 log: Optional[Callable[[str], None]], fresh: bool = False, datasets_given: bool = False) -> None:
         from an8flower.baselines import explainer_class
         from an8flower.eval.models import list_models
 
@@ -274,6 +281,15 @@ class _Run:
         for name in self.model_names:
             if name not in self.given and name not in list_models():
                 raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+        self.any_fit = any(e != ORACLE and explainer_class(e).requires_fit for e in self.explainers)
+        if not config.imagenet and not datasets_given:
+            from an8flower.spec import load_spec
+
+            for variant in config.variants:
+                if variant not in config.data:
+                    needs_train = self.any_fit or any(m not in self.given and _weights_for(config, variant, m) is None
+                                                      for m in self.model_names)
+                    check_memory(variant, load_spec(variant).num_classes, config, needs_train)
         os.makedirs(config.out, exist_ok=True)
         self.device = _device(config)
         self.cache = CellCache(config.out, warn=self.log)
@@ -288,7 +304,6 @@ class _Run:
         self.models_rec: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.computed = self.cached = self.calls = 0
-        self.any_fit = any(e != ORACLE and explainer_class(e).requires_fit for e in self.explainers)
 
     def prepare(self, source: Any) -> PreparedData:
         """A prepared dataset: given, ILSVRC12 (``None``) or an an8Flower variant name."""

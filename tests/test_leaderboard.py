@@ -383,3 +383,19 @@ def test_train_logs_one_line_per_epoch_and_warns_when_accuracy_is_low(tmp_path, 
     lines = [line for line in err.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2: loss ") and "val " in lines[0]
     assert "warning: test accuracy" in err and "below 90%" in err
+
+
+def test_absurd_counts_are_refused_before_anything_is_written(tmp_path) -> None:
+    from an8flower.eval.data import check_memory
+
+    with pytest.raises(UsageError, match="per_class 1000000000 is above the limit of 100,000"):
+        RunConfig(per_class=1_000_000_000)
+    out = tmp_path / "never"
+    config = RunConfig(out=str(out), variants=["double-12c"], per_class=90_000, size=512)
+    with pytest.raises(UsageError, match=r"double-12c: per_class 90000 at 512 px needs about 1,318.4 GiB"):
+        run_leaderboard(config, progress=False)
+    assert not out.exists()
+    # 12 classes x 500 per class x 112^2 px x 5 bytes, all splits for training
+    assert check_memory("double-12c", 12, RunConfig(per_class=500, size=112), memory=1 << 40) == 12 * 500 * 112 * 112 * 5
+    assert check_memory("double-12c", 12, RunConfig(per_class=500, size=112), need_train=False,
+                        memory=1 << 40) == 12 * 100 * 112 * 112 * 5
