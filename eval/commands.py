@@ -125,6 +125,20 @@ def _train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ leaderboard
 
 
+_LEADERBOARD_EPILOG = """\
+Outputs in --out: results.csv, per_image.csv.gz, leaderboard.md, leaderboard.json, PNG plots, run.json,
+and the per-cell cache (cache/) and trained models (models/) that make a rerun resume.
+
+Several processes or GPUs (one code path; same numbers as one process):
+  torchrun --nproc-per-node 4 -m an8flower leaderboard --config eval/leaderboard.toml
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+      -m an8flower leaderboard --config eval/leaderboard.toml
+Without torch.distributed (a job array, say):
+  an8flower leaderboard --config C.toml --weights m.pt --shard 2/4 --out part-2   # ... and 1/4, 3/4, 4/4
+  an8flower leaderboard merge part-1 part-2 part-3 part-4 --out results
+"""
+
+
 def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "leaderboard",
@@ -133,8 +147,12 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
         "the ground-truth masks. `an8flower leaderboard --quick` renders a small an8Flower, trains the small CNN, "
         "runs all explainers and metrics and prints the table in a few minutes on a CPU. Results are cached "
         "per cell in the results folder: rerunning resumes and skips what is done.",
-        epilog="Outputs in --out: results.csv, per_image.csv.gz, leaderboard.md, leaderboard.json, PNG plots, run.json.",
+        epilog=_LEADERBOARD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("action", nargs="?", metavar="merge",
+                   help="`leaderboard merge DIR... --out OUT`: combine the finished --shard I/N runs in DIR...")
+    p.add_argument("shard_dirs", nargs="*", metavar="DIR", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="the small preset: both variants at 64 px, cheap explainer options")
     p.add_argument("--config", metavar="TOML", help="a run configuration file (flags override it)")
     p.add_argument("--out", metavar="DIR", help="results folder (default: ./an8flower-results)")
@@ -162,6 +180,9 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="data-loading worker processes (default: 0)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--shard", metavar="I/N",
+                   help="compute only shard I of N (1-based) of every cell into --out, for schedulers without "
+                        "torch.distributed; then `an8flower leaderboard merge` the N folders")
     p.add_argument("--fresh", action="store_true",
                    help="recompute every requested cell instead of reading the cache in --out (trained models are reused)")
     p.add_argument("--list", action="store_true", help="list the explainers and metrics, then exit")
@@ -216,6 +237,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from an8flower.eval.shards import merge_shards
+
+    if args.action != "merge":
+        raise UsageError(f"leaderboard: unexpected argument {args.action!r} (the only sub-command is "
+                         "`leaderboard merge DIR... --out OUT`; options start with --)")
+    if not args.shard_dirs:
+        raise UsageError("leaderboard merge: give the shard folders, then --out OUT")
+    if not args.out:
+        raise UsageError("leaderboard merge: --out OUT is required (a new folder for the combined results)")
+    summary = merge_shards(args.shard_dirs, args.out, command=["an8flower"] + sys.argv[1:] if sys.argv else None,
+                           progress=False if args.quiet else None)
+    print(summary.markdown)
+    return 0
+
+
 def add_import_option(parser: argparse.ArgumentParser) -> None:
     """``--import MODULE_OR_FILE``: code that registers user explainers (see :mod:`an8flower.baselines.plugins`)."""
     parser.add_argument("--import", dest="imports", action="append", metavar="MODULE_OR_FILE",
@@ -236,7 +273,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from an8flower.eval.config import RunConfig, load_config, quick_config
 
     apply_imports(args)
-
+    if args.action is not None or args.shard_dirs:
+        return _merge(args)
     if args.list:
         from an8flower.baselines import list_explainers
         from an8flower.eval.runner import METRICS, ORACLE
@@ -280,11 +318,20 @@ def _leaderboard(args: argparse.Namespace) -> int:
     for key, folder in config.data.items():
         if not os.path.isdir(folder):
             raise UsageError(f"--data {key}={folder}: no such folder")
+    from an8flower.eval.distributed import RankLost
     from an8flower.eval.runner import run_leaderboard
+    from an8flower.generate import parse_shard
 
     start = time.perf_counter()
-    summary = run_leaderboard(config, command=["an8flower"] + sys.argv[1:] if sys.argv else None,
-                              progress=False if args.quiet else None, fresh=args.fresh)
+    try:
+        summary = run_leaderboard(config, command=["an8flower"] + sys.argv[1:] if sys.argv else None,
+                                  progress=False if args.quiet else None, fresh=args.fresh,
+                                  shard=parse_shard(args.shard))
+    except RankLost as exc:
+        print(f"an8flower: error: {exc}; rerun the same command to resume from the cache", file=sys.stderr)
+        return 3
+    if "rank" in summary.record or args.shard:  # ranks other than 0 print nothing; a shard has no report
+        return 0
     print(summary.markdown)
     if not args.quiet:
         cells = summary.record["cells"]

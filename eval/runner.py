@@ -71,6 +71,7 @@ from an8flower.eval.data import (
     prepare_imagenet,
 )
 from an8flower.eval.report import atomic_write, write_report
+from an8flower.eval.distributed import SINGLE, World, explainer_state, load_explainer_state, my_batches, setup
 from an8flower.eval.scoring import (
     DEFAULT_METRICS,
     IMAGENET_METRICS,
@@ -78,12 +79,18 @@ from an8flower.eval.scoring import (
     ORACLE,
     MetricSpec,
     Timer,
+    build,
+    build_and_fit,
+    error_text,
     explainer_options,
     finish_cell,
     for_json,
+    merge_accumulators,
     metric_options,
+    new_accumulators,
     run_explainer,
 )
+from an8flower.eval.shards import ShardStore
 
 __all__ = [
     "MetricSpec",
@@ -227,6 +234,8 @@ def run_leaderboard(
     progress: Optional[bool] = None,
     log: Optional[Callable[[str], None]] = None,
     fresh: bool = False,
+    shard: Optional[tuple[int, int]] = None,
+    world: Optional[World] = None,
 ) -> RunSummary:
     """Run the leaderboard that ``config`` describes; write its results folder; return a summary.
 
@@ -242,6 +251,11 @@ def run_leaderboard(
         fresh: recompute every requested cell instead of reading it from the cache (the results
             are written to the cache again; trained models in ``<out>/models`` are reused, being
             keyed by their full recipe).
+        shard: ``(I, N)``: compute only shard I of N (1-based) of every cell, for schedulers without
+            ``torch.distributed``, and write it uncombined to ``config.out`` for
+            :func:`an8flower.eval.shards.merge_shards` (no report is written).
+        world: the processes of the run (default: :func:`an8flower.eval.distributed.setup`, which
+            reads ``torchrun``'s environment); see :mod:`an8flower.eval.distributed`.
 
     Returns:
         A :class:`RunSummary`. The report covers the requested cells and, for the same groups,
@@ -251,12 +265,15 @@ def run_leaderboard(
         UsageError: unknown explainer, metric or model names, unreadable weights or data (before
         any explainer runs).
     """
-    run = _Run(config, models, progress, log, fresh, datasets_given=datasets is not None)
+    world = world if world is not None else setup(config.device, shard)
+    run = _Run(config, models, progress, log, fresh, datasets_given=datasets is not None, world=world)
     sources: list[Any] = list(datasets) if datasets is not None else ([None] if config.imagenet else list(config.variants))
     for source in sources:
         data = run.prepare(source)
         for model_name in run.model_names:
             run.score_group(data, model_name)
+    if world.shard:
+        return run.finish_shard(command)
     return run.finish(command, imagenet=bool(config.imagenet) and datasets is None)
 
 
@@ -264,11 +281,15 @@ class _Run:
     """The state of one leaderboard run: cache, timer, the cells gathered so far and the run record."""
 
     def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
-                 log: Optional[Callable[[str], None]], fresh: bool = False, datasets_given: bool = False) -> None:
+                 log: Optional[Callable[[str], None]], fresh: bool = False, datasets_given: bool = False,
+                 world: World = SINGLE) -> None:
         from an8flower.baselines import explainer_class
         from an8flower.eval.models import list_models
 
         self.start = time.perf_counter()
+        self.world = world
+        if not world.is_main:  # only rank 0 talks and shows bars
+            progress, log = False, (lambda msg: None)
         self.config, self.progress = config, progress
         if log is None:
             def log(msg: str) -> None:
@@ -290,9 +311,15 @@ class _Run:
                     needs_train = self.any_fit or any(m not in self.given and _weights_for(config, variant, m) is None
                                                       for m in self.model_names)
                     check_memory(variant, load_spec(variant).num_classes, config, needs_train)
-        os.makedirs(config.out, exist_ok=True)
+        if world.is_main:
+            os.makedirs(config.out, exist_ok=True)
+        world.barrier("the results folder")
         self.device = _device(config)
+        if world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", world.local_rank)
         self.cache = CellCache(config.out, warn=self.log)
+        self.shards = ShardStore(config.out, world) if world.shard and world.is_main else None
+        self.shard_cells: list[str] = []
         self.fresh = fresh
         self.group_configs: dict[tuple, str] = {}
         self.identities: dict[str, dict[str, Any]] = {}
@@ -328,20 +355,32 @@ class _Run:
         from an8flower.eval.models import model_hash
         from an8flower.eval.train import accuracy_warning, predict
 
-        config, device = self.config, self.device
+        config, device, world = self.config, self.device, self.world
         if model_name in self.given:
             model = self.given[model_name].to(device).eval()
             minfo: dict[str, Any] = {"source": "given", "card": {}, "trained": False}
         else:
-            model, minfo = _obtain_model(config, data, model_name, device, self.timer, self.progress, self.log)
+            # Rank 0 trains a missing model (and saves it under <out>/models); the others then load it.
+            if world.rank == 0 or world.shard:
+                model, minfo = _obtain_model(config, data, model_name, device, self.timer, self.progress, self.log)
+            world.barrier(f"the {model_name} model")
+            if world.rank != 0 and not world.shard:
+                model, minfo = _obtain_model(config, data, model_name, device, self.timer, False, lambda m: None)
         mhash = model_hash(model)
+        if world.broadcast(mhash, "the model hash") != mhash:
+            raise RuntimeError(f"{world.label()}: the {model_name} model differs from rank 0's")
         t0 = time.perf_counter()
         test = data.test
-        pred, labels = predict(model, test, batch_size=max(64, config.batch_size))
-        accuracy = float((pred == labels).float().mean())
-        keep = torch.arange(len(test)) if config.all_images else (pred == labels).nonzero().flatten()
-        if config.max_images is not None:
-            keep = keep[: config.max_images]
+        decided = None
+        if world.rank == 0 or world.shard:
+            pred, labels = predict(model, test, batch_size=max(64, config.batch_size))
+            accuracy = float((pred == labels).float().mean())
+            keep = torch.arange(len(test)) if config.all_images else (pred == labels).nonzero().flatten()
+            if config.max_images is not None:
+                keep = keep[: config.max_images]
+            decided = (accuracy, keep.tolist())
+        accuracy, kept = world.broadcast(decided, "the scored images")
+        keep = torch.tensor(kept, dtype=torch.long)
         self.timer.add("metrics", time.perf_counter() - t0)
         image_ids = [test.ids[i] for i in keep.tolist()]
         self.models_rec.append({"variant": data.variant, "model": model_name, "hash": mhash,
@@ -366,7 +405,8 @@ class _Run:
               "heatmaps": {}}
         self.examples[group] = ex
         self.group_configs[group] = {"_config": self._cell_config(data, image_ids, mhash, ORACLE, {}, None),
-                                     "image_ids": image_ids, "n_ex": n_ex, "size": data.size}
+                                     "image_ids": image_ids, "n_ex": n_ex, "size": data.size,
+                                     "parts": list(data.parts), "examples": {}}
         disc_ids = [data.parts.index(p) for p in data.discriminative]
         base_meta = {"dataset": data.dataset, "variant": data.variant, "model": model_name, "split": config.split,
                      "seed": config.seed}
@@ -387,8 +427,13 @@ class _Run:
     def _score_explainer(self, name: str, data: PreparedData, model: nn.Module, model_name: str, mhash: str,
                          keep: torch.Tensor, image_ids: list[int], n_ex: int, ex: dict[str, Any], disc_ids: list[int],
                          base_meta: dict[str, Any]) -> None:
-        """The cells of one explainer in one group: read the cached ones, compute the missing ones."""
-        config, cache, timer = self.config, self.cache, self.timer
+        """The cells of one explainer in one group: read the cached ones, compute the missing ones.
+
+        Rank 0 reads the cache and tells the others what is missing; every rank explains its batches
+        (:func:`~an8flower.eval.distributed.my_batches`); rank 0 merges their accumulators and writes
+        the complete cells. A shard stores its accumulators uncombined instead.
+        """
+        config, cache, timer, world = self.config, self.cache, self.timer, self.world
         options = explainer_options(name, model_name, config, data.dataset)
         base = {**base_meta, "explainer": name, "options": options}
         wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)]
@@ -397,31 +442,62 @@ class _Run:
         ex_config = {**self._cell_config(data, image_ids[:n_ex], mhash, name, options, None),
                      "metric": {"name": "examples"}}
         ex_key = cell_key(ex_config)
-        t0 = time.perf_counter()
-        found = {} if self.fresh else {m: cache.get(k) for m, k in keys.items()}
-        found = {m: c for m, c in found.items() if c is not None}
-        size = data.size
-        ex_arrays = None if self.fresh else cache.get_arrays(ex_key, {"heatmaps": (n_ex, size, size)})
-        timer.add("io", time.perf_counter() - t0)
-        for m in wanted:
-            if m in found:
-                self.cells.append(for_json(found[m]))
-                self.cached += 1
-        missing = [m for m in wanted if m not in found]
-        if not missing and ex_arrays is not None:
-            ex["heatmaps"][name] = ex_arrays["heatmaps"]
+        decision = None
+        if world.is_main:
+            t0 = time.perf_counter()
+            if self.shards is not None:
+                found = {m: True for m, k in keys.items() if not self.fresh and self.shards.has(k)}
+                ex_arrays = None if self.fresh or not self.shards.has(ex_key) else {}
+            else:
+                found = {} if self.fresh else {m: cache.get(k) for m, k in keys.items()}
+                found = {m: c for m, c in found.items() if c is not None}
+                ex_arrays = None if self.fresh else cache.get_arrays(ex_key, {"heatmaps": (n_ex, data.size, data.size)})
+                for m in wanted:
+                    if m in found:
+                        self.cells.append(for_json(found[m]))
+                        self.cached += 1
+                if ex_arrays is not None:
+                    ex["heatmaps"][name] = ex_arrays["heatmaps"]
+            timer.add("io", time.perf_counter() - t0)
+            decision = ([m for m in wanted if m not in found], ex_arrays is None)
+        missing, need_examples = world.broadcast(decision, "the cache lookup")
+        if self.shards is not None:
+            group = tuple(base_meta[k] for k in ("dataset", "variant", "model", "split", "seed"))
+            self.group_configs[group]["examples"][name] = ex_key
+            self.shard_cells.extend(keys[m] for m in wanted)
+        if not missing and not need_examples:
             return
         # With every cell cached, only the example heatmaps are missing: explain those images only.
         todo = keep if missing else keep[:n_ex]
-        result = run_explainer(name, options, missing, model, model_name, data, todo, config, self.device,
-                               timer, n_ex, disc_ids, self.log, self.progress)
-        self.calls += result["calls"]
-        if result["examples"] is not None:
-            ex["heatmaps"][name] = result["examples"]
+        accs = new_accumulators(missing, config, len(todo))
+        explainer, error = self._fitted_explainer(name, options, model, data)
+        if error is not None:
+            self.log(f"  {name}: failed to build/fit: {error}")
+            for acc in accs:
+                acc.error = error
+            result: dict[str, Any] = {"examples": [], "calls": 0}
+        else:
+            result = run_explainer(explainer, name, accs, model, data, todo,
+                                   my_batches(len(todo), config.batch_size, world), config, self.device, timer,
+                                   n_ex, disc_ids, self.log)
+        shares = world.gather((accs, result["examples"], result["calls"]), f"the scores of {name}")
+        if shares is None:  # not rank 0: rank 0 writes
+            return
+        if self.shards is not None:
+            self.shards.put_explainer(keys, configs, base, accs, ex_key, result["examples"], n_ex)
+            self.calls += result["calls"]
+            self.computed += len(accs)
+            return
+        merged = [merge_accumulators([share[0][i] for share in shares]) for i in range(len(accs))]
+        examples = sorted((p, h) for share in shares for p, h in share[1])
+        self.calls += sum(share[2] for share in shares)
+        if examples and len(examples) == n_ex and (not merged or any(a.error is None for a in merged)):
+            heatmaps = np.stack([h for _, h in examples])
+            ex["heatmaps"][name] = heatmaps
             t0 = time.perf_counter()
-            cache.put_arrays(ex_key, heatmaps=result["examples"])
+            cache.put_arrays(ex_key, heatmaps=heatmaps)
             timer.add("io", time.perf_counter() - t0)
-        for acc in result["accumulators"]:
+        for acc in merged:
             cell = finish_cell(acc, base, image_ids, data.parts)
             t0 = time.perf_counter()
             if cell["error"] is None:
@@ -432,6 +508,28 @@ class _Run:
             timer.add("io", time.perf_counter() - t0)
             self.cells.append(for_json(cell))
             self.computed += 1
+
+    def _fitted_explainer(self, name: str, options: dict[str, Any], model: nn.Module,
+                          data: PreparedData) -> tuple[Any, Optional[str]]:
+        """The explainer, built and (rank 0 only) fitted; its fitted state broadcast to the other ranks.
+
+        Returns ``(explainer, None)``, or ``(None, error text)`` when building or fitting failed.
+        """
+        world = self.world
+        explainer, error, state = None, None, None
+        if world.rank == 0 or world.shard:
+            try:
+                explainer = build_and_fit(name, options, model, data, self.config, self.timer, self.progress)
+                state = explainer_state(explainer) if world.distributed else None
+            except Exception as exc:  # noqa: BLE001 - any failure of an explainer is recorded, the run goes on
+                error = error_text(exc)
+        error, state = world.broadcast((error, state), f"the fitted {name}")
+        if error is None and explainer is None:
+            try:
+                explainer = load_explainer_state(build(name, options), state)
+            except Exception as exc:  # noqa: BLE001
+                error = error_text(exc)
+        return explainer, error
 
     def _cell_config(self, data: PreparedData, image_ids: Sequence[int], mhash: str, name: str,
                      options: dict[str, Any], metric: Optional[str]) -> dict[str, Any]:
@@ -497,12 +595,36 @@ class _Run:
                 ex["heatmaps"][cell["explainer"]] = arrays["heatmaps"]
         return len(extra)
 
+    def finish_shard(self, command: Optional[Sequence[str]]) -> RunSummary:
+        """Write the shard's manifest (``shard.json``): what ``an8flower leaderboard merge`` needs."""
+        from an8flower.eval.shards import fingerprint
+
+        config, world = self.config, self.world
+        groups = []
+        for key, info in self.group_configs.items():
+            ex = self.examples[key]
+            groups.append({"meta_key": list(key), "meta": self.group_meta[key], "config": info["_config"],
+                           "image_ids": info["image_ids"], "n_ex": info["n_ex"], "size": info["size"],
+                           "parts": info["parts"], "examples": info["examples"],
+                           "images": ex["images"], "masks": ex["masks"]})
+        manifest = {"shard": [world.rank + 1, world.size], "fingerprint": fingerprint(config.to_dict(), world.size),
+                    "config": config.to_dict(), "explainers": self.explainers, "metrics": self.metrics,
+                    "datasets": self.datasets_rec, "models": self.models_rec, "cells": sorted(set(self.shard_cells)),
+                    "command": list(command) if command is not None else list(sys.argv)}
+        self.shards.finish(_jsonable(manifest), groups)
+        self.log(f"{config.out}: shard {world.rank + 1}/{world.size} done ({self.computed} cells computed); merge the "
+                 f"{world.size} shard folders with `an8flower leaderboard merge DIR... --out OUT`")
+        return RunSummary(config.out, [], "", _jsonable(manifest), self.computed, self.cached, self.calls)
+
     def finish(self, command: Optional[Sequence[str]], imagenet: bool) -> RunSummary:
-        """Write the report and ``run.json``; the summary."""
+        """Write the report and ``run.json``; the summary (an empty one on ranks other than 0)."""
         from an8flower.baselines import explainer_class
         from an8flower.eval.train import software_versions
 
         config, timer, device = self.config, self.timer, self.device
+        if not self.world.is_main:
+            return RunSummary(config.out, [], "", {"rank": self.world.rank, "world_size": self.world.size},
+                              self.computed, self.cached, self.calls)
         t0 = time.perf_counter()
         added = self._cached_extras()
         timer.add("io", time.perf_counter() - t0)
@@ -542,6 +664,7 @@ class _Run:
                                "requires_fit": e != ORACLE and bool(explainer_class(e).requires_fit)}
                            for e in explainers},
             "metrics": metric_info,
+            "processes": {"world_size": self.world.size, "backend": _backend(self.world)},
             "cells": {"computed": self.computed, "cached": self.cached, "from_earlier_runs": added,
                       "errors": len(self.errors), "damaged_cache_files": len(self.cache.damaged)},
             "errors": self.errors,
@@ -550,6 +673,14 @@ class _Run:
         }
         atomic_write(os.path.join(config.out, "run.json"), json.dumps(_jsonable(record), indent=1, allow_nan=False) + "\n")
         return RunSummary(config.out, cells, report["markdown"], record, self.computed, self.cached, self.calls)
+
+
+def _backend(world: World) -> Optional[str]:
+    if not world.distributed:
+        return None
+    import torch.distributed as dist
+
+    return str(dist.get_backend())
 
 
 #: File names of the plots a report writes (see :func:`an8flower.eval.report.write_report`).

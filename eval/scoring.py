@@ -11,7 +11,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from an8flower.eval.data import PreparedData
 __all__ = [
     "ORACLE", "MetricSpec", "METRICS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer", "Oracle",
     "explainer_options", "build", "error_text", "Accumulator", "score_batch", "finish_cell", "for_json",
-    "randomisation_layers", "metric_options", "batches", "run_explainer",
+    "randomisation_layers", "metric_options", "batches", "merge_accumulators", "build_and_fit", "new_accumulators",
+    "run_explainer",
 ]
 
 
@@ -196,30 +197,70 @@ def error_text(exc: BaseException) -> str:
 
 @dataclass
 class Accumulator:
-    """Per-image scores of one cell as batches arrive, plus the extras the plots need."""
+    """The per-image scores of one cell, and the extras the plots need, as batches arrive.
+
+    Everything is kept per scored-image *position* (the image's place in the group's scoring
+    order), so the accumulators of several processes, each scoring some of the batches, merge into
+    exactly the one a single process fills (:func:`merge_accumulators`). ``limit`` (model-based
+    metrics) scores only the positions below it.
+    """
 
     spec: MetricSpec
     options: dict[str, Any]
     limit: Optional[int]
+    positions: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     curve_sum: Optional[np.ndarray] = None
     curve_n: Optional[np.ndarray] = None
     share: list[np.ndarray] = field(default_factory=list)
     normalised: list[np.ndarray] = field(default_factory=list)
-    pxap: Any = None
-    n_images: int = 0
+    pxap_counts: Optional[np.ndarray] = None
     seconds: float = 0.0
     error: Optional[str] = None
 
-    def wants(self) -> int:
-        """How many images of the next batch this cell still scores."""
+    @property
+    def n_images(self) -> int:
+        return len(self.positions)
+
+    def wants(self, start: int, n: int) -> int:
+        """How many images of a batch of ``n`` starting at position ``start`` this cell scores."""
         if self.error is not None:
             return 0
-        return 1 << 62 if self.limit is None else max(0, self.limit - self.n_images)
+        return n if self.limit is None else max(0, min(n, self.limit - start))
 
 
-def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int) -> None:
-    """Score the first ``k`` images of a heatmap batch into ``acc``."""
+def merge_accumulators(parts: Sequence[Accumulator]) -> Accumulator:
+    """One accumulator from those of disjoint position sets (processes or shards), in position order.
+
+    The scores, part shares and positions are concatenated and sorted by position; the IoU curve
+    sums and the PxAP counts (exact integers) are added; the first error (in ``parts`` order) wins.
+    """
+    first = parts[0]
+    out = Accumulator(first.spec, first.options, first.limit)
+    rows = sorted((p, i, a) for a in parts for i, p in enumerate(a.positions))
+    out.positions = [p for p, _, _ in rows]
+    if len(set(out.positions)) != len(out.positions):
+        raise ValueError(f"{first.spec.name}: two shares scored the same image")
+    if any(a.scores for a in parts):
+        out.scores = [a.scores[i] for _, i, a in rows]
+    if any(a.share for a in parts):
+        flat = {id(a): (np.concatenate(a.share), np.concatenate(a.normalised)) for a in parts if a.share}
+        out.share = [np.stack([flat[id(a)][0][i] for _, i, a in rows])]
+        out.normalised = [np.stack([flat[id(a)][1][i] for _, i, a in rows])]
+    for a in parts:
+        if a.curve_sum is not None:
+            out.curve_sum = a.curve_sum.copy() if out.curve_sum is None else out.curve_sum + a.curve_sum
+            out.curve_n = a.curve_n.copy() if out.curve_n is None else out.curve_n + a.curve_n
+        if a.pxap_counts is not None:
+            out.pxap_counts = a.pxap_counts.copy() if out.pxap_counts is None else out.pxap_counts + a.pxap_counts
+        out.seconds += a.seconds
+        if out.error is None and a.error is not None:
+            out.error = a.error
+    return out
+
+
+def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int, start: int = 0) -> None:
+    """Score the first ``k`` images of a heatmap batch, at positions ``start ...``, into ``acc``."""
     from an8flower.eval import metrics as M
 
     spec, opts = acc.spec, acc.options
@@ -237,9 +278,10 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int) 
         else:
             values = getattr(M, spec.name)(h, masks, **opts)
     elif spec.kind == "set":
-        if acc.pxap is None:
-            acc.pxap = M.PixelAveragePrecision(**opts)
-        acc.pxap.update(h, masks)
+        pxap = M.PixelAveragePrecision(**opts)
+        pxap.update(h, masks)
+        counts = pxap.counts.numpy()
+        acc.pxap_counts = counts if acc.pxap_counts is None else acc.pxap_counts + counts
         values = None
     elif spec.kind == "parts":
         parts = ctx["parts"]
@@ -266,7 +308,7 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int) 
         raise AssertionError(spec.kind)
     if values is not None:
         acc.scores.extend(float(v) for v in values.detach().double().cpu())
-    acc.n_images += k
+    acc.positions.extend(range(start, start + k))
 
 
 def finish_cell(acc: Accumulator, base: dict[str, Any], image_ids: Sequence[int], part_names: Sequence[str]) -> dict[str, Any]:
@@ -274,9 +316,15 @@ def finish_cell(acc: Accumulator, base: dict[str, Any], image_ids: Sequence[int]
             "seconds_metric": acc.seconds, "extra": {}}
     if acc.error is not None:
         return {**cell, "value": math.nan, "n": 0, "scores": None, "image_ids": None}
-    ids = list(image_ids[: acc.n_images])
+    ids = [int(image_ids[p]) for p in acc.positions]
     if acc.spec.kind == "set":
-        value = float(acc.pxap.compute()) if acc.pxap is not None else math.nan
+        from an8flower.eval.metrics import PixelAveragePrecision
+
+        value = math.nan
+        if acc.pxap_counts is not None:
+            pxap = PixelAveragePrecision(**acc.options)
+            pxap.add_counts(torch.from_numpy(acc.pxap_counts))
+            value = float(pxap.compute())
         return {**cell, "value": value, "n": acc.n_images if math.isfinite(value) else 0, "scores": None, "image_ids": ids}
     scores = np.asarray(acc.scores, dtype=np.float64)
     finite = np.isfinite(scores)
@@ -329,37 +377,43 @@ def batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], model: nn.Module, model_name: str,
-                   data: PreparedData, keep: torch.Tensor, config: RunConfig, device: torch.device, timer: Timer,
-                   n_ex: int, disc_ids: list[int], log: Callable[[str], None],
-                   progress: Optional[bool] = None) -> dict[str, Any]:
-    """Explain the kept images batch by batch; score each batch into the missing cells."""
-    accs = [Accumulator(METRICS[m], metric_options(m, config),
-                         config.model_metric_images if METRICS[m].kind in ("model", "explainer") else None)
+def build_and_fit(name: str, options: dict[str, Any], model: nn.Module, data: PreparedData, config: RunConfig,
+                  timer: Timer, progress: Optional[bool] = None) -> Any:
+    """The explainer ``name`` built with ``options`` and, if it needs it, fitted on the training split."""
+    explainer = build(name, options)
+    if getattr(explainer, "requires_fit", False):
+        if data.train is None:
+            raise UsageError(f"{name} must be fitted on a training split, and {data.dataset} has none here")
+        t0 = time.perf_counter()
+        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0)
+        if "progress" in inspect.signature(explainer.fit).parameters:
+            explainer.fit(model, loader, progress=progress)
+        else:
+            explainer.fit(model, loader)
+        timer.add("fit", time.perf_counter() - t0, explainer=name)
+    return explainer
+
+
+def new_accumulators(missing: Sequence[str], config: RunConfig, n_images: int) -> list[Accumulator]:
+    """One empty accumulator per missing metric; model-based ones limited to ``model_metric_images``."""
+    return [Accumulator(METRICS[m], metric_options(m, config),
+                        min(config.model_metric_images, n_images) if METRICS[m].kind in ("model", "explainer") else None)
             for m in missing]
-    out: dict[str, Any] = {"accumulators": accs, "examples": None, "calls": 0}
-    try:
-        explainer = build(name, options)
-        if getattr(explainer, "requires_fit", False):
-            if data.train is None:
-                raise UsageError(f"{name} must be fitted on a training split, and {data.dataset} has none here")
-            t0 = time.perf_counter()
-            loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0)
-            if "progress" in inspect.signature(explainer.fit).parameters:
-                explainer.fit(model, loader, progress=progress)
-            else:
-                explainer.fit(model, loader)
-            timer.add("fit", time.perf_counter() - t0, explainer=name)
-    except Exception as exc:  # noqa: BLE001 - any failure of an explainer is recorded, the run goes on
-        msg = error_text(exc)
-        log(f"  {name}: failed to build/fit: {msg}")
-        for acc in accs:
-            acc.error = msg
-        return out
+
+
+def run_explainer(explainer: Any, name: str, accs: Sequence[Accumulator], model: nn.Module, data: PreparedData,
+                  keep: torch.Tensor, shares: Iterable[slice], config: RunConfig, device: torch.device, timer: Timer,
+                  n_ex: int, disc_ids: list[int], log: Callable[[str], None]) -> dict[str, Any]:
+    """Explain the scored images of the batches ``shares`` (slices of ``keep``) and score them into ``accs``.
+
+    Returns:
+        ``{"examples": [(position, heatmap float16 (H, W)), ...] for positions < n_ex, "calls": n}``.
+        An explainer that raises (or returns NaN/inf) sets the error of every accumulator and stops.
+    """
+    out: dict[str, Any] = {"examples": [], "calls": 0}
     test = data.test
-    examples: list[np.ndarray] = []
     random_layers = randomisation_layers(model)
-    for sl in batches(len(keep), config.batch_size):
+    for sl in shares:
         idx = keep[sl]
         images = test.float_images(idx).to(device)
         targets = test.labels[idx].to(device)
@@ -385,18 +439,18 @@ def run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], mo
             break
         out["calls"] += 1
         timer.add("explainers", time.perf_counter() - t0, explainer=name, images=len(idx))
-        if sum(e.shape[0] for e in examples) < n_ex:
-            examples.append(h[: n_ex - sum(e.shape[0] for e in examples)].float().cpu().numpy().astype(np.float16))
+        for j in range(max(0, min(len(idx), n_ex - sl.start))):
+            out["examples"].append((sl.start + j, h[j].float().cpu().numpy().astype(np.float16)))
         ctx = {"masks": masks, "parts": parts, "model": model, "images": images, "targets": targets,
                "explainer": explainer, "part_names": data.parts, "disc_ids": disc_ids,
                "random_layers": random_layers, "seed": config.seed}
         for acc in accs:
-            k = min(acc.wants(), len(idx))
+            k = acc.wants(sl.start, len(idx))
             if k == 0:
                 continue
             t0 = time.perf_counter()
             try:
-                score_batch(acc, ctx, h, k)
+                score_batch(acc, ctx, h, k, sl.start)
             except Exception as exc:  # noqa: BLE001 - one metric failing fails its cell only
                 acc.error = error_text(exc)
                 log(f"  {name} / {acc.spec.name}: {acc.error}")
@@ -404,6 +458,4 @@ def run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], mo
             acc.seconds += dt
             # randomisation re-runs the explainer: its time counts as metric time, as it is the metric's cost
             timer.add("metrics", dt, metric=acc.spec.name)
-    if examples and (not accs or any(acc.error is None for acc in accs)):
-        out["examples"] = np.concatenate(examples)
     return out

@@ -134,7 +134,6 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_without_unsafe_advice(tmp_pa
 
     import numpy as np
 
-    from an8flower.cli import main
 
     class Runs:
         def __reduce__(self):

@@ -476,6 +476,18 @@ class PixelAveragePrecision:
             counts += torch.bincount(index.flatten(), minlength=2 * bins)
         self._counts += counts.cpu()
 
+    @property
+    def counts(self) -> torch.Tensor:
+        """The int64 (2 (n_thresholds + 1),) counts: negatives per bin, then positives per bin (a copy)."""
+        return self._counts.clone()
+
+    def add_counts(self, counts: torch.Tensor) -> None:
+        """Add counts of another accumulator with the same ``n_thresholds`` (another process's share)."""
+        counts = torch.as_tensor(counts, dtype=torch.int64).cpu()
+        if counts.shape != self._counts.shape:
+            raise ValueError(f"counts of shape {tuple(counts.shape)} do not fit {tuple(self._counts.shape)}")
+        self._counts += counts
+
     def compute(self) -> torch.Tensor:
         """PxAP of all pixels counted so far, a 0-dim float64 CPU tensor (NaN if no mask pixel)."""
         bins = self.n_thresholds + 1

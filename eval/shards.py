@@ -1,0 +1,319 @@
+"""Shards of a leaderboard run (``--shard I/N``) and their merge (``an8flower leaderboard merge``).
+
+For schedulers without ``torch.distributed`` (SLURM arrays, batch queues, several machines sharing
+nothing but a file system), ``an8flower leaderboard ... --shard I/N --out DIR_I`` computes the share
+of rank ``I - 1`` of ``N`` (:func:`an8flower.eval.distributed.my_batches`: the same batches a
+``torchrun`` run of N processes gives that rank) of every cell, and writes it uncombined to
+``DIR_I``::
+
+    DIR_I/shard.json                   what the shard is: I, N, the run's fingerprint, its groups
+    DIR_I/shard/<key>.json             one cell's accumulator for this share (JSON, checksummed)
+    DIR_I/shard/<key>.examples.npz     the share's example heatmaps, with their positions
+    DIR_I/shard/group-<g>.npz          the group's example images and masks (for the plots)
+
+``an8flower leaderboard merge DIR_1 ... DIR_N --out OUT`` (:func:`merge_shards`) checks that the
+shards are the N distinct shares of one run (same fingerprint: configuration, package version and
+code, torch version; same groups: dataset, model and scored images; same cells), merges every
+cell's accumulators exactly as rank 0 merges those of a ``torchrun`` run, and writes a complete
+results folder to ``OUT``: its cache holds the merged cells (a later run there reuses them) and its
+report is the single run's. Shard files are data, never code: JSON and ``allow_pickle=False`` npz,
+validated on reading.
+
+Train the model once (``an8flower train``) and give every shard the checkpoint with ``--weights``:
+shards that train their own model on different machines may get different weights, which the merge
+refuses (the model hash is part of each group).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from an8flower.errors import UsageError
+from an8flower.eval.cache import CellCache, canonical, package_code_sha256
+from an8flower.eval.report import atomic_write
+
+__all__ = ["SHARD_FORMAT", "ShardStore", "accumulator_to_json", "accumulator_from_json", "fingerprint", "merge_shards"]
+
+SHARD_FORMAT = "an8flower-shard/1"
+#: Run settings that do not change a number and may differ between shards.
+_FREE_SETTINGS = ("out", "plots", "examples", "workers", "quick")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint(config_dict: dict[str, Any], n_shards: int) -> str:
+    """SHA-256 of what every shard of one run must share: its settings, N and the code's versions."""
+    import torch
+
+    from an8flower import __version__
+
+    settings = {k: v for k, v in config_dict.items() if k not in _FREE_SETTINGS}
+    return _sha(canonical({"settings": settings, "shards": n_shards, "an8flower": __version__,
+                           "code": package_code_sha256(), "torch": str(torch.__version__).split("+")[0]}))
+
+
+def _floats(values: Optional[Sequence[Any]]) -> Optional[list[Optional[float]]]:
+    if values is None:
+        return None
+    return [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
+
+
+def accumulator_to_json(acc: Any) -> dict[str, Any]:
+    """A :class:`~an8flower.eval.scoring.Accumulator` as plain JSON values (NaN as null)."""
+    share = np.concatenate(acc.share) if acc.share else None
+    norm = np.concatenate(acc.normalised) if acc.normalised else None
+    return {
+        "metric": acc.spec.name, "options": acc.options, "limit": acc.limit,
+        "positions": [int(p) for p in acc.positions], "scores": _floats(acc.scores),
+        "curve_sum": None if acc.curve_sum is None else [float(v) for v in acc.curve_sum],
+        "curve_n": None if acc.curve_n is None else [int(v) for v in acc.curve_n],
+        "share": None if share is None else [_floats(r) for r in share],
+        "normalised": None if norm is None else [_floats(r) for r in norm],
+        "pxap_counts": None if acc.pxap_counts is None else [int(v) for v in acc.pxap_counts],
+        "seconds": float(acc.seconds), "error": acc.error,
+    }
+
+
+def accumulator_from_json(doc: Any, path: str) -> Any:
+    """The accumulator :func:`accumulator_to_json` wrote; :class:`UsageError` naming ``path`` if malformed."""
+    from an8flower.eval.scoring import METRICS, Accumulator
+
+    def bad(why: str) -> UsageError:
+        return UsageError(f"shard file {path}: {why}")
+
+    if not isinstance(doc, dict) or doc.get("metric") not in METRICS:
+        raise bad("not an accumulator of a known metric")
+    acc = Accumulator(METRICS[doc["metric"]], dict(doc.get("options") or {}), doc.get("limit"))
+    positions = doc.get("positions")
+    if not isinstance(positions, list) or not all(isinstance(p, int) and p >= 0 for p in positions):
+        raise bad("'positions' is not a list of image positions")
+    acc.positions = list(positions)
+    n = len(positions)
+
+    def rows(key: str, width: Optional[int] = None) -> Optional[np.ndarray]:
+        value = doc.get(key)
+        if value is None:
+            return None
+        arr = np.array([[math.nan if v is None else v for v in r] for r in value], dtype=np.float64)
+        if arr.shape[0] != n or (width is not None and arr.shape[1] != width):
+            raise bad(f"'{key}' does not match the positions")
+        return arr
+
+    scores = doc.get("scores")
+    if scores:
+        if len(scores) != n:
+            raise bad("'scores' and 'positions' differ in length")
+        acc.scores = [math.nan if v is None else float(v) for v in scores]
+    share, norm = rows("share"), rows("normalised")
+    if share is not None:
+        acc.share, acc.normalised = [share], [norm if norm is not None else np.full_like(share, math.nan)]
+    for key in ("curve_sum", "curve_n", "pxap_counts"):
+        value = doc.get(key)
+        if value is not None:
+            arr = np.asarray(value, dtype=np.int64 if key != "curve_sum" else np.float64)
+            if arr.ndim != 1:
+                raise bad(f"'{key}' is not a vector")
+            setattr(acc, key, arr)
+    acc.seconds = float(doc.get("seconds") or 0.0)
+    error = doc.get("error")
+    acc.error = error if isinstance(error, str) else None
+    return acc
+
+
+class ShardStore:
+    """The uncombined results of one shard in ``<out>/shard``."""
+
+    def __init__(self, out: str, world: Any) -> None:
+        self.out, self.world = out, world
+        self.folder = os.path.join(out, "shard")
+        os.makedirs(self.folder, exist_ok=True)
+
+    def _path(self, key: str, ext: str) -> str:
+        return os.path.join(self.folder, f"{key}.{ext}")
+
+    def has(self, key: str) -> bool:
+        """Whether the shard holds a complete, valid record for ``key`` (a cell, or examples)."""
+        if os.path.isfile(self._path(key, "examples.npz")):
+            return True
+        try:
+            read_record(self._path(key, "json"))
+            return True
+        except (OSError, UsageError):
+            return False
+
+    def put_explainer(self, keys: dict[str, str], configs: dict[str, dict[str, Any]], base: dict[str, Any],
+                      accs: Sequence[Any], ex_key: str, examples: Sequence[tuple[int, np.ndarray]], n_ex: int) -> None:
+        """Store one explainer's accumulators (one file per cell) and its example heatmaps."""
+        import io
+
+        for acc in accs:
+            key = keys[acc.spec.name]
+            body = {"key": key, "config": configs[acc.spec.name], "base": base, "accumulator": accumulator_to_json(acc)}
+            text = canonical(body)
+            atomic_write(self._path(key, "json"), json.dumps({"format": SHARD_FORMAT, "body": body,
+                                                              "sha256": _sha(text)}, allow_nan=False))
+        positions = np.array([p for p, _ in examples], dtype=np.int64)
+        heatmaps = (np.stack([h for _, h in examples]) if examples else np.zeros((0, 1, 1), np.float16))
+        buf = io.BytesIO()
+        np.savez_compressed(buf, positions=positions, heatmaps=heatmaps, n_ex=np.array(n_ex))
+        atomic_write(self._path(ex_key, "examples.npz"), buf.getvalue())
+
+    def finish(self, manifest: dict[str, Any], groups: Sequence[dict[str, Any]]) -> None:
+        """Write each group's example images and, last, ``shard.json`` (which marks the shard complete)."""
+        import io
+
+        for g, group in enumerate(groups):
+            buf = io.BytesIO()
+            np.savez_compressed(buf, images=group.pop("images"), masks=group.pop("masks"))
+            atomic_write(os.path.join(self.folder, f"group-{g}.npz"), buf.getvalue())
+        atomic_write(os.path.join(self.out, "shard.json"),
+                     json.dumps({"format": SHARD_FORMAT, **manifest, "groups": list(groups)}, indent=1,
+                                allow_nan=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """A shard's cell record, checked (format, checksum); :class:`UsageError` naming ``path`` otherwise."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"shard file {path}: unreadable ({exc})") from None
+    except ValueError as exc:
+        raise UsageError(f"shard file {path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != SHARD_FORMAT or not isinstance(doc.get("body"), dict):
+        raise UsageError(f"shard file {path}: not an {SHARD_FORMAT} record")
+    if doc.get("sha256") != _sha(canonical(doc["body"])):
+        raise UsageError(f"shard file {path}: its checksum does not match its content")
+    return doc["body"]
+
+
+def _read_manifest(folder: str) -> dict[str, Any]:
+    path = os.path.join(folder, "shard.json")
+    if not os.path.isfile(path):
+        hint = " (an unfinished shard: rerun it)" if os.path.isdir(os.path.join(folder, "shard")) else ""
+        raise UsageError(f"{folder}: not a finished leaderboard shard, {path} is missing{hint}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable shard manifest ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != SHARD_FORMAT:
+        raise UsageError(f"{path}: not an {SHARD_FORMAT} manifest")
+    for key in ("shard", "fingerprint", "config", "groups", "cells", "explainers", "metrics"):
+        if key not in doc:
+            raise UsageError(f"{path}: no {key!r}")
+    return doc
+
+
+def _inside(folder: str, name: str) -> str:
+    """``folder/name`` for a plain file name from a manifest (no separators, no '..')."""
+    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
+        raise UsageError(f"{folder}: shard manifest names a file outside its folder: {name!r}")
+    return os.path.join(folder, name)
+
+
+def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence[str]] = None,
+                 progress: Optional[bool] = None, log: Optional[Callable[[str], None]] = None) -> Any:
+    """Combine the N finished shards of one run into a complete results folder ``out``.
+
+    Returns:
+        The :class:`~an8flower.eval.runner.RunSummary` of the merged run.
+
+    Raises:
+        UsageError: a folder that is not a finished shard, shards of different runs (configuration,
+        version, code, N, groups or cells), a missing or repeated shard, a damaged shard file;
+        the message names the folder or file.
+    """
+    from an8flower.eval.config import RunConfig
+    from an8flower.eval.runner import _Run
+    from an8flower.eval.scoring import finish_cell, for_json, merge_accumulators
+
+    if not folders:
+        raise UsageError("merge: give the shard folders")
+    manifests = [(os.fspath(f), _read_manifest(os.fspath(f))) for f in folders]
+    first_dir, first = manifests[0]
+    n = int(first["shard"][1])
+    for folder, m in manifests:
+        if int(m["shard"][1]) != n:
+            raise UsageError(f"{folder}: shard {m['shard'][0]}/{m['shard'][1]} is not one of {n} shards like {first_dir}")
+        if m["fingerprint"] != first["fingerprint"]:
+            raise UsageError(f"{folder}: a shard of another run than {first_dir} (its configuration, an8flower or "
+                             "torch version, or code differs); merge only the shards of one run")
+        if canonical([g["config"] for g in m["groups"]]) != canonical([g["config"] for g in first["groups"]]):
+            raise UsageError(f"{folder}: its datasets, models or scored images differ from {first_dir}'s (shards that "
+                             "trained their own model? give every shard the same --weights)")
+        if sorted(m["cells"]) != sorted(first["cells"]):
+            raise UsageError(f"{folder}: holds other cells than {first_dir}")
+    indices = sorted(int(m["shard"][0]) for _, m in manifests)
+    if indices != list(range(1, n + 1)):
+        missing = sorted(set(range(1, n + 1)) - set(indices))
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        raise UsageError(f"merge: shards of a {n}-way run: " + "; ".join(
+            ([f"missing {', '.join(map(str, missing))}"] if missing else []) +
+            ([f"repeated {', '.join(map(str, repeated))}"] if repeated else [])))
+    here = os.path.abspath(out)
+    if any(os.path.abspath(f) == here for f, _ in manifests):
+        raise UsageError(f"--out {out}: merge into a new folder, not into a shard")
+
+    config = RunConfig(**{**first["config"], "out": out})
+    model_names = list(dict.fromkeys(g["meta_key"][2] for g in first["groups"]))
+    run = _Run(config, dict.fromkeys(model_names), progress, log, datasets_given=True)
+    run.explainers, run.metrics = list(first["explainers"]), list(first["metrics"])
+    run.datasets_rec, run.models_rec = list(first.get("datasets", [])), list(first.get("models", []))
+    cache = CellCache(out)
+    for g, group in enumerate(first["groups"]):
+        key = tuple(group["meta_key"])
+        run.group_meta[key] = dict(group["meta"])
+        with np.load(_inside(os.path.join(first_dir, "shard"), f"group-{g}.npz"), allow_pickle=False) as z:
+            run.examples[key] = {"images": z["images"], "masks": z["masks"], "heatmaps": {}}
+        run.group_configs[key] = {"_config": group["config"], "image_ids": group["image_ids"], "n_ex": group["n_ex"],
+                                  "size": group["size"]}
+        for name, ex_key in group["examples"].items():
+            rows = []
+            for folder, _ in manifests:
+                with np.load(_inside(os.path.join(folder, "shard"), f"{ex_key}.examples.npz"), allow_pickle=False) as z:
+                    rows += list(zip(z["positions"].tolist(), z["heatmaps"]))
+            rows.sort(key=lambda r: r[0])
+            if rows and len(rows) == group["n_ex"]:
+                heatmaps = np.stack([h for _, h in rows]).astype(np.float16)
+                run.examples[key]["heatmaps"][name] = heatmaps
+                cache.put_arrays(ex_key, heatmaps=heatmaps)
+    from an8flower.eval.cache import group_part
+
+    groups_by_part = {group_part(g["config"]): g for g in first["groups"]}
+    for cell_key_ in first["cells"]:
+        records = [read_record(_inside(os.path.join(folder, "shard"), f"{cell_key_}.json")) for folder, _ in manifests]
+        body = records[0]
+        accs = [accumulator_from_json(r["accumulator"], os.path.join(folder, "shard", f"{cell_key_}.json"))
+                for r, (folder, _) in zip(records, manifests)]
+        merged = merge_accumulators(accs)
+        group = groups_by_part.get(group_part(body["config"]))
+        if group is None:
+            raise UsageError(f"{first_dir}: cell {cell_key_} belongs to no group of the shard")
+        cell = finish_cell(merged, body["base"], group["image_ids"], group["parts"])
+        if cell["error"] is None:
+            cache.put(cell_key_, body["config"], cell)
+        else:
+            run.errors.append({"variant": cell["variant"], "model": cell["model"], "explainer": cell["explainer"],
+                               "metric": cell["metric"], "error": cell["error"]})
+        run.cells.append(for_json(cell))
+        run.computed += 1
+    return run.finish(command, imagenet=bool(config.imagenet))
