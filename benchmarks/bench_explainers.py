@@ -15,7 +15,12 @@ same batch:
   layer (target: our ``gradcam_pp`` >= 5x), skipped when not installed;
 * ``rise_per_image``: RISE one image at a time, masks precomputed and scored ``batch`` at a time
   (the structure of the authors' reference code); ``rise_per_mask``: one image and one mask per
-  forward pass (target: our ``rise`` >= 5x).
+  forward pass (target: our ``rise`` >= 5x);
+* Captum's twin of each gradient-type method (``Saliency``, ``InputXGradient``, ``GuidedBackprop``,
+  ``Deconvolution``), timed alternately with ours (target: ours within 5% of Captum or faster).
+
+``AN8FLOWER_BENCH_SETTINGS`` replaces the settings, e.g. ``vgg16:224:64`` (model:size:batch,
+comma-separated; the GPU check uses it).
 
 Each entry is the best of ``ROUNDS`` timed calls (20 for calls under 0.5 s), after one warm-up
 call. The module's ``summary`` fixture prints the table and the ratios at the end. Run::
@@ -38,6 +43,9 @@ from an8flower.eval.models import DEFAULT_CAM_LAYER, build_model
 
 DEVICE = os.environ.get("AN8FLOWER_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 SETTINGS = {"small-cnn": (112, 16), "vgg16": (224, 4)}  # model: (image size, batch)
+if os.environ.get("AN8FLOWER_BENCH_SETTINGS"):
+    SETTINGS = {m: (int(size), int(batch)) for m, size, batch in
+                (item.split(":") for item in os.environ["AN8FLOWER_BENCH_SETTINGS"].split(","))}
 NUM_CLASSES = 12
 ROUNDS = 2
 OPTIONS = {
@@ -66,7 +74,12 @@ EXPLAINERS = [
 ]
 REFERENCES = ["forward_backward", "pytorch_grad_cam_pp", "rise_per_image", "rise_per_mask"]
 GRADIENT_TYPE = ["gradient", "input_x_gradient", "guided_backprop", "deconvnet"]
+#: Captum's implementation of each gradient-type method.
+CAPTUM_TWIN = {"gradient": "Saliency", "input_x_gradient": "InputXGradient", "guided_backprop": "GuidedBackprop",
+               "deconvnet": "Deconvolution"}
 RESULTS: dict[tuple[str, str], float] = {}
+#: Gradient-type methods: best-time ratio Captum twin / ours over alternating calls (>= 0.95: within 5%).
+VS_CAPTUM: dict[tuple[str, str], float] = {}
 #: Gradient-type methods: best-time ratio reference / method over alternating calls.
 INTERLEAVED: dict[tuple[str, str], float] = {}
 INTERLEAVED_ROUNDS = 20
@@ -108,6 +121,34 @@ def _pytorch_grad_cam_pp(model_name: str) -> Callable:
         return out
 
     return run
+
+
+def _captum(method: str) -> Callable:
+    import warnings
+
+    attr = pytest.importorskip("captum.attr")
+    cls = getattr(attr, CAPTUM_TWIN[method])
+
+    def run(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = images.detach().clone().requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Captum warns about its ReLU hooks on every call
+            return cls(model).attribute(x, target=targets)
+
+    return run
+
+
+def _alternate(fns: dict[str, Callable], model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+               rounds: int) -> dict[str, float]:
+    """Best time of each function over ``rounds`` alternating calls (a, b, a, b, ...)."""
+    best = {side: float("inf") for side in fns}
+    for _ in range(rounds):
+        for side, f in fns.items():
+            t0 = time.perf_counter()
+            f(model, images, targets)
+            _sync()
+            best[side] = min(best[side], time.perf_counter() - t0)
+    return best
 
 
 def _rise_reference(model_name: str, per_mask: bool) -> Callable:
@@ -164,16 +205,13 @@ def test_throughput(benchmark, setting, method: str) -> None:
     if method in GRADIENT_TYPE:
         # The ratio to the forward+backward bound, timed alternately (call, reference, call, ...)
         # so that slow drifts of a shared machine hit both sides alike.
-        reference = _method(model_name, "forward_backward")
-        best = {"method": float("inf"), "reference": float("inf")}
-        for _ in range(INTERLEAVED_ROUNDS if first < 0.5 else 2):
-            for side, f in (("method", fn), ("reference", reference)):
-                t0 = time.perf_counter()
-                f(model, images, targets)
-                _sync()
-                best[side] = min(best[side], time.perf_counter() - t0)
+        rounds = INTERLEAVED_ROUNDS if first < 0.5 else 3
+        best = _alternate({"method": fn, "reference": _method(model_name, "forward_backward"),
+                           "captum": _captum(method)}, model, images, targets, rounds)
         INTERLEAVED[(model_name, method)] = best["reference"] / best["method"]
+        VS_CAPTUM[(model_name, method)] = best["captum"] / best["method"]
         benchmark.extra_info["ratio_to_forward_backward_interleaved"] = INTERLEAVED[(model_name, method)]
+        benchmark.extra_info["ratio_to_captum_interleaved"] = VS_CAPTUM[(model_name, method)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -196,6 +234,9 @@ def summary(request: pytest.FixtureRequest):
                 alt = INTERLEAVED.get((model_name, m), float("nan"))
                 lines.append(f"  ratio {m} / forward_backward = {rate[m] / fb:.3f}; timed alternately "
                              f"{alt:.3f} (target >= 0.8)")
+                if (model_name, m) in VS_CAPTUM:
+                    lines.append(f"  ratio {m} / captum {CAPTUM_TWIN[m]} (alternately) = "
+                                 f"{VS_CAPTUM[(model_name, m)]:.3f} (target >= 0.95)")
         if "gradcam_pp" in rate and "pytorch_grad_cam_pp" in rate:
             ratio = rate["gradcam_pp"] / rate["pytorch_grad_cam_pp"]
             lines.append(f"  ratio gradcam_pp / pytorch-grad-cam GradCAMPlusPlus = {ratio:.2f} (target >= 5)")
