@@ -119,7 +119,7 @@ def encode_png(array: np.ndarray, kind: str) -> bytes:
 
 
 def decode_png(source: str | os.PathLike[str] | bytes, kind: str, size: Optional[int] = None,
-               max_pixels: int = SAMPLE_MAX_PIXELS) -> np.ndarray:
+               max_pixels: int = SAMPLE_MAX_PIXELS, name: Optional[str] = None) -> np.ndarray:
     """Read a sample file back as the array it was written from (decoded by Pillow).
 
     The header is checked before anything is decoded (:func:`an8flower.untrusted.open_image`): a
@@ -131,6 +131,7 @@ def decode_png(source: str | os.PathLike[str] | bytes, kind: str, size: Optional
         size: the side the sample must have (``dataset.json``'s ``size``), or None for any size.
         max_pixels: the largest ``width * height`` decoded (default 512 x 512, the generator's
             largest sample).
+        name: how the file is called in messages (default: its path, or ``"<bytes>"``).
 
     Returns uint8 (H, W, 3) for ``"image"``; bool (H, W) for ``"mask"`` (non-zero = relevant, so an
     8-bit mask reads correctly too); uint8 (H, W) part ids for ``"parts"``.
@@ -142,7 +143,7 @@ def decode_png(source: str | os.PathLike[str] | bytes, kind: str, size: Optional
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
-    name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+    name = name or ("<bytes>" if isinstance(source, bytes) else os.fspath(source))
     with open_image(source, max_pixels, None if size is None else (size, size), name) as img:
         if kind == "image":
             return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
