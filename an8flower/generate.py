@@ -113,6 +113,8 @@ MAX_OUTPUT_BYTES = 1 << 40
 PNG_BYTES_PER_PIXEL = 1.9
 #: Bytes per sample of ``manifest.csv`` (the row, mostly its sampled parameters), an upper bound.
 MANIFEST_BYTES_PER_SAMPLE = 2048
+#: Bytes of ``dataset.json``, the data card and ``croissant.json`` together, an upper bound.
+DOCUMENT_BYTES = 100_000
 
 
 def _round_half_up(x: float) -> int:
@@ -208,7 +210,7 @@ def check_counts(num_classes: int, per_class: int) -> int:
 def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: Optional[int] = None) -> int:
     """An upper estimate of the bytes ``generate`` writes for ``spec`` at ``per_class``.
 
-    ``K * N * (s^2 * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE)`` for ``K`` classes, ``N``
+    ``K * N * (s^2 * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE) + DOCUMENT_BYTES`` for ``K`` classes, ``N``
     per class and side ``s`` (default ``spec.size``): e.g. 1.17 GB for 12,000 samples at 224 px
     (``double-12c`` at the default size; the folder takes about 0.5 GB).
     The leaderboard's in-memory datasets can bound themselves with it too.
@@ -218,7 +220,7 @@ def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: Optional[int
     """
     total = check_counts(spec.num_classes, per_class)
     side = spec.size if size is None else size
-    return int(total * (side * side * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE))
+    return int(total * (side * side * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE)) + DOCUMENT_BYTES
 
 
 def _format_bytes(n: float) -> str:
@@ -526,6 +528,8 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
             _probe_writable(out, out)
             return "partial"
         if any(p.name != LOCK_NAME for p in out.iterdir()):
+            if (out / LOCK_NAME).exists():  # another run is setting the folder up: name it
+                acquire(out / LOCK_NAME, f"output folder {out}", shared=True).release()
             raise UsageError(f"output folder {out}: not empty and not an an8flower dataset; choose a new or empty folder")
         _probe_writable(out, out)
         return "new"

@@ -32,6 +32,7 @@ from an8flower.manifest import (
 )
 from an8flower.render import class_of
 from an8flower.spec import load_spec
+from an8flower.verify import verify_dataset
 
 SIZE = 64
 PER_CLASS = 4  # 3 train / 1 val / 1 test would be 5; 4 gives 2/1/1
@@ -53,6 +54,7 @@ def reference(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ref") / "single"
     result = generate("single-6c", root, size=SIZE, per_class=PER_CLASS, seed=3, workers=1, progress=False)
     assert result.complete and result.rendered == 6 * PER_CLASS
+    assert verify_dataset(root, progress=False).ok  # and so does every folder tested equal to it below
     return root
 
 
