@@ -527,9 +527,9 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
                 )
             _probe_writable(out, out)
             return "partial"
-        if any(p.name != LOCK_NAME for p in out.iterdir()):
-            if (out / LOCK_NAME).exists():  # another run is setting the folder up: name it
-                acquire(out / LOCK_NAME, f"output folder {out}", shared=True).release()
+        # A lock file, and a work folder without its plan yet (another shard is creating it, or
+        # one was killed doing so), do not make the folder non-empty.
+        if any(p.name not in (LOCK_NAME, WORK_DIR) for p in out.iterdir()):
             raise UsageError(f"output folder {out}: not empty and not an an8flower dataset; choose a new or empty folder")
         _probe_writable(out, out)
         return "new"
@@ -545,14 +545,17 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
 
 
 def _make_folders(root: Path, spec: VariantSpec, record: dict[str, Any]) -> None:
+    """The work folder and its plan first (so that a shard starting meanwhile sees a generation in
+    progress, see :func:`_inspect_out`), then the sample folders."""
     try:
-        (root / WORK_DIR / "rows").mkdir(parents=True, exist_ok=True)
+        (root / WORK_DIR).mkdir(parents=True, exist_ok=True)
+        if not (root / WORK_DIR / "plan.json").is_file():
+            atomic_write_text(root / WORK_DIR / "plan.json", canonical_json(record))
+        (root / WORK_DIR / "rows").mkdir(exist_ok=True)
         for kind in KINDS:
             for split in SPLITS:
                 for label in range(spec.num_classes):
                     (root / KIND_FOLDERS[kind] / split / class_folder(spec, label)).mkdir(parents=True, exist_ok=True)
-        if not (root / WORK_DIR / "plan.json").is_file():
-            atomic_write_text(root / WORK_DIR / "plan.json", canonical_json(record))
     except OSError as exc:
         raise UsageError(f"output folder {root}: cannot create ({exc.strerror}: {exc.filename})") from None
 

@@ -436,6 +436,25 @@ def test_two_concurrent_runs(tmp_path):
     assert verify_dataset(out, render=0, progress=False).ok
 
 
+def test_shards_started_together_finish_one_dataset(tmp_path):
+    """Two shards started at the same moment on a new folder share it (shared folder lock); the one
+    that completes it waits for the other and writes the manifest once."""
+    out = tmp_path / "out"
+    procs = [subprocess.Popen(_script(f"""
+        from an8flower.generate import generate
+        r = generate("single-6c", {str(out)!r}, size=64, per_class=40, seed=0, workers=1, shard="{i}/2", progress=False)
+        print(r.complete)
+    """), stdout=subprocess.PIPE, text=True) for i in (1, 2)]
+    try:
+        outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0]
+    assert "True" in outputs
+    assert verify_dataset(out, render=0, progress=False).ok
+
+
 # ---------------------------------------------------------------------------------------- 6. workers
 
 
