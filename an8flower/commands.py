@@ -39,11 +39,13 @@ masks/... (1-bit PNG, 1/white = visible pixel of a discriminative part), parts/.
 value = part id), manifest.csv, dataset.json, DATACARD.md, croissant.json.
 
 The bytes written do not depend on --workers or --shard. An interrupted run resumes when the same
-command is run again. A folder is locked while a run writes it: a second run on it is refused,
-naming the process. --per-class is at most 100,000 (1,000,000 images in all); the output size
-is estimated first and refused when it exceeds 1 TiB or the free disk space. With --shard I/N, run every shard (any order; several machines may share DIR
-if they run the same an8flower installation); the last one to finish writes manifest.csv and
+command is run again. With --shard I/N, run every shard (any order; several machines may share
+DIR if they run the same an8flower installation); the last one to finish writes manifest.csv and
 dataset.json (or run the command once more without --shard).
+
+A folder is locked while a run writes it: a second unsharded run, or the same shard twice, is
+refused, naming the process. --per-class is at most 100,000 (1,000,000 images in all); the
+output size is estimated first and refused when it exceeds 1 TiB or the free disk space.
 
 examples:
   an8flower generate single-6c --out data/single-6c

@@ -831,8 +831,9 @@ def generate(
             return _complete_result(root, n_chunks, total, 0, 0)
         _make_folders(root, spec, record)
         if shard_t is not None:
-            shard_lock = acquire(root / WORK_DIR / f"shard-{shard_t[0]}-of-{shard_t[1]}.lock",
-                                 f"{what}, shard {shard_t[0]}/{shard_t[1]}", holder=holder_text(f"shard {shard_t[0]}/{shard_t[1]}"))
+            name = f"shard {shard_t[0]}/{shard_t[1]}"
+            shard_lock = acquire(root / WORK_DIR / f"shard-{shard_t[0]}-of-{shard_t[1]}.lock", f"{what}, {name}",
+                                 holder=holder_text(name))
         todo = [c for c in mine if not writer.is_complete(c)]
         n_mine = sum(len(writer.indices(c)) for c in mine)
         n_todo = sum(len(writer.indices(c)) for c in todo)

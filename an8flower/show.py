@@ -104,8 +104,9 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
         y = title_h + label * (thumb + _PAD)
         draw.text((_PAD, y + thumb // 2), f"{label} {name}", fill=(0, 0, 0), font=font, anchor="lm")
         for j, r in enumerate(chosen[label]):
-            image, mask = (decode_png(resolve_inside(root, r.files[k], f"{MANIFEST_NAME}, sample {r.index}, column {k}"),
-                                      k, size=spec.size) for k in ("image", "mask"))
+            paths = {k: resolve_inside(root, r.files[k], f"{MANIFEST_NAME}, sample {r.index}, column {k}")
+                     for k in ("image", "mask")}
+            image, mask = (decode_png(paths[k], k, size=spec.size) for k in ("image", "mask"))
             small = Image.fromarray(image).resize((thumb, thumb), Image.Resampling.BILINEAR)
             small_mask = np.asarray(
                 Image.fromarray(mask.astype(np.uint8) * 255).resize((thumb, thumb), Image.Resampling.NEAREST)) > 127

@@ -310,7 +310,8 @@ def _check_documents(root: Path, info: dict[str, Any], spec: Optional[VariantSpe
     from an8flower.generate import dataset_documents
 
     regenerated: dict[str, bytes] = {}
-    if spec is not None and info.get("an8flower_version") == __version__ and isinstance(info.get("manifest_sha256"), str):
+    same_version = info.get("an8flower_version") == __version__
+    if spec is not None and same_version and isinstance(info.get("manifest_sha256"), str):
         regenerated = dataset_documents(spec, info["seed"], info["per_class"], info["manifest_sha256"])
     elif spec is not None:
         report.notes.append(f"data card and croissant.json not regenerated: written by an8flower "

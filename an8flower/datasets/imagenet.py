@@ -266,7 +266,8 @@ def read_loc_val_solution(path: str | os.PathLike[str]) -> dict[str, list[Box]]:
                 )
             if image_id in out:
                 raise DatasetFormatError(f"{path}, line {line}: repeated ImageId {image_id}")
-            boxes = [Box(tokens[j], *(_finite(t, f"{path}, line {line}: box coordinate") for t in tokens[j + 1 : j + 5]))
+            what = f"{path}, line {line}: box coordinate"
+            boxes = [Box(tokens[j], *(_finite(t, what) for t in tokens[j + 1 : j + 5]))
                      for j in range(0, len(tokens), 5)]
             out[image_id] = boxes
     return out
