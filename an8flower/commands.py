@@ -45,7 +45,7 @@ dataset.json (or run the command once more without --shard).
 
 A folder is locked while a run writes it: a second unsharded run, or the same shard twice, is
 refused, naming the process. --per-class is at most 100,000 (1,000,000 images in all); the
-output size is estimated first and refused when it exceeds 1 TiB or the free disk space.
+output size is estimated first and refused when it exceeds 100 GB or the free disk space.
 
 examples:
   an8flower generate single-6c --out data/single-6c

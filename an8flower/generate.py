@@ -104,8 +104,10 @@ INDEX_DIGITS = 6
 MAX_PER_CLASS = 100_000
 #: Largest number of samples of one dataset (the file names have six digits).
 MAX_SAMPLES = 10**INDEX_DIGITS
-#: Largest estimated size of a dataset folder that ``generate`` writes: 1 TiB.
-MAX_OUTPUT_BYTES = 1 << 40
+#: Largest estimated size (:func:`estimate_dataset_bytes`) of a folder ``generate`` writes: 100 GB,
+#: 85 times the default ``double-12c`` (e.g. ``double-12c`` at 512 px with 20,000 per class is
+#: refused, at 120 GB).
+MAX_OUTPUT_BYTES = 100 * 10**9
 #: Bytes per pixel of a sample's three PNG files (image + mask + part map), averaged over a
 #: dataset, an upper estimate: the largest mean measured over both built-in variants at 64, 112,
 #: 224 and 512 px was 1.51 (double-12c at 64 px; 0.76 at 224 px, 0.43 at 512 px), raised by a
@@ -210,10 +212,10 @@ def check_counts(num_classes: int, per_class: int) -> int:
 def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: Optional[int] = None) -> int:
     """An upper estimate of the bytes ``generate`` writes for ``spec`` at ``per_class``.
 
-    ``K * N * (s^2 * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE) + DOCUMENT_BYTES`` for ``K`` classes, ``N``
-    per class and side ``s`` (default ``spec.size``): e.g. 1.17 GB for 12,000 samples at 224 px
-    (``double-12c`` at the default size; the folder takes about 0.5 GB).
-    The leaderboard's in-memory datasets can bound themselves with it too.
+    ``K * N * (s^2 * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE) + DOCUMENT_BYTES`` for
+    ``K`` classes, ``N`` per class and side ``s`` (default ``spec.size``): e.g. 1.17 GB for 12,000
+    samples at 224 px (``double-12c`` at the default size; the folder takes about 0.5 GB). The
+    leaderboard's in-memory datasets can bound themselves with it too.
 
     Raises:
         UsageError: bad ``per_class`` (see :func:`check_counts`).

@@ -732,6 +732,13 @@ def test_output_size_is_estimated_against_free_space(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_absurd_output_size_is_refused(tmp_path):
+    with pytest.raises(UsageError, match=r"per-class 20000: 240,000 images of 512 px would take about 120\.0 GB, "
+                                         r"more than the 100\.0 GB limit"):
+        generate("double-12c", tmp_path / "out", size=512, per_class=20_000, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_estimate_bounds_what_generate_writes(dataset):
     total = sum(p.stat().st_size for p in dataset.rglob("*") if p.is_file())
     assert total < estimate_dataset_bytes(load_spec("single-6c").with_size(SIZE), PER_CLASS)
