@@ -138,7 +138,7 @@ def croissant_metadata(
     for set_id, folder, what in _FOLDERS:
         kind = {"images": "image", "masks": "mask", "part_maps": "parts"}[set_id]
         fields = [
-            _path_field(set_id, set_id, "index", rf"^.*/([0-9]+)\.png$", "sc:Integer",
+            _path_field(set_id, set_id, "index", r"^.*/([0-9]+)\.png$", "sc:Integer",
                         "sample index: the renderer's index argument; class = index mod number of classes"),
             {
                 "@type": "cr:Field",

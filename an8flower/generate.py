@@ -24,6 +24,14 @@ to finish, or a plain ``generate`` call) writes ``manifest.csv``, the data card 
 worker count or sharding: each file is a function of (spec, seed, index) and the manifest is
 sorted by index.
 
+**Locks and bounds.** A run locks its folder (:func:`generate`, :mod:`an8flower.folderlock`): an
+unsharded run exclusively, a shard shared plus its own shard lock, so a second run on a folder in
+use is refused naming the process, and the shard that completes a dataset waits for the others
+before it writes the manifest. Worker processes exit when the process that started them dies.
+``per_class`` is at most :data:`MAX_PER_CLASS` (:data:`MAX_SAMPLES` samples in all) and the output
+size is estimated (:func:`estimate_dataset_bytes`) and checked against :data:`MAX_OUTPUT_BYTES` and
+the free disk space before anything is written.
+
 **Resume.** Every file is written atomically (temporary name, then :func:`os.replace`), so a file
 that exists is whole. Re-running the same command skips the chunks whose row file exists and whose
 files all exist, and re-renders the others. The parameters (version, :func:`code_sha256`, spec
@@ -83,10 +91,19 @@ __all__ = [
     "SPLITS",
     "SPLIT_FRACTIONS",
     "DEFAULT_PER_CLASS",
+    "MAX_PER_CLASS",
+    "MAX_SAMPLES",
+    "MAX_OUTPUT_BYTES",
     "IndexPlan",
     "split_sizes",
+    "check_counts",
+    "estimate_dataset_bytes",
     "plan_indices",
+    "class_folder",
     "sample_paths",
+    "expected_row",
+    "dataset_plan",
+    "dataset_documents",
     "parse_shard",
     "resolve_spec",
     "GenerateResult",
@@ -270,8 +287,11 @@ def class_folder(spec: VariantSpec, label: int) -> str:
     order, so torchvision's ``ImageFolder`` (which numbers the folders in sorted order) gives every
     image the label :class:`an8flower.An8Flower` gives it.
     """
-    digits = max(2, len(str(spec.num_classes - 1)))
-    return f"{label:0{digits}d}-{spec.classes[label]}"
+    return f"{label:0{_label_digits(spec)}d}-{spec.classes[label]}"
+
+
+def _label_digits(spec: VariantSpec) -> int:
+    return max(2, len(str(spec.num_classes - 1)))
 
 
 def sample_paths(spec: VariantSpec, index: int, split: str, label: int) -> dict[str, str]:
@@ -624,7 +644,7 @@ def dataset_plan(spec: VariantSpec, seed: int, per_class: int) -> dict[str, Any]
     ``spec``, ``seed`` and ``per_class`` and compare.
     """
     plan = IndexPlan(spec.num_classes, per_class)
-    digits = max(2, len(str(spec.num_classes - 1)))
+    digits = _label_digits(spec)
     return {
         "format": FORMAT,
         "variant": spec.name,

@@ -14,13 +14,19 @@ is recomputed from ``dataset.json``'s own ``spec``, ``seed`` and ``per_class`` a
 3. the data card and ``croissant.json``: their SHA-256 are the recorded ones and (when the folder
    was written by this an8flower version) their bytes are those generate writes;
 4. every file the manifest names: its path stays inside the folder, its bytes hash to the row's
-   SHA-256 (or, with ``pixels=True``, its decoded pixels to the row's pixel hash, the image being
-   the size ``dataset.json`` says);
+   SHA-256 and its PNG header gives the size ``dataset.json`` says (or, with ``pixels=True``, its
+   decoded pixels hash to the row's pixel hash);
 5. a few samples are rendered again (by default the first of each class in each split: ``3 K``
-   renders) and must give the row's pixel hashes and sampled parameters: this catches a seed or
-   spec edited consistently everywhere. Skipped, with a note, when the folder was written by
-   other renderer code (``code_sha256``);
+   renders) and must give the row's pixel hashes and sampled parameters, and the files' decoded
+   pixels: this catches a seed or spec edited consistently everywhere, or a file replaced along
+   with its byte hash. Skipped, with a note, when the folder was written by other renderer code
+   (``code_sha256``);
 6. no other file lies in the folder.
+
+What it cannot see without rendering: a sample file replaced together with every hash that covers
+it (its manifest row, the manifest hash, ``croissant.json`` and its hash) is a self-consistent
+folder; only the samples rendered again tell it apart. ``render="all"`` (``--render all``) renders
+every sample and so proves every pixel, at the cost of generating the dataset again.
 
 :func:`open_dataset` runs the cheap part (1 and 2, no file but ``dataset.json`` and the manifest
 read) for the :class:`an8flower.An8Flower` loader.
@@ -30,12 +36,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from an8flower import __version__
-from an8flower.errors import DatasetFormatError, SpecError, UsageError
+from an8flower.errors import DatasetFormatError, DatasetNotFoundError, SpecError, UsageError
 from an8flower.manifest import (
     DATASET_JSON,
     KINDS,
@@ -47,7 +54,6 @@ from an8flower.manifest import (
     read_dataset_json,
     read_manifest,
     sha256_bytes,
-    sha256_file,
 )
 from an8flower.spec import VariantSpec
 from an8flower.untrusted import resolve_inside
@@ -208,6 +214,13 @@ def _walk_files(root: Path) -> Iterator[str]:
             yield name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
 
 
+def _png_size(data: bytes) -> Optional[tuple[int, int]]:
+    """``(width, height)`` from a PNG's IHDR chunk (bytes 16-23), None when ``data`` is no PNG."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
 def _render_indices(spec: VariantSpec, per_class: int, render: Union[int, str, None]) -> list[int]:
     """The samples verify renders again: ``"all"``, the first ``render`` of the plan's spread, or
     by default (None) the first sample of each class in each split."""
@@ -293,13 +306,19 @@ def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress:
                     ok = pixel_sha256(decode_png(path, kind, size=size)) == row.pixels_sha256[kind]
                 except DatasetFormatError:  # an undecodable or wrongly sized file is a changed file
                     ok = False
-            else:
-                ok = sha256_file(path) == row.sha256[kind]
-            if not ok:
+                if not ok:
+                    report.changed.append(rel)
+                continue
+            data = Path(path).read_bytes()
+            if sha256_bytes(data) != row.sha256[kind]:
                 report.changed.append(rel)
+            elif size is not None and _png_size(data) != (size, size):
+                found = _png_size(data)
+                report.changed.append(f"{rel} ({'not a PNG' if found is None else '%dx%d' % found}, "
+                                      f"{DATASET_JSON} says {size}x{size})")
     bar.close()
     if spec is not None and render != 0:
-        _check_rendering(spec, info, rows, render, report)
+        _check_rendering(root_p, spec, info, rows, render, report)
     report.extra.extend(p for p in _walk_files(root_p) if p not in expected)
     return report
 
@@ -332,9 +351,10 @@ def _check_documents(root: Path, info: dict[str, Any], spec: Optional[VariantSpe
             report.changed.append(f"{name} (differs from what generate writes for this dataset)")
 
 
-def _check_rendering(spec: VariantSpec, info: dict[str, Any], rows: Sequence[ManifestRow],
+def _check_rendering(root: Path, spec: VariantSpec, info: dict[str, Any], rows: Sequence[ManifestRow],
                      render: Union[int, str, None], report: VerifyReport) -> None:
-    """Step 5: render samples again and compare pixel hashes and sampled parameters."""
+    """Step 5: render samples again; compare them with the manifest's pixel hashes and sampled
+    parameters, and with the files' decoded pixels."""
     from an8flower.generate import code_sha256
     from an8flower.render import render as render_sample
 
@@ -350,9 +370,18 @@ def _check_rendering(spec: VariantSpec, info: dict[str, Any], rows: Sequence[Man
         sample = render_sample(spec, info["seed"], index)
         report.rendered += 1
         arrays = {"image": sample.image, "mask": sample.mask, "parts": sample.parts}
-        diffs = [f"{k} pixels" for k in KINDS if pixel_sha256(arrays[k]) != row.pixels_sha256[k]]
+        rendered = {k: pixel_sha256(arrays[k]) for k in KINDS}
+        diffs = [f"{k} pixels" for k in KINDS if rendered[k] != row.pixels_sha256[k]]
         if json.loads(json.dumps(sample.meta)) != row.meta:
             diffs.append("sampled parameters (meta)")
         if diffs:
             report.inconsistent.append(f"{MANIFEST_NAME}, sample {index}: {', '.join(diffs)} differ from the sample "
                                        f"rendered again from dataset.json's spec and seed {info['seed']}")
+        for k in KINDS:  # the files themselves, decoded (a file may differ from a consistent manifest)
+            try:
+                path = resolve_inside(root, row.files[k], f"{MANIFEST_NAME}, sample {index}, column {k}")
+                same = pixel_sha256(decode_png(path, k, size=spec.size)) == rendered[k]
+            except (DatasetFormatError, DatasetNotFoundError):
+                continue  # already reported by the file checks
+            if not same:
+                report.changed.append(f"{row.files[k]} (pixels differ from the sample rendered again)")

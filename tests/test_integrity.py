@@ -37,10 +37,12 @@ from an8flower.generate import (
     MAX_PER_CLASS,
     MAX_SAMPLES,
     PNG_BYTES_PER_PIXEL,
+    dataset_documents,
     estimate_dataset_bytes,
     generate,
 )
 from an8flower.manifest import (
+    CROISSANT_NAME,
     DATASET_JSON,
     LOCK_NAME,
     MANIFEST_NAME,
@@ -53,7 +55,6 @@ from an8flower.manifest import (
     read_dataset_json,
     read_manifest,
     sha256_bytes,
-    sha256_file,
 )
 from an8flower.spec import load_spec
 from an8flower.untrusted import PHOTO_MAX_PIXELS, check_relative_path, load_image, resolve_inside
@@ -85,11 +86,16 @@ def write_info(root: Path, info: dict) -> None:
 
 
 def rewrite_manifest(root: Path, rows: list[ManifestRow]) -> None:
-    """A careful tamperer: rewrite the manifest and update both of its hashes in dataset.json."""
+    """A careful tamperer: rewrite the manifest, update both of its hashes in dataset.json and
+    rewrite croissant.json (which holds the manifest hash) as generate would."""
     data = manifest_bytes(rows)
     (root / MANIFEST_NAME).write_bytes(data)
     info = info_of(root)
     info["manifest_sha256"], info["content_sha256"] = sha256_bytes(data), content_sha256(rows)
+    spec = load_spec("single-6c").with_size(SIZE)
+    croissant = dataset_documents(spec, info["seed"], info["per_class"], info["manifest_sha256"])[CROISSANT_NAME]
+    (root / CROISSANT_NAME).write_bytes(croissant)
+    info["croissant_sha256"] = sha256_bytes(croissant)
     write_info(root, info)
 
 
@@ -206,6 +212,8 @@ def test_loader_refuses_a_consistent_relabel(copy):
     with pytest.raises(DatasetFormatError, match=r"sample 4: class 'centre-red' \(plan: 'centre-blue'\); "
                                                  r"label 0 \(plan: 4\)"):
         An8Flower(copy, "train")
+    assert verify_dataset(copy, progress=False).inconsistent == [
+        "manifest.csv, sample 4: class 'centre-red' (plan: 'centre-blue'); label 0 (plan: 4)"]
 
 
 def test_loader_refuses_a_row_moved_from_test_to_train(copy):
@@ -219,6 +227,7 @@ def test_loader_refuses_a_row_moved_from_test_to_train(copy):
     rewrite_manifest(copy, rows)
     with pytest.raises(DatasetFormatError, match=r"sample 17: split 'train' \(plan: 'test'\)"):
         An8Flower(copy, "train")
+    assert "sample 17: split 'train' (plan: 'test')" in verify_dataset(copy, progress=False).inconsistent[0]
 
 
 def test_loader_checks_decoded_sizes(copy):
@@ -230,6 +239,15 @@ def test_loader_checks_decoded_sizes(copy):
     ds = An8Flower(copy, "train")
     with pytest.raises(DatasetFormatError, match=r"000000\.png: image is 32x32, expected 64x64"):
         ds[0]
+    image = rows[0].files["image"]
+    assert verify_dataset(copy, render=0, progress=False).changed == [f"{image} (32x32, dataset.json says 64x64)"]
+    assert verify_dataset(copy, pixels=True, render=0, progress=False).changed == [image]
+    # another 64 x 64 image, byte hash updated: the samples rendered again are compared with the files
+    other = (copy / rows[1].files["image"]).read_bytes()
+    (copy / image).write_bytes(other)
+    rows[0] = replace_row(rows[0], sha256={**rows[0].sha256, "image": sha256_bytes(other)})
+    rewrite_manifest(copy, rows)
+    assert verify_dataset(copy, progress=False).changed == [f"{image} (pixels differ from the sample rendered again)"]
 
 
 def test_loader_verify_checks_file_hashes(copy):
@@ -712,6 +730,8 @@ def test_total_images_are_bounded(tmp_path):
     with pytest.raises(UsageError, match=rf"12 classes x 90,000 = 1,080,000 images, more than the {MAX_SAMPLES:,}"):
         generate("double-12c", tmp_path / "out", per_class=90_000, progress=False)
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UsageError, match="1,080,000 images"):  # the on-the-fly dataset keeps the same bound
+        An8FlowerOnTheFly("double-12c", "test", per_class=90_000)
 
 
 def test_output_size_is_estimated_against_free_space(tmp_path, monkeypatch):

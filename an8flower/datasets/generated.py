@@ -31,7 +31,7 @@ import torch
 
 from an8flower.datasets.base import ExplanationDataset
 from an8flower.errors import DatasetFormatError, UsageError
-from an8flower.generate import DEFAULT_PER_CLASS, SPLITS, plan_indices, resolve_spec
+from an8flower.generate import DEFAULT_PER_CLASS, SPLITS, check_counts, plan_indices, resolve_spec
 from an8flower.manifest import ManifestRow, decode_png, sha256_bytes
 from an8flower.spec import VariantSpec
 from an8flower.untrusted import resolve_inside
@@ -209,7 +209,8 @@ class An8FlowerOnTheFly(ExplanationDataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         size: the side the samples are *rendered* at (64..512); default the spec's. Rendering at
             another size draws another picture of the same scene (the same as ``generate --size``).
-        per_class: samples per class over all splits (default 1000: 700/100/200).
+        per_class: samples per class over all splits (default 1000: 700/100/200), bounded as
+            ``generate`` bounds it (:func:`an8flower.generate.check_counts`).
         seed: global seed.
         transform, mask_transform, return_parts: as :class:`An8Flower`.
         resize: side the rendered items are *resized* to, or None (default: the rendered size);
@@ -232,6 +233,7 @@ class An8FlowerOnTheFly(ExplanationDataset):
         resize: Optional[int] = None,
     ) -> None:
         spec = resolve_spec(variant_or_spec, size)
+        check_counts(spec.num_classes, per_class)
         super().__init__(f"<rendered {spec.name}>", _check_split(split), transform, mask_transform)
         self.spec = spec
         self.seed = seed
