@@ -11,8 +11,8 @@ process that opened the file just before it was deleted may then lock the delete
 locking, :func:`acquire` checks that the path still names the file it locked (same device and
 inode) and starts again if not. The lock files therefore exist only while a run holds them.
 
-Where ``fcntl`` is missing (Windows) the functions do nothing: concurrent runs are not detected
-there. On NFS, ``flock`` is emulated with byte-range locks by the Linux client (since 2.6.12),
+Where ``fcntl`` is missing (Windows), or the file system does not implement ``flock`` (a
+``RuntimeWarning`` says so), the functions do nothing: concurrent runs are not detected there. On NFS, ``flock`` is emulated with byte-range locks by the Linux client (since 2.6.12),
 which works between machines that share the folder.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,6 +33,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["Lock", "acquire", "holder_text", "read_holder"]
+
+#: ``flock`` errors of a file system that does not implement it (some FUSE and network mounts).
+_UNSUPPORTED = {errno.ENOLCK, errno.EINVAL, getattr(errno, "EOPNOTSUPP", -1), getattr(errno, "ENOTSUP", -1)}
 
 
 def holder_text(detail: str = "") -> str:
@@ -141,6 +145,15 @@ def acquire(path: str | os.PathLike[str], what: str, *, shared: bool = False, wa
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise UsageError(f"{what}: in use by {text or 'another process'}") from None
+            if exc.errno in _UNSUPPORTED:  # a file system without flock: go on unlocked, say so
+                if not text:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                warnings.warn(f"{what}: the file system does not support locks ({exc.strerror}); concurrent runs "
+                              "on it are not detected", RuntimeWarning, stacklevel=2)
+                return Lock(path, None, shared)
             raise UsageError(f"{what}: cannot lock {path} ({exc.strerror})") from None
         if not _same_file(fd, path):  # deleted by its last holder while we waited: start again
             os.close(fd)

@@ -422,6 +422,20 @@ def test_shard_locks(tmp_path):
     assert verify_dataset(out, render=0, progress=False).ok
 
 
+def test_file_systems_without_locks_still_generate(tmp_path, monkeypatch):
+    import errno
+
+    import an8flower.folderlock as folderlock
+
+    def unsupported(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(folderlock.fcntl, "flock", unsupported)
+    with pytest.warns(RuntimeWarning, match="does not support locks"):
+        generate("single-6c", tmp_path / "out", size=SIZE, per_class=3, workers=1, progress=False)
+    assert verify_dataset(tmp_path / "out", render=0, progress=False).ok  # no lock file left
+
+
 def _script(body: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(body)]
 
