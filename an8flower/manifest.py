@@ -70,8 +70,8 @@ CROISSANT_NAME = "croissant.json"
 WORK_DIR = ".an8flower-work"
 #: Lock file of a running ``generate`` (:mod:`an8flower.folderlock`); removed when it ends.
 LOCK_NAME = ".an8flower.lock"
-#: Format tag written into ``dataset.json`` (bumped when the layout changes). Format 1 (an8flower
-#: 0.1.0) named the class folders by class name alone; format 2 prefixes the label.
+#: Format tag written into ``dataset.json`` (bumped when the layout changes). Format 1 named the
+#: class folders by class name alone; format 2 prefixes the label.
 FORMAT = "an8flower-dataset/2"
 #: The top folder each kind of sample file lives under.
 KIND_FOLDERS: dict[str, str] = {"image": "images", "mask": "masks", "parts": "parts"}
@@ -303,9 +303,9 @@ def read_dataset_json(root: str | os.PathLike[str]) -> dict[str, Any]:
         raise DatasetFormatError(f"{path}: not valid JSON ({exc})") from None
     found = info.get("format") if isinstance(info, dict) else None
     if found == "an8flower-dataset/1":
-        raise DatasetFormatError(f"{path}: written by an8flower 0.1.0 (format an8flower-dataset/1, class folders "
-                                 f"without their label); this version reads {FORMAT}: regenerate the folder with "
-                                 "`an8flower generate`")
+        raise DatasetFormatError(f"{path}: written by an earlier an8flower (format an8flower-dataset/1, class "
+                                 f"folders without their label); this version reads {FORMAT}: regenerate the folder "
+                                 "with `an8flower generate`")
     if found != FORMAT:
         raise DatasetFormatError(f"{path}: not an {FORMAT} file (format={found!r})")
     return info

@@ -844,7 +844,7 @@ def test_format_1_folders_are_refused_with_a_clear_message(copy):
     info = info_of(copy)
     info["format"] = "an8flower-dataset/1"
     write_info(copy, info)
-    with pytest.raises(DatasetFormatError, match=r"written by an8flower 0\.1\.0 .*regenerate"):
+    with pytest.raises(DatasetFormatError, match=r"written by an earlier an8flower \(format an8flower-dataset/1.*regenerate"):
         read_dataset_json(copy)
     with pytest.raises(DatasetFormatError, match="regenerate"):
         An8Flower(copy)
