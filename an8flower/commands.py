@@ -33,14 +33,19 @@ Splits: the samples of each class are cut 70/10/20 into train/val/test; the defa
 --per-class 1000 gives 700/100/200 images per class (6,000 images for single-6c, 12,000 for
 double-12c). Sample i has class i mod K; splits are contiguous index ranges.
 
-Layout of DIR: images/<split>/<class>/<index>.png (RGB), masks/... (1-bit PNG, 1/white = visible
-pixel of a discriminative part), parts/... (palette PNG, value = part id), manifest.csv,
-dataset.json, DATACARD.md, croissant.json.
+Layout of DIR: images/<split>/<LL-class>/<index>.png (RGB; <LL-class> = label and class name,
+e.g. 00-centre-red, so torchvision's ImageFolder numbers the classes as an8flower does),
+masks/... (1-bit PNG, 1/white = visible pixel of a discriminative part), parts/... (palette PNG,
+value = part id), manifest.csv, dataset.json, DATACARD.md, croissant.json.
 
 The bytes written do not depend on --workers or --shard. An interrupted run resumes when the same
-command is run again. With --shard I/N, run every shard (any order; several machines may share DIR
-if they run the same an8flower installation); the last one to finish writes manifest.csv and
+command is run again. With --shard I/N, run every shard (any order; several machines may share
+DIR if they run the same an8flower installation); the last one to finish writes manifest.csv and
 dataset.json (or run the command once more without --shard).
+
+A folder is locked while a run writes it: a second unsharded run, or the same shard twice, is
+refused, naming the process. --per-class is at most 100,000 (1,000,000 images in all); the
+output size is estimated first and refused when it exceeds 100 GB or the free disk space.
 
 examples:
   an8flower generate single-6c --out data/single-6c
@@ -71,14 +76,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "verify",
-        help="re-hash a dataset folder against its manifest",
-        description="Re-hash every file of a dataset folder against manifest.csv and dataset.json. Exit 0 when "
-        "everything matches, 1 naming every missing, changed or extra file.",
+        help="check that a dataset folder is exactly what generate writes",
+        description="Check a dataset folder: dataset.json and every manifest row against the index plan its spec, "
+        "seed and per-class imply (counts, splits, labels, file names), every file's hash, the data card and "
+        "croissant.json, a few samples rendered again, and no other file. Exit 0 when everything matches, 1 naming "
+        "every inconsistent entry and missing, changed or extra file.",
     )
     p.add_argument("dir", metavar="DIR", help="dataset folder")
     p.add_argument("--pixels", action="store_true",
                    help="compare decoded pixels instead of file bytes (for a copy regenerated on a machine whose zlib "
                    "compresses differently)")
+    p.add_argument("--render", default=None, metavar="N",
+                   help="samples to render again and compare (default: the first of each class in each split; "
+                   "0: none; all: every sample, as slow as generate)")
     p.set_defaults(func=_cmd_verify)
 
     p = subparsers.add_parser(
@@ -87,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write a PNG contact sheet: one row per class, a few images each beside its mask.",
     )
     p.add_argument("dir", metavar="DIR", help="dataset folder")
-    p.add_argument("--out", required=True, metavar="PNG", help="output PNG file")
+    p.add_argument("--out", required=True, metavar="PNG", help="output PNG file (missing folders are created)")
     p.add_argument("--per-class", default="4", metavar="N", help="samples per class (default 4)")
     p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
                    help="split to draw from (default: all, i.e. the first samples of each class)")
@@ -135,21 +145,24 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from an8flower.manifest import verify_dataset
+    from an8flower.verify import verify_dataset
 
-    report = verify_dataset(args.dir, pixels=args.pixels)
+    render = None if args.render is None else "all" if args.render == "all" else _int_arg(args.render, "--render", 0)
+    report = verify_dataset(args.dir, pixels=args.pixels, render=render)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     if report.ok:
         what = "decoded pixels" if args.pixels else "files"
-        print(f"{args.dir}: OK, {report.checked} {what} match the manifest")
+        print(f"{args.dir}: OK, {report.checked} {what} match the manifest, dataset.json and the manifest match the "
+              f"index plan, {report.rendered} samples rendered again match")
         return 0
     for line in report.lines():
         print(line)
-    n = len(report.missing) + len(report.changed) + len(report.extra)
-    print(
-        f"{args.dir}: FAILED, {len(report.missing)} missing, {len(report.changed)} changed, "
-        f"{len(report.extra)} extra ({n} problems)",
-        file=sys.stderr,
-    )
+    counts = {"inconsistent": report.inconsistent, "missing": report.missing, "changed": report.changed,
+              "extra": report.extra}
+    n = sum(len(v) for v in counts.values())
+    print(f"{args.dir}: FAILED, " + ", ".join(f"{len(v)} {k}" for k, v in counts.items()) + f" ({n} problems)",
+          file=sys.stderr)
     return 1
 
 

@@ -130,7 +130,7 @@ def croissant_metadata(
             "@type": "cr:FileSet",
             "@id": set_id,
             "name": set_id,
-            "description": f"{what}: {folder}/<split>/<class>/<index>.png",
+            "description": f"{what}: {folder}/<split>/<label>-<class>/<index>.png",
             "encodingFormat": "image/png",
             "includes": f"{folder}/*/*/*.png",
         })
@@ -138,7 +138,7 @@ def croissant_metadata(
     for set_id, folder, what in _FOLDERS:
         kind = {"images": "image", "masks": "mask", "part_maps": "parts"}[set_id]
         fields = [
-            _path_field(set_id, set_id, "index", rf"^.*/([0-9]+)\.png$", "sc:Integer",
+            _path_field(set_id, set_id, "index", r"^.*/([0-9]+)\.png$", "sc:Integer",
                         "sample index: the renderer's index argument; class = index mod number of classes"),
             {
                 "@type": "cr:Field",
@@ -153,7 +153,9 @@ def croissant_metadata(
             fields += [
                 _path_field(set_id, set_id, "split", rf"^{folder}/([^/]+)/[^/]+/[0-9]+\.png$", "sc:Text",
                             "train, val or test"),
-                _path_field(set_id, set_id, "class", rf"^{folder}/[^/]+/([^/]+)/[0-9]+\.png$", "sc:Text",
+                _path_field(set_id, set_id, "label", rf"^{folder}/[^/]+/([0-9]+)-[^/]+/[0-9]+\.png$", "sc:Integer",
+                            "class index (the class folder's zero-padded prefix)"),
+                _path_field(set_id, set_id, "class", rf"^{folder}/[^/]+/[0-9]+-([^/]+)/[0-9]+\.png$", "sc:Text",
                             "class name: " + ", ".join(spec.classes)),
             ]
         else:

@@ -52,13 +52,14 @@ def spec_tables(spec: VariantSpec) -> str:
     including) :data:`BEGIN` and :data:`END`.
     """
     disc = spec.discriminative
-    lines = [BEGIN, "", "**Classes** (label = position, folder name = class name; RGB before jitter and",
-             "lighting):", ""]
-    lines.append("| label | class | " + " | ".join(f"{p} colour (RGB)" for p in disc) + " |")
-    lines.append("|---|---|" + "---|" * len(disc))
+    from an8flower.generate import class_folder
+
+    lines = [BEGIN, "", "**Classes** (label = position; RGB before jitter and lighting):", ""]
+    lines.append("| label | class | folder | " + " | ".join(f"{p} colour (RGB)" for p in disc) + " |")
+    lines.append("|---|---|---|" + "---|" * len(disc))
     for label, (name, cols) in enumerate(zip(spec.classes, spec.class_colours)):
         cells = " | ".join(f"{c} {spec.rgb(c)}" for c in cols)
-        lines.append(f"| {label} | {name} | {cells} |")
+        lines.append(f"| {label} | {name} | {class_folder(spec, label)} | {cells} |")
     lines += ["", "**Parts** (the part map stores the id):", "", "| id | part | role |", "|---|---|---|"]
     for i, part in enumerate(spec.parts):
         role = ("**discriminative**: its colour decides the class" if part in disc
@@ -101,9 +102,13 @@ def generated_card(spec: VariantSpec) -> str:
         f"- Description: {spec.description or '(none)'}",
         f"- Image size: {spec.size} x {spec.size} px.",
         f"- Discriminative parts (the mask): {', '.join(spec.discriminative)}.",
-        "- Files: `images/<split>/<class>/<index>.png` (RGB); `masks/...` (1-bit PNG, 1 (white) = visible "
-        "pixel of a discriminative part); `parts/...` (palette PNG, value = part id); `manifest.csv` (one row "
-        "per sample with SHA-256 hashes and the sampled parameters); `dataset.json` (the spec itself).",
+        "- Files: `images/<split>/<label>-<class>/<index>.png` (RGB; the class folder starts with the "
+        "zero-padded label, so torchvision's `ImageFolder` numbers the classes as the package does); "
+        "`masks/...` (1-bit PNG, 1 (white) = visible pixel of a discriminative part); `parts/...` (palette PNG, "
+        "value = part id); `manifest.csv` (one row per sample with SHA-256 hashes and the sampled parameters); "
+        "`dataset.json` (the spec itself). `an8flower verify DIR` checks a folder against all of it.",
+        "- Resizing: `An8Flower(..., resize=S)` resizes images with area interpolation and masks by any covered "
+        "pixel (area interpolation of the mask, > 0), so no class colour lies outside a resized mask.",
         "- Cite: `an8flower cite` (the paper by Oramas, Wang and Tuytelaars, ICLR 2019, and this package).",
         "",
         spec_tables(spec),

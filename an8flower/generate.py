@@ -24,6 +24,14 @@ to finish, or a plain ``generate`` call) writes ``manifest.csv``, the data card 
 worker count or sharding: each file is a function of (spec, seed, index) and the manifest is
 sorted by index.
 
+**Locks and bounds.** A run locks its folder (:func:`generate`, :mod:`an8flower.folderlock`): an
+unsharded run exclusively, a shard shared plus its own shard lock, so a second run on a folder in
+use is refused naming the process, and the shard that completes a dataset waits for the others
+before it writes the manifest. Worker processes exit when the process that started them dies.
+``per_class`` is at most :data:`MAX_PER_CLASS` (:data:`MAX_SAMPLES` samples in all) and the output
+size is estimated (:func:`estimate_dataset_bytes`) and checked against :data:`MAX_OUTPUT_BYTES` and
+the free disk space before anything is written.
+
 **Resume.** Every file is written atomically (temporary name, then :func:`os.replace`), so a file
 that exists is whole. Re-running the same command skips the chunks whose row file exists and whose
 files all exist, and re-renders the others. The parameters (version, :func:`code_sha256`, spec
@@ -42,6 +50,9 @@ import os
 import secrets
 import shutil
 import signal
+import sys
+import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +60,7 @@ from typing import Any, Optional, Sequence
 
 from an8flower import __version__
 from an8flower.errors import An8FlowerError, SpecError, UsageError
+from an8flower.folderlock import Lock, acquire, holder_text, read_holder
 from an8flower.croissant import croissant_metadata
 from an8flower.datacard import data_card_text
 from an8flower.manifest import (
@@ -58,6 +70,7 @@ from an8flower.manifest import (
     FORMAT,
     KIND_FOLDERS,
     KINDS,
+    LOCK_NAME,
     MANIFEST_NAME,
     WORK_DIR,
     ManifestRow,
@@ -78,10 +91,19 @@ __all__ = [
     "SPLITS",
     "SPLIT_FRACTIONS",
     "DEFAULT_PER_CLASS",
+    "MAX_PER_CLASS",
+    "MAX_SAMPLES",
+    "MAX_OUTPUT_BYTES",
     "IndexPlan",
     "split_sizes",
+    "check_counts",
+    "estimate_dataset_bytes",
     "plan_indices",
+    "class_folder",
     "sample_paths",
+    "expected_row",
+    "dataset_plan",
+    "dataset_documents",
     "parse_shard",
     "resolve_spec",
     "GenerateResult",
@@ -95,6 +117,23 @@ SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
 DEFAULT_PER_CLASS = 1000
 #: Width of the zero-padded sample index in file names.
 INDEX_DIGITS = 6
+#: Largest ``per_class``: 100 times the original release's scale.
+MAX_PER_CLASS = 100_000
+#: Largest number of samples of one dataset (the file names have six digits).
+MAX_SAMPLES = 10**INDEX_DIGITS
+#: Largest estimated size (:func:`estimate_dataset_bytes`) of a folder ``generate`` writes: 100 GB,
+#: 85 times the default ``double-12c`` (e.g. ``double-12c`` at 512 px with 20,000 per class is
+#: refused, at 120 GB).
+MAX_OUTPUT_BYTES = 100 * 10**9
+#: Bytes per pixel of a sample's three PNG files (image + mask + part map), averaged over a
+#: dataset, an upper estimate: the largest mean measured over both built-in variants at 64, 112,
+#: 224 and 512 px was 1.51 (double-12c at 64 px; 0.76 at 224 px, 0.43 at 512 px), raised by a
+#: quarter as a margin. Uncompressed, a sample takes 4.125 bytes per pixel.
+PNG_BYTES_PER_PIXEL = 1.9
+#: Bytes per sample of ``manifest.csv`` (the row, mostly its sampled parameters), an upper bound.
+MANIFEST_BYTES_PER_SAMPLE = 2048
+#: Bytes of ``dataset.json``, the data card and ``croissant.json`` together, an upper bound.
+DOCUMENT_BYTES = 100_000
 
 
 def _round_half_up(x: float) -> int:
@@ -109,10 +148,13 @@ def split_sizes(per_class: int) -> dict[str, int]:
     5 -> 3/1/1, 3 -> 1/1/1.
 
     Raises:
-        UsageError: ``per_class`` is not an integer >= 3 (every split needs a sample of each class).
+        UsageError: ``per_class`` is not an integer in 3..:data:`MAX_PER_CLASS` (every split needs
+            a sample of each class).
     """
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 3:
         raise UsageError(f"per-class {per_class!r}: must be an integer >= 3 (one sample of each class per split)")
+    if per_class > MAX_PER_CLASS:
+        raise UsageError(f"per-class {per_class}: at most {MAX_PER_CLASS:,} images per class")
     n_val = max(1, _round_half_up(SPLIT_FRACTIONS["val"] * per_class))
     n_test = max(1, _round_half_up(SPLIT_FRACTIONS["test"] * per_class))
     return {"train": per_class - n_val - n_test, "val": n_val, "test": n_test}
@@ -166,15 +208,107 @@ class IndexPlan:
         return "val" if ordinal < sizes["train"] + sizes["val"] else "test"
 
 
+def check_counts(num_classes: int, per_class: int) -> int:
+    """Check ``per_class`` (:func:`split_sizes`) and the total ``num_classes * per_class``.
+
+    Returns:
+        The number of samples.
+
+    Raises:
+        UsageError: ``per_class`` outside 3..:data:`MAX_PER_CLASS`, or more than
+            :data:`MAX_SAMPLES` samples in all.
+    """
+    split_sizes(per_class)
+    total = num_classes * per_class
+    if total > MAX_SAMPLES:
+        raise UsageError(f"per-class {per_class}: {num_classes} classes x {per_class:,} = {total:,} images, "
+                         f"more than the {MAX_SAMPLES:,} a dataset may hold")
+    return total
+
+
+def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: Optional[int] = None) -> int:
+    """An upper estimate of the bytes ``generate`` writes for ``spec`` at ``per_class``.
+
+    ``K * N * (s^2 * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE) + DOCUMENT_BYTES`` for
+    ``K`` classes, ``N`` per class and side ``s`` (default ``spec.size``): e.g. 1.17 GB for 12,000
+    samples at 224 px (``double-12c`` at the default size; the folder takes about 0.5 GB). The
+    leaderboard's in-memory datasets can bound themselves with it too.
+
+    Raises:
+        UsageError: bad ``per_class`` (see :func:`check_counts`).
+    """
+    total = check_counts(spec.num_classes, per_class)
+    side = spec.size if size is None else size
+    return int(total * (side * side * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE)) + DOCUMENT_BYTES
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _check_output_size(spec: VariantSpec, per_class: int, out: Path, fraction: float) -> None:
+    """Refuse a dataset whose estimated size is absurd or does not fit the free disk space.
+
+    Raises:
+        UsageError: giving the estimate, when above :data:`MAX_OUTPUT_BYTES` or, for the
+            ``fraction`` still to write, above the free space of the file system holding ``out``.
+    """
+    estimate = estimate_dataset_bytes(spec, per_class)
+    what = f"{spec.num_classes * per_class:,} images of {spec.size} px"
+    if estimate > MAX_OUTPUT_BYTES:
+        raise UsageError(f"per-class {per_class}: {what} would take about {_format_bytes(estimate)}, more than "
+                         f"the {_format_bytes(MAX_OUTPUT_BYTES)} limit")
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    needed = int(estimate * fraction)
+    if needed > free:
+        raise UsageError(f"output folder {out}: {what} need about {_format_bytes(needed)} more, but only "
+                         f"{_format_bytes(free)} are free there")
+
+
 def plan_indices(spec: VariantSpec, split: str, per_class: int = DEFAULT_PER_CLASS) -> range:
     """The sample indices that ``generate`` writes to ``split`` (used by the on-the-fly dataset)."""
     return IndexPlan(spec.num_classes, per_class).split_range(split)
 
 
+def class_folder(spec: VariantSpec, label: int) -> str:
+    """Folder name of class ``label``: the zero-padded label, a hyphen, the class name.
+
+    E.g. ``00-centre-red`` (at least two digits, more for 100+ classes). Folder names sort in label
+    order, so torchvision's ``ImageFolder`` (which numbers the folders in sorted order) gives every
+    image the label :class:`an8flower.An8Flower` gives it.
+    """
+    return f"{label:0{_label_digits(spec)}d}-{spec.classes[label]}"
+
+
+def _label_digits(spec: VariantSpec) -> int:
+    return max(2, len(str(spec.num_classes - 1)))
+
+
 def sample_paths(spec: VariantSpec, index: int, split: str, label: int) -> dict[str, str]:
-    """Relative paths of sample ``index``'s files: ``{kind: "<folder>/<split>/<class>/<index>.png"}``."""
+    """Relative paths of sample ``index``'s files:
+    ``{kind: "<kind folder>/<split>/<class folder>/<index>.png"}`` (see :func:`class_folder`)."""
     name = f"{index:0{INDEX_DIGITS}d}.png"
-    return {k: f"{KIND_FOLDERS[k]}/{split}/{spec.classes[label]}/{name}" for k in KINDS}
+    folder = class_folder(spec, label)
+    return {k: f"{KIND_FOLDERS[k]}/{split}/{folder}/{name}" for k in KINDS}
+
+
+def expected_row(spec: VariantSpec, plan: IndexPlan, index: int) -> dict[str, Any]:
+    """What the manifest row of sample ``index`` must say, apart from hashes and sampled parameters:
+    ``{"index", "split", "class", "label", "files"}``."""
+    label = plan.class_of(index)
+    split = plan.split_of(index)
+    return {"index": index, "split": split, "class": spec.classes[label], "label": label,
+            "files": sample_paths(spec, index, split, label)}
 
 
 def chunk_size(total: int) -> int:
@@ -262,17 +396,51 @@ class _ChunkWriter:
                 records = json.load(f)
             if [int(r["index"]) for r in records] != list(self.indices(chunk_id)):
                 return False
+            expected = [expected_row(self.spec, self.plan, i)["files"] for i in self.indices(chunk_id)]
+            if any(r[k] != files[k] for r, files in zip(records, expected) for k in KINDS):
+                return False
             return all(os.path.isfile(os.path.join(self.root, r[k])) for r in records for k in KINDS)
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
 
 _WORKER: Optional[_ChunkWriter] = None
+#: Linux ``prctl`` option: the signal a process receives when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(writer: _ChunkWriter) -> None:
+def _watch_parent(parent_pid: int, period: float = 0.5) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(period)
+    os._exit(1)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when the generating process dies, even by ``SIGKILL``.
+
+    On Linux the kernel sends it ``SIGTERM`` (``prctl(PR_SET_PDEATHSIG)``, set through ``ctypes``);
+    elsewhere a daemon thread polls ``os.getppid()`` twice a second and exits when the parent is
+    gone (the worker is then re-parented). Either way a worker whose parent died before this call
+    exits at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):  # pragma: no cover - no usable libc
+            pass
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="an8flower-parent-watch", daemon=True).start()
+
+
+def _init_worker(writer: _ChunkWriter, parent_pid: int) -> None:
     global _WORKER
     _WORKER = writer
+    _exit_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: let the parent handle it (it cancels the pending
     # chunks and waits for the running ones, whose files and row files are then complete).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -319,6 +487,7 @@ def code_sha256() -> str:
 def _plan_record(spec: VariantSpec, seed: int, per_class: int) -> dict[str, Any]:
     total = spec.num_classes * per_class
     return {
+        "format": FORMAT,
         "an8flower_version": __version__,
         "code_sha256": code_sha256(),
         "variant": spec.name,
@@ -352,7 +521,7 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
         UsageError: ``out`` is a file, an unrelated non-empty folder, unwritable, or holds a dataset
             or an unfinished generation made with other parameters.
     """
-    keys = ("an8flower_version", "code_sha256", "spec_sha256", "seed", "size", "per_class")
+    keys = ("format", "an8flower_version", "code_sha256", "spec_sha256", "seed", "size", "per_class")
     if out.exists() and not out.is_dir():
         raise UsageError(f"output folder {out}: exists and is not a folder")
     if out.is_dir():
@@ -380,7 +549,9 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
                 )
             _probe_writable(out, out)
             return "partial"
-        if any(out.iterdir()):
+        # A lock file, and a work folder without its plan yet (another shard is creating it, or
+        # one was killed doing so), do not make the folder non-empty.
+        if any(p.name not in (LOCK_NAME, WORK_DIR) for p in out.iterdir()):
             raise UsageError(f"output folder {out}: not empty and not an an8flower dataset; choose a new or empty folder")
         _probe_writable(out, out)
         return "new"
@@ -396,14 +567,17 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
 
 
 def _make_folders(root: Path, spec: VariantSpec, record: dict[str, Any]) -> None:
+    """The work folder and its plan first (so that a shard starting meanwhile sees a generation in
+    progress, see :func:`_inspect_out`), then the sample folders."""
     try:
-        (root / WORK_DIR / "rows").mkdir(parents=True, exist_ok=True)
-        for kind in KINDS:
-            for split in SPLITS:
-                for name in spec.classes:
-                    (root / KIND_FOLDERS[kind] / split / name).mkdir(parents=True, exist_ok=True)
+        (root / WORK_DIR).mkdir(parents=True, exist_ok=True)
         if not (root / WORK_DIR / "plan.json").is_file():
             atomic_write_text(root / WORK_DIR / "plan.json", canonical_json(record))
+        (root / WORK_DIR / "rows").mkdir(exist_ok=True)
+        for kind in KINDS:
+            for split in SPLITS:
+                for label in range(spec.num_classes):
+                    (root / KIND_FOLDERS[kind] / split / class_folder(spec, label)).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"output folder {root}: cannot create ({exc.strerror}: {exc.filename})") from None
 
@@ -463,8 +637,53 @@ def _sweep_temporaries(root: Path) -> None:
                 break
 
 
+def dataset_plan(spec: VariantSpec, seed: int, per_class: int) -> dict[str, Any]:
+    """The entries of ``dataset.json`` that follow from (spec, seed, per_class) alone.
+
+    ``generate`` writes them; ``verify`` and the loaders recompute them from a folder's own
+    ``spec``, ``seed`` and ``per_class`` and compare.
+    """
+    plan = IndexPlan(spec.num_classes, per_class)
+    digits = _label_digits(spec)
+    return {
+        "format": FORMAT,
+        "variant": spec.name,
+        "spec": spec.to_dict(),
+        "spec_sha256": spec.sha256(),
+        "seed": seed,
+        "size": spec.size,
+        "per_class": per_class,
+        "split_sizes_per_class": plan.sizes,
+        "split_index_ranges": {s: [plan.split_range(s).start, plan.split_range(s).stop] for s in SPLITS},
+        "classes": list(spec.classes),
+        "class_folders": [class_folder(spec, c) for c in range(spec.num_classes)],
+        "parts": list(spec.parts),
+        "discriminative_parts": list(spec.discriminative),
+        "num_samples": plan.total,
+        "counts": {s: {c: plan.sizes[s] for c in spec.classes} for s in SPLITS},
+        "layout": {k: f"{KIND_FOLDERS[k]}/{{split}}/{{label:0{digits}d}}-{{class}}/{{index:0{INDEX_DIGITS}d}}.png"
+                   for k in KINDS},
+        "encoding": {
+            "image": "RGB, 8 bits per channel",
+            "mask": "1-bit greyscale; 1 (white) = visible pixel of a discriminative part, 0 = other",
+            "parts": "8-bit palette; pixel value = part id = position in 'parts' (0 = background)",
+        },
+        "manifest": MANIFEST_NAME,
+        "data_card": DATACARD_NAME,
+        "croissant": CROISSANT_NAME,
+    }
+
+
+def dataset_documents(spec: VariantSpec, seed: int, per_class: int, manifest_sha256: str) -> dict[str, bytes]:
+    """The bytes of the data card and ``croissant.json`` of a dataset: ``{file name: bytes}``."""
+    total = spec.num_classes * per_class
+    croissant = canonical_json(croissant_metadata(spec, per_class, seed, manifest_sha256, total))
+    return {DATACARD_NAME: data_card_text(spec).encode("utf-8"), CROISSANT_NAME: croissant.encode("utf-8")}
+
+
 def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[str, Any], n_chunks: int) -> tuple[str, str]:
-    """Write manifest.csv, the data card and dataset.json from the chunk row files."""
+    """Write manifest.csv, the data card and dataset.json from the chunk row files (under the
+    folder's exclusive lock: no other run writes meanwhile)."""
     rows: list[ManifestRow] = []
     for c in range(n_chunks):
         with open(writer.journal(c), encoding="utf-8") as f:
@@ -475,45 +694,20 @@ def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[
     data = manifest_bytes(rows)
     manifest_sha = sha256_bytes(data)
     content_sha = content_sha256(rows)
-    card = data_card_text(spec).encode("utf-8")
-    plan = writer.plan
-    croissant = canonical_json(croissant_metadata(spec, plan.per_class, record["seed"], manifest_sha, plan.total))
-    croissant_bytes = croissant.encode("utf-8")
+    documents = dataset_documents(spec, record["seed"], writer.plan.per_class, manifest_sha)
     _sweep_temporaries(root)
     atomic_write_bytes(root / MANIFEST_NAME, data)
-    atomic_write_bytes(root / DATACARD_NAME, card)
-    atomic_write_bytes(root / CROISSANT_NAME, croissant_bytes)
+    for name, content in documents.items():
+        atomic_write_bytes(root / name, content)
     info = {
-        "format": FORMAT,
+        **dataset_plan(spec, record["seed"], writer.plan.per_class),
         "an8flower_version": __version__,
         "code_sha256": record["code_sha256"],
-        "variant": spec.name,
-        "spec": spec.to_dict(),
-        "spec_sha256": spec.sha256(),
-        "seed": record["seed"],
-        "size": spec.size,
-        "per_class": plan.per_class,
-        "split_sizes_per_class": plan.sizes,
-        "split_index_ranges": {s: [plan.split_range(s).start, plan.split_range(s).stop] for s in SPLITS},
-        "classes": list(spec.classes),
-        "parts": list(spec.parts),
-        "discriminative_parts": list(spec.discriminative),
-        "num_samples": plan.total,
-        "counts": {s: {c: plan.sizes[s] for c in spec.classes} for s in SPLITS},
-        "layout": {k: f"{KIND_FOLDERS[k]}/{{split}}/{{class}}/{{index:0{INDEX_DIGITS}d}}.png" for k in KINDS},
-        "encoding": {
-            "image": "RGB, 8 bits per channel",
-            "mask": "1-bit greyscale; 1 (white) = visible pixel of a discriminative part, 0 = other",
-            "parts": "8-bit palette; pixel value = part id = position in 'parts' (0 = background)",
-        },
         "png_encoder": png_encoder_info(),
-        "manifest": MANIFEST_NAME,
         "manifest_sha256": manifest_sha,
         "content_sha256": content_sha,
-        "data_card": DATACARD_NAME,
-        "data_card_sha256": sha256_bytes(card),
-        "croissant": CROISSANT_NAME,
-        "croissant_sha256": sha256_bytes(croissant_bytes),
+        "data_card_sha256": sha256_bytes(documents[DATACARD_NAME]),
+        "croissant_sha256": sha256_bytes(documents[CROISSANT_NAME]),
     }
     atomic_write_text(root / DATASET_JSON, canonical_json(info))
     shutil.rmtree(root / WORK_DIR, ignore_errors=True)
@@ -534,7 +728,8 @@ def _render_chunks(writer: _ChunkWriter, todo: Sequence[int], workers: int, n_mi
                 bar.update(writer(c))
             return
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker, initargs=(writer,)) as pool:
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(writer, os.getpid())) as pool:
             futures = {pool.submit(_run_chunk, c) for c in todo}
             try:
                 while futures:
@@ -585,30 +780,42 @@ def generate(
 
     Args:
         variant: built-in variant name, path of a ``.json``/``.toml`` spec file, or a spec.
-        out: the dataset folder (created; may exist empty, or hold an unfinished generation of the
-            same parameters, which is resumed).
+        out: the dataset folder (created with its parents; may exist empty, or hold an unfinished
+            generation of the same parameters, which is resumed).
         size: image side in pixels (64..512); default the spec's size (224 for the built-ins).
-        per_class: samples per class over the three splits (see :func:`split_sizes`).
+        per_class: samples per class over the three splits (see :func:`split_sizes`), at most
+            :data:`MAX_PER_CLASS`, and :data:`MAX_SAMPLES` samples in all.
         seed: global seed (integer >= 0).
         workers: worker processes (default: the usable CPUs); 1 renders in this process. Workers
             are started with the ``spawn`` method (safe with threads and torch in the parent), so
             a script that calls this with ``workers > 1`` must guard its entry point with
-            ``if __name__ == "__main__":``.
+            ``if __name__ == "__main__":``. They exit when this process dies (even by ``SIGKILL``).
         shard: ``(I, N)`` or ``"I/N"``: render only shard I of N (1-based). The dataset is
             finalised by whichever call finds every chunk complete.
         progress: show a tqdm bar; None shows one on a terminal only.
+
+    **Locks** (:mod:`an8flower.folderlock`). An unsharded run holds ``out/.an8flower.lock``
+    exclusively for its whole duration; a shard holds it shared (shards of one folder run side by
+    side) and ``.an8flower-work/shard-I-of-N.lock`` exclusively. A second run on a folder in use is
+    refused with a :class:`UsageError` naming the process (``in use by process PID on HOST``). The
+    shard that completes the dataset waits for the exclusive lock (the other shards to finish)
+    before it writes the manifest. The lock files are removed when released.
+
+    **Size.** Before writing, the output size is estimated (:func:`estimate_dataset_bytes`) and
+    refused when above :data:`MAX_OUTPUT_BYTES` or above the free space of the file system.
 
     Returns:
         A :class:`GenerateResult`.
 
     Raises:
         SpecError: unknown variant, bad spec file, or a spec whose samples the renderer cannot draw.
-        UsageError: bad size, per-class, seed, workers or shard, or an unusable output folder. These
-        leave the file system as it was: they are raised before anything is written, or (a spec
-        that fails on a later sample) the folder a fresh, unsharded run created is removed again.
+        UsageError: bad size, per-class, seed, workers or shard, an unusable output folder, a
+            folder in use by another run, or too little disk space. These leave the file system as
+            it was: they are raised before anything is written, or (a spec that fails on a later
+            sample) the folder a fresh, unsharded run created is removed again.
     """
     spec = resolve_spec(variant, size)
-    split_sizes(per_class)
+    check_counts(spec.num_classes, per_class)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise UsageError(f"seed {seed!r}: must be an integer in 0..2**63-1")
     if workers is None:
@@ -625,39 +832,95 @@ def generate(
     total, csize = record["total"], record["chunk_size"]
     n_chunks = math.ceil(total / csize)
     if state == "complete":
-        shutil.rmtree(root / WORK_DIR, ignore_errors=True)
-        info = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
-        return GenerateResult(str(root), True, 0, 0, n_chunks, n_chunks, total,
-                              info.get("manifest_sha256"), info.get("content_sha256"))
+        return _complete_result(root, n_chunks, total, 0, 0)
     writer = _ChunkWriter(spec, seed, per_class, str(root), csize)
     mine = [c for c in range(n_chunks) if shard_t is None or c % shard_t[1] == shard_t[0] - 1]
     todo = [c for c in mine if not writer.is_complete(c)]
-    n_mine = sum(len(writer.indices(c)) for c in mine)
-    n_todo = sum(len(writer.indices(c)) for c in todo)
+    _check_output_size(spec, per_class, root, len(todo) / n_chunks)
     if todo:
         _check_renderable(spec, seed, writer.indices(todo[0])[0], variant)
     created = _first_missing(root)
-    _make_folders(root, spec, record)
     try:
-        _render_chunks(writer, todo, workers, n_mine, n_todo, shard_t, progress)
-    except An8FlowerError:
-        # Bad input found while rendering (a spec whose samples cannot all be drawn): a fresh,
-        # unsharded run leaves nothing behind. Interruptions and I/O errors keep the finished
-        # chunks for a resume; so does a shard, whose folder other shards may be writing into.
-        if state == "new" and shard_t is None:
-            _undo_new_folder(root, created)
-        raise
-
-    mine_set = set(mine)
-    complete = [c for c in range(n_chunks) if c in mine_set or writer.is_complete(c)]
-    if len(complete) < n_chunks:
-        return GenerateResult(str(root), False, n_todo, n_mine - n_todo, len(complete), n_chunks, total)
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"output folder {root}: cannot create ({exc.strerror})") from None
+    what = f"output folder {root}"
+    folder_lock = _lock_folder(root, what, shard_t)
+    shard_lock = None
     try:
-        manifest_sha, content_sha = _finalise(root, spec, writer, record, n_chunks)
-    except FileNotFoundError:
-        # Another shard finalised concurrently and removed the row files: its result is ours.
-        if not (root / DATASET_JSON).is_file():
+        state = _inspect_out(root, record)  # again: another run may have changed it meanwhile
+        if state == "complete":
+            return _complete_result(root, n_chunks, total, 0, 0)
+        _make_folders(root, spec, record)
+        if shard_t is not None:
+            name = f"shard {shard_t[0]}/{shard_t[1]}"
+            shard_lock = acquire(root / WORK_DIR / f"shard-{shard_t[0]}-of-{shard_t[1]}.lock", f"{what}, {name}",
+                                 holder=holder_text(name))
+        todo = [c for c in mine if not writer.is_complete(c)]
+        n_mine = sum(len(writer.indices(c)) for c in mine)
+        n_todo = sum(len(writer.indices(c)) for c in todo)
+        try:
+            _render_chunks(writer, todo, workers, n_mine, n_todo, shard_t, progress)
+        except An8FlowerError:
+            # Bad input found while rendering (a spec whose samples cannot all be drawn): a fresh,
+            # unsharded run leaves nothing behind. Interruptions and I/O errors keep the finished
+            # chunks for a resume; so does a shard, whose folder other shards may be writing into.
+            if state == "new" and shard_t is None:
+                _undo_new_folder(root, created)
             raise
-        info = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
-        manifest_sha, content_sha = info["manifest_sha256"], info["content_sha256"]
-    return GenerateResult(str(root), True, n_todo, n_mine - n_todo, n_chunks, n_chunks, total, manifest_sha, content_sha)
+        mine_set = set(mine)
+        complete = [c for c in range(n_chunks) if c in mine_set or writer.is_complete(c)]
+        if len(complete) < n_chunks:
+            return GenerateResult(str(root), False, n_todo, n_mine - n_todo, len(complete), n_chunks, total)
+        if shard_t is not None:
+            folder_lock = _exclusive(folder_lock, what)
+            if (root / DATASET_JSON).is_file():  # a shard that finished at the same time finalised it
+                return _complete_result(root, n_chunks, total, n_todo, n_mine - n_todo)
+        manifest_sha, content_sha = _finalise(root, spec, writer, record, n_chunks)
+        return GenerateResult(str(root), True, n_todo, n_mine - n_todo, n_chunks, n_chunks, total,
+                              manifest_sha, content_sha)
+    finally:
+        if shard_lock is not None:
+            shard_lock.release()
+        folder_lock.release()
+
+
+def _complete_result(root: Path, n_chunks: int, total: int, rendered: int, skipped: int) -> GenerateResult:
+    """The result for a folder that holds a finished dataset (left-over work files removed)."""
+    shutil.rmtree(root / WORK_DIR, ignore_errors=True)
+    info = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
+    return GenerateResult(str(root), True, rendered, skipped, n_chunks, n_chunks, total,
+                          info.get("manifest_sha256"), info.get("content_sha256"))
+
+
+def _lock_folder(root: Path, what: str, shard: Optional[tuple[int, int]]) -> Lock:
+    """The folder lock: exclusive for an unsharded run, shared for a shard (see :func:`generate`)."""
+    path = root / LOCK_NAME
+    try:
+        return acquire(path, what, shared=shard is not None)
+    except UsageError as exc:
+        if shard is None and not read_holder(path):  # held shared: name the running shards
+            held = _running_shards(root)
+            if held:
+                raise UsageError(f"{what}: in use by {'; '.join(held)}") from None
+        raise exc from None
+
+
+def _running_shards(root: Path) -> list[str]:
+    """Holder texts of the shard locks of ``root`` that are held now."""
+    found = []
+    for path in sorted((root / WORK_DIR).glob("shard-*.lock")):
+        try:
+            with acquire(path, "probe", shared=True):
+                pass
+        except UsageError:
+            found.append(read_holder(path) or path.name)
+    return found
+
+
+def _exclusive(lock: Lock, what: str) -> Lock:
+    """Turn a shard's shared folder lock into an exclusive one, waiting for the other shards."""
+    if lock.upgrade():
+        return lock
+    lock.release()  # its file was deleted by a run that released it meanwhile: lock the new one
+    return acquire(lock.path, what, wait=True)

@@ -1,20 +1,26 @@
-"""The on-disk format of a generated an8Flower dataset: files, manifest, ``dataset.json``, verify.
+"""The on-disk format of a generated an8Flower dataset: files, manifest, ``dataset.json``.
 
 A dataset folder holds::
 
     DIR/
-      dataset.json                          spec, version, seed, size, counts, hashes (written last)
-      manifest.csv                          one row per sample (see MANIFEST_COLUMNS)
-      DATACARD.md                           the variant's data card
-      croissant.json                        Croissant 1.0 JSON-LD metadata (with the manifest hash)
-      images/<split>/<class>/<index>.png    RGB, 8 bit
-      masks/<split>/<class>/<index>.png     1-bit greyscale: 1 (white) = pixel of a visible
-                                            discriminative part, 0 (black) = anything else
-      parts/<split>/<class>/<index>.png     8-bit palette PNG: palette index = part id, the
-                                            position of the part in ``spec.parts`` (0 = background)
+      dataset.json                            spec, version, seed, size, counts, hashes (written last)
+      manifest.csv                            one row per sample (see MANIFEST_COLUMNS)
+      DATACARD.md                             the variant's data card
+      croissant.json                          Croissant 1.0 JSON-LD metadata (with the manifest hash)
+      images/<split>/<LL-class>/<index>.png   RGB, 8 bit
+      masks/<split>/<LL-class>/<index>.png    1-bit greyscale: 1 (white) = pixel of a visible
+                                              discriminative part, 0 (black) = anything else
+      parts/<split>/<LL-class>/<index>.png    8-bit palette PNG: palette index = part id, the
+                                              position of the part in ``spec.parts`` (0 = background)
 
-``<index>`` is the sample index, zero-padded to six digits. Paths in the manifest are relative to
-``DIR`` with forward slashes. ``images/<split>`` is a torchvision ``ImageFolder`` root.
+``<index>`` is the sample index, zero-padded to six digits. ``<LL-class>`` is the class folder:
+the label zero-padded to two digits (more for 100+ classes), a hyphen and the class name, e.g.
+``00-centre-red`` (:func:`an8flower.generate.class_folder`), so that the folders sort in label
+order and ``images/<split>`` is a torchvision ``ImageFolder`` root whose ``class_to_idx`` agrees
+with the labels. The manifest's ``class`` column holds the class name (``centre-red``). Paths in
+the manifest are relative to ``DIR`` with forward slashes. While ``generate`` runs, the folder
+also holds ``.an8flower.lock``; an unfinished generation keeps ``.an8flower-work/``. Neither is
+part of a finished dataset.
 
 Two hashes are kept per file:
 
@@ -27,6 +33,7 @@ Two hashes are kept per file:
 ``content_sha256``: the SHA-256 of the manifest written without the three file-byte hash columns.
 The content hash covers every split, label, sampled parameter and pixel; it is the identity of a
 dataset that compares across machines. The manifest hash compares byte-identical copies.
+:mod:`an8flower.verify` checks a folder against all of this.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -47,11 +54,11 @@ from an8flower.errors import DatasetFormatError, DatasetNotFoundError
 from an8flower.png import KINDS, PNG_COMPRESS_LEVEL, decode_png, encode_png, png_encoder_info
 
 __all__ = [
-    "DATASET_JSON", "MANIFEST_NAME", "DATACARD_NAME", "CROISSANT_NAME", "WORK_DIR", "FORMAT", "KINDS", "KIND_FOLDERS",
+    "DATASET_JSON", "MANIFEST_NAME", "DATACARD_NAME", "CROISSANT_NAME", "WORK_DIR", "LOCK_NAME", "FORMAT", "KINDS", "KIND_FOLDERS",
     "MANIFEST_COLUMNS", "PNG_COMPRESS_LEVEL", "sha256_bytes", "sha256_file", "pixel_sha256",
     "encode_png", "decode_png", "png_encoder_info", "atomic_write_bytes", "atomic_write_text",
     "canonical_json", "is_temp_name", "ManifestRow", "manifest_bytes", "content_sha256",
-    "read_manifest", "read_dataset_json", "VerifyReport", "verify_dataset",
+    "read_manifest", "read_dataset_json",
 ]
 
 #: File names at the top of a dataset folder.
@@ -61,8 +68,11 @@ DATACARD_NAME = "DATACARD.md"
 CROISSANT_NAME = "croissant.json"
 #: Hidden folder of an unfinished generation (plan, per-chunk row journals); removed at the end.
 WORK_DIR = ".an8flower-work"
-#: Format tag written into ``dataset.json`` (bumped when the layout changes).
-FORMAT = "an8flower-dataset/1"
+#: Lock file of a running ``generate`` (:mod:`an8flower.folderlock`); removed when it ends.
+LOCK_NAME = ".an8flower.lock"
+#: Format tag written into ``dataset.json`` (bumped when the layout changes). Format 1 named the
+#: class folders by class name alone; format 2 prefixes the label.
+FORMAT = "an8flower-dataset/2"
 #: The top folder each kind of sample file lives under.
 KIND_FOLDERS: dict[str, str] = {"image": "images", "mask": "masks", "parts": "parts"}
 
@@ -243,12 +253,25 @@ def content_sha256(rows: Sequence[ManifestRow]) -> str:
     return sha256_bytes(_csv_bytes((r.to_record() for r in sorted(rows, key=lambda r: r.index)), columns))
 
 
-def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
-    """Parse a manifest file; :class:`DatasetFormatError` names the file and line on bad input."""
+def read_manifest(path: str | os.PathLike[str], data: Optional[bytes] = None) -> list[ManifestRow]:
+    """Parse a manifest file (or its bytes ``data``, already read from ``path``).
+
+    The rows are returned as written; paths in them are not checked here (see
+    :mod:`an8flower.verify` and :func:`an8flower.untrusted.resolve_inside`).
+
+    Raises:
+        DatasetNotFoundError: no such file. DatasetFormatError: naming the file and line.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: manifest not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    if data is None:
+        if not path.is_file():
+            raise DatasetNotFoundError(f"{path}: manifest not found")
+        data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError(f"{path}: not UTF-8 ({exc})") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
             raise DatasetFormatError(f"{path}: unexpected header {reader.fieldnames}; expected {list(MANIFEST_COLUMNS)}")
@@ -278,112 +301,11 @@ def read_dataset_json(root: str | os.PathLike[str]) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DatasetFormatError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise DatasetFormatError(f"{path}: not an {FORMAT} file (format={info.get('format') if isinstance(info, dict) else None!r})")
+    found = info.get("format") if isinstance(info, dict) else None
+    if found == "an8flower-dataset/1":
+        raise DatasetFormatError(f"{path}: written by an earlier an8flower (format an8flower-dataset/1, class "
+                                 f"folders without their label); this version reads {FORMAT}: regenerate the folder "
+                                 "with `an8flower generate`")
+    if found != FORMAT:
+        raise DatasetFormatError(f"{path}: not an {FORMAT} file (format={found!r})")
     return info
-
-
-# --------------------------------------------------------------------------------------------
-# verify
-
-
-@dataclass
-class VerifyReport:
-    """What :func:`verify_dataset` found. Paths are relative to the dataset folder."""
-
-    root: str
-    checked: int = 0
-    missing: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.changed or self.extra)
-
-    def lines(self) -> list[str]:
-        """One line per problem: ``missing: PATH``, ``changed: PATH (...)``, ``extra: PATH``."""
-        return (
-            [f"missing: {p}" for p in self.missing]
-            + [f"changed: {p}" for p in self.changed]
-            + [f"extra: {p}" for p in self.extra]
-        )
-
-
-def _walk_files(root: Path) -> Iterator[str]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root)
-        for name in sorted(filenames):
-            yield name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
-
-
-def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress: bool | None = None) -> VerifyReport:
-    """Re-hash every file of a dataset folder against its manifest.
-
-    Args:
-        root: the dataset folder.
-        pixels: compare the decoded pixel hashes (``<kind>_pixels_sha256``) instead of the file
-            bytes: the check to use on a copy regenerated on another machine, whose zlib may
-            compress differently. Slower (decodes every PNG).
-        progress: tqdm's ``disable`` convention inverted: None shows a bar on a terminal only.
-
-    Returns:
-        A :class:`VerifyReport`. ``changed`` also lists ``manifest.csv`` when its hash differs from
-        ``dataset.json``'s ``manifest_sha256``, and the data card and ``croissant.json`` when they
-        differ from ``data_card_sha256`` / ``croissant_sha256``; ``extra`` lists every file in the folder that the manifest does not
-        name (left-over temporary files included).
-
-    Raises:
-        DatasetNotFoundError / DatasetFormatError: ``root`` is not a dataset folder.
-    """
-    from tqdm import tqdm
-
-    root_p = Path(root)
-    info = read_dataset_json(root_p)
-    report = VerifyReport(root=str(root_p))
-    manifest_path = root_p / MANIFEST_NAME
-    expected: set[str] = {DATASET_JSON}
-    expected.add(MANIFEST_NAME)
-    if not manifest_path.is_file():
-        report.missing.append(MANIFEST_NAME)
-        rows: list[ManifestRow] = []
-    else:
-        if sha256_file(manifest_path) != info.get("manifest_sha256"):
-            report.changed.append(f"{MANIFEST_NAME} (sha256 differs from {DATASET_JSON})")
-        rows = read_manifest(manifest_path)
-        if pixels and content_sha256(rows) != info.get("content_sha256"):
-            report.changed.append(f"{MANIFEST_NAME} (content sha256 differs from {DATASET_JSON})")
-    for key in ("data_card", "croissant"):
-        name = info.get(key)
-        if name:
-            expected.add(name)
-            path = root_p / name
-            if not path.is_file():
-                report.missing.append(name)
-            elif sha256_file(path) != info.get(f"{key}_sha256"):
-                report.changed.append(name)
-    disable = None if progress is None else not progress
-    bar = tqdm(total=len(rows) * len(KINDS), unit="file", desc="verify", disable=disable)
-    for row in rows:
-        for kind in KINDS:
-            rel = row.files[kind]
-            expected.add(rel)
-            path = root_p / rel
-            report.checked += 1
-            bar.update(1)
-            if not path.is_file():
-                report.missing.append(rel)
-                continue
-            if pixels:
-                try:
-                    ok = pixel_sha256(decode_png(path, kind)) == row.pixels_sha256[kind]
-                except Exception:  # an undecodable file is a changed file
-                    ok = False
-            else:
-                ok = sha256_file(path) == row.sha256[kind]
-            if not ok:
-                report.changed.append(rel)
-    bar.close()
-    report.extra.extend(p for p in _walk_files(root_p) if p not in expected)
-    return report

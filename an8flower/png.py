@@ -20,15 +20,15 @@ What is written, per kind:
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import zlib
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from an8flower.errors import DatasetFormatError
+from an8flower.untrusted import SAMPLE_MAX_PIXELS, open_image
 
 __all__ = ["KINDS", "PNG_COMPRESS_LEVEL", "encode_png", "decode_png", "part_palette", "png_encoder_info"]
 
@@ -118,33 +118,40 @@ def encode_png(array: np.ndarray, kind: str) -> bytes:
     ))
 
 
-def decode_png(source: str | os.PathLike[str] | bytes, kind: str) -> np.ndarray:
+def decode_png(source: str | os.PathLike[str] | bytes, kind: str, size: Optional[int] = None,
+               max_pixels: int = SAMPLE_MAX_PIXELS, name: Optional[str] = None) -> np.ndarray:
     """Read a sample file back as the array it was written from (decoded by Pillow).
+
+    The header is checked before anything is decoded (:func:`an8flower.untrusted.open_image`): a
+    file claiming more than ``max_pixels`` pixels, or another size than ``size`` x ``size``, is
+    refused without being decoded.
+
+    Args:
+        source: the file's path or bytes. kind: ``"image"``, ``"mask"`` or ``"parts"``.
+        size: the side the sample must have (``dataset.json``'s ``size``), or None for any size.
+        max_pixels: the largest ``width * height`` decoded (default 512 x 512, the generator's
+            largest sample).
+        name: how the file is called in messages (default: its path, or ``"<bytes>"``).
 
     Returns uint8 (H, W, 3) for ``"image"``; bool (H, W) for ``"mask"`` (non-zero = relevant, so an
     8-bit mask reads correctly too); uint8 (H, W) part ids for ``"parts"``.
 
     Raises:
-        DatasetFormatError: the file is not a readable image, or a part map is not palette/greyscale.
+        DatasetNotFoundError: no such file.
+        DatasetFormatError: the file is not a readable image, is too large or of the wrong size,
+            or a part map is not palette/greyscale; the message names the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
-    name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        with Image.open(stream) as img:
-            img.load()
-            if kind == "image":
-                return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-            if kind == "mask":
-                return np.asarray(img if img.mode == "L" else img.convert("L")) > 0
-            if img.mode not in ("P", "L"):
-                raise DatasetFormatError(f"{name}: part map in mode {img.mode}, expected a palette or greyscale PNG")
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DatasetFormatError(f"{name}: not a readable PNG ({exc})") from None
+    name = name or ("<bytes>" if isinstance(source, bytes) else os.fspath(source))
+    with open_image(source, max_pixels, None if size is None else (size, size), name) as img:
+        if kind == "image":
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+        if kind == "mask":
+            return np.asarray(img if img.mode == "L" else img.convert("L")) > 0
+        if img.mode not in ("P", "L"):
+            raise DatasetFormatError(f"{name}: part map in mode {img.mode}, expected a palette or greyscale PNG")
+        return np.asarray(img, dtype=np.uint8)
 
 
 def png_encoder_info() -> dict[str, Any]:

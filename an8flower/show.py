@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from an8flower.errors import UsageError
-from an8flower.manifest import MANIFEST_NAME, atomic_write_bytes, decode_png, read_dataset_json, read_manifest
+from an8flower.manifest import MANIFEST_NAME, atomic_write_bytes, decode_png
+from an8flower.untrusted import resolve_inside
+from an8flower.verify import open_dataset
 
 __all__ = ["ALL_SPLITS", "mask_overlay", "contact_sheet", "write_contact_sheet"]
 
@@ -62,16 +65,18 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
             split, so train samples come first). thumb: side of each thumbnail in pixels (>= 16).
 
     Raises:
-        UsageError: bad ``per_class``/``split``/``thumb``; dataset errors from
-        :func:`read_dataset_json`.
+        UsageError: bad ``per_class``/``split``/``thumb``. DatasetNotFoundError /
+        DatasetFormatError: not a dataset, or one that is not what generate writes
+        (:func:`an8flower.verify.open_dataset`), a sample file of the wrong size or outside the
+        folder.
     """
-    info = read_dataset_json(root)
     if per_class < 1:
         raise UsageError(f"per-class {per_class}: must be >= 1")
     if thumb < 16:
         raise UsageError(f"thumb {thumb}: must be >= 16 pixels")
+    info, spec, all_rows = open_dataset(root)
     classes: list[str] = list(info["classes"])
-    rows = [r for r in read_manifest(Path(root) / MANIFEST_NAME) if split in (ALL_SPLITS, r.split)]
+    rows = [r for r in all_rows if split in (ALL_SPLITS, r.split)]
     if not rows:
         raise UsageError(f"split {split!r}: no samples in {root} (splits: {', '.join(info['counts'])})")
     chosen: dict[int, list] = {c: [] for c in range(len(classes))}
@@ -99,8 +104,9 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
         y = title_h + label * (thumb + _PAD)
         draw.text((_PAD, y + thumb // 2), f"{label} {name}", fill=(0, 0, 0), font=font, anchor="lm")
         for j, r in enumerate(chosen[label]):
-            image = decode_png(Path(root) / r.files["image"], "image")
-            mask = decode_png(Path(root) / r.files["mask"], "mask")
+            paths = {k: resolve_inside(root, r.files[k], f"{MANIFEST_NAME}, sample {r.index}, column {k}")
+                     for k in ("image", "mask")}
+            image, mask = (decode_png(paths[k], k, size=spec.size) for k in ("image", "mask"))
             small = Image.fromarray(image).resize((thumb, thumb), Image.Resampling.BILINEAR)
             small_mask = np.asarray(
                 Image.fromarray(mask.astype(np.uint8) * 255).resize((thumb, thumb), Image.Resampling.NEAREST)) > 127
@@ -115,18 +121,24 @@ def write_contact_sheet(root: str | os.PathLike[str], out: str | os.PathLike[str
                         split: str = ALL_SPLITS, thumb: int = 112) -> Path:
     """:func:`contact_sheet` written atomically as a PNG to ``out``; returns the path.
 
+    Missing folders of ``out`` are created (as ``generate --out`` does), once the sheet is built;
+    if the write then fails they are removed again.
+
     Raises:
-        UsageError: ``out`` does not end in ``.png`` or its folder does not exist.
+        UsageError: ``out`` does not end in ``.png``, or cannot be written (a parent is a file,
+            no permission).
     """
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {out}: the contact sheet is a PNG; give a path ending in .png")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
     buf = io.BytesIO()
     contact_sheet(root, per_class, split, thumb).save(buf, format="PNG", compress_level=6)
+    created = next((p for p in reversed(out.parents) if not p.exists()), None)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, buf.getvalue())
     except OSError as exc:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise UsageError(f"--out {out}: cannot write ({exc.strerror})") from None
     return out

@@ -10,6 +10,19 @@ A variant is fixed by its :class:`VariantSpec`:
 * the **class rule**: ``class_colours[c]`` gives, for class ``c``, the colour of every
   discriminative part. The class of an image is a function of the colours of the discriminative
   parts only; every combination names one class (no two classes share a combination).
+* **class colours stay apart**: two colours that the rule uses for the same discriminative part
+  (so that they tell two classes apart) must remain distinguishable after every jitter and
+  lighting draw, in at least one channel. A class colour ``c`` is rendered, per channel ``k``, as
+  ``(c_k + j_k) * g * t_k`` with jitter ``|j_k| <= J`` (``nuisance.class_jitter`` max, clipped to
+  0..255), grey lighting ``g`` in ``[1 - a, 1 + a]`` (``nuisance.illumination`` max) and tint
+  ``t_k`` in ``[1 - t, 1 + t]`` (``nuisance.tint`` max), so it lies in the interval
+  ``[max(0, c_k - J) * (1 - a)(1 - t), min(255, c_k + J) * (1 + a)(1 + t)]``. Two colours are
+  accepted when, in some channel, their intervals are separated by more than
+  :data:`CLASS_COLOUR_MARGIN` (2 levels: one for the uint8 rounding of each colour and of the
+  fixed-point lighting). Otherwise some pair of draws paints both classes in the same colour and
+  no classifier can tell them apart from the part's colour; the spec is refused naming both
+  colours. (The built-ins pass with at least 43 levels to spare: single-6c's blue and cyan in
+  green.)
 * ``palettes``: for every *nuisance* part (each part that is neither the background, nor clutter,
   nor discriminative) and for ``background`` and ``clutter``, a weighted set of colour names that
   part's colour is drawn from, independently of the class. Every nuisance palette must contain
@@ -58,6 +71,9 @@ __all__ = [
     "VariantSpec",
     "load_spec",
     "builtin_variants",
+    "CLASS_COLOUR_MARGIN",
+    "class_colour_range",
+    "class_colour_gap",
 ]
 
 #: Parts the renderer can draw, in painter's order (clutter is also drawn in front of the flower).
@@ -73,6 +89,9 @@ PETAL_SHAPES: tuple[str, ...] = ("ellipse", "pointed", "round", "notched")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MIN_SIZE, MAX_SIZE = 64, 512
+#: Levels (0..255) by which two class colours of one part must stay apart in some channel after
+#: the worst-case jitter and lighting (see the module docstring).
+CLASS_COLOUR_MARGIN = 2
 
 
 def _fail(field: str, problem: str) -> SpecError:
@@ -488,6 +507,7 @@ class VariantSpec:
         nuisance = Nuisance.from_dict(d.get("nuisance", {}))
         if "leaves" in disc and nuisance.leaf_count[0] < 1:
             raise _fail("nuisance.leaf_count", "must be >= 1 when the leaves are discriminative")
+        _check_class_colours_apart(disc, class_colours, dict(colours_t), nuisance)
         description = d.get("description", "")
         if not isinstance(description, str):
             raise _fail("description", "expected a string")
@@ -514,6 +534,40 @@ class VariantSpec:
         ):
             raise UsageError(f"size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
         return dataclasses.replace(self, size=int(size))
+
+
+def class_colour_range(rgb: tuple[int, int, int], nuisance: "Nuisance") -> tuple[tuple[float, float], ...]:
+    """Per channel, the ``(lowest, highest)`` value a class colour can be rendered with.
+
+    ``[max(0, c - J) * (1 - a)(1 - t), min(255, c + J) * (1 + a)(1 + t)]`` with ``J``, ``a`` and
+    ``t`` the largest class jitter, illumination and tint of ``nuisance`` (module docstring).
+    """
+    jitter, a, t = nuisance.class_jitter[1], nuisance.illumination[1], nuisance.tint[1]
+    low, high = (1.0 - a) * (1.0 - t), (1.0 + a) * (1.0 + t)
+    return tuple((max(0, c - jitter) * low, min(255, c + jitter) * high) for c in rgb)
+
+
+def class_colour_gap(rgb1: tuple[int, int, int], rgb2: tuple[int, int, int], nuisance: "Nuisance") -> float:
+    """The largest gap, over the channels, between the ranges of :func:`class_colour_range`
+    (negative when the ranges overlap in every channel)."""
+    return max(max(lo2 - hi1, lo1 - hi2) for (lo1, hi1), (lo2, hi2)
+               in zip(class_colour_range(rgb1, nuisance), class_colour_range(rgb2, nuisance)))
+
+
+def _check_class_colours_apart(disc: tuple[str, ...], class_colours: list[tuple[str, ...]],
+                               table: dict[str, tuple[int, int, int]], nuisance: "Nuisance") -> None:
+    for j, part in enumerate(disc):
+        used = sorted({cols[j] for cols in class_colours})
+        for k, c1 in enumerate(used):
+            for c2 in used[k + 1:]:
+                gap = class_colour_gap(table[c1], table[c2], nuisance)
+                if gap <= CLASS_COLOUR_MARGIN:
+                    raise _fail("colours", (
+                        f"class colours {c1!r} {list(table[c1])} and {c2!r} {list(table[c2])} of part {part!r} "
+                        f"can be rendered alike: after jitter (+-{nuisance.class_jitter[1]}) and lighting "
+                        f"(illumination {nuisance.illumination[1]:g}, tint {nuisance.tint[1]:g}) their channel "
+                        f"ranges are at most {gap:.1f} levels apart, and must be more than {CLASS_COLOUR_MARGIN} "
+                        "apart in some channel"))
 
 
 def _str_list(value: Any, field: str) -> tuple[str, ...]:

@@ -269,8 +269,22 @@ def test_show_title_fits_on_the_sheet(dataset, tmp_path):
 def test_show_rejects_bad_output(dataset, tmp_path, capsys):
     line = run_error(capsys, ["show", str(dataset), "--out", str(tmp_path / "sheet.jpg")])
     assert "sheet.jpg" in line
-    line = run_error(capsys, ["show", str(dataset), "--out", str(tmp_path / "no" / "sheet.png")])
-    assert "does not exist" in line
+    (tmp_path / "a-file").write_text("x")
+    line = run_error(capsys, ["show", str(dataset), "--out", str(tmp_path / "a-file" / "sheet.png")])
+    assert "cannot write" in line and "a-file" in line
+    assert listing(tmp_path) == ["a-file"]
+
+
+def test_show_creates_missing_folders_like_generate(dataset, tmp_path, capsys):
+    """`generate --out a/b/c` creates the parents; so does `show --out` (it used to refuse)."""
+    out = tmp_path / "new" / "deeper" / "sheet.png"
+    assert main(["show", str(dataset), "--out", str(out), "--per-class", "1", "--thumb", "16"]) == 0
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+    assert listing(tmp_path) == ["new", "new/deeper", "new/deeper/sheet.png"]
+    line = run_error(capsys, ["show", str(tmp_path / "not-a-dataset"), "--out", str(tmp_path / "other" / "s.png")])
+    assert "no such dataset folder" in line
+    assert not (tmp_path / "other").exists()  # nothing created when the sheet cannot be built
 
 
 # ------------------------------------------------------------------------------ cite

@@ -32,6 +32,7 @@ from an8flower.manifest import (
 )
 from an8flower.render import class_of
 from an8flower.spec import load_spec
+from an8flower.verify import verify_dataset
 
 SIZE = 64
 PER_CLASS = 4  # 3 train / 1 val / 1 test would be 5; 4 gives 2/1/1
@@ -53,6 +54,7 @@ def reference(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ref") / "single"
     result = generate("single-6c", root, size=SIZE, per_class=PER_CLASS, seed=3, workers=1, progress=False)
     assert result.complete and result.rendered == 6 * PER_CLASS
+    assert verify_dataset(root, progress=False).ok  # and so does every folder tested equal to it below
     return root
 
 
@@ -125,11 +127,12 @@ def test_class_folders_and_counts(reference):
     spec = load_spec("single-6c")
     info = json.loads((reference / DATASET_JSON).read_text())
     sizes = split_sizes(PER_CLASS)
+    folders = [f"{label:02d}-{name}" for label, name in enumerate(spec.classes)]  # sorted = label order
+    assert info["class_folders"] == folders == sorted(folders)
     for kind in ("images", "masks", "parts"):
         for split in SPLITS:
-            folders = sorted(p.name for p in (reference / kind / split).iterdir())
-            assert folders == sorted(spec.classes)
-            for name in spec.classes:
+            assert sorted(p.name for p in (reference / kind / split).iterdir()) == folders
+            for name in folders:
                 assert len(list((reference / kind / split / name).glob("*.png"))) == sizes[split]
     assert info["counts"] == {s: {c: sizes[s] for c in spec.classes} for s in SPLITS}
     assert info["num_samples"] == 6 * PER_CLASS
@@ -148,7 +151,7 @@ def test_manifest_rows_match_files_and_plan(reference):
     for r in rows:
         assert r.label == r.index % 6 and r.class_name == spec.classes[r.label]
         assert r.split == plan.split_of(r.index)
-        assert r.files["image"] == f"images/{r.split}/{r.class_name}/{r.index:06d}.png"
+        assert r.files["image"] == f"images/{r.split}/{r.label:02d}-{r.class_name}/{r.index:06d}.png"
         for kind in ("image", "mask", "parts"):
             path = reference / r.files[kind]
             assert sha256_file(path) == r.sha256[kind]
@@ -262,7 +265,7 @@ def test_resume_after_interruption(reference, tmp_path, monkeypatch):
     journals[0].unlink()
     rows_of_chunk_4 = json.loads(journals[4].read_text())
     (root / rows_of_chunk_4[0]["image"]).unlink()
-    stray = root / "images" / "train" / "centre-red" / ".000000.png.999-deadbeef.tmp"
+    stray = root / "images" / "train" / "00-centre-red" / ".000000.png.999-deadbeef.tmp"
     stray.write_bytes(b"half a png")
 
     resumed = generate("single-6c", root, size=SIZE, per_class=PER_CLASS, seed=3, workers=1, progress=False)

@@ -32,9 +32,9 @@ from an8flower.manifest import (
     read_dataset_json,
     read_manifest,
     sha256_file,
-    verify_dataset,
 )
 from an8flower.png import part_palette
+from an8flower.verify import verify_dataset
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +259,12 @@ def test_verify_names_every_problem(copy):
     (copy / flipped).write_bytes(bytes(data))
     (copy / deleted).unlink()
     (copy / "images" / "val" / "notes.txt").write_text("extra")
-    (copy / "images" / "train" / "centre-red" / ".000000.png.1-ab.tmp").write_bytes(b"")
+    (copy / "images" / "train" / "00-centre-red" / ".000000.png.1-ab.tmp").write_bytes(b"")
     report = verify_dataset(copy, progress=False)
-    assert not report.ok
+    assert not report.ok and not report.inconsistent
     assert report.changed == [flipped]
     assert report.missing == [deleted]
-    assert sorted(report.extra) == ["images/train/centre-red/.000000.png.1-ab.tmp", "images/val/notes.txt"]
+    assert sorted(report.extra) == ["images/train/00-centre-red/.000000.png.1-ab.tmp", "images/val/notes.txt"]
     assert report.lines()[:2] == [f"missing: {deleted}", f"changed: {flipped}"]
 
 
@@ -274,7 +274,12 @@ def test_verify_detects_an_edited_manifest(copy):
     assert edited != text
     (copy / MANIFEST_NAME).write_text(edited)
     report = verify_dataset(copy, progress=False)
-    assert report.changed == [f"{MANIFEST_NAME} (sha256 differs from {DATASET_JSON})"]
+    assert report.changed == [f"{MANIFEST_NAME} (sha256 differs from {DATASET_JSON})",
+                              f"{MANIFEST_NAME} (content sha256 differs from {DATASET_JSON})"]
+    assert report.inconsistent == [
+        f"{MANIFEST_NAME}, sample 0: meta seed 2 (plan: 1)",
+        f"{MANIFEST_NAME}, sample 0: sampled parameters (meta) differ from the sample rendered again from "
+        "dataset.json's spec and seed 1"]
 
 
 def test_verify_pixels_accepts_recompressed_copy(copy):
@@ -293,7 +298,8 @@ def test_verify_pixels_accepts_recompressed_copy(copy):
     image = decode_png(path, "image").copy()
     image[0, 0, 0] ^= 1
     path.write_bytes(encode_png(image, "image"))
-    assert verify_dataset(copy, pixels=True, progress=False).changed == [row.files["image"]]
+    assert verify_dataset(copy, pixels=True, progress=False).changed == [
+        row.files["image"], f"{row.files['image']} (pixels differ from the sample rendered again)"]
 
 
 def test_verify_detects_a_changed_data_card(copy):
@@ -371,5 +377,6 @@ def test_generated_card_and_croissant(dataset):
             kind = {"images": "image", "masks": "mask", "part_maps": "parts"}[ref]
             for r in rows:
                 value = regex.match(r.files[kind]).group(1)
-                expected = {"index": str(r.index).zfill(6), "split": r.split, "class": r.class_name}[field["name"]]
+                expected = {"index": str(r.index).zfill(6), "split": r.split, "class": r.class_name,
+                            "label": f"{r.label:02d}"}[field["name"]]
                 assert value == expected

@@ -10,7 +10,7 @@ from an8flower.datasets.fashion144k import (
     read_sparse_triplets,
     read_split_mat,
 )
-from an8flower.datasets.generated import An8Flower, An8FlowerOnTheFly
+from an8flower.datasets.generated import An8Flower, An8FlowerOnTheFly, resize_sample
 from an8flower.datasets.imagenet import (
     ILSVRC12,
     Box,
@@ -47,4 +47,5 @@ __all__ = [
     "read_sparse_triplets",
     "read_split_mat",
     "read_val_ground_truth",
+    "resize_sample",
 ]

@@ -4,7 +4,9 @@ The release (144,169 chictopia.com posts), as read here (``root`` is the folder 
 
 * ``photos.txt``: the image paths, one per line, UTF-8 (names may hold non-ASCII characters);
   line ``i`` (0-based) is post ``i``. A path is resolved against ``root`` when the first entry
-  exists there, else against ``root/photos/``.
+  exists there, else against ``root/photos/``. Every path must stay inside that folder: an
+  absolute path or a ``..`` component is refused when ``photos.txt`` is read, a symbolic link
+  leading outside when the image is read (naming the line).
 * ``feat/col_cco.mat`` (colour tags) and ``feat/garflat_cco.mat`` (garment tags): MATLAB files
   holding a sparse post x tag matrix as triplets ``rows``, ``cols``, ``data``.
 * ``split.mat``: the post ids of each split in ``trainids``, ``validids``, ``testids``.
@@ -40,8 +42,9 @@ import numpy as np
 import torch
 
 from an8flower.datasets.base import ExplanationDataset, Item
-from an8flower.datasets.files import check_split, load_image, require_file
+from an8flower.datasets.files import PHOTO_MAX_PIXELS, check_split, load_image, require_file
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
+from an8flower.untrusted import check_relative_path, resolve_inside
 
 __all__ = [
     "Fashion144k",
@@ -95,8 +98,9 @@ def read_photos_txt(path: str | os.PathLike[str]) -> list[str]:
 
     Raises:
         DatasetNotFoundError: no such file.
-        DatasetFormatError: invalid UTF-8, or a blank line before the end (it would shift every
-            later post), naming file and line.
+        DatasetFormatError: invalid UTF-8, a blank line before the end (it would shift every
+            later post), or a path that is not a plain relative one (absolute, ``..``, backslash:
+            :func:`an8flower.untrusted.check_relative_path`), naming file and line.
     """
     path = os.fspath(path)
     require_file(path, "Fashion144k photos.txt")
@@ -113,6 +117,7 @@ def read_photos_txt(path: str | os.PathLike[str]) -> list[str]:
     for k, line in enumerate(lines):
         if not line.strip():
             raise DatasetFormatError(f"{path}, line {k + 1}: blank line inside the photo list")
+        check_relative_path(line, f"{path}, line {k + 1}")
     return lines
 
 
@@ -272,6 +277,8 @@ class Fashion144k(ExplanationDataset):
             name per line, line ``j`` = tag ``j``); default names are ``"<label_source>_<j>"``.
         tag_file: a different triplet file to read the labels from.
         split_index_base, tag_index_base: ``"auto"`` (detect, see the module docstring), 0 or 1.
+        max_pixels: the largest ``width * height`` of a photo that is decoded (default
+            :data:`an8flower.untrusted.PHOTO_MAX_PIXELS`; checked from the header first).
 
     Raises:
         UsageError: unknown ``split`` / ``label_source``, bad ``class_tags`` or ``num_classes``.
@@ -295,6 +302,7 @@ class Fashion144k(ExplanationDataset):
         tag_file: Optional[str | os.PathLike[str]] = None,
         split_index_base: IndexBase = "auto",
         tag_index_base: IndexBase = "auto",
+        max_pixels: int = PHOTO_MAX_PIXELS,
     ) -> None:
         super().__init__(root, check_split(split, SPLITS), transform, mask_transform)
         check_split(label_source, tuple(LABEL_SOURCES), "label_source")
@@ -302,6 +310,7 @@ class Fashion144k(ExplanationDataset):
             if base not in ("auto", 0, 1):
                 raise UsageError(f"{name} must be 'auto', 0 or 1, got {base!r}")
         self.label_source = label_source
+        self.max_pixels = int(max_pixels)
         self.photos_file = os.path.join(self.root, "photos.txt")
         self.split_file = os.path.join(self.root, "split.mat")
         self.tag_file = os.fspath(tag_file) if tag_file is not None else os.path.join(self.root, LABEL_SOURCES[label_source])
@@ -386,14 +395,15 @@ class Fashion144k(ExplanationDataset):
         return out
 
     def image_path(self, index: int) -> str:
-        """Path of the image of item ``index``."""
-        return os.path.join(self.image_dir, self.photos[int(self.post_ids[index])])
+        """Path of the image of item ``index`` (checked to lie inside the image folder)."""
+        post = int(self.post_ids[index])
+        return resolve_inside(self.image_dir, self.photos[post], f"{self.photos_file}, line {post + 1}")
 
     def __len__(self) -> int:
         return len(self.post_ids)
 
     def __getitem__(self, index: int) -> Item:
-        return self._finish(load_image(self.image_path(index)), self.targets[index], None)
+        return self._finish(load_image(self.image_path(index), max_pixels=self.max_pixels), self.targets[index], None)
 
     def extra_repr(self) -> str:
         return (f"Labels: dominant {self.label_source} tag of {len(self.class_tags)} classes {self.class_tags}\n"

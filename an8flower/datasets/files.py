@@ -1,5 +1,7 @@
 """File helpers shared by the dataset loaders: image decoding, folder listing, split checks.
 
+``load_image`` (re-exported from :mod:`an8flower.untrusted`) decodes within a pixel limit.
+
 Every failure names the file at fault and raises an :mod:`an8flower.errors` exception, so a
 loader never hands out a silently wrong or half-decoded sample.
 """
@@ -10,9 +12,8 @@ import os
 import re
 from typing import Sequence
 
-from PIL import Image, UnidentifiedImageError
-
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
+from an8flower.untrusted import PHOTO_MAX_PIXELS, load_image, open_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -25,6 +26,7 @@ __all__ = [
     "list_subdirs",
     "load_image",
     "is_readable_image",
+    "PHOTO_MAX_PIXELS",
 ]
 
 #: File-name endings treated as images when a loader lists a folder (compared case-insensitively).
@@ -62,40 +64,49 @@ def require_file(path: str, what: str) -> str:
     return path
 
 
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
 def list_images(folder: str) -> list[str]:
-    """Names of the image files directly inside ``folder``, sorted (byte order of the names)."""
+    """Names of the visible image files directly inside ``folder``, sorted (byte order of the names).
+
+    Hidden files (names starting with ``.``, e.g. macOS's ``._x.JPEG`` resource forks) are skipped.
+    """
     with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.is_file() and is_image_file(e.name))
+        return sorted(e.name for e in entries if _visible(e.name) and e.is_file() and is_image_file(e.name))
 
 
 def list_subdirs(folder: str) -> list[str]:
-    """Names of the sub-folders of ``folder``, sorted."""
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.is_dir())
+    """Names of the visible sub-folders of ``folder``, sorted: the class folders of a dataset root.
 
-
-def load_image(path: str, mode: str = "RGB") -> Image.Image:
-    """Decode ``path`` fully and convert it to ``mode``.
+    As torchvision's ``find_classes``, names starting with ``.`` (``.git``, ``.ipynb_checkpoints``,
+    ``.DS_Store`` folders) are not classes: counting one would shift every label by one. A
+    sub-folder that is a symbolic link to ``folder`` itself or to one of its ancestors (a loop) is
+    refused; other symbolic links are followed.
 
     Raises:
-        DatasetNotFoundError: the file does not exist.
-        DatasetFormatError: the file is not a decodable image (unknown format, truncated data).
+        DatasetFormatError: a symbolic-link loop, naming the link and where it leads.
     """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert(mode)
-    except FileNotFoundError as exc:
-        raise DatasetNotFoundError(f"image file not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetFormatError(f"unreadable image file {path}: {exc}") from exc
+    real = os.path.realpath(folder)
+    names = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if not _visible(e.name) or not e.is_dir():
+                continue
+            if e.is_symlink():
+                target = os.path.realpath(e.path)
+                if os.path.commonpath([target, real]) == target:
+                    raise DatasetFormatError(f"{e.path}: symbolic link to {target}, a folder that contains it "
+                                             "(a loop); remove the link")
+            names.append(e.name)
+    return sorted(names)
 
 
-def is_readable_image(path: str) -> bool:
+def is_readable_image(path: str, max_pixels: int = PHOTO_MAX_PIXELS) -> bool:
     """Whether :func:`load_image` would succeed on ``path`` (full decode, used by ``skip_broken``)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-        return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        with open_image(path, max_pixels):
+            return True
+    except (DatasetFormatError, DatasetNotFoundError):
         return False

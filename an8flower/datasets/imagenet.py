@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from an8flower.datasets.base import ExplanationDataset, Item
 from an8flower.datasets.files import (
+    PHOTO_MAX_PIXELS,
     check_split,
     is_readable_image,
     list_images,
@@ -240,8 +241,8 @@ def read_loc_val_solution(path: str | os.PathLike[str]) -> dict[str, list[Box]]:
 
     Raises:
         DatasetNotFoundError: no such file.
-        DatasetFormatError: wrong header, a token count not a multiple of five, a non-numeric
-            coordinate, a repeated ImageId (message names file and line).
+        DatasetFormatError: wrong header, a token count not a multiple of five, a coordinate that
+            is not a finite number (``nan``, ``inf``), a repeated ImageId (message names file and line).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -265,12 +266,9 @@ def read_loc_val_solution(path: str | os.PathLike[str]) -> dict[str, list[Box]]:
                 )
             if image_id in out:
                 raise DatasetFormatError(f"{path}, line {line}: repeated ImageId {image_id}")
-            boxes = []
-            for j in range(0, len(tokens), 5):
-                try:
-                    boxes.append(Box(tokens[j], *(float(t) for t in tokens[j + 1 : j + 5])))
-                except ValueError as exc:
-                    raise DatasetFormatError(f"{path}, line {line}: non-numeric box coordinate: {exc}") from exc
+            what = f"{path}, line {line}: box coordinate"
+            boxes = [Box(tokens[j], *(_finite(t, what) for t in tokens[j + 1 : j + 5]))
+                     for j in range(0, len(tokens), 5)]
             out[image_id] = boxes
     return out
 
@@ -279,10 +277,18 @@ def _xml_number(node: ET.Element, tag: str, path: str) -> float:
     child = node.find(tag)
     if child is None or child.text is None:
         raise DatasetFormatError(f"{path}: <{node.tag}> lacks <{tag}>")
+    return _finite(child.text, f"{path}: <{tag}>")
+
+
+def _finite(text: str, what: str) -> float:
+    """``float(text)``, refusing what is not a finite number (``inf``, ``nan``, ``1e999``)."""
     try:
-        return float(child.text.strip())
-    except ValueError as exc:
-        raise DatasetFormatError(f"{path}: <{tag}> is not a number: {child.text!r}") from exc
+        value = float(text.strip())
+    except ValueError:
+        raise DatasetFormatError(f"{what} is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise DatasetFormatError(f"{what} is not a finite number: {text!r}")
+    return value
 
 
 def parse_voc_xml(path: str | os.PathLike[str]) -> tuple[Optional[tuple[int, int]], list[Box]]:
@@ -295,7 +301,8 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> tuple[Optional[tuple[int, int
     Raises:
         DatasetNotFoundError: no such file.
         DatasetFormatError: not well-formed XML, root not ``<annotation>``, an object without
-            name or bndbox, a non-numeric coordinate (message names the file).
+            name or bndbox, a size or coordinate that is not a finite number (``nan``, ``inf``),
+            a non-positive size (message names the file).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -393,6 +400,9 @@ class ILSVRC12(ExplanationDataset):
         skip_broken: decode every image once at construction and drop the unreadable ones
             (listed in ``self.skipped``); slow on the full set. When False (default) an
             unreadable image raises :class:`DatasetFormatError` naming it when it is loaded.
+        max_pixels: the largest ``width * height`` decoded (default
+            :data:`an8flower.untrusted.PHOTO_MAX_PIXELS`, 40 Mpx; checked from the header before
+            decoding, so a decompression bomb is refused naming the file).
 
     Raises:
         UsageError: unknown ``split``, ``val_labels`` or ``boxes``.
@@ -412,8 +422,10 @@ class ILSVRC12(ExplanationDataset):
         annotations: Optional[str | os.PathLike[str]] = None,
         num_classes: Optional[int] = 1000,
         skip_broken: bool = False,
+        max_pixels: int = PHOTO_MAX_PIXELS,
     ) -> None:
         super().__init__(root, check_split(split, SPLITS), transform, mask_transform)
+        self.max_pixels = int(max_pixels)
         self.val_labels = check_split(val_labels, VAL_LABEL_SOURCES, "val_labels")
         check_split(boxes, BOX_SOURCES, "boxes")
         self.kaggle = os.path.isdir(os.path.join(self.root, KAGGLE_DATA))
@@ -458,7 +470,7 @@ class ILSVRC12(ExplanationDataset):
         if skip_broken:
             kept = []
             for path, label in tqdm(self.samples, desc="checking images", disable=None):
-                (kept if is_readable_image(path) else self.skipped).append((path, label))
+                (kept if is_readable_image(path, self.max_pixels) else self.skipped).append((path, label))
             self.skipped = [p for p, _ in self.skipped]
             self.samples = kept
         self.targets = [label for _, label in self.samples]
@@ -634,7 +646,7 @@ class ILSVRC12(ExplanationDataset):
 
     def __getitem__(self, index: int) -> Item:
         path, label = self.samples[index]
-        image = load_image(path)
+        image = load_image(path, max_pixels=self.max_pixels)
         mask = None
         if self.has_masks:
             width, height = image.size

@@ -13,6 +13,7 @@ The paper (Oramas et al., ICLR 2019) explains a LeNet-style network trained on M
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -53,32 +54,57 @@ MNIST_FILES: dict[str, tuple[str, str]] = {
 }
 
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Largest data size :func:`read_idx` reads by default: 1 GiB (MNIST's training images are 47 MB,
+#: EMNIST's largest file 0.55 GB).
+MAX_IDX_BYTES = 1 << 30
+#: Deflate's largest compression ratio is about 1032:1 (RFC 1951: a 258-byte match costs at least
+#: 2 bits); a gzip file of ``n`` bytes cannot decompress to more than this times ``n``.
+_DEFLATE_MAX_RATIO = 1032
+#: Decompressed bytes read per step.
+_READ_CHUNK = 1 << 22
 
 
-def _read_bytes(path: str) -> bytes:
-    """The content of ``path``, gunzipped when it is a gzip file (by magic bytes, not by name)."""
+def _read_exact(stream, n: int, path: str, what: str) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise DatasetFormatError(f"{path}: truncated {what}, expected {n} bytes, got {len(data)}")
+    return data
+
+
+def _open_idx(path: str):
+    """The file opened for reading: its decompressed stream (gzip found by magic bytes, not by
+    name), the raw file, and whether it is gzipped."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = open(path, "rb")
     except FileNotFoundError as exc:
         raise DatasetNotFoundError(f"IDX file not found: {path}") from exc
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DatasetFormatError(f"corrupt or truncated gzip file {path}: {exc}") from exc
+    magic = raw.read(2)
+    raw.seek(0)
+    if magic == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw, True
     if path.endswith(".gz"):
-        raise DatasetFormatError(f"{path} has a .gz name but is not a gzip file (magic {raw[:2].hex()})")
-    return raw
+        raw.close()
+        raise DatasetFormatError(f"{path} has a .gz name but is not a gzip file (magic {magic.hex()})")
+    return raw, raw, False
 
 
-def read_idx(path: str | os.PathLike[str], expected_magic: Optional[int] = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], expected_magic: Optional[int] = None,
+             max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (plain or gzipped) into a native-byte-order numpy array.
+
+    The header is read first and fixes the data size ``prod(dims) * itemsize`` (exact integer
+    arithmetic: dimensions whose product overflows 64 bits are simply too large). Nothing more
+    than that is allocated or decompressed: a plain file must be exactly header + data bytes long
+    (checked from its size before reading), a gzipped one is decompressed in chunks and stops at
+    one byte past the data (a gzip bomb behind a small header costs one chunk). A size beyond
+    ``max_bytes``, or beyond what the gzip file could hold (deflate compresses at most about
+    1032:1), is refused before reading the data.
 
     Args:
         path: the ``*-idx?-ubyte`` file, optionally ``.gz``.
         expected_magic: if given, the 4-byte big-endian magic number the file must start with
             (``0x00000803`` for MNIST images, ``0x00000801`` for labels).
+        max_bytes: the largest data size read (default :data:`MAX_IDX_BYTES`, 1 GiB).
 
     Returns:
         An array of shape ``dims`` (from the header) and the header's element type, in native
@@ -87,35 +113,67 @@ def read_idx(path: str | os.PathLike[str], expected_magic: Optional[int] = None)
     Raises:
         DatasetNotFoundError: the file does not exist.
         DatasetFormatError: wrong magic, unknown type code, a length that does not match the
-            header (``expected N bytes, got M``), or a corrupt gzip stream; the message names the file.
+            header (``expected N bytes, got M``), a size above ``max_bytes``, or a corrupt gzip
+            stream; the message names the file.
     """
     path = os.fspath(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DatasetFormatError(f"{path}: too short for an IDX header ({len(data)} bytes)")
-    (magic,) = struct.unpack(">I", data[:4])
+    stream, raw, gzipped = _open_idx(path)
+    try:
+        with raw, stream:
+            return _parse_idx(stream, raw, gzipped, path, expected_magic, max_bytes)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetFormatError(f"corrupt or truncated {'gzip ' if gzipped else ''}file {path}: {exc}") from exc
+
+
+def _parse_idx(stream, raw, gzipped: bool, path: str, expected_magic: Optional[int], max_bytes: int) -> np.ndarray:
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DatasetFormatError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+    (magic,) = struct.unpack(">I", head)
     if expected_magic is not None and magic != expected_magic:
         raise DatasetFormatError(f"{path}: wrong magic 0x{magic:08x}, expected 0x{expected_magic:08x}")
-    if data[0] != 0 or data[1] != 0:
+    if head[0] != 0 or head[1] != 0:
         raise DatasetFormatError(f"{path}: wrong magic 0x{magic:08x}, the first two bytes of an IDX file are zero")
-    type_code, ndim = data[2], data[3]
+    type_code, ndim = head[2], head[3]
     if type_code not in IDX_DTYPES:
         raise DatasetFormatError(f"{path}: unknown IDX element type 0x{type_code:02x}")
     if ndim == 0:
         raise DatasetFormatError(f"{path}: IDX header declares 0 dimensions")
     header_len = 4 + 4 * ndim
-    if len(data) < header_len:
-        raise DatasetFormatError(f"{path}: truncated header, expected {header_len} bytes, got {len(data)}")
-    dims = struct.unpack(f">{ndim}I", data[4:header_len])
+    dims = struct.unpack(f">{ndim}I", _read_exact(stream, 4 * ndim, path, f"header ({header_len} bytes)"))
     dtype = IDX_DTYPES[type_code]
-    expected = header_len + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
+    n = math.prod(dims) * dtype.itemsize  # a Python int: no overflow
+    shape = "x".join(map(str, dims))
+    if not gzipped:
+        size = os.fstat(raw.fileno()).st_size
+        if size != header_len + n:
+            raise DatasetFormatError(
+                f"{path}: expected {header_len + n} bytes for dims {shape} of type {dtype.str[1:]}, got {size}")
+    elif n > _DEFLATE_MAX_RATIO * os.fstat(raw.fileno()).st_size:
         raise DatasetFormatError(
-            f"{path}: expected {expected} bytes for dims {'x'.join(map(str, dims))} "
-            f"of type {dtype.str[1:]}, got {len(data)}"
-        )
-    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
-    return array.astype(dtype.newbyteorder("="))
+            f"{path}: header declares dims {shape} of type {dtype.str[1:]} ({n} bytes), more than a gzip file "
+            f"of {os.fstat(raw.fileno()).st_size} bytes can hold")
+    if n > max_bytes:
+        raise DatasetFormatError(f"{path}: header declares dims {shape} of type {dtype.str[1:]} ({n} bytes), "
+                                 f"more than max_bytes={max_bytes}")
+    data = np.empty(n, np.uint8)
+    view, got = memoryview(data), 0
+    while got < n:
+        k = stream.readinto(view[got:got + _READ_CHUNK])
+        if not k:
+            break
+        got += k
+    extra = stream.read(1) if got == n else b""
+    if got != n or extra:
+        found = f"{header_len + got}" if got < n else f"more than {header_len + n}"
+        raise DatasetFormatError(
+            f"{path}: expected {header_len + n} bytes for dims {shape} of type {dtype.str[1:]}, "
+            f"got {found}{' (decompressed)' if gzipped else ''}")
+    try:
+        array = data.view(dtype).reshape(dims)
+    except ValueError as exc:  # more dimensions than numpy supports
+        raise DatasetFormatError(f"{path}: cannot hold dims {shape} in an array ({exc})") from None
+    return array.astype(dtype.newbyteorder("="), copy=False)  # byte-swaps (a copy) only when needed
 
 
 def find_idx_file(root: str, name: str, folder: str) -> str:

@@ -10,8 +10,10 @@ stored **dark on light**: the relevant (discriminative) part is dark. A mask pix
 when its grey level (PIL ``"L"`` conversion) is ``< threshold`` (default 128) for
 ``mask_polarity="dark"``, or ``>= threshold`` for ``"light"``.
 
-Classes are the sub-folders of the variant folder in natural order (numbers by value:
-``class2`` before ``class10``); label = position in that order.
+Classes are the visible sub-folders of the variant folder (names starting with ``.``, such as
+``.ipynb_checkpoints``, are not classes) in natural order (numbers by value: ``class2`` before
+``class10``); label = position in that order. Images are decoded within ``max_pixels`` (default
+:data:`an8flower.untrusted.PHOTO_MAX_PIXELS`, checked from the header before decoding).
 
 **Splits.** The release ships no split files (as far as we know), so ``split="all"`` is the whole
 release and ``"train"`` / ``"val"`` / ``"test"`` are a deterministic, stratified split defined
@@ -32,6 +34,7 @@ import torch
 
 from an8flower.datasets.base import ExplanationDataset, Item
 from an8flower.datasets.files import (
+    PHOTO_MAX_PIXELS,
     check_split,
     list_images,
     list_subdirs,
@@ -92,11 +95,14 @@ class An8FlowerOriginal(ExplanationDataset):
         threshold: grey level separating relevant from background (default 128).
         fractions: (train, val, test) fractions, non-negative, summing to 1 (default 0.7/0.1/0.2).
         seed: salt of the split hash.
+        max_pixels: the largest ``width * height`` of an image or mask file that is decoded.
 
     Raises:
         UsageError: unknown ``variant`` / ``split`` / ``mask_polarity``, bad ``fractions``.
         DatasetNotFoundError: missing variant or mask folder.
-        DatasetFormatError: an image without a mask (names the image), an empty release.
+        DatasetFormatError: an image without a mask (names the image), an empty release, a
+            class folder that is a symbolic-link loop; when an item is read, an image above
+            ``max_pixels`` or undecodable (naming the file).
     """
 
     has_masks = True
@@ -113,6 +119,7 @@ class An8FlowerOriginal(ExplanationDataset):
         threshold: int = 128,
         fractions: Sequence[float] = (0.7, 0.1, 0.2),
         seed: int = 0,
+        max_pixels: int = PHOTO_MAX_PIXELS,
     ) -> None:
         super().__init__(root, check_split(split, SPLITS), transform, mask_transform)
         self.variant = check_split(variant.replace("-", "_"), VARIANTS, "variant")
@@ -124,6 +131,7 @@ class An8FlowerOriginal(ExplanationDataset):
         if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
             raise UsageError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
         self.fractions, self.seed = fractions, int(seed)
+        self.max_pixels = int(max_pixels)
 
         self.image_root = require_dir(os.path.join(self.root, f"an8Flower_{self.variant}"), "an8Flower image folder")
         self.mask_root = require_dir(os.path.join(self.root, f"an8Flower_{self.variant}_MASK"), "an8Flower mask folder")
@@ -165,8 +173,8 @@ class An8FlowerOriginal(ExplanationDataset):
 
     def __getitem__(self, index: int) -> Item:
         image_path, mask_path, label = self.samples[index]
-        image = load_image(image_path)
-        grey = np.asarray(load_image(mask_path, mode="L"))
+        image = load_image(image_path, max_pixels=self.max_pixels)
+        grey = np.asarray(load_image(mask_path, mode="L", max_pixels=self.max_pixels))
         if grey.shape != (image.size[1], image.size[0]):
             raise DatasetFormatError(
                 f"mask {mask_path} is {grey.shape[1]}x{grey.shape[0]} but image {image_path} is "

@@ -1,0 +1,185 @@
+"""Reading files from elsewhere: paths that stay inside their folder, images with a pixel limit.
+
+A downloaded dataset, a shared results folder or a user's image is untrusted input: a path read
+from one of its listing files (a manifest row, a line of ``photos.txt``) must not reach outside the
+folder it belongs to, and an image header must not make us allocate more than the use needs. The
+helpers here are the one place those rules live; the loaders, ``verify``, ``show`` and ``explain``
+call them.
+
+**Paths.** :func:`resolve_inside` refuses, naming the listing and its row, a path that is empty,
+absolute (``/x``, ``\\\\server\\x``, ``C:x``), holds a NUL byte, a backslash or a ``..`` component, or
+that resolves (symbolic links followed, :func:`os.path.realpath`) to a place outside the root.
+
+**Image pixel limits.** :func:`open_image` reads only the image header first (Pillow's
+``Image.open`` decodes nothing), compares ``width x height`` with a limit, and decodes only when
+the image is within it. A decoded RGB image costs 3 bytes per pixel, so the limit bounds the
+memory one file can take whatever its compressed size (a 290 KB PNG may claim 100 Mpx, 300 MB
+decoded). The limits, chosen per use:
+
+* :data:`SAMPLE_MAX_PIXELS` = 512 x 512 (262,144 px): the largest an8Flower sample the generator
+  writes; the dataset loaders check the exact size recorded in ``dataset.json`` as well;
+* :data:`PHOTO_MAX_PIXELS` = 40,000,000 px (120 MB as RGB): photographs of ILSVRC12, Fashion144k,
+  the original an8Flower release and a user's image given to ``explain``. ILSVRC12's largest images
+  are about 10-20 Mpx; the loaders take ``max_pixels=`` to raise or lower it.
+
+Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 px by default) also applies: its
+``DecompressionBombWarning`` (above the guard) and ``DecompressionBombError`` (above twice the
+guard) are both turned into :class:`DatasetFormatError` naming the file, so an image above Pillow's
+guard is refused even when ``max_pixels`` is larger. (The warning is made an error with
+``warnings.catch_warnings``, which changes the process's warning filters for the duration of the
+``open`` call; Python's warning filters are not thread-local.)
+"""
+
+from __future__ import annotations
+
+import io
+import ntpath
+import os
+import posixpath
+import warnings
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Optional, Union
+
+from an8flower.errors import DatasetFormatError, DatasetNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import PIL.Image
+
+__all__ = [
+    "SAMPLE_MAX_PIXELS",
+    "PHOTO_MAX_PIXELS",
+    "check_relative_path",
+    "resolve_inside",
+    "open_image",
+    "load_image",
+]
+
+#: Pixel limit of an an8Flower sample file: the generator's largest size, 512 x 512.
+SAMPLE_MAX_PIXELS = 512 * 512
+#: Pixel limit of a photograph (ILSVRC12, Fashion144k, original release, ``explain``'s input).
+PHOTO_MAX_PIXELS = 40_000_000
+
+Source = Union[str, "os.PathLike[str]", bytes]
+
+
+def check_relative_path(relpath: str, what: str) -> str:
+    """Check, without touching the file system, that ``relpath`` is a plain relative path.
+
+    Args:
+        relpath: the path as read from the listing (forward slashes).
+        what: the listing and row, for the message (e.g. ``"manifest.csv, sample 7, column image"``).
+
+    Returns:
+        ``relpath`` unchanged.
+
+    Raises:
+        DatasetFormatError: empty, NUL byte, backslash, absolute (POSIX or Windows: a leading
+            slash, a drive letter, a UNC share) or a ``..`` component; the message names ``what``.
+    """
+    problem = None
+    if not isinstance(relpath, str) or not relpath:
+        problem = "is empty"
+    elif "\0" in relpath:
+        problem = "holds a NUL byte"
+    elif "\\" in relpath:
+        problem = "holds a backslash (paths in listings use forward slashes)"
+    elif posixpath.isabs(relpath) or ntpath.isabs(relpath) or ntpath.splitdrive(relpath)[0]:
+        problem = "is absolute"
+    elif ".." in relpath.split("/"):
+        problem = "has a '..' component"
+    if problem is not None:
+        raise DatasetFormatError(f"{what}: path {relpath!r} {problem}; it must stay inside its folder")
+    return relpath
+
+
+def resolve_inside(root: str | os.PathLike[str], relpath: str, what: str) -> str:
+    """``root/relpath`` after checking that it stays inside ``root``, symbolic links followed.
+
+    Args:
+        root: the folder the listing belongs to.
+        relpath: the path as read from the listing (see :func:`check_relative_path`).
+        what: the listing and row, for the message.
+
+    Returns:
+        The joined path (``os.path.join(root, relpath)``, not resolved: messages keep the user's
+        spelling of ``root``).
+
+    Raises:
+        DatasetFormatError: :func:`check_relative_path` refuses it, or ``realpath(root/relpath)``
+            lies outside ``realpath(root)`` (a symbolic link leading out of the folder).
+    """
+    check_relative_path(relpath, what)
+    joined = os.path.join(os.fspath(root), *relpath.split("/"))
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(joined)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise DatasetFormatError(f"{what}: path {relpath!r} resolves to {real}, outside {real_root} "
+                                 "(a symbolic link leads out of the folder)")
+    return joined
+
+
+@contextmanager
+def open_image(source: Source, max_pixels: int, size: Optional[tuple[int, int]] = None,
+               name: Optional[str] = None) -> Iterator["PIL.Image.Image"]:
+    """Open an image, check its size from the header, then decode it (a context manager).
+
+    ``with open_image(path, max_pixels) as img:`` gives a fully decoded ``PIL.Image.Image``, closed
+    on exit. The header is read first; the image is decoded only when ``width * height <=
+    max_pixels`` (and, if ``size`` is given, the header's size is exactly ``size``).
+
+    Args:
+        source: a path, or the file's bytes.
+        max_pixels: the largest ``width * height`` accepted (see the module docstring).
+        size: the exact ``(width, height)`` required, or None.
+        name: how the file is called in messages (default: the path, or ``"<bytes>"``).
+
+    Raises:
+        DatasetNotFoundError: no such file.
+        DatasetFormatError: naming the file: more pixels than ``max_pixels`` or than Pillow's
+            decompression-bomb guard, another size than ``size``, not an image, truncated data.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    name = name or ("<bytes>" if isinstance(source, bytes) else os.fspath(source))
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(stream)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"image file not found: {name}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DatasetFormatError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetFormatError(f"{name}: not a readable image ({exc})") from None
+    with img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise DatasetFormatError(f"{name}: {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} "
+                                     "(max_pixels); refused before decoding")
+        if size is not None and (w, h) != tuple(size):
+            raise DatasetFormatError(f"{name}: image is {w}x{h}, expected {size[0]}x{size[1]}")
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetFormatError(f"{name}: not a readable image ({exc})") from None
+        yield img
+
+
+def load_image(path: str | os.PathLike[str], mode: str = "RGB", max_pixels: int = PHOTO_MAX_PIXELS):
+    """Decode an image file within a pixel limit and convert it to ``mode``.
+
+    The function to read any image that comes from elsewhere (a dataset photo, a user's image).
+
+    Args:
+        path: the image file. mode: Pillow mode of the result (``"RGB"``, ``"L"``, ...).
+        max_pixels: the largest ``width * height`` decoded (default :data:`PHOTO_MAX_PIXELS`).
+
+    Returns:
+        A decoded ``PIL.Image.Image`` in ``mode``, detached from the file.
+
+    Raises:
+        DatasetNotFoundError / DatasetFormatError: see :func:`open_image`.
+    """
+    with open_image(path, max_pixels) as img:
+        return img.convert(mode) if img.mode != mode else img.copy()
