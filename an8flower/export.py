@@ -59,7 +59,7 @@ import secrets
 import shutil
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from an8flower import __version__
@@ -122,25 +122,10 @@ class ExportResult:
 
 
 def _inside(root: Path, rel: str, manifest: Path, real_dirs: Optional[dict[str, str]] = None) -> Path:
-    """``root / rel`` if the manifest path ``rel`` stays inside ``root``, else DatasetFormatError.
+    """``root / rel`` if the manifest path ``rel`` stays inside ``root`` (:func:`an8flower.untrusted.resolve_inside`)."""
+    from an8flower.untrusted import resolve_inside
 
-    Refused: an empty, absolute or drive-qualified path, a backslash, a ``..`` component, and a
-    path whose real location (symbolic links followed) lies outside ``root``'s real location.
-    ``real_dirs`` caches the real location of folders across calls; the file itself is resolved
-    only when it is a symbolic link.
-    """
-    parts = PurePosixPath(rel).parts
-    if not parts or rel.startswith("/") or "\\" in rel or ":" in parts[0] or ".." in parts:
-        raise DatasetFormatError(f"{manifest}: file path {rel!r} is not a relative path inside the dataset folder")
-    path = os.path.join(root, *parts)
-    cache = {} if real_dirs is None else real_dirs
-    folder = os.path.dirname(path)
-    real_root = cache.get("") or cache.setdefault("", os.path.realpath(root))
-    real_folder = cache.get(folder) or cache.setdefault(folder, os.path.realpath(folder))
-    real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_folder, parts[-1])
-    if os.path.commonpath([real, real_root]) != real_root:
-        raise DatasetFormatError(f"{manifest}: file path {rel!r} leads outside the dataset folder {root}")
-    return Path(path)
+    return Path(resolve_inside(root, rel, f"{manifest}: file path"))
 
 
 class _Source:

@@ -43,13 +43,13 @@ import hashlib
 import io
 import json
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from an8flower.atomic import atomic_write_bytes, is_temp_name
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
 from an8flower.png import KINDS, PNG_COMPRESS_LEVEL, decode_png, encode_png, png_encoder_info
 
@@ -95,9 +95,6 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 #: Columns left out of the content hash: they depend on the zlib build.
 BYTE_HASH_COLUMNS: tuple[str, ...] = ("image_sha256", "mask_sha256", "parts_sha256")
 
-_TMP_SUFFIX = ".tmp"
-
-
 # --------------------------------------------------------------------------------------------
 # hashing
 
@@ -133,36 +130,7 @@ def pixel_sha256(array: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether a file name is one of :func:`atomic_write_bytes`'s temporary names."""
-    return name.startswith(".") and name.endswith(_TMP_SUFFIX)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` never holds a partial file.
-
-    The bytes go to a unique hidden temporary name in the same folder, which then replaces
-    ``path`` with :func:`os.replace` (atomic on POSIX and Windows within one file system). On error
-    the temporary file is removed. There is no ``fsync``: after a power loss a resumed run re-checks
-    the files (see :mod:`an8flower.generate`).
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+# atomic writes (the implementation is :mod:`an8flower.atomic`; re-exported here)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

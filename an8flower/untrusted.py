@@ -74,7 +74,8 @@ def check_relative_path(relpath: str, what: str) -> str:
 
     Raises:
         DatasetFormatError: empty, NUL byte, backslash, absolute (POSIX or Windows: a leading
-            slash, a drive letter, a UNC share) or a ``..`` component; the message names ``what``.
+            slash, a drive letter, a UNC share), a ``..`` component, or only ``.`` components (the
+            folder itself); the message names ``what``.
     """
     problem = None
     if not isinstance(relpath, str) or not relpath:
@@ -87,6 +88,8 @@ def check_relative_path(relpath: str, what: str) -> str:
         problem = "is absolute"
     elif ".." in relpath.split("/"):
         problem = "has a '..' component"
+    elif all(part in ("", ".") for part in relpath.split("/")):
+        problem = "names the folder itself, not a file in it"
     if problem is not None:
         raise DatasetFormatError(f"{what}: path {relpath!r} {problem}; it must stay inside its folder")
     return relpath

@@ -383,18 +383,21 @@ def _register_explain(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_image(path: str, channels: int, size: Sequence[int]) -> np.ndarray:
-    """The image file as float32 (C, H, W) in [0, 1] at the model's input size."""
+    """The image file as float32 (C, H, W) in [0, 1] at the model's input size.
+
+    Decoded by :func:`an8flower.untrusted.load_image`: the header's size is checked against the
+    photo limit (:data:`~an8flower.untrusted.PHOTO_MAX_PIXELS`) before anything is decoded, so a
+    decompression bomb is refused naming the file.
+    """
+    from an8flower.untrusted import load_image
+
     if not os.path.isfile(path):
         raise UsageError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            h, w = int(size[0]), int(size[1])
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read image {path}: {exc}") from None
+    img = load_image(path, "L" if channels == 1 else "RGB")
+    h, w = int(size[0]), int(size[1])
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

@@ -356,7 +356,7 @@ def test_manifest_paths_outside_the_folder_are_refused(dataset, tmp_path, path):
     rows = read_manifest(root / MANIFEST_NAME)
     rows[0] = dataclasses.replace(rows[0], files={**rows[0].files, "image": path})
     rewrite_manifest(root, rows)
-    with pytest.raises(DatasetFormatError, match="inside the dataset folder"):
+    with pytest.raises(DatasetFormatError, match=r"manifest\.csv: file path: path .*(must|inside|outside)"):
         export_dataset(root, tmp_path / "o", "parquet")
     assert not (tmp_path / "o").exists()
 
@@ -369,7 +369,7 @@ def test_symlink_out_of_the_folder_is_refused(dataset, tmp_path, link):
     target = tmp_path / "elsewhere"
     shutil.move(inside, target)  # the same bytes, so only the location is wrong
     os.symlink(target, inside)
-    with pytest.raises(DatasetFormatError, match="leads outside the dataset folder"):
+    with pytest.raises(DatasetFormatError, match="a symbolic link leads out of the folder"):
         export_dataset(root, tmp_path / "o", "webdataset")
 
 

@@ -118,3 +118,14 @@ def test_explain_and_interpret_errors_name_the_problem(checkpoint, tmp_path, cap
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "i").exists()
+
+
+def test_explain_refuses_a_decompression_bomb_naming_it(checkpoint, tmp_path, capsys) -> None:
+    from test_integrity import png_claiming
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(20_000, 20_000))  # 400 Mpx claimed in a few bytes
+    code = main(["explain", str(bomb), "--weights", str(checkpoint), "--explainer", "gradient",
+                 "--out", str(tmp_path / "e.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bomb) in err and not (tmp_path / "e.png").exists()
