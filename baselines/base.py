@@ -326,6 +326,10 @@ class Explainer:
     requires_fit: bool = False
     #: Default channel reduction for (B, C, H, W) attributions.
     reduction: str = "abs_max"
+    #: Whether the explainer may run under mixed precision (the leaderboard's ``amp`` option):
+    #: True only for methods made of forward passes whose maps are shown equal to float32's within
+    #: tolerance (tests/test_explainers.py); the gradient family stays float32.
+    amp_safe: bool = False
 
     def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

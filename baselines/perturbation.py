@@ -132,6 +132,8 @@ class RISE(Explainer):
         batch_size: masked images per forward pass.
     """
 
+    amp_safe = True
+
     def __init__(
         self,
         n_masks: int = 4000,

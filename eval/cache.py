@@ -13,8 +13,8 @@ every setting that can change one of its numbers:
 * the metric: its name, its options completed with the metric function's defaults, and the number
   of images model-based metrics score (``model_metric_images``);
 * the run: the seed (explainer noise, randomisation draws), the batch size (explainers that draw
-  noise per call, and floating-point summation order), the device type, and the versions of
-  an8flower and torch.
+  noise per call, and floating-point summation order), the device type, mixed precision (for the
+  explainers that use it), and the versions of an8flower and torch.
 
 Settings that change no number (``out``, ``plots``, ``examples``, ``workers``, ``quick``) are not
 in the key. ``tests/test_cache.py`` enumerates the fields of
@@ -182,7 +182,7 @@ def complete_options(function: Optional[Callable[..., Any]], options: dict[str, 
 
 
 def cell_config(*, dataset: str, split: str, image_ids: Sequence[int], model: str, explainer: dict[str, Any],
-                metric: dict[str, Any], seed: int, batch_size: int, device: str) -> dict[str, Any]:
+                metric: dict[str, Any], seed: int, batch_size: int, device: str, amp: bool = False) -> dict[str, Any]:
     """The complete configuration of a cell (see the module docstring), JSON-ready.
 
     Args:
@@ -190,7 +190,8 @@ def cell_config(*, dataset: str, split: str, image_ids: Sequence[int], model: st
         model: the model hash.
         explainer: ``{"name", "options" (complete), "code" (:func:`explainer_code_identity`)}``.
         metric: ``{"name", "options" (complete), "limit" (images scored, or None for all)}``.
-        seed, batch_size: the run's. device: the device type (``"cpu"``, ``"cuda"``).
+        seed, batch_size: the run's. device: the device type (``"cpu"``, ``"cuda"``). amp: whether
+            the explainer ran under mixed precision (only explainers that allow it do).
     """
     import torch
 
@@ -205,7 +206,7 @@ def cell_config(*, dataset: str, split: str, image_ids: Sequence[int], model: st
         "model": model,
         "explainer": explainer,
         "metric": metric,
-        "run": {"seed": int(seed), "batch_size": int(batch_size), "device": str(device)},
+        "run": {"seed": int(seed), "batch_size": int(batch_size), "device": str(device), "amp": bool(amp)},
         "versions": {"an8flower": __version__, "torch": str(torch.__version__).split("+")[0]},
     }
 

@@ -179,6 +179,8 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="maximum training epochs of models the run trains")
     p.add_argument("--workers", type=int, help="data-loading worker processes (default: 0)")
     p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision for the explainers that allow it (RISE); off by default")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--shard", metavar="I/N",
                    help="compute only shard I of N (1-based) of every cell into --out, for schedulers without "
@@ -234,6 +236,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["all_images"] = True
     if args.no_plots:
         o["plots"] = False
+    if args.amp:
+        o["amp"] = True
     return o
 
 

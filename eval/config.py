@@ -84,6 +84,9 @@ class RunConfig:
         batch_size: images per explainer call.
         workers: data-loading worker processes.
         device: ``"cpu"``, ``"cuda"``, ...; ``None``: CUDA when available.
+        amp: run the explainers that allow it (``amp_safe``: RISE, whose map averages many forward passes)
+            under autocast (float16 on CUDA, bfloat16 on a CPU); metrics stay float32/float64. Off
+            by default; part of every cell's key.
         train: fields of :class:`an8flower.eval.train.TrainConfig` for models trained by the run.
         examples: images shown in the example-heatmap grid.
         plots: write the PNG plots.
@@ -110,6 +113,7 @@ class RunConfig:
     batch_size: int = 32
     workers: int = 0
     device: Optional[str] = None
+    amp: bool = False
     train: dict[str, Any] = field(default_factory=dict)
     examples: int = 4
     plots: bool = True

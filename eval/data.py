@@ -87,6 +87,18 @@ class TensorSplit(Dataset):
         """Images ``index`` as float32 in [0, 1]."""
         return self.images[index].float().div_(255.0)
 
+    def select(self, index: torch.Tensor, device: Optional[torch.device] = None) -> "TensorSplit":
+        """The items ``index`` (a long tensor of positions), in that order, as a split on ``device``.
+
+        The leaderboard moves the scored images of a group to the model's device once, so that
+        explainers and metrics then run without a host copy per batch.
+        """
+        index = torch.as_tensor(index, dtype=torch.long)
+        pick = (lambda t: None if t is None else t[index].to(device)) if device is not None else (
+            lambda t: None if t is None else t[index])
+        return TensorSplit(pick(self.images), pick(self.labels), pick(self.masks), pick(self.parts),
+                           [self.ids[i] for i in index.tolist()])
+
     def sha256(self) -> str:
         """SHA-256 of the split's bytes (images, labels, masks, part maps, ids)."""
         d = hashlib.sha256()

@@ -420,6 +420,7 @@ class _Run:
         bar.close()
         self.log(f"{data.variant or data.dataset} / {model_name}: {self.cached - before[0]} cells from the cache, "
                  f"{self.computed - before[1]} computed")
+        self._scored_split = self._scored_key = None
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -469,6 +470,7 @@ class _Run:
             return
         # With every cell cached, only the example heatmaps are missing: explain those images only.
         todo = keep if missing else keep[:n_ex]
+        scored = self._scored(data, todo)
         accs = new_accumulators(missing, config, len(todo))
         explainer, error = self._fitted_explainer(name, options, model, data)
         if error is not None:
@@ -477,7 +479,7 @@ class _Run:
                 acc.error = error
             result: dict[str, Any] = {"examples": [], "calls": 0}
         else:
-            result = run_explainer(explainer, name, accs, model, data, todo,
+            result = run_explainer(explainer, name, accs, model, data, scored,
                                    my_batches(len(todo), config.batch_size, world), config, self.device, timer,
                                    n_ex, disc_ids, self.log)
         shares = world.gather((accs, result["examples"], result["calls"]), f"the scores of {name}")
@@ -508,6 +510,14 @@ class _Run:
             timer.add("io", time.perf_counter() - t0)
             self.cells.append(for_json(cell))
             self.computed += 1
+
+    def _scored(self, data: PreparedData, keep: torch.Tensor) -> TensorSplit:
+        """The scored images ``keep`` of ``data.test`` on the run's device, made once per group."""
+        key = (id(data.test), tuple(keep.tolist()))
+        if getattr(self, "_scored_key", None) != key:
+            device = self.device if self.device.type != "cpu" else None
+            self._scored_split, self._scored_key = data.test.select(keep, device), key
+        return self._scored_split
 
     def _fitted_explainer(self, name: str, options: dict[str, Any], model: nn.Module,
                           data: PreparedData) -> tuple[Any, Optional[str]]:
@@ -557,9 +567,16 @@ class _Run:
             metric_part = {"name": metric, "options": complete_options(spec.callable(), metric_options(metric, config),
                                                                        skip=spec.skip),
                            "limit": min(config.model_metric_images, len(image_ids)) if limited else None}
+        amp = bool(config.amp) and name != ORACLE and bool(getattr(self._explainer_class(name), "amp_safe", False))
         return cell_config(dataset=data.hash, split=config.split, image_ids=image_ids, model=mhash, explainer=explainer,
                            metric=metric_part, seed=config.seed, batch_size=config.batch_size,
-                           device=self.device.type)
+                           device=self.device.type, amp=amp)
+
+    @staticmethod
+    def _explainer_class(name: str) -> type:
+        from an8flower.baselines import explainer_class
+
+        return explainer_class(name)
 
     def _cached_extras(self) -> int:
         """Add the cached cells of this run's groups for explainer/metric pairs this run did not ask for.

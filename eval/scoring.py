@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig
-from an8flower.eval.data import PreparedData
+from an8flower.eval.data import PreparedData, TensorSplit
 
 __all__ = [
     "ORACLE", "MetricSpec", "METRICS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer", "Oracle",
@@ -402,33 +402,36 @@ def new_accumulators(missing: Sequence[str], config: RunConfig, n_images: int) -
 
 
 def run_explainer(explainer: Any, name: str, accs: Sequence[Accumulator], model: nn.Module, data: PreparedData,
-                  keep: torch.Tensor, shares: Iterable[slice], config: RunConfig, device: torch.device, timer: Timer,
+                  scored: "TensorSplit", shares: Iterable[slice], config: RunConfig, device: torch.device, timer: Timer,
                   n_ex: int, disc_ids: list[int], log: Callable[[str], None]) -> dict[str, Any]:
-    """Explain the scored images of the batches ``shares`` (slices of ``keep``) and score them into ``accs``.
+    """Explain the batches ``shares`` (slices of ``scored``, the group's scored images in scoring
+    order, already on ``device``) and score them into ``accs``.
 
     Returns:
         ``{"examples": [(position, heatmap float16 (H, W)), ...] for positions < n_ex, "calls": n}``.
         An explainer that raises (or returns NaN/inf) sets the error of every accumulator and stops.
     """
     out: dict[str, Any] = {"examples": [], "calls": 0}
-    test = data.test
     random_layers = randomisation_layers(model)
     for sl in shares:
-        idx = keep[sl]
-        images = test.float_images(idx).to(device)
-        targets = test.labels[idx].to(device)
-        masks = test.masks[idx].to(device) if test.masks is not None else None
-        parts = test.parts[idx].to(device) if test.parts is not None else None
+        idx = range(sl.start, sl.stop)
+        images = scored.float_images(sl).to(device)
+        targets = scored.labels[sl].to(device)
+        masks = scored.masks[sl].to(device) if scored.masks is not None else None
+        parts = scored.parts[sl].to(device) if scored.parts is not None else None
         if isinstance(explainer, Oracle):
             explainer.masks = masks
         t0 = time.perf_counter()
         try:
-            h = explainer(model, images, targets)
+            with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                                enabled=bool(config.amp) and getattr(explainer, "amp_safe", False)):
+                h = explainer(model, images, targets)
+            h = h.float()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             bad = (~torch.isfinite(h.reshape(h.shape[0], -1))).any(1).nonzero()
             if bad.numel():
-                raise FloatingPointError(f"returned NaN or inf heatmaps (image {test.ids[int(idx[int(bad[0, 0])])]})")
+                raise FloatingPointError(f"returned NaN or inf heatmaps (image {scored.ids[sl.start + int(bad[0, 0])]})")
         except Exception as exc:  # noqa: BLE001
             msg = error_text(exc)
             log(f"  {name}: {msg}")

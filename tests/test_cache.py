@@ -21,7 +21,7 @@ from an8flower.eval.scoring import explainer_options
 from test_leaderboard import ColourDetector, squares
 
 #: RunConfig fields that enter a cell's key directly.
-DIRECT = {"seed", "split", "batch_size", "device", "model_metric_images", "explainer_options", "metric_options"}
+DIRECT = {"seed", "split", "batch_size", "device", "model_metric_images", "explainer_options", "metric_options", "amp"}
 #: Fields that enter it through a hash the key holds: the dataset's (variants, data, imagenet, size,
 #: per_class), the model's (models, weights, train), the scored image ids (max_images, all_images),
 #: or that decide which cells exist (explainers, metrics).
@@ -49,6 +49,7 @@ def test_every_run_setting_is_classified() -> None:
 @pytest.mark.parametrize("field, value", [
     ("seed", 1), ("split", "val"), ("batch_size", 7), ("device", "meta"), ("model_metric_images", 2),
     ("explainer_options", {"rise": {"n_masks": 10}}), ("metric_options", {"deletion_auc": {"steps": 5}}),
+    ("amp", True),
 ])
 def test_each_direct_setting_changes_the_key(tmp_path, field: str, value) -> None:
     base = RunConfig(out=str(tmp_path))

@@ -152,7 +152,7 @@ def test_merged_shares_equal_the_single_process_accumulators(size: int) -> None:
 
     def accumulate(world: World) -> tuple[list[Accumulator], list]:
         accs = new_accumulators(config.metrics, config, len(keep))
-        res = run_explainer(build_explainer("gradient"), "gradient", accs, model, data, keep,
+        res = run_explainer(build_explainer("gradient"), "gradient", accs, model, data, data.test.select(keep),
                             my_batches(len(keep), config.batch_size, world), config, torch.device("cpu"), Timer(),
                             4, [1], lambda m: None)
         return accs, res["examples"]

@@ -434,3 +434,25 @@ def test_cpu_and_cuda_agree(name: str) -> None:
     assert gpu.device.type == "cuda"
     scale = cpu.abs().max().clamp(min=1e-12)
     assert torch.allclose(cpu / scale, gpu.cpu() / scale, atol=1e-3), name
+
+
+@pytest.mark.parametrize("name, options", [("rise", {"n_masks": 64, "seed": 0})])
+def test_amp_safe_explainers_agree_with_float32_under_autocast(zoo: dict[str, nn.Module], name: str, options) -> None:
+    """Explainers marked amp_safe give the float32 map under bfloat16 autocast (CPU).
+
+    Occlusion is not marked: its map is a difference of probabilities, which bfloat16 rounds away
+    on a model whose outputs move little (here, random weights: the map becomes constant)."""
+    from an8flower.baselines import explainer_class
+
+    model = zoo["small-cnn"]
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1, 2])
+    explainer = build_explainer(name, **options)
+    full = explainer(model, x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = explainer(model, x, t)
+    assert half.dtype == torch.float32 and explainer_class(name).amp_safe
+    for a, b in zip(full, half):
+        r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+        assert r > 0.98, float(r)
+    assert not any(explainer_class(e).amp_safe for e in ("gradient", "gradcam", "occlusion"))
