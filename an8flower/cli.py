@@ -19,6 +19,7 @@ from an8flower.errors import An8FlowerError
 #: Modules that contribute subcommands, in the order their commands are listed.
 COMMAND_MODULES: tuple[str, ...] = (
     "an8flower.commands",  # generate, verify, show, cite
+    "an8flower.intervene_cli",  # intervene
     "an8flower.eval.commands",  # train, leaderboard
     "an8flower.eval.interpret",  # interpret, explain (they load checkpoints and data: eval's side)
 )

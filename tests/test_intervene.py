@@ -172,3 +172,75 @@ def test_intervene_many_is_ordered_and_worker_independent():
         intervene_many(spec, 5, [(1, {"colour": "red"})], 64)
     with pytest.raises(UsageError, match="unknown part"):  # checked before any rendering
         intervene_many(spec, 5, [(1, {}), (2, {"remove": ["roots"]})], 64, workers=2)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_original_counterfactual_and_difference(tmp_path, capsys):
+    from PIL import Image
+
+    from an8flower.cli import main
+
+    out = tmp_path / "cf.png"
+    rc = main(["intervene", "double-12c", "--index", "7", "--size", "64", "--label", "0",
+               "--recolour", "stem=0,0,255", "--recolour", "petals=#ff0000", "--out", str(out)])
+    assert rc == 0 and "label 7 -> 0" in capsys.readouterr().out
+    sheet = np.asarray(Image.open(out).convert("RGB"))
+    spec = load_spec("double-12c")
+    orig = render(spec, 0, 7, 64)
+    cf = intervene(spec, 0, 7, 64, label=0, recolour={"stem": (0, 0, 255), "petals": (255, 0, 0)})
+    assert cf.meta["petals_colour"] == "rgb(255,0,0)"
+    # the panels are the images enlarged 4x (nearest), the original first, near the top left
+    big, big_cf = (np.kron(x.image, np.ones((4, 4, 1), np.uint8)) for x in (orig, cf))
+    found = [(y, x) for y in range(60) for x in range(40) if np.array_equal(sheet[y:y + 256, x:x + 256], big)]
+    assert len(found) == 1
+    y, x = found[0]
+    assert any(np.array_equal(sheet[y:y + 256, j:j + 256], big_cf) for j in range(x + 256, sheet.shape[1] - 255))
+    assert not list(tmp_path.glob(".*"))  # nothing half-written left behind
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--index", "1", "--recolour", "petals"], "expected PART=COLOUR"),
+    (["--index", "1", "--recolour", "petals=1,2"], "three integers"),
+    (["--index", "1", "--recolour", "petals=#12"], "#rrggbb"),
+    (["--index", "1", "--remove", "centre"], "allow_invisible"),
+    (["--index", "1", "--label", "centre-violet"], "not a class"),
+    (["--index=-3"], "--index"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, match):
+    from an8flower.cli import main
+
+    rc = main(["intervene", "double-12c", *argv, "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and match in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_out_must_be_a_png_in_an_existing_folder(tmp_path):
+    from an8flower.cli import main
+
+    assert main(["intervene", "single-6c", "--index", "0", "--out", str(tmp_path / "x.jpg")]) == 2
+    assert main(["intervene", "single-6c", "--index", "0", "--out", str(tmp_path / "no" / "x.png")]) == 2
+
+
+def test_registration_is_light_and_listed():
+    import subprocess
+    import sys
+
+    code = ("import sys, argparse, an8flower.intervene_cli as m; p = argparse.ArgumentParser(); "
+            "m.register(p.add_subparsers()); print(sorted(k for k in ('torch', 'cv2', 'PIL') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from an8flower.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert "intervene" in sub.choices
+
+
+def test_top_level_exports():
+    import an8flower
+    import an8flower.intervene  # the submodule import must not hide the function
+
+    assert an8flower.intervene_sample is intervene and an8flower.intervene_many is intervene_many
+    assert an8flower.Intervention is Intervention
