@@ -326,13 +326,15 @@ class _Run:
               "heatmaps": {}}
         self.examples[group] = ex
         disc_ids = [data.parts.index(p) for p in data.discriminative]
+        counterfactual = self._reliance(data, model, mhash, keep, image_ids, group)
         base_meta = {"dataset": data.dataset, "variant": data.variant, "model": model_name, "split": config.split,
                      "seed": config.seed}
         bar = tqdm(total=len(self.explainers), desc=f"{data.variant or data.dataset}/{model_name}", unit="explainer",
                    disable=None if self.progress is None else not self.progress)
         for name in self.explainers:
             bar.set_postfix_str(name)
-            self._score_explainer(name, data, model, model_name, mhash, keep, image_ids, n_ex, ex, disc_ids, base_meta)
+            self._score_explainer(name, data, model, model_name, mhash, keep, image_ids, n_ex, ex, disc_ids, base_meta,
+                                  counterfactual)
             bar.update(1)
         bar.close()
         del model
@@ -341,12 +343,13 @@ class _Run:
 
     def _score_explainer(self, name: str, data: PreparedData, model: nn.Module, model_name: str, mhash: str,
                          keep: torch.Tensor, image_ids: list[int], n_ex: int, ex: dict[str, Any], disc_ids: list[int],
-                         base_meta: dict[str, Any]) -> None:
+                         base_meta: dict[str, Any], counterfactual: Optional[dict[str, torch.Tensor]] = None) -> None:
         """The cells of one explainer in one group: read the cached ones, compute the missing ones."""
         config, cache, timer = self.config, self.cache, self.timer
         options = explainer_options(name, model_name, config, data.dataset)
         base = {**base_meta, "explainer": name, "options": options}
-        wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)]
+        wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)
+                  and not (METRICS[m].kind in ("counterfactual", "contrast") and counterfactual is None)]
         keys = {m: cell_key(data.hash, image_ids, mhash, name, options, m, metric_options(m, config)) for m in wanted}
         ex_key = cell_key(data.hash, image_ids[:n_ex], mhash, name, options, "examples", {})
         t0 = time.perf_counter()
@@ -365,7 +368,7 @@ class _Run:
         # With every cell cached, only the example heatmaps are missing: explain those images only.
         todo = keep if missing else keep[:n_ex]
         result = run_explainer(name, options, missing, model, model_name, data, todo, config, self.device,
-                               timer, n_ex, disc_ids, self.log, self.progress)
+                               timer, n_ex, disc_ids, self.log, self.progress, counterfactual)
         self.calls += result["calls"]
         if result["examples"] is not None:
             ex["heatmaps"][name] = result["examples"]
@@ -383,6 +386,35 @@ class _Run:
             timer.add("io", time.perf_counter() - t0)
             self.cells.append(for_json(cell))
             self.computed += 1
+
+    def _reliance(self, data: PreparedData, model: nn.Module, mhash: str, keep: torch.Tensor, image_ids: list[int],
+                  group: tuple) -> Optional[dict[str, torch.Tensor]]:
+        """Model reliance on the scored images (:mod:`an8flower.eval.reliance`), cached like a cell.
+
+        Only for an8Flower data with its spec, seed and part maps (ILSVRC12 and user data: None).
+        Its summary goes to the group's report (``reliance.csv``, the table and plot); the return
+        value holds the inputs of the model-aware metrics, one row per kept image.
+        """
+        from an8flower.eval.reliance import Reliance, measure_reliance
+        from an8flower.generate import code_sha256
+
+        if data.spec is None or data.seed is None or data.test.parts is None:
+            return None
+        t0 = time.perf_counter()
+        key = cell_key(data.hash, image_ids, mhash, "reliance", {"renderer": code_sha256()}, "reliance", {})
+        arrays = self.cache.get_arrays(key)
+        if arrays is not None:
+            rel = Reliance.from_arrays(arrays)
+        else:
+            test = data.test
+            rel = measure_reliance(model, data.spec, data.seed, image_ids, labels=test.labels[keep].tolist(),
+                                   reference=test.images[keep], batch_size=max(64, self.config.batch_size),
+                                   workers=max(1, self.config.workers), progress=self.progress)
+            self.cache.put_arrays(key, **rel.to_arrays())
+        self.timer.add("metrics", time.perf_counter() - t0, metric="reliance")
+        self.group_meta[group]["reliance"] = rel.summary()
+        return {"changed": torch.from_numpy(rel.changed), "reliance": torch.from_numpy(rel.per_image()),
+                "runner_up": torch.from_numpy(rel.runner_up)}
 
     def finish(self, command: Optional[Sequence[str]], imagenet: bool) -> RunSummary:
         """Write the report and ``run.json``; the summary."""

@@ -23,7 +23,7 @@ from an8flower.eval.config import RunConfig
 from an8flower.eval.data import PreparedData
 
 __all__ = [
-    "ORACLE", "MetricSpec", "METRICS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer", "Oracle",
+    "ORACLE", "MetricSpec", "METRICS", "SUBSET_KINDS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer", "Oracle",
     "explainer_options", "build", "error_text", "Accumulator", "score_batch", "finish_cell", "for_json",
     "randomisation_layers", "metric_options", "batches", "run_explainer",
 ]
@@ -41,8 +41,10 @@ class MetricSpec:
         name: the metric's name in tables and ``results.csv``.
         label: the column header in ``leaderboard.md``.
         kind: ``"mask"`` (heatmaps, masks), ``"set"`` (a set-level accumulator), ``"parts"``
-            (heatmaps, part maps), ``"model"`` (model, images, heatmaps, targets) or
-            ``"explainer"`` (model, explainer, images, targets).
+            (heatmaps, part maps), ``"model"`` (model, images, heatmaps, targets),
+            ``"explainer"`` (model, explainer, images, targets), ``"counterfactual"`` (heatmaps and
+            the counterfactual inputs of :mod:`an8flower.eval.reliance`: change masks, per-part
+            reliance) or ``"contrast"`` (the same, plus a second explanation, of the runner-up).
         higher_is_better: the direction in which the best explainer of a column is picked.
         defaults: keyword options passed to the metric function unless the run overrides them.
     """
@@ -59,7 +61,16 @@ class MetricSpec:
 #: Spearman correlation between the heatmaps of the trained model and of the model with all its
 #: top-level parameterised blocks re-initialised in cascade (Adebayo et al. 2018; lower = the
 #: explanation depends more on the learned weights); ``part_attribution`` scores the share of
-#: positive attribution on the discriminative parts and feeds the part table and plot.
+#: positive attribution on the discriminative parts and feeds the part table and plot. The
+#: model-aware metrics use the model's runner-up class b (the most probable other than the target):
+#: ``counterfactual_mass`` is the share of positive attribution on the pixels that change when the
+#: image is painted as b, ``reliance_rank_correlation`` the Spearman correlation of attribution per
+#: part with the model's reliance per part (the largest drop of the target probability an
+#: intervention on the part causes), ``contrastivity`` the share of the difference between the
+#: explanations of the target and of b on the pixels that tell them apart. Their oracle: the mask
+#: (counterfactual mass ``|C| / |M|``; reliance correlation: attribution on the discriminative parts
+#: only); for contrastivity the mask for the target and the mask less the changed pixels for b
+#: (the parts the image shares with b), which scores 1.
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
@@ -76,8 +87,14 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("deletion_auc", "deletion", "model", higher_is_better=False),
         MetricSpec("insertion_auc", "insertion", "model"),
         MetricSpec("randomisation", "randomisation", "explainer", higher_is_better=False),
+        MetricSpec("counterfactual_mass", "CF mass", "counterfactual"),
+        MetricSpec("reliance_rank_correlation", "reliance corr.", "counterfactual"),
+        MetricSpec("contrastivity", "contrast", "contrast"),
     )
 }
+#: Kinds scored on the first ``model_metric_images`` images only (each image costs model passes or
+#: explainer calls).
+SUBSET_KINDS: tuple[str, ...] = ("model", "explainer", "contrast")
 #: The metrics scored by default on an8Flower: all of them.
 DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
 #: The metrics scored by default on ILSVRC12 validation boxes.
@@ -224,6 +241,8 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int) 
     elif spec.kind == "model":
         fn = getattr(M, spec.name)
         values = fn(ctx["model"], ctx["images"][:k], h, ctx["targets"][:k], **opts)
+    elif spec.kind in ("counterfactual", "contrast"):
+        values = _counterfactual_values(spec, opts, ctx, h, k)
     elif spec.kind == "explainer":
         explainer = ctx["explainer"]
         if isinstance(explainer, Oracle):
@@ -237,6 +256,27 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int) 
     if values is not None:
         acc.scores.extend(float(v) for v in values.detach().double().cpu())
     acc.n_images += k
+
+
+def _counterfactual_values(spec: MetricSpec, opts: dict[str, Any], ctx: dict[str, Any], h: torch.Tensor,
+                           k: int) -> torch.Tensor:
+    """The model-aware metrics of the first ``k`` images (inputs: ``ctx["counterfactual"]``)."""
+    from an8flower.eval import metrics as M
+
+    cf = ctx.get("counterfactual")
+    if cf is None:
+        raise UsageError(f"{spec.name} needs counterfactual renders: an an8Flower dataset with its spec and seed")
+    changed = cf["changed"][:k]
+    if spec.name == "counterfactual_mass":
+        return M.counterfactual_mass(h, changed, **opts)
+    if spec.name == "reliance_rank_correlation":
+        return M.reliance_rank_correlation(h, ctx["parts"][:k], cf["reliance"][:k], **opts)
+    explainer = ctx["explainer"]
+    if isinstance(explainer, Oracle):  # the parts the image shares with the runner-up
+        other = (ctx["masks"][:k] & ~changed).float()
+    else:
+        other = explainer(ctx["model"], ctx["images"][:k], cf["runner_up"][:k])
+    return M.contrastivity(h, other, changed, **opts)
 
 
 def finish_cell(acc: Accumulator, base: dict[str, Any], image_ids: Sequence[int], part_names: Sequence[str]) -> dict[str, Any]:
@@ -302,10 +342,15 @@ def batches(n: int, size: int) -> Iterator[slice]:
 def run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], model: nn.Module, model_name: str,
                    data: PreparedData, keep: torch.Tensor, config: RunConfig, device: torch.device, timer: Timer,
                    n_ex: int, disc_ids: list[int], log: Callable[[str], None],
-                   progress: Optional[bool] = None) -> dict[str, Any]:
-    """Explain the kept images batch by batch; score each batch into the missing cells."""
+                   progress: Optional[bool] = None,
+                   counterfactual: Optional[dict[str, torch.Tensor]] = None) -> dict[str, Any]:
+    """Explain the kept images batch by batch; score each batch into the missing cells.
+
+    ``counterfactual``: the inputs of the model-aware metrics, one row per kept image
+    (``changed`` (N, H, W) bool, ``reliance`` (N, P), ``runner_up`` (N,)); None where there are none.
+    """
     accs = [Accumulator(METRICS[m], metric_options(m, config),
-                         config.model_metric_images if METRICS[m].kind in ("model", "explainer") else None)
+                         config.model_metric_images if METRICS[m].kind in SUBSET_KINDS else None)
             for m in missing]
     out: dict[str, Any] = {"accumulators": accs, "examples": None, "calls": 0}
     try:
@@ -359,7 +404,9 @@ def run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], mo
             examples.append(h[: n_ex - sum(e.shape[0] for e in examples)].float().cpu().numpy().astype(np.float16))
         ctx = {"masks": masks, "parts": parts, "model": model, "images": images, "targets": targets,
                "explainer": explainer, "part_names": data.parts, "disc_ids": disc_ids,
-               "random_layers": random_layers, "seed": config.seed}
+               "random_layers": random_layers, "seed": config.seed,
+               "counterfactual": None if counterfactual is None else
+               {name: v[sl].to(device) for name, v in counterfactual.items()}}
         for acc in accs:
             k = min(acc.wants(), len(idx))
             if k == 0:

@@ -34,12 +34,13 @@ class CentreReader(nn.Module):
         j = spec.discriminative.index("centre")
         rgb = torch.tensor([spec.rgb(c[j]) for c in spec.class_colours], dtype=torch.float64)
         self.register_buffer("refs", rgb / rgb.sum(1, keepdim=True))
+        self.sharpness = nn.Parameter(torch.tensor(1e4, dtype=torch.float64), requires_grad=False)
         self.y, self.x = round(0.35 * size), round(0.5 * size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = x[:, :, self.y - 1:self.y + 2, self.x - 1:self.x + 2].double().mean((2, 3))
         chroma = w / w.sum(1, keepdim=True).clamp_min(1e-9)
-        return -1e4 * ((chroma[:, None, :] - self.refs[None]) ** 2).sum(-1)
+        return -self.sharpness * ((chroma[:, None, :] - self.refs[None]) ** 2).sum(-1)
 
 
 class Blind(nn.Module):
@@ -130,3 +131,47 @@ def test_bad_arguments():
         measure_reliance(Blind(6), spec, 0, [1], labels=[1, 2])
     with pytest.raises(UsageError, match=r"logits \(B, 6\)"):
         measure_reliance(Blind(5), spec, 0, [1], size=SIZE)
+
+
+# ----------------------------------------------------------------------------- in the leaderboard
+
+
+def test_leaderboard_writes_reliance_and_the_model_aware_columns(tmp_path):
+    import csv
+    import json
+    import math
+
+    from an8flower.eval.config import RunConfig
+    from an8flower.eval.runner import run_leaderboard
+
+    spec = _fixed_head("single-6c")
+    spec_file = tmp_path / "fixed.json"
+    spec_file.write_text(spec.to_json())
+    config = RunConfig(out=str(tmp_path / "res"), variants=[str(spec_file)], size=SIZE, per_class=5, all_images=True,
+                       explainers=["oracle", "random", "centre"],
+                       metrics=["counterfactual_mass", "reliance_rank_correlation", "contrastivity"],
+                       model_metric_images=4, examples=2, plots=True)
+    summary = run_leaderboard(config, models={"centre-reader": CentreReader(spec, SIZE)}, progress=False)
+    out = tmp_path / "res"
+    assert (out / f"reliance_an8flower_{spec.name}_centre-reader_test.png").is_file()
+    with open(out / "reliance.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(RELIANCE_COLUMNS)
+    by = {(r["part"], r["intervention"]): r for r in rows}
+    assert float(by["centre", "repaint"]["follow_rate"]) == 1.0 and float(by["petals", "remove"]["drop"]) == 0.0
+    assert "Model reliance by intervention (6 images" in summary.markdown and "| **centre** |" in summary.markdown
+    cells = {(c["explainer"], c["metric"]): c for c in summary.cells}
+    # oracle: contrastivity 1 on every image; CF mass = changed share of the mask; reliance corr. 1
+    # (the model relies on the centre only, the mask is the centre)
+    assert cells["oracle", "contrastivity"]["scores"] == [1.0] * 4
+    assert cells["oracle", "reliance_rank_correlation"]["value"] == pytest.approx(1.0)
+    test = [render(spec, 0, i, SIZE) for i in range(6 * 4, 6 * 5)]
+    rel = measure_reliance(CentreReader(spec, SIZE), spec, 0, range(24, 30), size=SIZE)
+    want = [float(c.sum() / s.mask.sum()) for c, s in zip(rel.changed, test)]
+    assert cells["oracle", "counterfactual_mass"]["scores"] == pytest.approx(want)
+    # class-insensitive references have no contrast: undefined, not 0
+    assert cells["random", "contrastivity"]["n"] == 0 and math.isnan(cells["centre", "contrastivity"]["value"])
+    doc = json.loads((out / "leaderboard.json").read_text())
+    meta = doc["tables"][0]["meta"]["reliance"]
+    assert meta["originals_match"] == 6 and len(meta["confusion"]["centre"]) == 6
+    assert "reliance" in summary.record["timings"]["metrics"]
