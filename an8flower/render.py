@@ -271,16 +271,18 @@ class _Painter:
     * ``foot[k]`` per discriminative part ``k``: anti-aliased fill with 255, so ``foot[k] > 0``
       exactly where part ``k`` itself changed a pixel (a blend with weight ``a >= 1`` writes at
       least 1 there; ``a = 0`` changes nothing);
-    * ``lo`` / ``hi``, the **bounds**: when part ``k`` is complete (:meth:`seal`) they take the
-      image with 0 (``lo``) and 255 (``hi``) on ``foot[k]``; every later shape is drawn on them as
-      on the image. OpenCV's anti-aliased blend ``d + (((c - d) * a + 127) >> 8)`` (``a <= 255``),
-      its solid spans and the lighting product are non-decreasing in the value under them, so
-      whatever colour (class, jitter) part ``k`` takes, each channel of the final image lies
-      between the bounds': a pixel where ``lo == hi`` has the same value for every colour of
-      every discriminative part. The mask is ``lo != hi`` (:meth:`finish_parts`), colour- and
-      label-independent (the bounds never see a discriminative colour). Shapes are drawn on the
-      bounds only if they reach the box of the sealed parts (with a margin for anti-aliasing);
-      outside it the bounds equal the image and are copied from it when the box grows.
+    * ``bounds[0]`` / ``bounds[1]`` (low / high): when part ``k`` is complete (:meth:`seal`) they
+      take the image with 0 (low) and 255 (high) on ``foot[k]``; every later shape and the lighting
+      are applied to them as to the image. OpenCV's anti-aliased blend
+      ``d + (((c - d) * a + 127) >> 8)`` (``a <= 255``), its solid spans and the lighting product
+      are non-decreasing in the value under them, so whatever colour (class, jitter) part ``k``
+      takes, each channel of the final image lies between the bounds: a pixel where they agree
+      has the same value for every colour of every discriminative part. The mask is where they
+      differ (:meth:`finish`). It does not depend on the label (the bounds never see a
+      discriminative colour); it does see the colours of the parts drawn later, whose blends'
+      rounding decides whether a faint trace survives. Shapes are drawn on the bounds only if they
+      may reach the box of the sealed parts (with a margin for anti-aliasing); outside it the
+      bounds are not read, and the image is copied into them when the box grows.
 
     A part in ``removed`` is not drawn, except on ``geom``: a second hard part map, kept only when
     parts are removed, on which every part is drawn, so that the visibility test of an intervened
