@@ -14,8 +14,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-#: Public name -> (module, attribute). The renderer function is exported as ``render_sample``:
-#: the name ``an8flower.render`` belongs to the submodule (importing it rebinds that attribute).
+#: Public name -> (module, attribute). The renderer function is exported as ``render_sample`` and
+#: the intervention function as ``intervene_sample``: the names ``an8flower.render`` and
+#: ``an8flower.intervene`` belong to the submodules (importing one rebinds that attribute).
 _EXPORTS = {
     "VariantSpec": ("an8flower.spec", "VariantSpec"),
     "load_spec": ("an8flower.spec", "load_spec"),
@@ -23,6 +24,9 @@ _EXPORTS = {
     "Sample": ("an8flower.render", "Sample"),
     "render_sample": ("an8flower.render", "render"),
     "class_of": ("an8flower.render", "class_of"),
+    "intervene_sample": ("an8flower.intervene", "intervene"),
+    "intervene_many": ("an8flower.intervene", "intervene_many"),
+    "Intervention": ("an8flower.intervene", "Intervention"),
     "An8Flower": ("an8flower.datasets.generated", "An8Flower"),
     "An8FlowerOnTheFly": ("an8flower.datasets.generated", "An8FlowerOnTheFly"),
 }

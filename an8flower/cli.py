@@ -20,6 +20,7 @@ from an8flower.errors import An8FlowerError
 COMMAND_MODULES: tuple[str, ...] = (
     "an8flower.commands",  # generate, verify, show, cite
     "an8flower.export_cmd",  # export
+    "an8flower.intervene_cli",  # intervene
     "an8flower.eval.commands",  # train, leaderboard
     "an8flower.eval.interpret",  # interpret, explain (they load checkpoints and data: eval's side)
 )

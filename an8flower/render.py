@@ -21,18 +21,33 @@ side, fixed-point sub-pixel coordinates), in painter's order:
 7. a smooth multiplicative lighting field (grey, with a mild per-channel tint), applied per pixel.
 
 **Part map and mask.** The part map gives each pixel the id of the topmost part whose *hard*
-(non-anti-aliased) rasterisation covers the pixel centre, *except* that every pixel to whose final
-colour a discriminative part contributes anything (its anti-aliased coverage, after all later parts
-are composited over it, is > 0) is labelled with that discriminative part (with the largest
-contribution where two do). The mask is ``isin(parts, discriminative ids)``. So the anti-aliased
-fringe of a discriminative part belongs to the mask, and no pixel outside the mask carries any of a
-discriminative part's colour: the class is readable only inside the mask. The renderer tracks
-the contribution with one uint8 coverage canvas per discriminative part, drawn with the same
-anti-aliased fills as the image (255 for the part, 0 for every part drawn over it).
+(non-anti-aliased) rasterisation covers the pixel centre, *except* that every pixel whose final
+value depends on a discriminative part's colour is labelled with that discriminative part (the one
+drawn last where two may contribute). The mask is ``isin(parts, discriminative ids)``. So the
+anti-aliased fringe of a discriminative part belongs to the mask, and **every pixel outside the
+mask is byte-identical whatever colours the discriminative parts take** (every class, every
+jitter): the class is readable only inside the mask.
+
+The dependence is decided exactly, not estimated. OpenCV's anti-aliased drawing blends a colour
+``c`` into a pixel ``d`` as ``d + (((c - d) * a + 127) >> 8)`` with an integer weight
+``a <= 255`` and writes solid spans outright; the lighting is a rounded product. Each step is
+non-decreasing in the pixel value under it, so each channel of the final image is a
+non-decreasing function of the value a discriminative part left there. The renderer draws two
+*bound* images beside the image: when a discriminative part is complete, they take the image with
+0 (low bound) and 255 (high bound) on every pixel the part touched, and every later shape and the
+lighting are applied to them as to the image. Whatever the part's colour, the final image lies
+between the bounds channel by channel; where the bounds agree, the pixel cannot depend on any
+discriminative colour. The mask is where they differ. The bounds never see a class colour, so the
+mask and part map are the same for every label. (An earlier renderer tracked the contribution on
+8-bit coverage canvases; two successive anti-aliased over-draws could round the coverage to 0 while
+the image kept a one-level trace of the class colour on a few pixels next to the mask.)
 
 **Visibility.** Each discriminative part keeps at least ``nuisance.min_visible_fraction`` of its
-own area and ``nuisance.min_visible_area`` of the image area visible; a sample that violates this
-is redrawn with ``attempt + 1`` (the acceptance depends on geometry only, never on the class).
+own area and ``nuisance.min_visible_area`` of the image area visible, both counted on the hard
+part map (the part's hard pixels at the end over those right after it was drawn); a sample that
+violates this is redrawn with ``attempt + 1``. The test depends on geometry only, never on a
+colour or the class, so every label (and every intervention of :mod:`an8flower.intervene`) of
+a sample is drawn at the same attempt.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -223,113 +239,225 @@ def _rot(angle: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Painter: image, part map and discriminative coverage canvases drawn in lockstep
+# Painter: image, part map and the bounds that decide the mask, drawn in lockstep
+
+
+#: Channel-summing matrix for ``cv2.transform``.
+_SUM3 = np.ones((1, 3), np.float32)
+
+
+@lru_cache(maxsize=None)
+def _constant(size: int, value: int) -> np.ndarray:
+    """A read-only (size, size) uint8 image filled with ``value``."""
+    out = np.full((size, size), value, np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _extremes(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Black and white (size, size, 3) uint8 images (read-only)."""
+    black, white = np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)
+    black.setflags(write=False)
+    white.setflags(write=False)
+    return black, white
 
 
 class _Painter:
-    """Draws every shape three ways at once.
+    """Draws every shape on the image, on the hard part map and, for the mask, on two bounds.
 
-    * ``image``: anti-aliased colour fill;
+    * ``image``: anti-aliased colour fill (``LINE_AA``);
     * ``parts``: hard (``LINE_8``) fill with the part id (painter's order);
-    * ``cover[k]`` (one per discriminative part ``k`` drawn so far): anti-aliased fill with 255 for
-      part ``k`` and 0 for every other part, so after compositing ``cover[k] > 0`` exactly where
-      part ``k`` still contributes to the pixel's colour. A shape is not drawn on a coverage canvas
-      whose part lies outside the shape's bounding box (nothing there to erase).
+    * ``foot[k]`` per discriminative part ``k``: anti-aliased fill with 255, so ``foot[k] > 0``
+      exactly where part ``k`` itself changed a pixel (a blend with weight ``a >= 1`` writes at
+      least 1 there; ``a = 0`` changes nothing);
+    * ``bounds[0]`` / ``bounds[1]`` (low / high): when part ``k`` is complete (:meth:`seal`) they
+      take the image with 0 (low) and 255 (high) on ``foot[k]``; every later shape and the lighting
+      are applied to them as to the image. OpenCV's anti-aliased blend
+      ``d + (((c - d) * a + 127) >> 8)`` (``a <= 255``), its solid spans and the lighting product
+      are non-decreasing in the value under them, so whatever colour (class, jitter) part ``k``
+      takes, each channel of the final image lies between the bounds: a pixel where they agree
+      has the same value for every colour of every discriminative part. The mask is where they
+      differ (:meth:`finish`). It does not depend on the label (the bounds never see a
+      discriminative colour); it does see the colours of the parts drawn later, whose blends'
+      rounding decides whether a faint trace survives. Shapes are drawn on the bounds only if they
+      may reach the box of the sealed parts (with a margin for anti-aliasing); outside it the
+      bounds are not read, and the image is copied into them when the box grows.
+
+    A part in ``removed`` is not drawn, except on ``geom``: a second hard part map, kept only when
+    parts are removed, on which every part is drawn, so that the visibility test of an intervened
+    scene is the original's.
     """
 
-    def __init__(self, size: int, disc_ids: tuple[int, ...]) -> None:
+    def __init__(self, size: int, disc_ids: tuple[int, ...], removed: frozenset[int] = frozenset()) -> None:
         self.size = size
         self.scale = size * _ONE
         self.image = np.empty((size, size, 3), np.uint8)
         self.parts = np.zeros((size, size), np.uint8)
+        self.geom = np.zeros((size, size), np.uint8) if removed else None
         self.disc_ids = disc_ids
+        self.removed = removed
         #: Outline width in pixels: about 1/256 of the side (at least 1 px).
         self.line = max(1, round(size / 256))
-        self.cover: dict[int, np.ndarray] = {}
-        self.box: dict[int, list[int]] = {}
+        self.bounds: Optional[np.ndarray] = None  # (2, H, W, 3): lo, hi
+        #: The bounds' box [x0, y0, x1, y1) in pixels, and in fixed point widened by a shape's reach.
+        self.box = [size, size, 0, 0]
+        self.fbox = self.box
+        #: Discriminative parts sealed so far, in drawing order.
+        self.order: list[int] = []
+        self.foot: dict[int, np.ndarray] = {}
+        #: Per discriminative part (removed ones included), the box its shapes may touch.
+        self.pbox: dict[int, list[int]] = {}
 
     def fix(self, pts: np.ndarray) -> np.ndarray:
         """Unit coordinates (..., 2) -> int32 fixed-point pixel coordinates."""
         return np.rint(pts * self.scale).astype(np.int32)
 
-    def _cover(self, pts: list[np.ndarray], pid: int, draw) -> None:
-        if pid in self.disc_ids and pid not in self.cover:
-            self.cover[pid] = np.zeros((self.size, self.size), np.uint8)
-            self.box[pid] = [1 << 30, 1 << 30, -(1 << 30), -(1 << 30)]
-        if not self.cover:
-            return
-        x, y, w, h = cv2.boundingRect(pts[0] if len(pts) == 1 else np.concatenate(pts))
-        margin = (2 + self.line) << _SHIFT  # anti-aliasing and line width reach beyond
-        x0, y0, x1, y1 = x - margin, y - margin, x + w + margin, y + h + margin
-        for k, canvas in self.cover.items():
-            b = self.box[k]
-            if k == pid:
-                draw(canvas, 255)
-                b[0], b[1] = min(b[0], x0), min(b[1], y0)
-                b[2], b[3] = max(b[2], x1), max(b[3], y1)
-            elif x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1:
-                draw(canvas, 0)
+    def _draw(self, pts: list[np.ndarray], colour: tuple[int, int, int], pid: int, draw) -> None:
+        """``draw(canvas, value, line_type)`` on every canvas the shape belongs to."""
+        if pid in self.disc_ids:
+            x, y, w, h = cv2.boundingRect(pts[0] if len(pts) == 1 else np.concatenate(pts))
+            m, n = 2 + self.line, self.size  # anti-aliasing and line width reach beyond the vertices
+            reach = (max(0, (x >> _SHIFT) - m), max(0, (y >> _SHIFT) - m),
+                     min(n, ((x + w) >> _SHIFT) + 1 + m), min(n, ((y + h) >> _SHIFT) + 1 + m))
+            b = self.pbox.setdefault(pid, list(reach))
+            b[:] = min(b[0], reach[0]), min(b[1], reach[1]), max(b[2], reach[2]), max(b[3], reach[3])
+        if self.geom is not None:
+            draw(self.geom, pid, cv2.LINE_8)
+            if pid in self.removed:
+                return
+        draw(self.image, colour, cv2.LINE_AA)
+        draw(self.parts, pid, cv2.LINE_8)
+        if pid in self.disc_ids:
+            foot = self.foot.get(pid)
+            if foot is None:
+                foot = self.foot[pid] = np.zeros((self.size, self.size), np.uint8)
+            draw(foot, 255, cv2.LINE_AA)
+        elif self.bounds is not None:
+            x, y, w, h = cv2.boundingRect(pts[0] if len(pts) == 1 else np.concatenate(pts))
+            b = self.fbox
+            if x < b[2] and b[0] < x + w and y < b[3] and b[1] < y + h:  # may reach the box
+                draw(self.bounds[0], colour, cv2.LINE_AA)
+                draw(self.bounds[1], colour, cv2.LINE_AA)
 
     def fill(self, pts: list[np.ndarray], colour: tuple[int, int, int], pid: int) -> None:
         """Fill polygons (fixed point; disjoint if several) with ``colour`` as part ``pid``."""
-        cv2.fillPoly(self.image, pts, colour, cv2.LINE_AA, _SHIFT)
-        cv2.fillPoly(self.parts, pts, pid, cv2.LINE_8, _SHIFT)
-        self._cover(pts, pid, lambda c, v: cv2.fillPoly(c, pts, v, cv2.LINE_AA, _SHIFT))
+        self._draw(pts, colour, pid, lambda c, v, t: cv2.fillPoly(c, pts, v, t, _SHIFT))
 
     def outline(self, pts: list[np.ndarray], colour: tuple[int, int, int], pid: int,
                 closed: bool = True) -> None:
-        """Draw anti-aliased outlines (fixed-point polylines, ``self.line`` px) as part ``pid``."""
-        t = self.line
-        cv2.polylines(self.image, pts, closed, colour, t, cv2.LINE_AA, _SHIFT)
-        cv2.polylines(self.parts, pts, closed, pid, t, cv2.LINE_8, _SHIFT)
-        self._cover(pts, pid,
-                    lambda c, v: cv2.polylines(c, pts, closed, v, t, cv2.LINE_AA, _SHIFT))
+        """Draw outlines (fixed-point polylines, ``self.line`` px) in ``colour`` as part ``pid``."""
+        w = self.line
+        self._draw(pts, colour, pid, lambda c, v, t: cv2.polylines(c, pts, closed, v, w, t, _SHIFT))
 
     def seal(self, pid: int) -> int:
-        """Once part ``pid`` is drawn, mark every pixel it touched as fully its own (255).
-
-        Later anti-aliased fills scale a coverage value ``w`` by ``1 - alpha`` and round; starting
-        from 255 rather than a small fringe value keeps ``w > 0`` wherever the part still shows.
+        """Part ``pid`` is complete: put its footprint into the bounds (0 in ``lo``, 255 in ``hi``).
 
         Returns:
-            The number of pixels the part touched (0 for a non-discriminative part).
+            The part's pixels in the hard part map of the unintervened scene (its unoccluded area,
+            for the visibility test); 0 for a non-discriminative part.
         """
-        canvas = self.cover.get(pid)
-        if canvas is None:
+        if pid not in self.disc_ids:
             return 0
-        cv2.threshold(canvas, 0, 255, cv2.THRESH_BINARY, dst=canvas)
-        return int(cv2.countNonZero(canvas))
+        count = self.hard_count(pid)
+        foot = self.foot.get(pid)
+        if foot is None:  # removed (or drew nothing)
+            return count
+        reach = self.pbox[pid]
+        if self.bounds is None:  # only the box must hold the image: outside it nothing is read
+            self.bounds = np.empty((2, self.size, self.size, 3), np.uint8)
+            x0, y0, x1, y1 = self.box = list(reach)
+            self.bounds[:, y0:y1, x0:x1] = self.image[y0:y1, x0:x1]
+        else:
+            bx0, by0, bx1, by1 = self.box
+            x0, y0 = min(bx0, reach[0]), min(by0, reach[1])
+            x1, y1 = max(bx1, reach[2]), max(by1, reach[3])
+            # the new box minus the old one: strips above, below, left and right of the old box
+            both, image = self.bounds, self.image
+            both[:, y0:by0, x0:x1] = image[y0:by0, x0:x1]
+            both[:, by1:y1, x0:x1] = image[by1:y1, x0:x1]
+            both[:, by0:by1, x0:bx0] = image[by0:by1, x0:bx0]
+            both[:, by0:by1, bx1:x1] = image[by0:by1, bx1:x1]
+            self.box = [x0, y0, x1, y1]
+        m = 3 + self.line
+        self.fbox = [(self.box[0] - m) << _SHIFT, (self.box[1] - m) << _SHIFT,
+                     (self.box[2] + m) << _SHIFT, (self.box[3] + m) << _SHIFT]
+        x0, y0, x1, y1 = reach
+        touched = foot[y0:y1, x0:x1]
+        black, white = _extremes(self.size)
+        cv2.copyTo(black[y0:y1, x0:x1], touched, self.bounds[0, y0:y1, x0:x1])
+        cv2.copyTo(white[y0:y1, x0:x1], touched, self.bounds[1, y0:y1, x0:x1])
+        self.order.append(pid)
+        return count
 
-    def finish_parts(self) -> None:
-        """Label every pixel a discriminative part contributes to with that part.
+    def hard_count(self, pid: int) -> int:
+        """Pixels of the hard part map of the unintervened scene labelled ``pid`` (discriminative).
 
-        Where two discriminative parts contribute, the larger contribution wins (ties: the part
-        listed first in the spec).
+        This is what the visibility test counts: it depends on the geometry only, not on any
+        colour, nor on which parts an intervention leaves out.
         """
-        best = None
+        b = self.pbox.get(pid)
+        if b is None:
+            return 0
+        hard = self.parts if self.geom is None else self.geom
+        return int(np.count_nonzero(hard[b[1]:b[3], b[0]:b[2]] == pid))
+
+    def light(self, light: np.ndarray) -> None:
+        """Multiply the image, and the bounds inside their box, by ``light / 128`` (uint8)."""
+        cv2.multiply(self.image, light, dst=self.image, scale=1.0 / 128.0)
+        if self.bounds is not None:
+            x0, y0, x1, y1 = self.box
+            win = light[y0:y1, x0:x1]
+            for b in self.bounds:
+                cv2.multiply(b[y0:y1, x0:x1], win, dst=b[y0:y1, x0:x1], scale=1.0 / 128.0)
+
+    def finish(self) -> tuple[np.ndarray, dict[int, int]]:
+        """Label every pixel whose value depends on a discriminative colour with that part.
+
+        After :meth:`light`. Where two discriminative parts may contribute (both touched the
+        pixel), the one drawn last (on top) wins.
+
+        Returns:
+            The mask, (H, W) bool: the pixels of the part map labelled with a discriminative part;
+            and per discriminative part id, its pixels in the part map.
+        """
+        mask = np.zeros((self.size, self.size), bool)
+        if self.bounds is None:
+            return mask, {k: 0 for k in self.disc_ids}
+        x0, y0, x1, y1 = self.box
+        win = self.parts[y0:y1, x0:x1]
+        varies = cv2.transform(cv2.absdiff(self.bounds[0, y0:y1, x0:x1], self.bounds[1, y0:y1, x0:x1]),
+                               _SUM3)  # the sum of the channels' differences (saturated): > 0 iff any
+        for i, k in enumerate(self.order):
+            where = varies if i == 0 else cv2.min(varies, self.foot[k][y0:y1, x0:x1])
+            cv2.copyTo(_constant(self.size, k)[y0:y1, x0:x1], where, win)
+        counts = {}
+        inside = mask[y0:y1, x0:x1]
         for k in self.disc_ids:
-            w = self.cover.get(k)
-            if w is None:
-                continue
-            if best is None:
-                np.copyto(self.parts, k, where=w > 0)
-                best = w
-            else:
-                np.copyto(self.parts, k, where=w > best)
-                best = np.maximum(best, w)
+            on = win == k
+            counts[k] = int(np.count_nonzero(on))
+            inside |= on
+        return mask, counts
 
 
 # ---------------------------------------------------------------------------------------------
 # Scene
 
 
-def _background(p: _Painter, d: _Draws, spec: VariantSpec, kind: str, meta: dict) -> None:
-    """Paint ``plain``, ``gradient`` or two-octave value-``noise`` background into ``p.image``."""
+def _background(p: _Painter, d: _Draws, spec: VariantSpec, kind: str, meta: dict,
+                base: Optional[tuple[str, tuple[int, int, int]]] = None) -> None:
+    """Paint ``plain``, ``gradient`` or two-octave value-``noise`` background into ``p.image``.
+
+    ``base``: an intervention's (name, RGB) replacing both background colours (drawn all the same).
+    """
     nz = spec.nuisance
     pal = spec.palette("background")
     c1n, c2n = d.choice(pal), d.choice(pal)
-    c1 = np.array(d.jitter(spec.rgb(c1n), d.integer(nz.nuisance_jitter)), np.float32)
-    c2 = np.array(d.jitter(spec.rgb(c2n), d.integer(nz.nuisance_jitter)), np.float32)
+    rgb1, rgb2 = spec.rgb(c1n), spec.rgb(c2n)
+    if base is not None:
+        (c1n, rgb1), (c2n, rgb2) = base, base
+    c1 = np.array(d.jitter(rgb1, d.integer(nz.nuisance_jitter)), np.float32)
+    c2 = np.array(d.jitter(rgb2, d.integer(nz.nuisance_jitter)), np.float32)
     if kind == "plain":
         p.image[:] = c1.astype(np.uint8)
         meta["background_colours"] = [c1n]
@@ -402,18 +530,45 @@ def _blade(d: _Draws) -> np.ndarray:
     return poly
 
 
-def _draw_scene(spec: VariantSpec, d: _Draws, label: int,
-                size: int) -> tuple[_Painter, dict, dict[int, int]]:
+@dataclass(frozen=True)
+class _Change:
+    """An intervention on a scene (built and checked by :mod:`an8flower.intervene`).
+
+    Attributes:
+        colours: ``(part, colour name, RGB)`` triples: the part's base colour, before jitter and
+            lighting, replacing what the class rule or the part's palette gave it.
+        removed: parts left out of the picture (not painted; their random draws are still made).
+    """
+
+    colours: tuple[tuple[str, str, tuple[int, int, int]], ...] = ()
+    removed: frozenset[str] = frozenset()
+
+    def base(self, part: str) -> Optional[tuple[str, tuple[int, int, int]]]:
+        for p, name, rgb in self.colours:
+            if p == part:
+                return name, rgb
+        return None
+
+
+_NO_CHANGE = _Change()
+
+
+def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int,
+                change: _Change = _NO_CHANGE) -> tuple[_Painter, dict, dict[int, int]]:
     """Draw one scene; ``label`` is read only to pick the discriminative parts' colours.
 
+    ``change`` substitutes base colours and leaves parts out; it never changes which random draws
+    are made, so the geometry and every other colour stay as in the unchanged scene.
+
     Returns:
-        The painter (image, part map, coverage canvases), the sampled parameters and, for each
-        discriminative part id, the pixels it covered when drawn (before later parts hid any).
+        The painter (image, part map, bounds, lighting applied), the sampled parameters and, for
+        each discriminative part id, its pixels in the hard part map when it was drawn (before
+        later parts hid any).
     """
     nz = spec.nuisance
     pid = {name: i for i, name in enumerate(spec.parts)}
     disc = spec.discriminative
-    p = _Painter(size, spec.discriminative_ids)
+    p = _Painter(size, spec.discriminative_ids, frozenset(pid[q] for q in change.removed))
     meta: dict = {}
 
     # Colours. Every draw is made whatever the label; the label only picks the class colours.
@@ -425,21 +580,30 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int,
             name = spec.class_colours[label][disc.index(part)]
         else:
             name = d.choice(spec.palette(part))
-        colour[part] = d.jitter(spec.rgb(name), amount)
+        name, rgb = change.base(part) or (name, spec.rgb(name))
+        jittered = d.jitter(rgb, amount)
+        colour[part] = jittered
         meta[f"{part}_colour"] = name
-        meta[f"{part}_rgb"] = list(colour[part])
+        meta[f"{part}_rgb"] = list(jittered)
 
     # 1. background, and clutter behind the flower
     kind = d.choice(nz.backgrounds)
     base_kind = kind if kind != "clutter" else ("plain", "gradient", "noise")[int(d.u() * 3)]
     meta["background"] = kind
     meta["background_base"] = base_kind
-    _background(p, d, spec, base_kind, meta)
-    clutter_id = pid.get("clutter", 0)
-    clutter_pal = spec.palette("clutter" if "clutter" in pid else "background")
+    _background(p, d, spec, base_kind, meta, change.base("background"))
+    clutter_part = "clutter" if "clutter" in pid else "background"
+    clutter_id = pid[clutter_part]
+    clutter_pal = spec.palette(clutter_part)
+    clutter_base = change.base(clutter_part)
+
+    def clutter_colour() -> tuple[int, int, int]:
+        rgb = spec.rgb(d.choice(clutter_pal))
+        return d.jitter(rgb if clutter_base is None else clutter_base[1], nz.nuisance_jitter[1])
+
     n_clutter = d.integer(nz.clutter_count) if kind == "clutter" else 0
     for _ in range(n_clutter):
-        c = d.jitter(spec.rgb(d.choice(clutter_pal)), nz.nuisance_jitter[1])
+        c = clutter_colour()
         p.fill([p.fix(_clutter_shape(d))], c, clutter_id)
     meta["clutter_count"] = n_clutter
 
@@ -539,7 +703,7 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int,
     # 6. grass-blade occluders in front of the flower
     n_occ = d.integer(nz.occluder_count)
     for _ in range(n_occ):
-        c = d.jitter(spec.rgb(d.choice(clutter_pal)), nz.nuisance_jitter[1])
+        c = clutter_colour()
         p.fill([p.fix(_blade(d))], c, clutter_id)
     meta["occluder_count"] = n_occ
 
@@ -549,8 +713,7 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int,
     field = 1.0 + amp * (2.0 * d.vec(9) - 1.0)
     chan = 1.0 + tint * (2.0 * d.vec(3) - 1.0)
     low = np.rint(128.0 * field.reshape(3, 3, 1) * chan.reshape(1, 1, 3)).astype(np.uint8)
-    light = cv2.resize(low, (size, size), interpolation=cv2.INTER_LINEAR)
-    cv2.multiply(p.image, light, dst=p.image, scale=1.0 / 128.0)
+    p.light(cv2.resize(low, (size, size), interpolation=cv2.INTER_LINEAR))
     meta.update(illumination=round(amp, 6), tint=round(tint, 6))
 
     return p, meta, full
@@ -593,35 +756,31 @@ def render(spec: VariantSpec, seed: int, index: int, size: int | None = None) ->
     return _render_sample(spec, seed, index, size, class_of(spec, index))
 
 
-def _render_sample(spec: VariantSpec, seed: int, index: int, size: int, label: int) -> Sample:
+def _render_sample(spec: VariantSpec, seed: int, index: int, size: int, label: int,
+                   change: _Change = _NO_CHANGE) -> Sample:
     """:func:`render` with the label given: sample ``index``'s nuisance, painted as class ``label``.
 
     Rendering one ``(seed, index)`` with every label is the counterfactual the tests use to prove
-    that the class lives only in the mask: the images are byte-identical outside it.
+    that the class lives only in the mask: the images are byte-identical outside it. ``change``
+    (an intervention) substitutes base colours and leaves parts out; the visibility test counts
+    the hard part map of the unchanged scene, so the accepted attempt, hence the geometry, is the
+    original's.
     """
     nz = spec.nuisance
     min_px = nz.min_visible_area * size * size
     for attempt in range(MAX_ATTEMPTS):
         d = _Draws(np.random.default_rng([seed, index, attempt]))
-        painter, meta, full = _draw_scene(spec, d, label, size)
-        painter.finish_parts()
-        visible = {}
-        ok = True
-        for part, k in zip(spec.discriminative, spec.discriminative_ids):
-            vis = int(np.count_nonzero(painter.parts == k))
-            visible[part] = vis
-            if vis < min_px or vis < nz.min_visible_fraction * full[k]:
-                ok = False
-        if ok:
+        painter, meta, full = _draw_scene(spec, d, label, size, change)
+        if all(painter.hard_count(k) >= max(min_px, nz.min_visible_fraction * full[k])
+               for k in spec.discriminative_ids):
             break
     else:
         raise SpecError(
             f"spec {spec.name!r}: discriminative parts not visible enough in {MAX_ATTEMPTS} draws "
             f"(sample {index}); relax nuisance.min_visible_fraction / min_visible_area"
         )
-    mask = np.zeros((size, size), bool)
-    for k in spec.discriminative_ids:
-        mask |= painter.parts == k
+    mask, counts = painter.finish()
+    visible = {part: counts[k] for part, k in zip(spec.discriminative, spec.discriminative_ids)}
     meta = {"index": index, "seed": seed, "size": size, "label": label,
             "class": spec.classes[label], "attempt": attempt,
             **meta, **{f"{part}_visible_px": v for part, v in visible.items()}}

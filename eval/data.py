@@ -166,7 +166,10 @@ class PreparedData:
         SHA-256 of a generated folder; the SHA-256 of the rendered splits' bytes otherwise).
         classes, parts, discriminative: class names, part names and the discriminative parts.
         train, val: the training splits (None when the model is loaded, not trained). test: the
-        scored split. size: image side. info: facts recorded in ``run.json``.
+        scored split. size: image side. info: facts recorded in ``run.json``. spec, seed: the
+        an8Flower variant (at ``size``) and dataset seed the images are renders of (None for other
+        datasets): the counterfactual re-renders of model reliance (:mod:`an8flower.eval.reliance`)
+        need them, with each image's sample index (``test.ids``).
     """
 
     dataset: str
@@ -181,6 +184,8 @@ class PreparedData:
     test: TensorSplit
     size: int
     info: dict[str, Any] = field(default_factory=dict)
+    spec: Optional[Any] = None
+    seed: Optional[int] = None
 
 
 def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, progress: Optional[bool] = None) -> PreparedData:
@@ -207,6 +212,7 @@ def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, 
         classes, parts, disc = list(ds.classes), list(ds.parts), list(ds.discriminative_parts)
         source, size = os.fspath(folder), int(loaded[config.split].images.shape[-1])
         facts = {"seed": info.get("seed"), "per_class": info.get("per_class"), "version": info.get("version")}
+        spec, seed = _folder_spec(info, size), info.get("seed")
     else:
         for split in splits:
             ds = An8FlowerOnTheFly(variant, split, size=config.size, per_class=config.per_class,
@@ -219,12 +225,25 @@ def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, 
             d.update(split.encode() + loaded[split].sha256().encode())
         digest, source, size = d.hexdigest(), "rendered in memory", config.size
         facts = {"seed": config.seed, "per_class": config.per_class, "spec_sha256": spec.sha256()}
+        seed = config.seed
     facts["sizes"] = {s: len(t) for s, t in loaded.items()}
     return PreparedData(
         dataset="an8flower", variant=name, source=source, hash=digest, classes=classes, parts=parts,
         discriminative=disc, train=loaded.get("train"), val=loaded.get("val"), test=loaded[config.split],
-        size=size, info=facts,
+        size=size, info=facts, spec=spec, seed=seed,
     )
+
+
+def _folder_spec(info: dict[str, Any], size: int) -> Optional[Any]:
+    """The spec a generated folder was rendered from (``dataset.json``), at its image size; None if
+    ``dataset.json`` holds none that this version can read."""
+    from an8flower.errors import SpecError
+    from an8flower.spec import VariantSpec
+
+    try:
+        return VariantSpec.from_dict(info["spec"]).with_size(size)
+    except (KeyError, SpecError, UsageError):
+        return None
 
 
 def prepare_imagenet(config: RunConfig, progress: Optional[bool] = None) -> PreparedData:

@@ -14,7 +14,10 @@ split, seed) with the per-image scores, their mean ``value`` and count ``n``, an
   bold (the ``oracle`` row is the ceiling and is not a candidate);
 * PNG plots (matplotlib, Agg backend): IoU against the binarisation threshold per explainer,
   a grid of example heatmaps over their images with the mask outlined, and the chance-normalised
-  share of positive attribution per part of the an8Flower part map.
+  share of positive attribution per part of the an8Flower part map;
+* where the runner measured model reliance (an8Flower, :mod:`an8flower.eval.reliance`):
+  ``reliance.csv`` (one row per group, part and intervention), a bar plot per group and a table
+  in ``leaderboard.md``.
 
 The 95% confidence interval of a mean over n images is the Student-t interval
 ``mean +- t_{0.975, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation (``ddof=1``);
@@ -47,6 +50,8 @@ __all__ = [
     "plot_examples",
     "plot_part_attribution",
     "series_styles",
+    "plot_reliance",
+    "reliance_markdown",
     "atomic_write",
 ]
 
@@ -315,6 +320,8 @@ def leaderboard_markdown(
         parts = meta.get("part_table")
         if parts:
             lines += _part_markdown(parts) + [""]
+        if meta.get("reliance"):
+            lines += reliance_markdown(meta["reliance"]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -354,6 +361,82 @@ def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
     for expl, values in parts["normalised"].items():
         lines.append(f"| {md_cell(expl)} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in values) + " |")
     return lines
+
+
+def reliance_markdown(rel: Mapping[str, Any]) -> list[str]:
+    """The model-reliance table of one group (a :meth:`an8flower.eval.reliance.Reliance.summary`).
+
+    One row per part (discriminative parts in bold, then the row painting every discriminative
+    part as another class): mean drop of the target probability (95% CI) and flip rate when the
+    part is recoloured, removed or (discriminative) repainted, and how often the prediction
+    follows a repaint to the class its new colours define.
+    """
+    def fmt(r: Optional[Mapping[str, Any]], key: str, ci: bool = False) -> str:
+        if r is None or r.get(key) is None:
+            return "–"
+        text = f"{round(r[key], 3) + 0.0:.3f}"  # + 0.0: no "-0.000"
+        return text + (f" ± {r['ci95']:.3f}" if ci and r.get("ci95") is not None else "")
+
+    by = {(r["part"], r["intervention"]): r for r in rel["rows"]}
+    disc = set(rel.get("discriminative", []))
+    names = list(rel["parts"]) + [p for p, _ in by if p not in rel["parts"]]
+    lines = [
+        f"Model reliance by intervention ({rel['n_images']} images, each re-rendered with one part changed and "
+        f"every other pixel identical): the mean drop of the target probability (± 95% CI) and the share of "
+        f"predictions that flip when the part is recoloured ({rel['colour']}, the spec colour farthest from every "
+        f"class colour), removed, or (discriminative parts) repainted in each other class colour of the part; "
+        f"*follows*: the prediction moves to the class the new colours define.",
+        "",
+        "| part | recolour drop | flips | remove drop | flips | repaint drop | flips | follows |",
+        "|:--|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for part in dict.fromkeys(names):
+        rows = [by.get((part, w)) for w in ("recolour", "remove", "repaint")]
+        if not any(rows):
+            continue
+        label = f"**{part}**" if part in disc else (f"*{part}*" if part not in rel["parts"] else part)
+        cells = []
+        for r in rows:
+            cells += [fmt(r, "drop", ci=True), fmt(r, "flip_rate")]
+        lines.append(f"| {label} | " + " | ".join(cells + [fmt(rows[2], "follow_rate")]) + " |")
+    return lines
+
+
+def plot_reliance(path: str | os.PathLike[str], rel: Mapping[str, Any], title: str = "") -> None:
+    """Grouped bars: per part, the mean drop of the target probability (95% CI) under each intervention.
+
+    Args:
+        path: the PNG to write.
+        rel: a :meth:`an8flower.eval.reliance.Reliance.summary`.
+        title: the figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    by = {(r["part"], r["intervention"]): r for r in rel["rows"]}
+    parts = list(dict.fromkeys([p for p, _ in by]))
+    kinds = [("recolour", f"recolour ({rel['colour']})"), ("remove", "remove"), ("repaint", "repaint as another class")]
+    x = np.arange(len(parts))
+    width = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(parts) + 2), 3.8), dpi=90)
+    for i, (kind, label) in enumerate(kinds):
+        vals = [by.get((p, kind), {}).get("drop") for p in parts]
+        errs = [by.get((p, kind), {}).get("ci95") for p in parts]
+        ax.bar(x - 0.4 + (i + 0.5) * width, [np.nan if v is None else v for v in vals], width,
+               yerr=[0 if e is None else e for e in errs], label=label, capsize=2)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x)
+    disc = set(rel.get("discriminative", []))
+    ax.set_xticklabels([f"{p}*" if p in disc else p for p in parts], fontsize=8)
+    ax.set_ylabel("drop of the target probability")
+    ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{title}  (* = discriminative; n = {rel['n_images']})", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def _slug(*parts: str) -> str:
@@ -586,9 +669,24 @@ def write_report(
     atomic_write(os.path.join(out_dir, "leaderboard.md"), md)
     doc = {"title": title, "metrics": {m: dict(v) for m, v in metric_info.items()}, "tables": tables}
     atomic_write(os.path.join(out_dir, "leaderboard.json"), json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    files += _write_reliance_csv(out_dir, tables)
     if plots:
         files += _write_plots(out_dir, cells, tables, examples or {})
     return {"tables": tables, "markdown": md, "files": files}
+
+
+def _write_reliance_csv(out_dir: str, tables: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``reliance.csv`` (:data:`an8flower.eval.reliance.RELIANCE_COLUMNS`) when a group measured reliance."""
+    rows = []
+    for t in tables:
+        if t["meta"].get("reliance"):
+            from an8flower.eval.reliance import RELIANCE_COLUMNS, reliance_rows
+
+            rows += reliance_rows(t["meta"]["reliance"], t)
+    if not rows:
+        return []
+    atomic_write(os.path.join(out_dir, "reliance.csv"), _csv_bytes(rows, RELIANCE_COLUMNS))
+    return ["reliance.csv"]
 
 
 def _write_plots(out_dir: str, cells: Sequence[Mapping[str, Any]], tables: Sequence[Mapping[str, Any]],
@@ -610,6 +708,10 @@ def _write_plots(out_dir: str, cells: Sequence[Mapping[str, Any]], tables: Seque
         if pt and pt["normalised"]:
             name = f"part_attribution_{slug}.png"
             plot_part_attribution(os.path.join(out_dir, name), pt["parts"], pt["normalised"], pt.get("discriminative", []), what)
+            files.append(name)
+        if t["meta"].get("reliance"):
+            name = f"reliance_{slug}.png"
+            plot_reliance(os.path.join(out_dir, name), t["meta"]["reliance"], what)
             files.append(name)
         ex = examples.get(key)
         if ex and ex.get("heatmaps"):

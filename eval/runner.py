@@ -77,6 +77,7 @@ from an8flower.eval.scoring import (
     IMAGENET_METRICS,
     METRICS,
     ORACLE,
+    SUBSET_KINDS,
     MetricSpec,
     Timer,
     build,
@@ -408,6 +409,7 @@ class _Run:
                                      "image_ids": image_ids, "n_ex": n_ex, "size": data.size,
                                      "parts": list(data.parts), "examples": {}}
         disc_ids = [data.parts.index(p) for p in data.discriminative]
+        counterfactual = self._reliance(data, model, mhash, keep, image_ids, group)
         base_meta = {"dataset": data.dataset, "variant": data.variant, "model": model_name, "split": config.split,
                      "seed": config.seed}
         bar = tqdm(total=len(self.explainers), desc=f"{data.variant or data.dataset}/{model_name}", unit="explainer",
@@ -415,7 +417,8 @@ class _Run:
         before = (self.cached, self.computed)
         for name in self.explainers:
             bar.set_postfix_str(name)
-            self._score_explainer(name, data, model, model_name, mhash, keep, image_ids, n_ex, ex, disc_ids, base_meta)
+            self._score_explainer(name, data, model, model_name, mhash, keep, image_ids, n_ex, ex, disc_ids, base_meta,
+                                  counterfactual)
             bar.update(1)
         bar.close()
         self.log(f"{data.variant or data.dataset} / {model_name}: {self.cached - before[0]} cells from the cache, "
@@ -427,7 +430,7 @@ class _Run:
 
     def _score_explainer(self, name: str, data: PreparedData, model: nn.Module, model_name: str, mhash: str,
                          keep: torch.Tensor, image_ids: list[int], n_ex: int, ex: dict[str, Any], disc_ids: list[int],
-                         base_meta: dict[str, Any]) -> None:
+                         base_meta: dict[str, Any], counterfactual: Optional[dict[str, torch.Tensor]] = None) -> None:
         """The cells of one explainer in one group: read the cached ones, compute the missing ones.
 
         Rank 0 reads the cache and tells the others what is missing; every rank explains its batches
@@ -437,7 +440,8 @@ class _Run:
         config, cache, timer, world = self.config, self.cache, self.timer, self.world
         options = explainer_options(name, model_name, config, data.dataset)
         base = {**base_meta, "explainer": name, "options": options}
-        wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)]
+        wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)
+                  and not (METRICS[m].kind in ("counterfactual", "contrast") and counterfactual is None)]
         configs = {m: self._cell_config(data, image_ids, mhash, name, options, m) for m in wanted}
         keys = {m: cell_key(c) for m, c in configs.items()}
         ex_config = {**self._cell_config(data, image_ids[:n_ex], mhash, name, options, None),
@@ -481,7 +485,7 @@ class _Run:
         else:
             result = run_explainer(explainer, name, accs, model, data, scored,
                                    my_batches(len(todo), config.batch_size, world), config, self.device, timer,
-                                   n_ex, disc_ids, self.log)
+                                   n_ex, disc_ids, self.log, counterfactual)
         shares = world.gather((accs, result["examples"], result["calls"]), f"the scores of {name}")
         if shares is None:  # not rank 0: rank 0 writes
             return
@@ -563,7 +567,7 @@ class _Run:
             metric_part: dict[str, Any] = {}
         else:
             spec = METRICS[metric]
-            limited = spec.kind in ("model", "explainer")
+            limited = spec.kind in SUBSET_KINDS
             metric_part = {"name": metric, "options": complete_options(spec.callable(), metric_options(metric, config),
                                                                        skip=spec.skip),
                            "limit": min(config.model_metric_images, len(image_ids)) if limited else None}
@@ -611,6 +615,47 @@ class _Run:
             if arrays is not None:
                 ex["heatmaps"][cell["explainer"]] = arrays["heatmaps"]
         return len(extra)
+
+    def _reliance(self, data: PreparedData, model: nn.Module, mhash: str, keep: torch.Tensor, image_ids: list[int],
+                  group: tuple) -> Optional[dict[str, torch.Tensor]]:
+        """Model reliance on the scored images (:mod:`an8flower.eval.reliance`), cached like a cell.
+
+        Only for an8Flower data with its spec, seed and part maps (ILSVRC12 and user data: None).
+        Its summary goes to the group's report (``reliance.csv``, the table and plot); the return
+        value holds the inputs of the model-aware metrics, one row per kept image. Rank 0 measures
+        it (or reads it from the cache) and broadcasts it to the other ranks.
+        """
+        from an8flower.eval.reliance import Reliance, measure_reliance
+        from an8flower.generate import code_sha256
+
+        if data.spec is None or data.seed is None or data.test.parts is None:
+            return None
+        t0 = time.perf_counter()
+        arrays = None
+        if self.world.rank == 0 or self.world.shard:
+            key = cell_key({**self._cell_config(data, image_ids, mhash, ORACLE, {}, None), "explainer": {},
+                            "metric": {"name": "reliance", "renderer": code_sha256()}})
+            arrays = None if self.fresh else self.cache.get_arrays(key)
+            if arrays is not None:
+                try:
+                    Reliance.from_arrays(arrays)
+                except Exception as exc:  # noqa: BLE001 - a damaged file is recomputed
+                    self.cache._damaged(self.cache.path(key, "npz"), f"not a reliance record: {exc}")
+                    arrays = None
+            if arrays is None:
+                test = data.test
+                rel = measure_reliance(model, data.spec, data.seed, image_ids, labels=test.labels[keep].tolist(),
+                                       reference=test.images[keep], batch_size=max(64, self.config.batch_size),
+                                       workers=max(1, self.config.workers), progress=self.progress)
+                arrays = rel.to_arrays()
+                if not self.world.shard:
+                    self.cache.put_arrays(key, **arrays)
+        arrays = self.world.broadcast(arrays, "the model's reliance")
+        rel = Reliance.from_arrays(arrays)
+        self.timer.add("metrics", time.perf_counter() - t0, metric="reliance")
+        self.group_meta[group]["reliance"] = rel.summary()
+        return {"changed": torch.from_numpy(rel.changed), "reliance": torch.from_numpy(rel.per_image()),
+                "runner_up": torch.from_numpy(rel.runner_up)}
 
     def finish_shard(self, command: Optional[Sequence[str]]) -> RunSummary:
         """Write the shard's manifest (``shard.json``): what ``an8flower leaderboard merge`` needs."""

@@ -23,7 +23,7 @@ from an8flower.eval.config import RunConfig
 from an8flower.eval.data import PreparedData, TensorSplit
 
 __all__ = [
-    "ORACLE", "MetricSpec", "METRICS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer", "Oracle",
+    "ORACLE", "MetricSpec", "METRICS", "SUBSET_KINDS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer", "Oracle",
     "explainer_options", "build", "error_text", "Accumulator", "score_batch", "finish_cell", "for_json",
     "randomisation_layers", "metric_options", "batches", "merge_accumulators", "build_and_fit", "new_accumulators",
     "run_explainer",
@@ -42,8 +42,10 @@ class MetricSpec:
         name: the metric's name in tables and ``results.csv``.
         label: the column header in ``leaderboard.md``.
         kind: ``"mask"`` (heatmaps, masks), ``"set"`` (a set-level accumulator), ``"parts"``
-            (heatmaps, part maps), ``"model"`` (model, images, heatmaps, targets) or
-            ``"explainer"`` (model, explainer, images, targets).
+            (heatmaps, part maps), ``"model"`` (model, images, heatmaps, targets),
+            ``"explainer"`` (model, explainer, images, targets), ``"counterfactual"`` (heatmaps and
+            the counterfactual inputs of :mod:`an8flower.eval.reliance`: change masks, per-part
+            reliance) or ``"contrast"`` (the same, plus a second explanation, of the runner-up).
         higher_is_better: the direction in which the best explainer of a column is picked.
         defaults: keyword options passed to the metric function unless the run overrides them.
         function: the name of the function (or accumulator class) in :mod:`an8flower.eval.metrics`
@@ -74,7 +76,16 @@ class MetricSpec:
 #: Spearman correlation between the heatmaps of the trained model and of the model with all its
 #: top-level parameterised blocks re-initialised in cascade (Adebayo et al. 2018; lower = the
 #: explanation depends more on the learned weights); ``part_attribution`` scores the share of
-#: positive attribution on the discriminative parts and feeds the part table and plot.
+#: positive attribution on the discriminative parts and feeds the part table and plot. The
+#: model-aware metrics use the model's runner-up class b (the most probable other than the target):
+#: ``counterfactual_mass`` is the share of positive attribution on the pixels that change when the
+#: image is painted as b, ``reliance_rank_correlation`` the Spearman correlation of attribution per
+#: part with the model's reliance per part (the largest drop of the target probability an
+#: intervention on the part causes), ``contrastivity`` the share of the difference between the
+#: explanations of the target and of b on the pixels that tell them apart. Their oracle: the mask
+#: (counterfactual mass ``|C| / |M|``; reliance correlation: attribution on the discriminative parts
+#: only); for contrastivity the mask for the target and the mask less the changed pixels for b
+#: (the parts the image shares with b), which scores 1.
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
@@ -107,8 +118,23 @@ METRICS: dict[str, MetricSpec] = {
                    function="randomisation_similarity", skip=5,
                    description="Spearman correlation with the heatmap of the fully re-initialised model (sanity check; "
                                "lower is better)"),
+        MetricSpec("counterfactual_mass", "CF mass", "counterfactual", skip=2,
+                   description="share of positive attribution on the pixels that change when the image is painted as "
+                               "the model's runner-up class (oracle: |changed| / |mask|)"),
+        MetricSpec("reliance_rank_correlation", "reliance corr.", "counterfactual", skip=3,
+                   description="Spearman correlation, per image, of attribution per part with the model's reliance "
+                               "per part measured by intervention"),
+        MetricSpec("contrastivity", "contrast", "contrast", skip=3,
+                   description="share of the difference between the explanations of the target and of the runner-up "
+                               "class on the pixels that tell them apart (reference rows: n/a)"),
     )
 }
+#: Kinds scored on the first ``model_metric_images`` images only (each image costs model passes or
+#: explainer calls).
+SUBSET_KINDS: tuple[str, ...] = ("model", "explainer", "contrast")
+#: Kinds scored on the first ``model_metric_images`` images only (each image costs model passes or
+#: explainer calls).
+SUBSET_KINDS: tuple[str, ...] = ("model", "explainer", "contrast")
 #: The metrics scored by default on an8Flower: all of them.
 DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
 #: The metrics scored by default on ILSVRC12 validation boxes.
@@ -296,6 +322,8 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int, 
     elif spec.kind == "model":
         fn = getattr(M, spec.name)
         values = fn(ctx["model"], ctx["images"][:k], h, ctx["targets"][:k], **opts)
+    elif spec.kind in ("counterfactual", "contrast"):
+        values = _counterfactual_values(spec, opts, ctx, h, k)
     elif spec.kind == "explainer":
         explainer = ctx["explainer"]
         if isinstance(explainer, Oracle):
@@ -309,6 +337,27 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int, 
     if values is not None:
         acc.scores.extend(float(v) for v in values.detach().double().cpu())
     acc.positions.extend(range(start, start + k))
+
+
+def _counterfactual_values(spec: MetricSpec, opts: dict[str, Any], ctx: dict[str, Any], h: torch.Tensor,
+                           k: int) -> torch.Tensor:
+    """The model-aware metrics of the first ``k`` images (inputs: ``ctx["counterfactual"]``)."""
+    from an8flower.eval import metrics as M
+
+    cf = ctx.get("counterfactual")
+    if cf is None:
+        raise UsageError(f"{spec.name} needs counterfactual renders: an an8Flower dataset with its spec and seed")
+    changed = cf["changed"][:k]
+    if spec.name == "counterfactual_mass":
+        return M.counterfactual_mass(h, changed, **opts)
+    if spec.name == "reliance_rank_correlation":
+        return M.reliance_rank_correlation(h, ctx["parts"][:k], cf["reliance"][:k], **opts)
+    explainer = ctx["explainer"]
+    if isinstance(explainer, Oracle):  # the parts the image shares with the runner-up
+        other = (ctx["masks"][:k] & ~changed).float()
+    else:
+        other = explainer(ctx["model"], ctx["images"][:k], cf["runner_up"][:k])
+    return M.contrastivity(h, other, changed, **opts)
 
 
 def finish_cell(acc: Accumulator, base: dict[str, Any], image_ids: Sequence[int], part_names: Sequence[str]) -> dict[str, Any]:
@@ -397,15 +446,20 @@ def build_and_fit(name: str, options: dict[str, Any], model: nn.Module, data: Pr
 def new_accumulators(missing: Sequence[str], config: RunConfig, n_images: int) -> list[Accumulator]:
     """One empty accumulator per missing metric; model-based ones limited to ``model_metric_images``."""
     return [Accumulator(METRICS[m], metric_options(m, config),
-                        min(config.model_metric_images, n_images) if METRICS[m].kind in ("model", "explainer") else None)
+                        min(config.model_metric_images, n_images) if METRICS[m].kind in SUBSET_KINDS else None)
             for m in missing]
 
 
 def run_explainer(explainer: Any, name: str, accs: Sequence[Accumulator], model: nn.Module, data: PreparedData,
                   scored: "TensorSplit", shares: Iterable[slice], config: RunConfig, device: torch.device, timer: Timer,
-                  n_ex: int, disc_ids: list[int], log: Callable[[str], None]) -> dict[str, Any]:
+                  n_ex: int, disc_ids: list[int], log: Callable[[str], None],
+                  counterfactual: Optional[dict[str, torch.Tensor]] = None) -> dict[str, Any]:
     """Explain the batches ``shares`` (slices of ``scored``, the group's scored images in scoring
     order, already on ``device``) and score them into ``accs``.
+
+    ``counterfactual``: the inputs of the model-aware metrics, one row per scored image in the same
+    order (``changed`` (N, H, W) bool, ``reliance`` (N, P), ``runner_up`` (N,)); None where there are
+    none.
 
     Returns:
         ``{"examples": [(position, heatmap float16 (H, W)), ...] for positions < n_ex, "calls": n}``.
@@ -446,7 +500,9 @@ def run_explainer(explainer: Any, name: str, accs: Sequence[Accumulator], model:
             out["examples"].append((sl.start + j, h[j].float().cpu().numpy().astype(np.float16)))
         ctx = {"masks": masks, "parts": parts, "model": model, "images": images, "targets": targets,
                "explainer": explainer, "part_names": data.parts, "disc_ids": disc_ids,
-               "random_layers": random_layers, "seed": config.seed}
+               "random_layers": random_layers, "seed": config.seed,
+               "counterfactual": None if counterfactual is None else
+               {key: v[sl].to(device) for key, v in counterfactual.items()}}
         for acc in accs:
             k = acc.wants(sl.start, len(idx))
             if k == 0:

@@ -21,11 +21,13 @@ from an8flower.eval.scoring import Accumulator, METRICS, merge_accumulators, new
 from test_leaderboard import ColourDetector, squares
 
 #: A small CLI board: 24 images in batches of 4 (6 batches, so both ranks get several), every kind
-#: of metric (per image, set-level PxAP, part shares, a model-based one on the first 6 images only).
+#: of metric (per image, set-level PxAP, part shares, a model-based one on the first 6 images only, the
+#: model-aware ones that need the reliance rank 0 measures and broadcasts).
 BOARD = ["leaderboard", "--variant", "single-6c", "--size", "64", "--per-class", "10", "--epochs", "1",
          "--explainer", "gradient", "--explainer", "random", "--explainer", "oracle",
          "--metric", "iou_auc", "--metric", "pointing_game", "--metric", "pixel_average_precision",
-         "--metric", "deletion_auc", "--metric", "part_attribution", "--all-images", "--max-images", "24",
+         "--metric", "deletion_auc", "--metric", "part_attribution", "--metric", "counterfactual_mass",
+         "--metric", "contrastivity", "--all-images", "--max-images", "24",
          "--model-metric-images", "6", "--batch-size", "4", "--option", "deletion_auc.steps=4", "--quiet"]
 
 

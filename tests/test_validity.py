@@ -127,3 +127,105 @@ def test_ridge_by_hand():
     x = np.array([[0.0], [1.0]] * 20)
     y = np.array([0, 1] * 20)
     assert ridge_accuracy(x, y, 2, lam=1e-3) == 1.0
+
+
+# ----------------------------------------------------------------------------- validity by intervention
+
+
+def _near(region: np.ndarray, px: int) -> np.ndarray:
+    """``region`` grown by ``px`` pixels (square structuring element)."""
+    return cv2.dilate(region.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
+
+
+@pytest.mark.parametrize("variant", ["single-6c", "double-12c"])
+def test_painting_as_another_class_changes_exactly_the_mask(variant):
+    """Every class pair (a, b): sample of class a painted as b changes pixels inside the mask only,
+    all of the mask's inside (2 px from its edge), keeps mask and part map, and gets label b."""
+    from an8flower.intervene import intervene
+
+    spec = load_spec(variant)
+    k = spec.num_classes
+    for a in range(k):
+        index = a + k * (a % 3)
+        ref = render(spec, 7, index, SIZE)
+        inner = cv2.erode(ref.mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        assert ref.label == a and inner.sum() > 0
+        for b in range(k):
+            s = intervene(spec, 7, index, SIZE, label=b)
+            changed = (s.image != ref.image).any(axis=2)
+            assert s.label == b and s.meta["class"] == spec.classes[b]
+            assert np.array_equal(s.mask, ref.mask) and np.array_equal(s.parts, ref.parts)
+            assert not changed[~ref.mask].any(), (a, b)
+            if b != a:
+                # the parts whose colour differs between a and b change everywhere inside
+                moved = [spec.part_id(p) for j, p in enumerate(spec.discriminative)
+                         if spec.class_colours[a][j] != spec.class_colours[b][j]]
+                inside = inner & np.isin(ref.parts, moved)
+                assert inside.any() and changed[inside].all(), (a, b)
+            else:
+                assert not changed.any()
+
+
+@pytest.mark.parametrize("variant", ["single-6c", "double-12c"])
+def test_nuisance_interventions_never_change_the_class(variant):
+    """Recolouring any nuisance part (to every class colour and the farthest non-class colour) or
+    removing it never changes the label. The discriminative mask stays, except: where a removed
+    part lay over a discriminative part (which then shows), and, for a recolour, on at most a few
+    single pixels where the part's anti-aliased edge lies over a discriminative part's edge (the
+    rounding of the blend depends on the colour there). Pixels away from the part never change."""
+    from an8flower.intervene import farthest_nonclass_colour, intervene
+
+    spec = load_spec(variant)
+    colours = sorted({c for cols in spec.class_colours for c in cols}) + [farthest_nonclass_colour(spec)]
+    nuisance = [p for p in spec.parts if p not in spec.discriminative]
+    recoloured = masks_moved = 0
+    for index in range(12):
+        ref = render(spec, 3, index, SIZE)
+        for part in nuisance:
+            region = None
+            if part != "background":  # where the part is drawn: its hard pixels with nothing else on top
+                others = [p for p in spec.parts if p not in ("background", part)]
+                alone = intervene(spec, 3, index, SIZE, remove=others, allow_invisible=True)
+                region = _near(alone.parts == spec.part_id(part), 2)
+            for colour in colours:
+                s = intervene(spec, 3, index, SIZE, recolour={part: colour})
+                recoloured += 1
+                assert s.label == ref.label
+                moved = s.mask != ref.mask
+                if moved.any():
+                    masks_moved += 1
+                    assert moved.sum() <= 3, (index, part, colour)
+                if region is not None:
+                    assert not moved[~region].any(), (index, part, colour)
+                    assert not (s.image != ref.image).any(axis=2)[~region].any()
+            if part == "background":
+                continue
+            s = intervene(spec, 3, index, SIZE, remove=[part])
+            assert s.label == ref.label
+            moved = s.mask != ref.mask
+            assert not moved[~region].any(), (index, part)
+            assert np.array_equal(s.mask[~region], ref.mask[~region])
+    print(f"{variant}: {masks_moved} of {recoloured} recolours moved the mask")
+    assert masks_moved <= 0.05 * recoloured, (masks_moved, recoloured)
+
+
+@pytest.mark.parametrize("variant", ["single-6c", "double-12c"])
+def test_recolouring_a_discriminative_part_follows_the_rule(variant):
+    """A discriminative part recoloured to each of its class colours: the label is the class of the
+    new combination (the other parts keep theirs); image changes stay inside the mask."""
+    from an8flower.intervene import UNDEFINED, class_for_colours, intervene
+
+    spec = load_spec(variant)
+    for index in range(spec.num_classes):
+        ref = render(spec, 5, index, SIZE)
+        base = dict(zip(spec.discriminative, spec.class_colours[ref.label]))
+        for j, part in enumerate(spec.discriminative):
+            for colour in sorted({cols[j] for cols in spec.class_colours}):
+                s = intervene(spec, 5, index, SIZE, recolour={part: colour})
+                want = class_for_colours(spec, {**base, part: colour})
+                assert want is not None and s.label == want
+                assert spec.class_colours[want][j] == colour
+                assert np.array_equal(s.mask, ref.mask)
+                assert not (s.image != ref.image).any(axis=2)[~ref.mask].any()
+            other = next(c for c, _ in spec.colours if c not in {cols[j] for cols in spec.class_colours})
+            assert intervene(spec, 5, index, SIZE, recolour={part: other}).label == UNDEFINED

@@ -50,6 +50,11 @@ Conventions
   call a metric per batch and concatenate the (B,) results; PxAP, being set-level, accumulates
   integer counts in :class:`PixelAveragePrecision`.
 * **Precision.** Sums of heatmap values accumulate in float64; counts are integers.
+* **Model-aware metrics** (:mod:`~an8flower.eval.metrics.counterfactual`): ``counterfactual_mass``
+  (relevance mass on the pixels an exact counterfactual render changes), ``reliance_rank_correlation``
+  (Spearman, per image, of attribution per part against the model's reliance per part measured by
+  intervention) and ``contrastivity`` (share of the difference between two classes' explanations on
+  the parts that tell them apart); their inputs come from :mod:`an8flower.eval.reliance`.
 
 Deliberate differences from Quantus (0.6)
 -----------------------------------------
@@ -66,6 +71,7 @@ Deliberate differences from Quantus (0.6)
   on a positive rescaling, so we do not.
 """
 
+from an8flower.eval.metrics.counterfactual import contrastivity, counterfactual_mass, reliance_rank_correlation
 from an8flower.eval.metrics.faithfulness import (
     deletion_auc,
     deletion_curve,
@@ -94,6 +100,8 @@ __all__ = [
     "DEFAULT_IOU_THRESHOLDS",
     "PartAttribution",
     "PixelAveragePrecision",
+    "contrastivity",
+    "counterfactual_mass",
     "deletion_auc",
     "deletion_curve",
     "energy_pointing_game",
@@ -110,5 +118,6 @@ __all__ = [
     "randomisation_similarity",
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
+    "reliance_rank_correlation",
     "top_k_intersection",
 ]

@@ -214,3 +214,16 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
     first, last = tie_bounds(x.gather(1, order))
     mid = (first + last).double() / 2
     return torch.empty_like(mid).scatter_(1, order, mid)
+
+
+def spearman_rows(ranks_a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman correlation per row: Pearson correlation of ``ranks_a`` with the ranks of ``b``.
+
+    ``ranks_a`` are :func:`average_ranks` of the first variable (computed once by callers that
+    correlate it with several others). NaN for a row where either variable is constant.
+    """
+    ranks_b = average_ranks(b).to(ranks_a.device)
+    ca = ranks_a - ranks_a.mean(dim=1, keepdim=True)
+    cb = ranks_b - ranks_b.mean(dim=1, keepdim=True)
+    den = (ca.square().sum(dim=1) * cb.square().sum(dim=1)).sqrt()
+    return ((ca * cb).sum(dim=1) / den).masked_fill(den == 0, float("nan"))

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from an8flower.baselines.base import eval_mode
 from an8flower.errors import UsageError
 from an8flower.eval.metrics._checks import as_tensor, check_finite, check_heatmaps, check_positive_int, chunks
-from an8flower.eval.metrics._ranks import average_ranks
+from an8flower.eval.metrics._ranks import average_ranks, spearman_rows
 
 __all__ = [
     "BLUR_KERNEL_SIZE",
@@ -345,15 +345,6 @@ def _explain(explainer: Explainer, model: nn.Module, images: torch.Tensor, targe
     return h.reshape(h.shape[0], -1)
 
 
-def _spearman(ranks_a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman correlation per row: Pearson correlation of ``ranks_a`` with the ranks of ``b``."""
-    ranks_b = average_ranks(b).to(ranks_a.device)
-    ca = ranks_a - ranks_a.mean(dim=1, keepdim=True)
-    cb = ranks_b - ranks_b.mean(dim=1, keepdim=True)
-    den = (ca.square().sum(dim=1) * cb.square().sum(dim=1)).sqrt()
-    return ((ca * cb).sum(dim=1) / den).masked_fill(den == 0, float("nan"))
-
-
 def randomisation_similarity(
     model: nn.Module,
     explainer: Explainer,
@@ -432,5 +423,5 @@ def _randomisation_eval(model: nn.Module, explainer: Explainer, images: torch.Te
         state = np.random.SeedSequence([int(seed), index]).generate_state(2, dtype=np.uint32)
         generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         _reinitialise(randomised.get_submodule(names[index]), generator)
-        out[:, column] = _spearman(reference, prepare(_explain(explainer, randomised, x, t)))
+        out[:, column] = spearman_rows(reference, prepare(_explain(explainer, randomised, x, t)))
     return out
