@@ -32,6 +32,7 @@ wall time split into data, training, explainers, metrics and I/O).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -63,6 +64,7 @@ from an8flower.eval.scoring import (
     for_json,
     metric_options,
     run_explainer,
+    split_explainer_name,
 )
 
 __all__ = [
@@ -102,8 +104,8 @@ def _weights_for(config: RunConfig, variant: str, model_name: str) -> Optional[s
 
 
 def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device: torch.device, timer: Timer,
-                  progress: Optional[bool], log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the model from ``config.weights`` or train it (cached under ``<out>/models``)."""
+                  progress: Optional[bool], log: Callable[[str], None], seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the model from ``config.weights`` or train it with initialisation ``seed`` (cached under ``<out>/models``)."""
     from an8flower.eval.models import build_model, load_checkpoint, model_hash, read_checkpoint
     from an8flower.eval.train import evaluate, model_card, save_checkpoint, train
 
@@ -123,6 +125,8 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
     if data.train is None:
         raise UsageError(f"no --weights for {model_name} and {data.dataset} has no training split to train one")
     tconf = config.train_config()
+    if seed != config.seed:  # model seed seed + i shuffles with the training seed + i
+        tconf = dataclasses.replace(tconf, seed=tconf.seed + seed - config.seed)
     recipe = canonical({"model": model_name, "data": data.hash, "train": tconf.__dict__})
     path = os.path.join(config.out, "models", f"{data.variant}_{model_name}_{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.pt")
     if os.path.isfile(path):
@@ -133,7 +137,7 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
         return model.to(device).eval(), {"source": path, "card": card, "trained": False, "reused": True}
     log(f"{data.variant} / {model_name}: training on {len(data.train)} images ({data.size} px)")
     t0 = time.perf_counter()
-    model = build_model(model_name, k, seed=config.seed)
+    model = build_model(model_name, k, seed=seed)
     result = train(model, data.train, data.val, tconf, device=device, progress=progress)
     test_acc = evaluate(result.model, data.test, batch_size=128)
     timer.add("train", time.perf_counter() - t0)
@@ -141,7 +145,7 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
         model_name, k, (int(data.test.images.shape[1]), data.size, data.size),
         {"name": data.dataset, "variant": data.variant, "hash": data.hash, "source": data.source, **data.info},
         {"train": result.train_accuracy, "val": result.val_accuracy, config.split: test_acc},
-        seed=config.seed, config=tconf, history=result.history, classes=data.classes,
+        seed=seed, config=tconf, history=result.history, classes=data.classes,
     )
     t0 = time.perf_counter()
     save_checkpoint(path, result.model, card)
@@ -182,15 +186,16 @@ def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
     else:
         explainers = list(dict.fromkeys(config.explainers))
         for name in explainers:
-            if name != ORACLE and name not in registered:
-                raise UsageError(f"unknown explainer {name!r}; registered: {', '.join([ORACLE] + registered)}")
+            base = split_explainer_name(name)[0]
+            if name != ORACLE and base not in registered:
+                raise UsageError(f"unknown explainer {base!r}; registered: {', '.join([ORACLE] + registered)}")
     default = IMAGENET_METRICS if config.imagenet else DEFAULT_METRICS
     metrics = list(dict.fromkeys(config.metrics)) if config.metrics is not None else list(default)
     for name in metrics:
         if name not in METRICS:
             raise UsageError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")
     for name in config.explainer_options:
-        if name != ORACLE and name not in registered:
+        if name != ORACLE and split_explainer_name(name)[0] not in registered:
             raise UsageError(f"explainer_options: unknown explainer {name!r}")
     for name in config.metric_options:
         if name not in METRICS:
@@ -231,7 +236,8 @@ def run_leaderboard(
     for source in sources:
         data = run.prepare(source)
         for model_name in run.model_names:
-            run.score_group(data, model_name)
+            for seed in run.model_seeds:
+                run.score_group(data, model_name, seed)
     return run.finish(command, imagenet=bool(config.imagenet) and datasets is None)
 
 
@@ -256,6 +262,9 @@ class _Run:
         for name in self.model_names:
             if name not in self.given and name not in list_models():
                 raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+            if config.model_seeds > 1 and (name in self.given or any(k.split(":")[-1] == name for k in config.weights)):
+                raise UsageError(f"model_seeds = {config.model_seeds} needs models the run trains; {name} is given")
+        self.model_seeds = [config.seed + i for i in range(config.model_seeds)]
         os.makedirs(config.out, exist_ok=True)
         self.device = _device(config)
         self.cache = CellCache(config.out)
@@ -267,7 +276,7 @@ class _Run:
         self.models_rec: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.computed = self.cached = self.calls = 0
-        self.any_fit = any(e != ORACLE and explainer_class(e).requires_fit for e in self.explainers)
+        self.any_fit = any(e != ORACLE and explainer_class(split_explainer_name(e)[0]).requires_fit for e in self.explainers)
 
     def prepare(self, source: Any) -> PreparedData:
         """A prepared dataset: given, ILSVRC12 (``None``) or an an8Flower variant name."""
@@ -285,19 +294,24 @@ class _Run:
                                   "hash": data.hash, "size": data.size, **data.info})
         return data
 
-    def score_group(self, data: PreparedData, model_name: str) -> None:
-        """Every explainer x metric cell of one (dataset, model) group: from the cache or computed."""
+    def score_group(self, data: PreparedData, model_name: str, model_seed: Optional[int] = None) -> None:
+        """Every explainer x metric cell of one (dataset, model, model seed) group: from the cache or computed.
+
+        ``model_seed`` (default ``config.seed``) seeds a model the run trains; it is the group's
+        ``seed`` in the tables (the dataset and explainers keep ``config.seed``).
+        """
         from tqdm.auto import tqdm
 
         from an8flower.eval.models import model_hash
         from an8flower.eval.train import predict
 
         config, device = self.config, self.device
+        seed = config.seed if model_seed is None else model_seed
         if model_name in self.given:
             model = self.given[model_name].to(device).eval()
             minfo: dict[str, Any] = {"source": "given", "card": {}, "trained": False}
         else:
-            model, minfo = _obtain_model(config, data, model_name, device, self.timer, self.progress, self.log)
+            model, minfo = _obtain_model(config, data, model_name, device, self.timer, self.progress, self.log, seed)
         mhash = model_hash(model)
         t0 = time.perf_counter()
         test = data.test
@@ -308,13 +322,13 @@ class _Run:
             keep = keep[: config.max_images]
         self.timer.add("metrics", time.perf_counter() - t0)
         image_ids = [test.ids[i] for i in keep.tolist()]
-        self.models_rec.append({"variant": data.variant, "model": model_name, "hash": mhash,
+        self.models_rec.append({"variant": data.variant, "model": model_name, "seed": seed, "hash": mhash,
                                 "accuracy": {config.split: round(accuracy, 6)},
                                 **{k: v for k, v in minfo.items() if k != "card"},
                                 "card_accuracy": minfo["card"].get("accuracy")})
         self.log(f"{data.variant or data.dataset} / {model_name}: {config.split} accuracy {100 * accuracy:.1f}%, "
                  f"scoring {len(keep)} images on {device}")
-        group = (data.dataset, data.variant, model_name, config.split, config.seed)
+        group = (data.dataset, data.variant, model_name, config.split, seed)
         self.group_meta[group] = {"accuracy": accuracy, "n_images": len(keep), "all_images": config.all_images,
                                   "image_size": data.size, "discriminative": data.discriminative}
         if len(keep) == 0:
@@ -327,7 +341,7 @@ class _Run:
         self.examples[group] = ex
         disc_ids = [data.parts.index(p) for p in data.discriminative]
         base_meta = {"dataset": data.dataset, "variant": data.variant, "model": model_name, "split": config.split,
-                     "seed": config.seed}
+                     "seed": seed}
         bar = tqdm(total=len(self.explainers), desc=f"{data.variant or data.dataset}/{model_name}", unit="explainer",
                    disable=None if self.progress is None else not self.progress)
         for name in self.explainers:
@@ -410,12 +424,13 @@ class _Run:
             "platform": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
                          "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-            "seeds": {"dataset": config.seed, "model": config.seed, "explainers": config.seed},
+            "seeds": {"dataset": config.seed, "model": config.seed, "explainers": config.seed,
+                      **({"models": self.model_seeds} if len(self.model_seeds) > 1 else {})},
             "datasets": self.datasets_rec,
             "models": self.models_rec,
             "explainers": {e: {"options": explainer_options(e, self.model_names[0], config,
                                                             "ilsvrc12" if imagenet else "an8flower"),
-                               "requires_fit": e != ORACLE and bool(explainer_class(e).requires_fit)}
+                               "requires_fit": e != ORACLE and bool(explainer_class(split_explainer_name(e)[0]).requires_fit)}
                            for e in self.explainers},
             "metrics": metric_info,
             "cells": {"computed": self.computed, "cached": self.cached, "errors": len(self.errors)},
