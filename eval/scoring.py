@@ -370,7 +370,9 @@ def run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], mo
             if data.train is None:
                 raise UsageError(f"{name} must be fitted on a training split, and {data.dataset} has none here")
             t0 = time.perf_counter()
-            loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0)
+            from an8flower.eval.train import _xy  # (image, label, mask or None) items -> (images, labels)
+
+            loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0, collate_fn=_xy)
             if "progress" in inspect.signature(explainer.fit).parameters:
                 explainer.fit(model, loader, progress=progress)
             else:
