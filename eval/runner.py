@@ -238,7 +238,7 @@ def run_leaderboard(
         for model_name in run.model_names:
             for seed in run.model_seeds:
                 run.score_group(data, model_name, seed)
-    return run.finish(command, imagenet=bool(config.imagenet) and datasets is None)
+    return run.finish(command, imagenet=bool(run.datasets_rec) and all(d["dataset"] == "ilsvrc12" for d in run.datasets_rec))
 
 
 class _Run:
