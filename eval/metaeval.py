@@ -45,6 +45,7 @@ Kendall tau-b between the rankings of every pair of seeds.
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import combinations
 from typing import Any, Mapping, Optional, Sequence
 
@@ -156,6 +157,13 @@ def bootstrap_means(x: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> np.nd
     return out
 
 
+def _interval(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2.5 and 97.5 percentiles over the resamples (axis 0), NaN resamples ignored (NaN if all are)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanpercentile(diff, 2.5, axis=0), np.nanpercentile(diff, 97.5, axis=0)
+
+
 def rank_stability(means: np.ndarray, boot: np.ndarray) -> dict[str, Any]:
     """Tau between resamples and significant pairs for explainers with full-data ``means`` (E,).
 
@@ -173,9 +181,7 @@ def rank_stability(means: np.ndarray, boot: np.ndarray) -> dict[str, Any]:
                 "significant": np.zeros((e, e), bool)}
     half = boot.shape[0] // 2
     taus = np.nan_to_num(kendall_tau_b(boot[0:2 * half:2], boot[1:2 * half:2]), nan=0.0)
-    diff = boot[:, :, None] - boot[:, None, :]  # (B, E, E)
-    with np.errstate(invalid="ignore"):
-        lo, hi = np.nanpercentile(diff, 2.5, axis=0), np.nanpercentile(diff, 97.5, axis=0)
+    lo, hi = _interval(boot[:, :, None] - boot[:, None, :])  # (E, E)
     sig = (lo > 0) | (hi < 0)
     iu = np.triu_indices(e, 1)
     return {
@@ -241,9 +247,7 @@ def metric_metaeval(cells: Sequence[Mapping[str, Any]], higher_is_better: bool =
             flags.append(("no spread", "no two explainers differ significantly (paired bootstrap, 95%)"))
         elif "random" in names:
             r = names.index("random")
-            diff = boot[:, cand] - boot[:, [r]]
-            with np.errstate(invalid="ignore"):
-                lo, hi = np.nanpercentile(diff, 2.5, axis=0), np.nanpercentile(diff, 97.5, axis=0)
+            lo, hi = _interval(boot[:, cand] - boot[:, [r]])
             if not ((lo > 0) | (hi < 0)).any():
                 flags.append(("no spread", "no explainer differs significantly from random (paired bootstrap, 95%)"))
     if flags:
