@@ -363,18 +363,15 @@ def _board_summary(out_dir: str, summary: Any) -> dict[str, Any]:
 
 
 def _copy_figures(board_dir: str, files: str, tables: Sequence[Mapping[str, Any]], seed: int) -> dict[str, str]:
-    """Copy the board's IoU-curve and example PNGs of model seed ``seed`` into ``files``; kind:variant:model -> name."""
+    """Copy the board's IoU-curve PNGs of model seed ``seed`` into ``files``; ``variant:model`` -> file name."""
     from an8flower.eval.report import _slug
 
     copied = {}
     for t in tables:
-        slug = _slug(t["dataset"], t["variant"], t["model"], t["split"])
-        for kind in ("iou_curves", "examples"):
-            src = os.path.join(board_dir, f"{kind}_{slug}.png")
-            if os.path.isfile(src) and t["seed"] == seed:
-                dst = f"{kind}_{slug}.png"
-                shutil.copyfile(src, os.path.join(files, dst))
-                copied[f"{kind}:{t['variant']}:{t['model']}"] = dst
+        name = f"iou_curves_{_slug(t['dataset'], t['variant'], t['model'], t['split'])}.png"
+        if t["seed"] == seed and os.path.isfile(os.path.join(board_dir, name)):
+            shutil.copyfile(os.path.join(board_dir, name), os.path.join(files, name))
+            copied[f"{t['variant']}:{t['model']}"] = name
     return copied
 
 
@@ -512,8 +509,7 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
                            "vebi": {"layers": len(vebi.layers_), "features": vebi.fit_info_.get("n_features"),
                                     "relevant_per_class": vebi.fit_info_.get("relevant_per_class")},
                            "removal": removal, "stride": stride, "sheets": sheets,
-                           "iou_figure": figures.get(f"iou_curves:{data.variant}:{model_name}"),
-                           "examples_figure": figures.get(f"examples:{data.variant}:{model_name}")})
+                           "iou_figure": figures.get(f"{data.variant}:{model_name}")})
     result: dict[str, Any] = {
         "command": list(command) if command is not None else list(sys.argv),
         "settings": dataclasses.asdict(settings), "cuts": cuts(settings), "board": board, "groups": groups,
@@ -611,6 +607,12 @@ def _main_table(t: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
             if m == "iou_auc":
                 cells += [_f(v) for v in t.get("iou_points", {}).get(e, [None] * len(IOU_POINTS))]
         lines.append("| " + " | ".join(cells) + " |")
+    same = [e for e in VEBI_ROWS if e != "vebi" and e in rows and "vebi" in rows
+            and all(rows[e]["scores"].get(m) == rows["vebi"]["scores"].get(m) for m in t["metrics"])]
+    if same:
+        lines += ["", ", ".join(f"`{e}`" for e in same) + " score as `vebi` in every column here, to 6 digits (the same maps: "
+                  "e.g. no strided convolution for the stride fix to change, or no class with more than k relevant "
+                  "features)."]
     errors = [f"`{x['explainer']}`: {x['error']}" for x in t.get("errors", [])]
     if errors:
         lines += ["", "Errors: " + "; ".join(errors)]

@@ -167,6 +167,8 @@ def synthetic_result() -> dict:
     tables = leaderboard_tables(cells, info, {("an8flower", "single-6c", "small-cnn", "test", 0): {"n_images": 20}})
     annotate_tables(tables, cells, info)
     tables[0]["iou_points"] = {e: [0.5, 0.4, 0.3, 0.2, 0.1] for e in EXPLAINERS}
+    rows = {r["explainer"]: r for r in tables[0]["rows"]}
+    rows["vebi[k=5]"]["scores"] = rows["vebi"]["scores"]  # as when no class has more than 3 relevant features
     row = {"accuracy": 0.0, "probability": 0.0, "others": 1.0, "accuracy_drop": 0.9, "probability_drop": 0.8,
            "others_drop": 0.0}
     group = {"variant": "single-6c", "model": "small-cnn", "seed": 0, "accuracy": {"test": 1.0},
@@ -208,6 +210,7 @@ def test_the_note_writes_every_table_from_a_result() -> None:
     assert "![single-6c small-cnn class 0](reproduction_files/sheet_x_class00.png)" in md
     assert "| board | 10.0 | 77% |" in md and "| total | 13.0 | |" in md
     assert "Meta-evaluation (200 paired bootstrap" in md
+    assert "`vebi[k=5]` score as `vebi` in every column here" in md
 
 
 def test_cuts_list_every_departure_from_the_defaults() -> None:
