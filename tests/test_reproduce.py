@@ -218,6 +218,7 @@ def test_cuts_list_every_departure_from_the_defaults() -> None:
     got = cuts(ReproSettings(per_class=100, models=["small-cnn"], train={"epochs": 10}))
     assert "images per class: 100 instead of 1000" in got and "models: small-cnn instead of small-cnn, resnet18" in got
     assert "training epochs: 10 instead of 40" in got
+    assert "vebi options: lasso_tol = 0.001" in cuts(ReproSettings(explainer_options={"vebi": {"lasso_tol": 1e-3}}))
     with pytest.raises(UsageError, match="--per-class"):
         ReproSettings(per_class=0)
     with pytest.raises(UsageError, match="--imagenet ROOT and --weights"):
@@ -276,3 +277,47 @@ def test_reproduce_tiny_writes_every_table(tmp_path, capsys) -> None:
     assert {r["explainer"] for r in m["rows"]} == {"vebi", "upsampled_activation", "deconvnet", "guided_backprop",
                                                   "gradcam", "random", "centre"}
     assert (out / "board" / "leaderboard.md").is_file() and (out / "mnist" / "run.json").is_file()
+
+
+def fake_imagenet(root, train: bool) -> None:
+    """LOC-style ILSVRC12: val/<wnid>/ and (optionally) train/<wnid>/ JPEGs, the mapping and the val boxes."""
+    from PIL import Image
+
+    wnids = ["n01000001", "n02000002", "n03000003"]
+    rows = []
+    for n in range(1, 7):
+        wnid = wnids[n % 3]
+        os.makedirs(root / "val" / wnid, exist_ok=True)
+        stem = f"ILSVRC2012_val_{n:08d}"
+        Image.fromarray(np.random.default_rng(n).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(
+            root / "val" / wnid / f"{stem}.JPEG", quality=95)
+        rows.append(f"{stem},{wnid} 20 10 59 49 \n")
+        if train:
+            os.makedirs(root / "train" / wnid, exist_ok=True)
+            Image.fromarray(np.random.default_rng(100 + n).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(
+                root / "train" / wnid / f"{wnid}_{n}.JPEG", quality=95)
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} thing {i}\n" for i, w in enumerate(wnids)))
+    (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(rows))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_imagenet_part_fits_vebi_on_training_images_when_there_are_some(tmp_path, train) -> None:
+    from an8flower.eval.models import build_model
+    from an8flower.eval.reproduce import TINY, _imagenet_part
+    from an8flower.eval.train import model_card, save_checkpoint
+
+    fake_imagenet(tmp_path / "inet", train)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("small-cnn", 3, seed=0), model_card("small-cnn", 3, (3, 64, 64), {}, {}, seed=0))
+    settings = ReproSettings(**{**TINY, "out": str(tmp_path / "r"), "tiny": True, "imagenet": str(tmp_path / "inet"),
+                                "imagenet_weights": str(ckpt), "imagenet_model": "small-cnn"})
+    part = _imagenet_part(settings, progress=False, log=lambda m: None)
+    table = part["board"]["tables"][0]
+    assert table["dataset"] == "ilsvrc12" and table["metrics"] == ["pointing_game", "energy_pointing_game"]
+    rows = {r["explainer"]: r for r in table["rows"]}
+    assert rows["oracle"]["scores"]["pointing_game"]["mean"] == 1.0 and set(rows) >= {"vebi", "gradcam", "centre"}
+    vebi_error = rows["vebi"]["scores"]["pointing_game"].get("error")
+    if train:  # two training images per class read from train/<wnid>/, VEBI fitted, no error
+        assert part["note"] is None and vebi_error is None
+    else:
+        assert "no ILSVRC12 training images" in part["note"] and "training split" in vebi_error
