@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "an8flower.intervene_cli",  # intervene
     "an8flower.eval.commands",  # train, leaderboard
     "an8flower.eval.interpret",  # interpret, explain (they load checkpoints and data: eval's side)
+    "an8flower.eval.reproduce",  # reproduce (the paper's experiments, on the leaderboard runner)
 )
 
 

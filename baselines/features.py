@@ -22,6 +22,17 @@ the wrong pixels (in the published leaderboard, ``single-6c`` with the small CNN
 AUC was 0.443 with conv outputs among the defaults and 0.793 without). A model without ReLU modules falls back to the
 outputs of its convolutions and of its linear layers except the logits. Any module can still be
 chosen by name.
+
+Named layer sets (:data:`LAYER_PRESETS`, accepted by ``default_layers(..., preset=)`` and by VEBI's
+``layers`` option):
+
+* ``"rectified"`` (the default above): every ReLU and 2-D pooling output;
+* ``"released"``: every layer output, as the authors' released code takes it from its MatConvNet
+  networks (every ``conv``, ``relu``, ``pool`` and ``fc`` layer, convolutions included): the
+  outputs of every ``nn.Conv2d``, batch-norm, ``nn.ReLU``, 2-D pooling and hidden ``nn.Linear``
+  module, in forward order, the logits excluded. The MatConvNet networks have no batch norm; in
+  ours its output is the signed pre-activation, the role a MatConvNet ``conv`` output has there,
+  so it is taken too.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from an8flower.errors import UsageError
 __all__ = [
     "FALLBACK_MODULE_TYPES",
     "FEATURE_MODULE_TYPES",
+    "LAYER_PRESETS",
     "LayerRecorder",
     "channel_energy",
     "default_layers",
@@ -54,6 +66,11 @@ FEATURE_MODULE_TYPES: tuple[type[nn.Module], ...] = (
 )
 #: The fallback of :func:`default_layers` for a model without ``nn.ReLU`` modules (logits excluded).
 FALLBACK_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+#: Named layer sets of :func:`default_layers`: the module types whose outputs each one selects.
+LAYER_PRESETS: dict[str, tuple[type[nn.Module], ...]] = {
+    "rectified": FEATURE_MODULE_TYPES,
+    "released": FEATURE_MODULE_TYPES + FALLBACK_MODULE_TYPES + (nn.modules.batchnorm._BatchNorm,),
+}
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[str]) -> list[nn.Module]:
@@ -173,23 +190,31 @@ class LayerRecorder:
         return [self.outputs[n] for n in self.layers]
 
 
-def default_layers(model: nn.Module, images: torch.Tensor) -> list[str]:
+def default_layers(model: nn.Module, images: torch.Tensor, preset: str = "rectified") -> list[str]:
     """VEBI's default layers: every ReLU and pooling output, in forward order (see the module docstring).
 
-    One forward pass on ``images[:1]`` records which :data:`FEATURE_MODULE_TYPES` modules run (or,
-    in a model without ``nn.ReLU`` modules, :data:`FALLBACK_MODULE_TYPES`), in what order; the
+    One forward pass on ``images[:1]`` records which modules of the preset's types run
+    (:data:`LAYER_PRESETS`; for ``"rectified"``, :data:`FEATURE_MODULE_TYPES`, or, in a model
+    without ``nn.ReLU`` modules, those and :data:`FALLBACK_MODULE_TYPES`), in what order; the
     module producing the logits (the model's output tensor itself, or failing that the last module
     to produce a tensor of the logits' shape) is left out. Modules that are not run are left out too.
 
     Args:
         model: maps (B, C, H, W) to logits (B, K).
         images: an example batch on the model's device (only the first image is used).
+        preset: a name of :data:`LAYER_PRESETS` (``"rectified"``: the default set; ``"released"``:
+            every layer output, convolutions included, as the authors' code).
 
     Returns:
         Module paths in execution order.
+
+    Raises:
+        UsageError: an unknown preset.
     """
-    types = FEATURE_MODULE_TYPES
-    if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+    if preset not in LAYER_PRESETS:
+        raise UsageError(f"unknown layer set {preset!r}; choose from {', '.join(LAYER_PRESETS)}")
+    types = LAYER_PRESETS[preset]
+    if preset == "rectified" and not any(isinstance(m, nn.ReLU) for m in model.modules()):
         types = FEATURE_MODULE_TYPES + FALLBACK_MODULE_TYPES
     candidates = {name: m for name, m in model.named_modules() if name and isinstance(m, types)}
     order: list[tuple[str, torch.Tensor]] = []

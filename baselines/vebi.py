@@ -51,7 +51,7 @@ from an8flower.baselines.base import (
     reduce_channels,
     register_explainer,
 )
-from an8flower.baselines.features import LayerRecorder, channel_energy, default_layers, feature_vector
+from an8flower.baselines.features import LAYER_PRESETS, LayerRecorder, channel_energy, default_layers, feature_vector
 from an8flower.baselines.lasso import nonneg_l1_lasso
 from an8flower.baselines.rules import RELU_RULES, backward_rules
 from an8flower.errors import UsageError
@@ -147,7 +147,10 @@ class VEBI(Explainer):
     Args:
         mu: L1 radius of the lasso (default 10 as in the authors' code; they used 5 on an8Flower).
         k: number of top relevant features whose maps make the heatmap (paper: 3).
-        layers: module paths of the layers giving features; None = :func:`default_layers` at fit time.
+        layers: module paths of the layers giving features; None = :func:`default_layers` at fit time;
+            a name of :data:`~an8flower.baselines.features.LAYER_PRESETS` = that layer set at fit
+            time (``"released"``: every layer output, convolutions included, as the authors' code;
+            ``"rectified"``: the default). A module whose path is a preset's name is given in a list.
         labels: ``"ground_truth"`` (the paper) or ``"predicted"`` (the model's predictions) as the
             lasso's targets.
         stride_fix: use the stride fix when back-propagating through strided convolutions.
@@ -165,7 +168,7 @@ class VEBI(Explainer):
         self,
         mu: float = 10.0,
         k: int = 3,
-        layers: Optional[Sequence[str]] = None,
+        layers: Optional[Sequence[str] | str] = None,
         labels: str = "ground_truth",
         stride_fix: bool = True,
         relu: str = "guided",
@@ -186,11 +189,11 @@ class VEBI(Explainer):
             raise UsageError(f"top_n must be >= 1, got {top_n}")
         if int(batch_size) < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-        if isinstance(layers, str):
+        if isinstance(layers, str) and layers not in LAYER_PRESETS:
             layers = [layers]
         self.mu = float(mu)
         self.k = int(k)
-        self.layers = list(layers) if layers is not None else None
+        self.layers: Optional[list[str] | str] = layers if layers is None or isinstance(layers, str) else list(layers)
         self.labels = labels
         self.stride_fix = bool(stride_fix)
         self.relu = relu
@@ -333,14 +336,15 @@ class VEBI(Explainer):
         feats: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
         n_classes: Optional[int] = None
-        layers: Optional[list[str]] = list(self.layers) if self.layers is not None else None
+        preset = self.layers if isinstance(self.layers, str) else "rectified"
+        layers: Optional[list[str]] = list(self.layers) if self.layers is not None and not isinstance(self.layers, str) else None
         sizes: Optional[list[int]] = None
         disable = None if progress is None else not progress
         with eval_mode(model):
             for images, labels in tqdm(_batches(loader), desc="vebi: features", unit="batch", disable=disable):
                 images = images.to(device)
                 if layers is None:
-                    layers = default_layers(model, images)
+                    layers = default_layers(model, images, preset)
                     if not layers:
                         raise UsageError(
                             f"{type(model).__name__} has no conv, ReLU, pooling or linear layers to take features from"

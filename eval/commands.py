@@ -171,6 +171,8 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="image side of rendered datasets (default: 112; --quick: 64)")
     p.add_argument("--per-class", type=int, help="samples per class of rendered datasets (default: 500)")
     p.add_argument("--seed", type=int, help="dataset, model and explainer seed (default: 0)")
+    p.add_argument("--model-seeds", type=int, metavar="N",
+                   help="train N classifiers per model (seeds SEED, SEED+1, ...) and report rank spread (default: 1)")
     p.add_argument("--max-images", type=int, help="score at most this many images per dataset (default: 300)")
     p.add_argument("--model-metric-images", type=int,
                    help="images scored by deletion/insertion/randomisation (default: 64; --quick: 16)")
@@ -227,7 +229,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["explainers"] = list(args.explainer)
     if args.metric:
         o["metrics"] = list(args.metric)
-    for flag, key in (("size", "size"), ("per_class", "per_class"), ("seed", "seed"), ("max_images", "max_images"),
+    for flag, key in (("size", "size"), ("per_class", "per_class"), ("seed", "seed"), ("model_seeds", "model_seeds"),
+                      ("max_images", "max_images"),
                       ("model_metric_images", "model_metric_images"), ("batch_size", "batch_size"),
                       ("workers", "workers"), ("device", "device")):
         if getattr(args, flag) is not None:

@@ -77,6 +77,10 @@ class RunConfig:
         size: image side in pixels of the rendered datasets (and of the model's input).
         per_class: samples per class of a rendered dataset (split 70/10/20 as ``generate`` does).
         seed: the dataset seed, the model seed and the explainers' seed.
+        model_seeds: train this many classifiers per variant and model, with initialisation and
+            shuffling seeds ``seed, seed + 1, ...`` (the dataset and explainers keep ``seed``),
+            and score the board for each; the report adds ranks and their spread across seeds.
+            Each model seed is its own group (its ``seed`` in the tables and ``results.csv``).
         split: the split that is scored.
         max_images: score at most this many (correctly classified) images per dataset; ``None``:
             all.
@@ -108,6 +112,7 @@ class RunConfig:
     size: int = 112
     per_class: int = 500
     seed: int = 0
+    model_seeds: int = 1
     split: str = "test"
     max_images: Optional[int] = 300
     model_metric_images: int = 64
@@ -126,7 +131,7 @@ class RunConfig:
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`UsageError` naming the field (and ``source``) for an out-of-range value."""
-        for name in ("per_class", "batch_size", "size"):
+        for name in ("per_class", "batch_size", "size", "model_seeds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"{source}: {name} must be a positive integer, got {v!r}")

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig
 
-__all__ = ["TensorSplit", "materialise", "PreparedData", "prepare_an8flower", "prepare_imagenet", "check_memory"]
+__all__ = ["TensorSplit", "materialise", "PreparedData", "prepare_an8flower", "prepare_imagenet", "check_memory",
+           "imagenet_transforms"]
 
 #: Bytes a rendered sample takes in a :class:`TensorSplit`, per pixel: RGB, mask, part map.
 BYTES_PER_PIXEL = 5
@@ -246,16 +247,11 @@ def _folder_spec(info: dict[str, Any], size: int) -> Optional[Any]:
         return None
 
 
-def prepare_imagenet(config: RunConfig, progress: Optional[bool] = None) -> PreparedData:
-    """ILSVRC12 validation images resized to 256 (shorter side), centre-cropped to ``config.size``
-    (224 unless set), with the union of the labelled class's boxes as mask (same transform,
-    nearest-neighbour)."""
+def imagenet_transforms(size: int) -> tuple[Any, Any]:
+    """The ILSVRC12 image and mask transforms of :func:`prepare_imagenet` for a crop of ``size`` pixels."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
-    from an8flower.datasets.imagenet import ILSVRC12
-
-    size = config.size
     resize = round(size * 256 / 224)
 
     def transform(img: Any) -> torch.Tensor:
@@ -265,6 +261,17 @@ def prepare_imagenet(config: RunConfig, progress: Optional[bool] = None) -> Prep
         m = F.resize(mask[None].to(torch.uint8), resize, InterpolationMode.NEAREST)
         return F.center_crop(m, size)[0].bool()
 
+    return transform, mask_transform
+
+
+def prepare_imagenet(config: RunConfig, progress: Optional[bool] = None) -> PreparedData:
+    """ILSVRC12 validation images resized to 256 (shorter side), centre-cropped to ``config.size``
+    (224 unless set), with the union of the labelled class's boxes as mask (same transform,
+    nearest-neighbour)."""
+    from an8flower.datasets.imagenet import ILSVRC12
+
+    size = config.size
+    transform, mask_transform = imagenet_transforms(size)
     ds = ILSVRC12(config.imagenet, "val", transform=transform, mask_transform=mask_transform, num_classes=None)
     n = len(ds) if config.max_images is None else min(len(ds), 4 * config.max_images)
     subset = torch.utils.data.Subset(ds, range(n))

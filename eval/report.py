@@ -11,7 +11,10 @@ split, seed) with the per-image scores, their mean ``value`` and count ``n``, an
   confidence intervals or other statistics;
 * ``leaderboard.md`` and ``leaderboard.json``: one table per (dataset, variant, model, split),
   explainers x metrics, mean and 95% confidence interval, the best explainer of each column in
-  bold (the ``oracle`` row is the ceiling and is not a candidate);
+  bold (the ``oracle`` row is the ceiling and is not a candidate), and under each table the
+  meta-evaluation of its metrics (:mod:`an8flower.eval.metaeval`): columns that cannot rank
+  explainers on these images are flagged (no bold, the reason in a note), metrics that coincide
+  are shown once, and with several model seeds a section of ranks across seeds;
 * PNG plots (matplotlib, Agg backend): IoU against the binarisation threshold per explainer,
   a grid of example heatmaps over their images with the mask outlined, and the chance-normalised
   share of positive attribution per part of the an8Flower part map;
@@ -265,8 +268,11 @@ def leaderboard_markdown(
     the title says what the signs, the bold and italic entries and each column mean
     (:func:`legend_markdown`).
     """
+    from an8flower.eval.metaeval import flag_suffix, hidden_metrics, metaeval_markdown, seed_markdown, seed_stability
+
     lines = [f"# {title}", ""] + legend_markdown(metric_info, [m for t in tables for m in t["metrics"]])
     for t in tables:
+        shown = [m for m in t["metrics"] if m not in hidden_metrics(t)]
         meta = t.get("meta", {})
         head = f"## {t['dataset']}"
         if t["variant"]:
@@ -286,25 +292,25 @@ def leaderboard_markdown(
         if meta.get("warning"):
             lines += [f"**Warning:** {meta['warning']}.", ""]
         counts = {}
-        for m in t["metrics"]:
+        for m in shown:
             ns = [r["scores"][m]["n"] for r in t["rows"] if m in r["scores"] and not r["scores"][m].get("error")]
             counts[m] = max(ns) if ns else 0
         full = max(counts.values()) if counts else 0
         header = ["explainer"]
-        for m in t["metrics"]:
+        for m in shown:
             info = metric_info[m]
             h = f"{info.get('label', m)} {'↑' if info.get('higher_is_better', True) else '↓'}"
             if counts[m] and counts[m] < full:
                 h += f" (n={counts[m]})"
-            header.append(md_cell(h))
+            header.append(md_cell(h + flag_suffix(t, m)))
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join([":--"] + ["--:"] * len(t["metrics"])) + "|")
+        lines.append("|" + "|".join([":--"] + ["--:"] * len(shown)) + "|")
         notes: list[str] = []
         for r in t["rows"]:
             name = r["explainer"]
             label = f"*{md_cell(name)}*" if name in REFERENCE_ROWS else md_cell(name)
             cells = [label]
-            for m in t["metrics"]:
+            for m in shown:
                 s = r["scores"].get(m)
                 note = None
                 if s is not None and s.get("error"):
@@ -312,16 +318,19 @@ def leaderboard_markdown(
                     if msg not in notes:
                         notes.append(msg)
                     note = notes.index(msg) + 1
-                cells.append(_cell_text(s, name in t["best"].get(m, []), note))
+                cells.append(_cell_text(s, name in t["best"].get(m, []) and not flag_suffix(t, m), note))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if notes:
             lines += ["Errors:", ""] + [f"{i}. {md_cell(msg)}" for i, msg in enumerate(notes, 1)] + [""]
+        lines += metaeval_markdown(t, metric_info)
         parts = meta.get("part_table")
         if parts:
             lines += _part_markdown(parts) + [""]
         if meta.get("reliance"):
             lines += reliance_markdown(meta["reliance"]) + [""]
+    lines += seed_markdown(seed_stability(tables, metric_info), metric_info,
+                           hidden=sorted({m for t in tables for m in hidden_metrics(t)}))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -656,6 +665,9 @@ def write_report(
         entry["share"][c["explainer"]] = [_json_float(v) for v in c["extra"]["share"]]
     table_cells = [c for c in cells if not (c.get("extra") or {}).get("parts")]
     tables = leaderboard_tables(table_cells, metric_info, meta)
+    from an8flower.eval.metaeval import annotate_tables, seed_stability
+
+    annotate_tables(tables, table_cells, metric_info)
     for t in tables:
         if "part_table" in t["meta"]:
             order = [r["explainer"] for r in t["rows"]]
@@ -667,7 +679,8 @@ def write_report(
     atomic_write(os.path.join(out_dir, "results.csv"), _csv_bytes(results_rows(cells), RESULT_COLUMNS))
     atomic_write(os.path.join(out_dir, "per_image.csv.gz"), _per_image_bytes(cells))
     atomic_write(os.path.join(out_dir, "leaderboard.md"), md)
-    doc = {"title": title, "metrics": {m: dict(v) for m, v in metric_info.items()}, "tables": tables}
+    doc = {"title": title, "metrics": {m: dict(v) for m, v in metric_info.items()}, "tables": tables,
+           "model_seeds": seed_stability(tables, metric_info)}
     atomic_write(os.path.join(out_dir, "leaderboard.json"), json.dumps(doc, indent=1, allow_nan=False) + "\n")
     files += _write_reliance_csv(out_dir, tables)
     if plots:

@@ -36,6 +36,7 @@ wall time split into data, training, explainers, metrics and I/O).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -90,6 +91,7 @@ from an8flower.eval.scoring import (
     metric_options,
     new_accumulators,
     run_explainer,
+    split_explainer_name,
 )
 from an8flower.eval.shards import ShardStore
 
@@ -130,8 +132,8 @@ def _weights_for(config: RunConfig, variant: str, model_name: str) -> Optional[s
 
 
 def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device: torch.device, timer: Timer,
-                  progress: Optional[bool], log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the model from ``config.weights`` or train it (cached under ``<out>/models``)."""
+                  progress: Optional[bool], log: Callable[[str], None], seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the model from ``config.weights`` or train it with initialisation ``seed`` (cached under ``<out>/models``)."""
     from an8flower.eval.models import build_model, load_checkpoint, model_hash, read_checkpoint
     from an8flower.eval.train import evaluate, model_card, save_checkpoint, train
 
@@ -151,6 +153,8 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
     if data.train is None:
         raise UsageError(f"no --weights for {model_name} and {data.dataset} has no training split to train one")
     tconf = config.train_config()
+    if seed != config.seed:  # model seed seed + i shuffles with the training seed + i
+        tconf = dataclasses.replace(tconf, seed=tconf.seed + seed - config.seed)
     recipe = canonical({"model": model_name, "data": data.hash, "train": tconf.__dict__, "code": _training_code_sha256()})
     path = os.path.join(config.out, "models", f"{data.variant}_{model_name}_{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.pt")
     if os.path.isfile(path):
@@ -161,7 +165,7 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
         return model.to(device).eval(), {"source": path, "card": card, "trained": False, "reused": True}
     log(f"{data.variant} / {model_name}: training on {len(data.train)} images ({data.size} px)")
     t0 = time.perf_counter()
-    model = build_model(model_name, k, seed=config.seed)
+    model = build_model(model_name, k, seed=seed)
     result = train(model, data.train, data.val, tconf, device=device, progress=progress)
     test_acc = evaluate(result.model, data.test, batch_size=128)
     timer.add("train", time.perf_counter() - t0)
@@ -169,7 +173,7 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
         model_name, k, (int(data.test.images.shape[1]), data.size, data.size),
         {"name": data.dataset, "variant": data.variant, "hash": data.hash, "source": data.source, **data.info},
         {"train": result.train_accuracy, "val": result.val_accuracy, config.split: test_acc},
-        seed=config.seed, config=tconf, history=result.history, classes=data.classes,
+        seed=seed, config=tconf, history=result.history, classes=data.classes,
     )
     t0 = time.perf_counter()
     save_checkpoint(path, result.model, card)
@@ -210,15 +214,16 @@ def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
     else:
         explainers = list(dict.fromkeys(config.explainers))
         for name in explainers:
-            if name != ORACLE and name not in registered:
-                raise UsageError(f"unknown explainer {name!r}; registered: {', '.join([ORACLE] + registered)}")
+            base = split_explainer_name(name)[0]
+            if name != ORACLE and base not in registered:
+                raise UsageError(f"unknown explainer {base!r}; registered: {', '.join([ORACLE] + registered)}")
     default = IMAGENET_METRICS if config.imagenet else DEFAULT_METRICS
     metrics = list(dict.fromkeys(config.metrics)) if config.metrics is not None else list(default)
     for name in metrics:
         if name not in METRICS:
             raise UsageError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")
     for name in config.explainer_options:
-        if name != ORACLE and name not in registered:
+        if name != ORACLE and split_explainer_name(name)[0] not in registered:
             raise UsageError(f"explainer_options: unknown explainer {name!r}")
     for name in config.metric_options:
         if name not in METRICS:
@@ -272,10 +277,11 @@ def run_leaderboard(
     for source in sources:
         data = run.prepare(source)
         for model_name in run.model_names:
-            run.score_group(data, model_name)
+            for seed in run.model_seeds:
+                run.score_group(data, model_name, seed)
     if world.shard:
         return run.finish_shard(command)
-    return run.finish(command, imagenet=bool(config.imagenet) and datasets is None)
+    return run.finish(command, imagenet=bool(run.datasets_rec) and all(d["dataset"] == "ilsvrc12" for d in run.datasets_rec))
 
 
 class _Run:
@@ -303,7 +309,10 @@ class _Run:
         for name in self.model_names:
             if name not in self.given and name not in list_models():
                 raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
-        self.any_fit = any(e != ORACLE and explainer_class(e).requires_fit for e in self.explainers)
+            if config.model_seeds > 1 and (name in self.given or any(k.split(":")[-1] == name for k in config.weights)):
+                raise UsageError(f"model_seeds = {config.model_seeds} needs models the run trains; {name} is given")
+        self.model_seeds = [config.seed + i for i in range(config.model_seeds)]
+        self.any_fit = any(e != ORACLE and explainer_class(split_explainer_name(e)[0]).requires_fit for e in self.explainers)
         if not config.imagenet and not datasets_given:
             from an8flower.spec import load_spec
 
@@ -349,24 +358,30 @@ class _Run:
                                   "hash": data.hash, "size": data.size, **data.info})
         return data
 
-    def score_group(self, data: PreparedData, model_name: str) -> None:
-        """Every explainer x metric cell of one (dataset, model) group: from the cache or computed."""
+    def score_group(self, data: PreparedData, model_name: str, model_seed: Optional[int] = None) -> None:
+        """Every explainer x metric cell of one (dataset, model, model seed) group: from the cache or computed.
+
+        ``model_seed`` (default ``config.seed``) seeds a model the run trains; it is the group's
+        ``seed`` in the tables (the dataset and explainers keep ``config.seed``).
+        """
         from tqdm.auto import tqdm
 
         from an8flower.eval.models import model_hash
         from an8flower.eval.train import accuracy_warning, predict
 
         config, device, world = self.config, self.device, self.world
+        seed = config.seed if model_seed is None else model_seed
         if model_name in self.given:
             model = self.given[model_name].to(device).eval()
             minfo: dict[str, Any] = {"source": "given", "card": {}, "trained": False}
         else:
             # Rank 0 trains a missing model (and saves it under <out>/models); the others then load it.
             if world.rank == 0 or world.shard:
-                model, minfo = _obtain_model(config, data, model_name, device, self.timer, self.progress, self.log)
+                model, minfo = _obtain_model(config, data, model_name, device, self.timer, self.progress, self.log,
+                                             seed)
             world.barrier(f"the {model_name} model")
             if world.rank != 0 and not world.shard:
-                model, minfo = _obtain_model(config, data, model_name, device, self.timer, False, lambda m: None)
+                model, minfo = _obtain_model(config, data, model_name, device, self.timer, False, lambda m: None, seed)
         mhash = model_hash(model)
         if world.broadcast(mhash, "the model hash") != mhash:
             raise RuntimeError(f"{world.label()}: the {model_name} model differs from rank 0's")
@@ -384,7 +399,7 @@ class _Run:
         keep = torch.tensor(kept, dtype=torch.long)
         self.timer.add("metrics", time.perf_counter() - t0)
         image_ids = [test.ids[i] for i in keep.tolist()]
-        self.models_rec.append({"variant": data.variant, "model": model_name, "hash": mhash,
+        self.models_rec.append({"variant": data.variant, "model": model_name, "seed": seed, "hash": mhash,
                                 "accuracy": {config.split: round(accuracy, 6)},
                                 **{k: v for k, v in minfo.items() if k != "card"},
                                 "card_accuracy": minfo["card"].get("accuracy")})
@@ -393,7 +408,7 @@ class _Run:
         warning = accuracy_warning(accuracy, config.split)
         if warning:
             self.log(f"warning: {data.variant or data.dataset} / {model_name}: {warning}")
-        group = (data.dataset, data.variant, model_name, config.split, config.seed)
+        group = (data.dataset, data.variant, model_name, config.split, seed)
         self.group_meta[group] = {"accuracy": accuracy, "n_images": len(keep), "all_images": config.all_images,
                                   "image_size": data.size, "discriminative": data.discriminative,
                                   "warning": warning}
@@ -411,7 +426,7 @@ class _Run:
         disc_ids = [data.parts.index(p) for p in data.discriminative]
         counterfactual = self._reliance(data, model, mhash, keep, image_ids, group)
         base_meta = {"dataset": data.dataset, "variant": data.variant, "model": model_name, "split": config.split,
-                     "seed": config.seed}
+                     "seed": seed}
         bar = tqdm(total=len(self.explainers), desc=f"{data.variant or data.dataset}/{model_name}", unit="explainer",
                    disable=None if self.progress is None else not self.progress)
         before = (self.cached, self.computed)
@@ -555,13 +570,14 @@ class _Run:
             else:
                 from an8flower.baselines import explainer_class
 
-                self.identities[name] = explainer_code_identity(explainer_class(name))
+                self.identities[name] = explainer_code_identity(explainer_class(split_explainer_name(name)[0]))
         if name == ORACLE:
             explainer = {"name": name, "options": options, "code": self.identities[name]}
         else:
             from an8flower.baselines import explainer_class
 
-            explainer = {"name": name, "options": complete_options(explainer_class(name).__init__, options, skip=1),
+            explainer = {"name": name, "options": complete_options(explainer_class(split_explainer_name(name)[0]).__init__,
+                                                                   options, skip=1),
                          "code": self.identities[name]}
         if metric is None:
             metric_part: dict[str, Any] = {}
@@ -580,7 +596,7 @@ class _Run:
     def _explainer_class(name: str) -> type:
         from an8flower.baselines import explainer_class
 
-        return explainer_class(name)
+        return explainer_class(split_explainer_name(name)[0])
 
     def _cached_extras(self) -> int:
         """Add the cached cells of this run's groups for explainer/metric pairs this run did not ask for.
@@ -718,12 +734,13 @@ class _Run:
             "platform": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
                          "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-            "seeds": {"dataset": config.seed, "model": config.seed, "explainers": config.seed},
+            "seeds": {"dataset": config.seed, "model": config.seed, "explainers": config.seed,
+                      **({"models": self.model_seeds} if len(self.model_seeds) > 1 else {})},
             "datasets": self.datasets_rec,
             "models": self.models_rec,
             "explainers": {e: {"options": explainer_options(e, self.model_names[0], config,
                                                             "ilsvrc12" if imagenet else "an8flower"),
-                               "requires_fit": e != ORACLE and bool(explainer_class(e).requires_fit)}
+                               "requires_fit": e != ORACLE and bool(explainer_class(split_explainer_name(e)[0]).requires_fit)}
                            for e in explainers},
             "metrics": metric_info,
             "processes": {"world_size": self.world.size, "backend": _backend(self.world)},

@@ -24,9 +24,9 @@ from an8flower.eval.data import PreparedData, TensorSplit
 
 __all__ = [
     "ORACLE", "MetricSpec", "METRICS", "SUBSET_KINDS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer", "Oracle",
-    "explainer_options", "build", "error_text", "Accumulator", "score_batch", "finish_cell", "for_json",
-    "randomisation_layers", "metric_options", "batches", "merge_accumulators", "build_and_fit", "new_accumulators",
-    "run_explainer",
+    "split_explainer_name", "explainer_options", "build", "error_text", "Accumulator", "score_batch", "finish_cell",
+    "for_json", "randomisation_layers", "metric_options", "batches", "merge_accumulators", "build_and_fit",
+    "new_accumulators", "run_explainer",
 ]
 
 
@@ -76,7 +76,11 @@ class MetricSpec:
 #: Spearman correlation between the heatmaps of the trained model and of the model with all its
 #: top-level parameterised blocks re-initialised in cascade (Adebayo et al. 2018; lower = the
 #: explanation depends more on the learned weights); ``part_attribution`` scores the share of
-#: positive attribution on the discriminative parts and feeds the part table and plot. The
+#: positive attribution on the discriminative parts and feeds the part table and plot.
+#: ``deletion_auc`` and ``insertion_auc`` replace pixels by uniform grey 0.5 (``baseline="grey"``,
+#: see :mod:`an8flower.eval.metrics.faithfulness`): RISE's blurred insertion baseline keeps the
+#: colours that decide an an8Flower class, so insertion from it scored 0.91-0.99 for every row,
+#: ``random`` included, and could not rank anything. The
 #: model-aware metrics use the model's runner-up class b (the most probable other than the target):
 #: ``counterfactual_mass`` is the share of positive attribution on the pixels that change when the
 #: image is painted as b, ``reliance_rank_correlation`` the Spearman correlation of attribution per
@@ -110,10 +114,12 @@ METRICS: dict[str, MetricSpec] = {
                    description="pixel average precision over the set (Choe et al. 2020; no per-image CI)"),
         MetricSpec("part_attribution", "part share", "parts", skip=3,
                    description="share of positive attribution on the discriminative parts (per-part table below)"),
-        MetricSpec("deletion_auc", "deletion", "model", higher_is_better=False, skip=4,
-                   description="area under the target probability as the most relevant pixels are removed first"),
-        MetricSpec("insertion_auc", "insertion", "model", skip=4,
-                   description="area under the target probability as the most relevant pixels are inserted first"),
+        MetricSpec("deletion_auc", "deletion", "model", higher_is_better=False, skip=4, defaults={"baseline": "grey"},
+                   description="area under the target probability as the most relevant pixels are replaced by grey "
+                               "first"),
+        MetricSpec("insertion_auc", "insertion", "model", skip=4, defaults={"baseline": "grey"},
+                   description="area under the target probability as the most relevant pixels are inserted into a "
+                               "grey image first"),
         MetricSpec("randomisation", "randomisation", "explainer", higher_is_better=False,
                    function="randomisation_similarity", skip=5,
                    description="Spearman correlation with the heatmap of the fully re-initialised model (sanity check; "
@@ -190,17 +196,69 @@ class Oracle:
 AN8FLOWER_EXPLAINER_DEFAULTS: dict[str, dict[str, Any]] = {"vebi": {"mu": 5.0}}
 
 
+def split_explainer_name(name: str) -> tuple[str, dict[str, Any]]:
+    """A row name and its explainer: ``"vebi[k=1,stride_fix=false]"`` -> ``("vebi", {"k": 1, "stride_fix": False})``.
+
+    A *named variant* ``NAME[KEY=VALUE,...]`` is the explainer ``NAME`` with those options on top
+    of the run's options for ``NAME``; the leaderboard shows it as its own row, under the full
+    name. Values are read as JSON when they parse (``1``, ``5.0``, ``false``, ``["a", "b"]``),
+    as strings otherwise (``labels=predicted``); commas inside brackets or quotes do not split.
+    A plain name gives ``(name, {})``.
+
+    Raises:
+        UsageError: a malformed variant (no closing bracket, an item without ``=``, a repeated key).
+    """
+    import json
+
+    if "[" not in name:
+        return name, {}
+    base, _, rest = name.partition("[")
+    if not base or not rest.endswith("]"):
+        raise UsageError(f"explainer {name!r}: a variant is written NAME[KEY=VALUE,...]")
+    items, depth, quoted, current = [], 0, False, ""
+    for ch in rest[:-1]:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in "[{":
+            depth += 1
+        elif not quoted and ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0 and not quoted:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or key in options:
+            raise UsageError(f"explainer {name!r}: expected distinct KEY=VALUE items, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value.strip()
+    return base, options
+
+
 def explainer_options(name: str, model_name: str, config: RunConfig, dataset: str = "an8flower") -> dict[str, Any]:
-    """The options an explainer is built with: the run's, plus the CAM layer, seed and an8Flower defaults."""
+    """The options an explainer is built with: the run's, plus the CAM layer, seed and an8Flower defaults.
+
+    For a named variant ``NAME[...]`` (:func:`split_explainer_name`): the run's options for
+    ``NAME``, then those given for the full variant name, then the variant's own.
+    """
     from an8flower.baselines import explainer_class
     from an8flower.eval.models import DEFAULT_CAM_LAYER
 
-    options = dict(config.explainer_options.get(name, {}))
+    base, variant = split_explainer_name(name)
+    options = {**config.explainer_options.get(base, {}), **(config.explainer_options.get(name, {}) if variant else {}),
+               **variant}
     if name == ORACLE:
         return options
     if dataset == "an8flower":
-        options = {**AN8FLOWER_EXPLAINER_DEFAULTS.get(name, {}), **options}
-    params = inspect.signature(explainer_class(name).__init__).parameters
+        options = {**AN8FLOWER_EXPLAINER_DEFAULTS.get(base, {}), **options}
+    params = inspect.signature(explainer_class(base).__init__).parameters
     if "layer" in params and "layer" not in options and model_name in DEFAULT_CAM_LAYER:
         options["layer"] = DEFAULT_CAM_LAYER[model_name]
     if "seed" in params and "seed" not in options:
@@ -213,7 +271,7 @@ def build(name: str, options: dict[str, Any]) -> Any:
         return Oracle()
     from an8flower.baselines import build_explainer
 
-    return build_explainer(name, **options)
+    return build_explainer(split_explainer_name(name)[0], **options)
 
 
 def error_text(exc: BaseException) -> str:
@@ -290,7 +348,7 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int, 
     from an8flower.eval import metrics as M
 
     spec, opts = acc.spec, acc.options
-    masks = ctx["masks"][:k]
+    masks = ctx["masks"][:k] if ctx["masks"] is not None else None
     h = h[:k]
     if spec.kind == "mask":
         if spec.name == "iou_auc":
@@ -434,7 +492,9 @@ def build_and_fit(name: str, options: dict[str, Any], model: nn.Module, data: Pr
         if data.train is None:
             raise UsageError(f"{name} must be fitted on a training split, and {data.dataset} has none here")
         t0 = time.perf_counter()
-        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0)
+        from an8flower.eval.train import _xy  # (image, label, mask or None) items -> (images, labels)
+
+        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0, collate_fn=_xy)
         if "progress" in inspect.signature(explainer.fit).parameters:
             explainer.fit(model, loader, progress=progress)
         else:

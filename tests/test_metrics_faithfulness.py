@@ -254,3 +254,16 @@ def test_model_based_metrics_leave_a_train_mode_model_untouched(metric: str) -> 
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert torch.equal(scores, run(reference))
+
+
+def test_grey_baseline_is_uniform_half_and_mean_keeps_each_images_colour():
+    model = Linear2x2()
+    # From grey 0.5 every pixel contributes 0.5 w: p_0 = sig(5); insertion in raster order adds 0.5 w_i.
+    curve = insertion_curve(model, ONES, BY_WEIGHT, TARGET, steps=4, baseline="grey")
+    torch.testing.assert_close(curve, torch.tensor([[sig(v) for v in (5.0, 7.0, 8.5, 9.5, 10.0)]], dtype=torch.float64))
+    # Deletion to grey ends at the grey image.
+    assert deletion_curve(model, ONES, BY_WEIGHT, TARGET, steps=4, baseline="grey")[0, -1].item() == pytest.approx(sig(5.0))
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])  # mean 0.25: the mean fill scores sig(0.25 * 10)
+    assert deletion_curve(model, x, BY_WEIGHT, TARGET, steps=1, baseline="mean")[0, -1].item() == pytest.approx(sig(2.5))
+    with pytest.raises(UsageError, match="'grey'"):
+        deletion_auc(model, ONES, BY_WEIGHT, TARGET, steps=4, baseline="gray-ish")

@@ -11,6 +11,20 @@ Every model-based metric runs the model in eval mode and restores its mode after
 included), as the explainers do: a model handed over in train mode would otherwise update its
 batch-norm running statistics on the perturbed images. Images go to the model's device and the
 scores come back there as float64. The caller's model is never modified.
+
+**Baselines** (what replaces deleted pixels, or where insertion starts), :data:`BASELINES`:
+
+* ``"zeros"``: black (RISE's deletion);
+* ``"blur"``: the image blurred by a Gaussian (RISE's insertion). It keeps each region's colour, so
+  on an8Flower, whose classes are colours of parts, the blurred image is already classified
+  correctly: insertion starts near p = 1 for every heatmap and cannot rank explainers (on the
+  64 px published board, 0.91 - 0.99 for every row, ``random`` included);
+* ``"grey"``: uniform grey 0.5 (:data:`GREY`), which carries no colour, no shape and no texture;
+  in distribution in the sense that an8Flower's palettes and images are in [0, 1] around it. The
+  leaderboard's default for deletion and insertion (:data:`an8flower.eval.scoring.METRICS`);
+* ``"mean"``: each image's per-channel mean colour, a uniform fill that keeps the global colour
+  balance but no part colour;
+* a number (a uniform fill) or a tensor broadcastable to the images.
 """
 
 from __future__ import annotations
@@ -30,6 +44,8 @@ from an8flower.eval.metrics._checks import as_tensor, check_finite, check_heatma
 from an8flower.eval.metrics._ranks import average_ranks, spearman_rows
 
 __all__ = [
+    "BASELINES",
+    "GREY",
     "BLUR_KERNEL_SIZE",
     "BLUR_SIGMA",
     "deletion_curve",
@@ -43,6 +59,10 @@ __all__ = [
 #: The blurred baseline of RISE: a Gaussian of this size and standard deviation (pixels).
 BLUR_KERNEL_SIZE = 11
 BLUR_SIGMA = 5.0
+#: The value of every channel of the ``"grey"`` baseline.
+GREY = 0.5
+#: The named baselines of :func:`deletion_auc` and :func:`insertion_auc` (see the module docstring).
+BASELINES: tuple[str, ...] = ("zeros", "blur", "grey", "mean")
 
 Baseline = str | float | torch.Tensor
 Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -117,9 +137,11 @@ def _baseline_images(images: torch.Tensor, baseline: Baseline) -> torch.Tensor:
             return torch.zeros_like(images)
         if baseline == "blur":
             return gaussian_blur(images)
+        if baseline == "grey":
+            return torch.full_like(images, GREY)
         if baseline == "mean":
             return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
-        raise UsageError(f"unknown baseline {baseline!r}; choose 'zeros', 'blur', 'mean', a number or a tensor")
+        raise UsageError(f"unknown baseline {baseline!r}; choose {', '.join(map(repr, BASELINES))}, a number or a tensor")
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         if not math.isfinite(baseline):
             raise UsageError(f"baseline must be finite, got {baseline!r}")
@@ -133,7 +155,7 @@ def _baseline_images(images: torch.Tensor, baseline: Baseline) -> torch.Tensor:
             ) from None
         check_finite(out, name="baseline")
         return out
-    raise UsageError(f"baseline must be 'zeros', 'blur', 'mean', a number or a tensor, got {type(baseline).__name__}")
+    raise UsageError(f"baseline must be one of {', '.join(map(repr, BASELINES))}, a number or a tensor, got {type(baseline).__name__}")
 
 
 def _perturbation_curve(
@@ -248,8 +270,9 @@ def deletion_auc(
         targets: (B,) class indices, or ``None`` for the model's predicted class.
         steps: number of steps, 1 <= steps <= H*W (default 100).
         baseline: what replaces removed pixels: ``"zeros"`` (default, as RISE), ``"blur"`` (see
-            :func:`insertion_auc`), ``"mean"`` (each image's per-channel mean), a number, or a
-            tensor broadcastable to ``images``.
+            :func:`insertion_auc`), ``"grey"`` (uniform 0.5), ``"mean"`` (each image's
+            per-channel mean), a number, or a tensor broadcastable to ``images`` (see the module
+            docstring).
         chunk_size: perturbed images per forward pass (default 64).
 
     Returns:
@@ -280,7 +303,9 @@ def insertion_auc(
         baseline: the starting image: ``"blur"`` (default, as RISE: the image blurred by a
             Gaussian of size :data:`BLUR_KERNEL_SIZE` = 11 and sigma :data:`BLUR_SIGMA` = 5,
             channels separately, edges replicated where RISE pads with zeros), ``"zeros"``,
-            ``"mean"``, a number, or a tensor broadcastable to ``images``.
+            ``"grey"``, ``"mean"``, a number, or a tensor broadcastable to ``images``. On
+            an8Flower use ``"grey"`` (the leaderboard does): the blurred image keeps the colours
+            that decide the class.
 
     Returns:
         (B,) float64 on the model's device.
