@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from an8flower.errors import UsageError
+from an8flower.eval.config import TRAIN_DEFAULTS
 
 __all__ = [
     "register",
@@ -126,8 +127,7 @@ class ReproSettings:
     max_images: int = 300
     seed: int = 0
     model_seeds: int = 1
-    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 40, "batch_size": 32, "lr": 5e-3, "patience": 8,
-                                                           "stop_at": 1.0})
+    train: dict[str, Any] = field(default_factory=lambda: {**TRAIN_DEFAULTS, "epochs": 40})
     batch_size: int = 32
     draws: int = 5
     sheets: int = 3
