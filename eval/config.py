@@ -43,6 +43,8 @@ from an8flower.errors import UsageError
 
 __all__ = ["RunConfig", "quick_config", "load_config", "QUICK", "TRAIN_DEFAULTS"]
 
+#: Samples per class of a variant a ``per_class`` table leaves out.
+DEFAULT_PER_CLASS = 500
 #: Largest ``per_class`` a run accepts (the generator's bound); memory is checked too, see
 #: :func:`an8flower.eval.data.check_memory`.
 MAX_PER_CLASS = 100_000
@@ -75,7 +77,10 @@ class RunConfig:
         metrics: metric names (see :data:`an8flower.eval.runner.METRICS`); ``None``: all.
         metric_options: per metric, keyword options of the metric function.
         size: image side in pixels of the rendered datasets (and of the model's input).
-        per_class: samples per class of a rendered dataset (split 70/10/20 as ``generate`` does).
+        per_class: samples per class of a rendered dataset (split 70/10/20 as ``generate`` does);
+            one number for every variant, or a table ``{variant: number}`` (variants it leaves out
+            get 500): ``--quick`` renders more of ``single-6c``, whose class lives in one small part,
+            than of ``double-12c``.
         seed: the dataset seed, the model seed and the explainers' seed.
         model_seeds: train this many classifiers per variant and model, with initialisation and
             shuffling seeds ``seed, seed + 1, ...`` (the dataset and explainers keep ``seed``),
@@ -110,7 +115,7 @@ class RunConfig:
     metrics: Optional[list[str]] = None
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: int = 112
-    per_class: int = 500
+    per_class: int | dict[str, int] = 500
     seed: int = 0
     model_seeds: int = 1
     split: str = "test"
@@ -131,13 +136,17 @@ class RunConfig:
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`UsageError` naming the field (and ``source``) for an out-of-range value."""
-        for name in ("per_class", "batch_size", "size", "model_seeds"):
+        for name in ("batch_size", "size", "model_seeds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"{source}: {name} must be a positive integer, got {v!r}")
-        if self.per_class > MAX_PER_CLASS:
-            raise UsageError(f"{source}: per_class {self.per_class} is above the limit of {MAX_PER_CLASS:,} samples "
-                             "per class")
+        counts = self.per_class.items() if isinstance(self.per_class, dict) else [("", self.per_class)]
+        for variant, v in counts:
+            field_name = f"per_class.{variant}" if variant else "per_class"
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"{source}: {field_name} must be a positive integer, got {v!r}")
+            if v > MAX_PER_CLASS:
+                raise UsageError(f"{source}: {field_name} {v} is above the limit of {MAX_PER_CLASS:,} samples per class")
         if self.size > 512:
             raise UsageError(f"{source}: size {self.size} is above 512 pixels, the renderer's largest image")
         for name in ("model_metric_images", "examples", "workers", "seed"):
@@ -171,6 +180,12 @@ class RunConfig:
         if unknown:
             raise UsageError(f"{source}: unknown train setting {unknown[0]!r}; settings: {', '.join(sorted(known))}")
 
+    def per_class_for(self, variant: str) -> int:
+        """Samples per class of ``variant`` (``per_class``, or its entry in a ``per_class`` table)."""
+        if isinstance(self.per_class, dict):
+            return int(self.per_class.get(variant, DEFAULT_PER_CLASS))
+        return int(self.per_class)
+
     def train_config(self):
         """The :class:`~an8flower.eval.train.TrainConfig` of the models this run trains."""
         from an8flower.eval.train import TrainConfig
@@ -190,17 +205,17 @@ QUICK: dict[str, Any] = {
     "out": "an8flower-results",
     "variants": ["single-6c", "double-12c"],
     "size": 64,
-    "per_class": 150,
+    "per_class": {"single-6c": 200, "double-12c": 100},
     "max_images": 48,
     "model_metric_images": 8,
     "batch_size": 48,
     "examples": 4,
-    "train": {"epochs": 25, "patience": 6},
+    "train": {},
     "explainer_options": {
         "integrated_gradients": {"steps": 16},
         "smoothgrad": {"n_samples": 8},
         "occlusion": {"window": 12, "stride": 8},
-        "rise": {"n_masks": 256},
+        "rise": {"n_masks": 128},
     },
     "metric_options": {"deletion_auc": {"steps": 16}, "insertion_auc": {"steps": 16}},
 }

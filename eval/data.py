@@ -49,13 +49,13 @@ def check_memory(variant: str, num_classes: int, config: RunConfig, need_train: 
     """
     from an8flower.generate import split_sizes
 
-    sizes = split_sizes(config.per_class)
-    per_class = config.per_class if need_train else sizes[config.split]
+    n = config.per_class_for(variant)
+    per_class = n if need_train else split_sizes(n)[config.split]
     estimate = num_classes * per_class * config.size * config.size * BYTES_PER_PIXEL
     memory = _physical_memory() if memory is None else memory
     if memory is not None and estimate > MEMORY_SHARE * memory:
         raise UsageError(
-            f"{variant}: per_class {config.per_class} at {config.size} px needs about {estimate / 2**30:,.1f} GiB in "
+            f"{variant}: per_class {n} at {config.size} px needs about {estimate / 2**30:,.1f} GiB in "
             f"memory for the rendered {'splits' if need_train else config.split + ' split'} (this machine has "
             f"{memory / 2**30:,.1f} GiB); lower per_class or size"
         )
@@ -216,7 +216,7 @@ def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, 
         spec, seed = _folder_spec(info, size), info.get("seed")
     else:
         for split in splits:
-            ds = An8FlowerOnTheFly(variant, split, size=config.size, per_class=config.per_class,
+            ds = An8FlowerOnTheFly(variant, split, size=config.size, per_class=config.per_class_for(variant),
                                    seed=config.seed, return_parts=True)
             loaded[split] = materialise(ds, config.workers, f"render {ds.spec.name} {split}", progress)
         spec = ds.spec
@@ -225,7 +225,7 @@ def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, 
         for split in splits:
             d.update(split.encode() + loaded[split].sha256().encode())
         digest, source, size = d.hexdigest(), "rendered in memory", config.size
-        facts = {"seed": config.seed, "per_class": config.per_class, "spec_sha256": spec.sha256()}
+        facts = {"seed": config.seed, "per_class": config.per_class_for(variant), "spec_sha256": spec.sha256()}
         seed = config.seed
     facts["sizes"] = {s: len(t) for s, t in loaded.items()}
     return PreparedData(

@@ -399,3 +399,15 @@ def test_absurd_counts_are_refused_before_anything_is_written(tmp_path) -> None:
     assert check_memory("double-12c", 12, RunConfig(per_class=500, size=112), memory=1 << 40) == 12 * 500 * 112 * 112 * 5
     assert check_memory("double-12c", 12, RunConfig(per_class=500, size=112), need_train=False,
                         memory=1 << 40) == 12 * 100 * 112 * 112 * 5
+
+
+def test_per_class_table_gives_each_variant_its_own_count(tmp_path) -> None:
+    from an8flower.eval.data import prepare_an8flower
+
+    config = RunConfig(variants=["single-6c", "double-12c"], per_class={"single-6c": 5}, size=64)
+    assert config.per_class_for("single-6c") == 5 and config.per_class_for("double-12c") == 500
+    data = prepare_an8flower("single-6c", config, need_train=False)
+    assert len(data.test) == 6 * 1 and data.info["per_class"] == 5  # 5 per class -> 3/1/1
+    with pytest.raises(UsageError, match=r"per_class\.double-12c must be a positive integer"):
+        RunConfig(per_class={"double-12c": 0})
+    assert quick_config().per_class == {"single-6c": 200, "double-12c": 100}
