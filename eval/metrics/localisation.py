@@ -29,9 +29,9 @@ from an8flower.eval.metrics._checks import (
 from an8flower.eval.metrics._ranks import (
     Workspace,
     count_true,
-    kth_largest,
     midrank_sum_x2_of_flagged,
     sort_with_flags,
+    top_k_counts,
 )
 
 __all__ = [
@@ -166,23 +166,15 @@ def iou_auc(
     return iou_curve(heatmaps, masks, thresholds, chunk_size=chunk_size).mean(dim=1)
 
 
-def _expected_top_k_hits(h: torch.Tensor, m: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+def _expected_top_k_hits(h: torch.Tensor, m: torch.Tensor, k: torch.Tensor | int, ws: Workspace) -> torch.Tensor:
     """Expected number of mask pixels among the ``k`` highest pixels, ties broken at random.
 
     With ``v`` the k-th largest value, every pixel above ``v`` is selected and the remaining
-    ``k - #{h > v}`` slots go to the ``#{h == v}`` tied pixels with equal probability.
+    ``k - #{h > v}`` slots go to the ``#{h == v}`` tied pixels with equal probability. The counts
+    come from a radix select on a CPU (no sort, :func:`~an8flower.eval.metrics._ranks.top_k_counts`).
     """
-    v = kth_largest(h, k).unsqueeze(1)
-    at_least = h >= v
-    n_at_least = at_least.sum(dim=1)
-    hits = (at_least & m).sum(dim=1).double()
-    if bool((n_at_least == k).all()):  # no tie straddles the k-th value: the top k are exact
-        return hits
-    above = h > v
-    n_above = above.sum(dim=1)
-    hits_above = (above & m).sum(dim=1).double()
-    hits_tied, n_tied = hits - hits_above, n_at_least - n_above
-    return hits_above + (k - n_above).double() * hits_tied / n_tied.double()
+    n_above, n_tied, hits_above, hits_tied = top_k_counts(h, m, k, ws)
+    return hits_above.double() + (k - n_above).double() * hits_tied.double() / n_tied.double()
 
 
 def iou_top_mask(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
@@ -194,9 +186,11 @@ def iou_top_mask(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Opt
     (so a constant heatmap scores ``k / (2N - k)``, N pixels). NaN for an empty mask.
     """
 
+    ws = Workspace()
+
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
-        k = mc.sum(dim=1)
-        inter = _expected_top_k_hits(hc, mc, k.clamp(min=1))
+        k = count_true(mc)
+        inter = _expected_top_k_hits(hc, mc, k.clamp(min=1), ws)
         return _nan_where(inter / (2 * k.double() - inter), k == 0)
 
     return _per_image(heatmaps, masks, chunk, chunk_size)
@@ -342,9 +336,11 @@ def relevance_rank_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor, *, chun
     a constant heatmap scores ``K / N`` (chance). NaN for an empty mask.
     """
 
+    ws = Workspace()
+
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
-        k = mc.sum(dim=1)
-        hits = _expected_top_k_hits(hc, mc, k.clamp(min=1))
+        k = count_true(mc)
+        hits = _expected_top_k_hits(hc, mc, k.clamp(min=1), ws)
         return _nan_where(hits / k.double(), k == 0)
 
     return _per_image(heatmaps, masks, chunk, chunk_size)
@@ -389,9 +385,10 @@ def top_k_intersection(
     """
     h = check_heatmaps(heatmaps)
     kk = _resolve_k(k, h.shape[1] * h.shape[2])
+    ws = Workspace()
 
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
-        return _nan_where(_expected_top_k_hits(hc, mc, kk) / kk, ~mc.any(dim=1))
+        return _nan_where(_expected_top_k_hits(hc, mc, kk, ws) / kk, ~mc.any(dim=1))
 
     return _per_image(h, masks, chunk, chunk_size)
 
