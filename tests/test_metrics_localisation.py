@@ -650,3 +650,16 @@ def test_row_counts(width):
     padded, view = _ranks._mask_buffer(None, "m", 3, width)
     view[...] = b
     np.testing.assert_array_equal(_ranks.row_counts(padded), b.sum(axis=1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_iou_curve_counting_equals_the_sorting_path(kind):
+    """Up to 32 thresholds are counted by comparisons, more by sorting: the same numbers."""
+    h, m = tie_heavy_batch(kind, b=3, side=40)
+    h[1] = h[1] * 0 + 2.0  # constant: NaN
+    grid = torch.linspace(0.02, 1.0, 40, dtype=torch.float64)
+    whole = iou_curve(h, m, thresholds=grid)  # 40 thresholds: sorts
+    halves = torch.cat([iou_curve(h, m, thresholds=grid[:20]), iou_curve(h, m, thresholds=grid[20:])], dim=1)
+    torch.testing.assert_close(halves, whole, equal_nan=True, rtol=0, atol=0)
+    assert torch.isnan(whole[1]).all()
+    assert torch.isnan(whole[0]).any() == (kind == "constant")  # its row 0 holds only -0.0 and 0.0

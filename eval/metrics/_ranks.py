@@ -39,6 +39,8 @@ SORT_KERNEL: str | None = None
 _SORT_KERNELS = ("numpy", "radix")
 _calibrated: dict[int, str] = {}
 
+#: :func:`normalised_at_least` counts by comparisons up to this many thresholds, else sorts.
+_COUNTING_MAX_THRESHOLDS = 32
 #: Keys per block of rows of the radix sort (:func:`_radix_sort_rows`).
 _RADIX_BLOCK = 1 << 16
 #: Values per row in the sample that brackets the k-th largest value (:func:`top_k_counts`).
@@ -482,6 +484,43 @@ def midrank_sum_x2_of_flagged(values: torch.Tensor, flags: torch.Tensor, ws: Wor
         )
     sorted_values, sorted_flags = sort_with_flags(values, flags, ws)
     return flagged_midrank_sum_x2(sorted_values, sorted_flags, ws)
+
+
+def normalised_at_least(
+    x: torch.Tensor, flags: torch.Tensor, thresholds: torch.Tensor, ws: Workspace | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Counts of min-max normalised values at or above each threshold, per row of ``x`` (c, N).
+
+    With ``h' = (x - min x) / (max x - min x)`` in float64 (divisor 1 for a constant row), returns
+    ``(#{h' >= t}, #{h' >= t and flag})``, int64 (c, T), for the T ``thresholds`` (float64, on the
+    device of ``x``), and ``max x - min x`` (c,) float64. On a CPU (NumPy) with at most
+    :data:`_COUNTING_MAX_THRESHOLDS` thresholds, two comparison passes per threshold count them
+    (:func:`row_counts`); otherwise the rows are sorted with their flags (:func:`sort_with_flags`)
+    and each threshold is a binary search into the sorted normalised values.
+    """
+    c, n = x.shape
+    if _numpy_path(x) and thresholds.numel() <= _COUNTING_MAX_THRESHOLDS:
+        a, f = x.contiguous().numpy(), flags.contiguous().numpy()
+        low = a.min(axis=1, keepdims=True).astype(np.float64)
+        span = a.max(axis=1, keepdims=True).astype(np.float64) - low
+        h = _buffer(ws, "normalised", (c, n), np.float64)
+        np.subtract(a, low, out=h)
+        np.divide(h, np.where(span > 0, span, 1.0), out=h)
+        at_least_padded, at_least = _mask_buffer(ws, "at_least", c, n)
+        counts = np.empty((2, c, thresholds.numel()), dtype=np.int64)
+        for j, t in enumerate(thresholds.tolist()):
+            np.greater_equal(h, t, out=at_least)
+            counts[0, :, j] = row_counts(at_least_padded)
+            np.logical_and(at_least, f, out=at_least)
+            counts[1, :, j] = row_counts(at_least_padded)
+        return torch.from_numpy(counts[0]), torch.from_numpy(counts[1]), torch.from_numpy(span[:, 0])
+    values, sorted_flags = sort_with_flags(x, flags, ws)
+    low = values[:, :1]
+    span = values[:, -1:] - low
+    queries = thresholds.expand(c, -1).contiguous()
+    below = torch.searchsorted((values - low) / torch.where(span > 0, span, 1.0), queries)
+    flagged_below = sorted_flags.cumsum(dim=1).gather(1, (below - 1).clamp(min=0)) * (below > 0)
+    return n - below, flags.sum(dim=1, keepdim=True) - flagged_below, span.squeeze(1)
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from an8flower.eval.metrics._ranks import (
     Workspace,
     count_true,
     midrank_sum_x2_of_flagged,
-    sort_with_flags,
+    normalised_at_least,
     top_k_counts,
 )
 
@@ -132,21 +132,11 @@ def iou_curve(
     ws = Workspace()
 
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
-        c, n = hc.shape
-        # Counting from sorted rows: with the pixels sorted by value and the mask flags carried
-        # along, |A_t| is n minus the number of normalised values below t (a binary search) and
-        # |A_t & M| is |M| minus the cumulative flag count at that position.
-        values, flags = sort_with_flags(hc, mc, ws)
-        low = values[:, :1]
-        span = values[:, -1:] - low
-        queries = t.expand(c, -1).contiguous()
-        below = torch.searchsorted((values - low) / torch.where(span > 0, span, 1.0), queries)
-        below_in_mask = flags.cumsum(dim=1).gather(1, (below - 1).clamp(min=0)) * (below > 0)
-        k = mc.sum(dim=1, keepdim=True)
-        inter = k - below_in_mask
-        union = (n - below) + k - inter
+        selected, inter, span = normalised_at_least(hc, mc, t, ws)  # |A_t|, |A_t & M|, max - min
+        k = count_true(mc)
+        union = selected + k.unsqueeze(1) - inter
         iou = inter.double() / union.double()
-        return _nan_where(iou, (k.squeeze(1) == 0) | (span.squeeze(1) <= 0))
+        return _nan_where(iou, (k == 0) | (span <= 0))
 
     return _per_image(h, masks, chunk, chunk_size, trailing=(t.numel(),))
 
