@@ -16,7 +16,7 @@ without a SIMD sort (a CPU without AVX2, or ``NPY_DISABLE_CPU_FEATURES``); ``tor
 * the top-k metrics do not sort (:func:`top_k_counts`): a sorted sample of each row brackets its
   k-th largest value, one comparison pass counts the pixels above the bracket, and a radix select
   (histograms of digits of order-preserving keys, ``np.bincount``) finishes on the few percent of
-  pixels inside it: O(N), 1-2 ns per pixel whatever the SIMD level;
+  pixels inside it: O(N), about 2 ns per pixel whatever the SIMD level;
 * the IoU curve counts the pixels at or above each threshold by comparisons
   (:func:`normalised_at_least`), without sorting.
 
