@@ -535,14 +535,15 @@ def rankdata_auc(h: np.ndarray, m: np.ndarray) -> float:
 @pytest.mark.parametrize("side", [37, 224])  # 1,369 pixels (not a multiple of 8); 50,176 (a radix block)
 def test_pixel_auc_kernels_match_rankdata_and_sklearn(sort_kernel, kind, side):
     sklearn = pytest.importorskip("sklearn.metrics")
-    h, m = tie_heavy_batch(kind, b=3, side=side)
+    h, m = tie_heavy_batch(kind, b=3 if side < 100 else 2, side=side)
     # float16 is widened exactly to float32 (huge values overflow it); float64 takes the argsort path.
     for heatmaps in (h, h.double()) if kind == "huge" else (h, h.half(), h.double()):
         got = pixel_auc(heatmaps, m, chunk_size=2)
         for i in range(h.shape[0]):
             flat, mask = heatmaps[i].float().flatten().numpy(), m[i].flatten().numpy()
             assert got[i].item() == rankdata_auc(flat, mask), (kind, heatmaps.dtype, i)
-            assert got[i].item() == pytest.approx(sklearn.roc_auc_score(mask, flat), abs=1e-12)
+            if side < 100:
+                assert got[i].item() == pytest.approx(sklearn.roc_auc_score(mask, flat), abs=1e-12)
 
 
 def sorted_top_k_hits(flat: np.ndarray, mask: np.ndarray, k: int) -> float:
