@@ -168,11 +168,12 @@ def machine() -> str:
         from numpy._core import _multiarray_umath as umath
     except ImportError:  # NumPy 1.x
         from numpy.core import _multiarray_umath as umath
-    found = [t for t in umath.__cpu_dispatch__ if umath.__cpu_features__.get(t)]
+    features = getattr(umath, "__cpu_features__", {})
+    found = [t for t in getattr(umath, "__cpu_dispatch__", []) if features.get(t)]
     disabled = os.environ.get("NPY_DISABLE_CPU_FEATURES", "")
     line = (
         f"Machine: {model}, {os.cpu_count()} CPUs; NumPy {np.__version__} SIMD baseline "
-        f"{' '.join(umath.__cpu_baseline__) or '-'}, dispatched {' '.join(found) or 'none'}"
+        f"{' '.join(getattr(umath, '__cpu_baseline__', [])) or '-'}, dispatched {' '.join(found) or 'none'}"
     )
     if disabled:
         line += f" (NPY_DISABLE_CPU_FEATURES={disabled!r})"
