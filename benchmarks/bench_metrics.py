@@ -21,10 +21,10 @@ Run::
   SIMD targets NumPy dispatches to (as ``numpy.show_runtime()`` lists them) and the sort kernel
   pixel AUC chose (``np.sort`` or the radix sort, see ``an8flower.eval.metrics._ranks``). NumPy's
   sort and partition differ most between machines: to measure a machine without AVX-512 on one
-  that has it, run with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"`` (NumPy >= 2.4;
-  older NumPy 2 names them ``AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL
-  AVX512_SPR``), and without AVX2 as well by adding ``X86_V3`` (``AVX AVX2 FMA3 F16C`` before
-  2.4); the header shows what took effect.
+  that has it, run with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"`` (NumPy 2.4
+  names; older NumPy calls them ``AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL
+  AVX512_SPR``), and without AVX2 as well by adding ``X86_V3``; the header shows what took effect
+  (NumPy ignores names it does not know).
 
 Environment: ``AN8_BENCH_N`` (default 1000), ``AN8_BENCH_QUANTUS_N`` (100), ``AN8_BENCH_STREAM_N``
 (50000) change the sizes.
