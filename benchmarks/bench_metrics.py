@@ -24,7 +24,7 @@ Run::
   that has it, run with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"`` (NumPy 2.4
   names; older NumPy calls them ``AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL
   AVX512_SPR``), and without AVX2 as well by adding ``X86_V3``; the header shows what took effect
-  (NumPy ignores names it does not know).
+  (NumPy warns about names it does not dispatch and ignores them).
 
 Environment: ``AN8_BENCH_N`` (default 1000), ``AN8_BENCH_QUANTUS_N`` (100), ``AN8_BENCH_STREAM_N``
 (50000) change the sizes.
