@@ -160,8 +160,8 @@ def _expected_top_k_hits(h: torch.Tensor, m: torch.Tensor, k: torch.Tensor | int
     """Expected number of mask pixels among the ``k`` highest pixels, ties broken at random.
 
     With ``v`` the k-th largest value, every pixel above ``v`` is selected and the remaining
-    ``k - #{h > v}`` slots go to the ``#{h == v}`` tied pixels with equal probability. The counts
-    come from a radix select on a CPU (no sort, :func:`~an8flower.eval.metrics._ranks.top_k_counts`).
+    ``k - #{h > v}`` slots go to the ``#{h == v}`` tied pixels with equal probability. On a CPU the
+    counts come without a sort (:func:`~an8flower.eval.metrics._ranks.top_k_counts`).
     """
     n_above, n_tied, hits_above, hits_tied = top_k_counts(h, m, k, ws)
     return hits_above.double() + (k - n_above).double() * hits_tied.double() / n_tied.double()
