@@ -17,6 +17,15 @@ Run::
   It also measures the peak of one 1,000-heatmap call with default chunking against a single
   unchunked call.
 
+* The table is headed by the machine it was measured on: CPU model and count, NumPy version, the
+  SIMD targets NumPy dispatches to (as ``numpy.show_runtime()`` lists them) and the sort kernel
+  pixel AUC chose (``np.sort`` or the radix sort, see ``an8flower.eval.metrics._ranks``). NumPy's
+  sort and partition differ most between machines: to measure a machine without AVX-512 on one
+  that has it, run with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"`` (NumPy 2.4
+  names; older NumPy calls them ``AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL
+  AVX512_SPR``), and without AVX2 as well by adding ``X86_V3``; the header shows what took effect
+  (NumPy warns about names it does not dispatch and ignores them).
+
 Environment: ``AN8_BENCH_N`` (default 1000), ``AN8_BENCH_QUANTUS_N`` (100), ``AN8_BENCH_STREAM_N``
 (50000) change the sizes.
 """
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import time
 import warnings
 from typing import Callable
@@ -34,6 +44,7 @@ import pytest
 import torch
 
 from an8flower.eval import metrics as M
+from an8flower.eval.metrics import _ranks
 
 N = int(os.environ.get("AN8_BENCH_N", "1000"))
 N_QUANTUS = int(os.environ.get("AN8_BENCH_QUANTUS_N", "100"))
@@ -143,9 +154,36 @@ def test_throughput(benchmark, data, name, impl):
     RESULTS[(name, impl)] = (count, min(cpu), min(wall))
 
 
+def machine() -> str:
+    """The CPU, NumPy's SIMD targets in use, and pixel AUC's sort kernel: the context of the figures."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        model = f"{info['model name']} (family {info['cpu family']}, model {info['model']})"
+    except (OSError, KeyError):
+        pass
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # NumPy 1.x
+        from numpy.core import _multiarray_umath as umath
+    features = getattr(umath, "__cpu_features__", {})
+    found = [t for t in getattr(umath, "__cpu_dispatch__", []) if features.get(t)]
+    disabled = os.environ.get("NPY_DISABLE_CPU_FEATURES", "")
+    line = (
+        f"Machine: {model}, {os.cpu_count()} CPUs; NumPy {np.__version__} SIMD baseline "
+        f"{' '.join(getattr(umath, '__cpu_baseline__', [])) or '-'}, dispatched {' '.join(found) or 'none'}"
+    )
+    if disabled:
+        line += f" (NPY_DISABLE_CPU_FEATURES={disabled!r})"
+    return line + f"; pixel AUC sort kernel: {_ranks.sort_kernel()}"
+
+
 def summary_table() -> list[str]:
     lines = [
         "",
+        machine(),
         f"Localisation metrics on {SIZE}x{SIZE} heatmaps, one thread; heatmaps per second "
         f"(ours on {N}, Quantus on {min(N_QUANTUS, N)}, scaled per heatmap)",
         "",

@@ -477,3 +477,190 @@ def test_torch_code_paths_agree_with_numpy_paths(batch):
     for name in fns:
         torch.testing.assert_close(torch_scores[name], numpy_scores[name], equal_nan=True, rtol=0, atol=0, msg=name)
     torch.testing.assert_close(torch_double, numpy_double, equal_nan=True, rtol=0, atol=0)
+
+
+# ------------------------------------------------------- CPU kernels against reference implementations
+
+
+def tie_heavy_batch(kind: str, b: int = 4, side: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmaps that stress the kernels: ties, signs, signed zeros, denormals, tiny and huge values."""
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(b, side, side))
+    if kind == "levels8":
+        x = np.round(g.random((b, side, side)) * 8) / 8  # nine values, exact in float16
+    elif kind == "levels256":
+        x = np.round(g.random((b, side, side)) * 255) - 128.0  # signed integers
+    elif kind == "relu":
+        x = np.maximum(x, 0.0)  # about half the pixels are exactly 0
+        x[0, :4] = -0.0
+    elif kind == "constant":
+        x = np.full((b, side, side), 0.25)
+        x[0, ::2] = -0.0
+        x[0, 1::2] = 0.0  # -0.0 and 0.0 tie
+    elif kind == "denormal":
+        x = np.abs(x) * 1e-41
+    elif kind == "huge":
+        x = x * 1e36
+    elif kind == "striped":  # every 16th pixel is large: a strided sample sees only those
+        x = g.random((b, side, side)) * 0.01
+        x.reshape(b, -1)[:, ::16] += 5.0
+    m = g.random((b, side, side)) < g.uniform(0.05, 0.6, size=(b, 1, 1))
+    m.reshape(b, -1)[:, :2] = [True, False]  # neither empty nor full
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(m)
+
+
+KINDS = ["normal", "levels8", "levels256", "relu", "constant", "denormal", "huge", "striped"]
+
+
+@pytest.fixture(params=["numpy", "radix"])
+def sort_kernel(request):
+    """Run a test once with each CPU sort kernel of pixel AUC (both must give identical scores)."""
+    from an8flower.eval.metrics import _ranks
+
+    saved = _ranks.SORT_KERNEL
+    _ranks.SORT_KERNEL = request.param
+    yield request.param
+    _ranks.SORT_KERNEL = saved
+
+
+def rankdata_auc(h: np.ndarray, m: np.ndarray) -> float:
+    """The Mann-Whitney AUC from scipy's mid-ranks (exact in float64 at these sizes)."""
+    stats = pytest.importorskip("scipy.stats")
+    n_pos, n_neg = int(m.sum()), int((~m).sum())
+    ranks = stats.rankdata(h.astype(np.float64))  # -0.0 == 0.0 for the comparison
+    return ((ranks[m].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("side", [37, 224])  # 1,369 pixels (not a multiple of 8); 50,176 (a radix block)
+def test_pixel_auc_kernels_match_rankdata_and_sklearn(sort_kernel, kind, side):
+    sklearn = pytest.importorskip("sklearn.metrics")
+    h, m = tie_heavy_batch(kind, b=3 if side < 100 else 2, side=side)
+    # float16 is widened exactly to float32 (huge values overflow it); float64 takes the argsort path.
+    for heatmaps in (h, h.double()) if kind == "huge" else (h, h.half(), h.double()):
+        got = pixel_auc(heatmaps, m, chunk_size=2)
+        for i in range(h.shape[0]):
+            flat, mask = heatmaps[i].float().flatten().numpy(), m[i].flatten().numpy()
+            assert got[i].item() == rankdata_auc(flat, mask), (kind, heatmaps.dtype, i)
+            if side < 100:
+                assert got[i].item() == pytest.approx(sklearn.roc_auc_score(mask, flat), abs=1e-12)
+
+
+def sorted_top_k_hits(flat: np.ndarray, mask: np.ndarray, k: int) -> float:
+    """Expected mask pixels among the top k, ties at the k-th value shared: from a full sort."""
+    v = np.sort(flat)[::-1][k - 1]
+    above, tied = flat > v, flat == v
+    return float(mask[above].sum() + (k - above.sum()) * mask[tied].sum() / tied.sum())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_top_k_metrics_match_a_sorted_reference(kind, dtype):
+    if kind == "huge" and dtype == torch.float16:
+        pytest.skip("float16 overflows")
+    h, m = tie_heavy_batch(kind, b=5, side=64)
+    h = h.to(dtype)
+    n = 64 * 64
+    rra = relevance_rank_accuracy(h, m, chunk_size=2)
+    topk = top_k_intersection(h, m, k=300, chunk_size=2)
+    iou = iou_top_mask(h, m, chunk_size=2)
+    for i in range(h.shape[0]):
+        flat, mask = h[i].double().flatten().numpy(), m[i].flatten().numpy()
+        k = int(mask.sum())
+        hits = sorted_top_k_hits(flat, mask, k)
+        assert rra[i].item() == pytest.approx(hits / k, rel=1e-12, abs=1e-15), (kind, i)
+        assert iou[i].item() == pytest.approx(hits / (2 * k - hits), rel=1e-12, abs=1e-15), (kind, i)
+        assert topk[i].item() == pytest.approx(sorted_top_k_hits(flat, mask, 300) / 300, rel=1e-12, abs=1e-15)
+    assert n > 1024  # the bracket samples a strided subset of each row
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cpu_kernels_equal_the_torch_paths_on_large_tie_heavy_inputs(kind):
+    """The NumPy kernels (radix select, both sorts) and the torch code of other devices: same bits."""
+    from an8flower.eval.metrics import _ranks
+
+    h, m = tie_heavy_batch(kind, b=3, side=96)
+    fns = {
+        "rra": relevance_rank_accuracy,
+        "topk": lambda h, m: top_k_intersection(h, m, k=0.1),
+        "iou_top_mask": iou_top_mask,
+        "pixel_auc": pixel_auc,
+    }
+    saved = _ranks.SORT_KERNEL
+    try:
+        cpu = {}
+        for kernel in ("numpy", "radix"):
+            _ranks.SORT_KERNEL = kernel
+            cpu[kernel] = {name: fn(h, m) for name, fn in fns.items()}
+        _ranks.NUMPY_ON_CPU = False
+        reference = {name: fn(h, m) for name, fn in fns.items()}
+    finally:
+        _ranks.NUMPY_ON_CPU = True
+        _ranks.SORT_KERNEL = saved
+    for kernel, scores in cpu.items():
+        for name in fns:
+            assert torch.equal(scores[name], reference[name]), (kernel, name)
+
+
+def test_radix_sort_equals_np_sort():
+    from an8flower.eval.metrics import _ranks
+
+    g = np.random.default_rng(3)
+    for bits, dtype, shape in [(32, np.uint32, (5, 30000)), (33, np.uint64, (3, 1001)), (16, np.uint32, (70, 900))]:
+        keys = g.integers(0, 1 << bits, size=shape, dtype=np.uint64).astype(dtype)
+        keys[0, :100] = keys[0, 0]  # a run of ties
+        expected = np.sort(keys, axis=1)
+        got = _ranks._radix_sort_rows(keys.copy(), bits, _ranks.Workspace())
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_sort_kernel_is_measured_or_forced():
+    from an8flower.eval.metrics import _ranks
+
+    saved = _ranks.SORT_KERNEL
+    try:
+        _ranks.SORT_KERNEL = None
+        assert _ranks.sort_kernel(32) in ("numpy", "radix")
+        _ranks.SORT_KERNEL = "radix"
+        assert _ranks.sort_kernel(32) == "radix"
+        _ranks.SORT_KERNEL = "fast"
+        with pytest.raises(ValueError, match="SORT_KERNEL"):
+            _ranks.sort_kernel(32)
+    finally:
+        _ranks.SORT_KERNEL = saved
+
+
+def test_order_keys_order_like_the_values():
+    from an8flower.eval.metrics import _ranks
+
+    values = np.array([-np.inf, -3.5, -1e-45, -0.0, 0.0, 1e-45, 2.0, np.finfo(np.float32).max, np.inf])
+    for dtype in (np.float32, np.float64):
+        keys = _ranks.order_keys(values.astype(dtype)).copy()
+        assert keys[3] == keys[4]  # -0.0 and 0.0
+        assert (np.diff(np.delete(keys, 3).astype(np.float64)) > 0).all()
+        descending = _ranks.order_keys(values.astype(dtype), descending=True)
+        np.testing.assert_array_equal(descending, ~keys)
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 64, 1001])
+def test_row_counts(width):
+    from an8flower.eval.metrics import _ranks
+
+    b = np.random.default_rng(width).random((3, width)) < 0.4
+    np.testing.assert_array_equal(_ranks.row_counts(b), b.sum(axis=1))
+    padded, view = _ranks._mask_buffer(None, "m", 3, width)
+    view[...] = b
+    np.testing.assert_array_equal(_ranks.row_counts(padded), b.sum(axis=1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_iou_curve_counting_equals_the_sorting_path(kind):
+    """Up to 32 thresholds are counted by comparisons, more by sorting: the same numbers."""
+    h, m = tie_heavy_batch(kind, b=3, side=40)
+    h[1] = h[1] * 0 + 2.0  # constant: NaN
+    grid = torch.linspace(0.02, 1.0, 40, dtype=torch.float64)
+    whole = iou_curve(h, m, thresholds=grid)  # 40 thresholds: sorts
+    halves = torch.cat([iou_curve(h, m, thresholds=grid[:20]), iou_curve(h, m, thresholds=grid[20:])], dim=1)
+    torch.testing.assert_close(halves, whole, equal_nan=True, rtol=0, atol=0)
+    assert torch.isnan(whole[1]).all()
+    assert torch.isnan(whole[0]).any() == (kind == "constant")  # its row 0 holds only -0.0 and 0.0

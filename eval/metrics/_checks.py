@@ -65,7 +65,7 @@ def check_finite(h: torch.Tensor, offset: int = 0, name: str = "heatmaps") -> No
     if h.device.type == "cpu":
         # NumPy's SIMD sum in the input's precision: an overflow to inf only sends the row to the
         # element-wise scan below, so the test stays exact.
-        with np.errstate(over="ignore"):  # an overflow is handled below
+        with np.errstate(over="ignore", invalid="ignore"):  # inf (or inf - inf) is handled below
             sums = torch.from_numpy(np.asarray(h.reshape(h.shape[0], -1).numpy().sum(axis=1)))
     else:
         sums = h.reshape(h.shape[0], -1).sum(dim=1, dtype=torch.float64)

@@ -29,9 +29,9 @@ from an8flower.eval.metrics._checks import (
 from an8flower.eval.metrics._ranks import (
     Workspace,
     count_true,
-    kth_largest,
     midrank_sum_x2_of_flagged,
-    sort_with_flags,
+    normalised_at_least,
+    top_k_counts,
 )
 
 __all__ = [
@@ -132,21 +132,11 @@ def iou_curve(
     ws = Workspace()
 
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
-        c, n = hc.shape
-        # Counting from sorted rows: with the pixels sorted by value and the mask flags carried
-        # along, |A_t| is n minus the number of normalised values below t (a binary search) and
-        # |A_t & M| is |M| minus the cumulative flag count at that position.
-        values, flags = sort_with_flags(hc, mc, ws)
-        low = values[:, :1]
-        span = values[:, -1:] - low
-        queries = t.expand(c, -1).contiguous()
-        below = torch.searchsorted((values - low) / torch.where(span > 0, span, 1.0), queries)
-        below_in_mask = flags.cumsum(dim=1).gather(1, (below - 1).clamp(min=0)) * (below > 0)
-        k = mc.sum(dim=1, keepdim=True)
-        inter = k - below_in_mask
-        union = (n - below) + k - inter
+        selected, inter, span = normalised_at_least(hc, mc, t, ws)  # |A_t|, |A_t & M|, max - min
+        k = count_true(mc)
+        union = selected + k.unsqueeze(1) - inter
         iou = inter.double() / union.double()
-        return _nan_where(iou, (k.squeeze(1) == 0) | (span.squeeze(1) <= 0))
+        return _nan_where(iou, (k == 0) | (span <= 0))
 
     return _per_image(h, masks, chunk, chunk_size, trailing=(t.numel(),))
 
@@ -166,23 +156,15 @@ def iou_auc(
     return iou_curve(heatmaps, masks, thresholds, chunk_size=chunk_size).mean(dim=1)
 
 
-def _expected_top_k_hits(h: torch.Tensor, m: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+def _expected_top_k_hits(h: torch.Tensor, m: torch.Tensor, k: torch.Tensor | int, ws: Workspace) -> torch.Tensor:
     """Expected number of mask pixels among the ``k`` highest pixels, ties broken at random.
 
     With ``v`` the k-th largest value, every pixel above ``v`` is selected and the remaining
-    ``k - #{h > v}`` slots go to the ``#{h == v}`` tied pixels with equal probability.
+    ``k - #{h > v}`` slots go to the ``#{h == v}`` tied pixels with equal probability. On a CPU the
+    counts come without a sort (:func:`~an8flower.eval.metrics._ranks.top_k_counts`).
     """
-    v = kth_largest(h, k).unsqueeze(1)
-    at_least = h >= v
-    n_at_least = at_least.sum(dim=1)
-    hits = (at_least & m).sum(dim=1).double()
-    if bool((n_at_least == k).all()):  # no tie straddles the k-th value: the top k are exact
-        return hits
-    above = h > v
-    n_above = above.sum(dim=1)
-    hits_above = (above & m).sum(dim=1).double()
-    hits_tied, n_tied = hits - hits_above, n_at_least - n_above
-    return hits_above + (k - n_above).double() * hits_tied / n_tied.double()
+    n_above, n_tied, hits_above, hits_tied = top_k_counts(h, m, k, ws)
+    return hits_above.double() + (k - n_above).double() * hits_tied.double() / n_tied.double()
 
 
 def iou_top_mask(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
@@ -194,9 +176,11 @@ def iou_top_mask(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Opt
     (so a constant heatmap scores ``k / (2N - k)``, N pixels). NaN for an empty mask.
     """
 
+    ws = Workspace()
+
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
-        k = mc.sum(dim=1)
-        inter = _expected_top_k_hits(hc, mc, k.clamp(min=1))
+        k = count_true(mc)
+        inter = _expected_top_k_hits(hc, mc, k.clamp(min=1), ws)
         return _nan_where(inter / (2 * k.double() - inter), k == 0)
 
     return _per_image(heatmaps, masks, chunk, chunk_size)
@@ -342,9 +326,11 @@ def relevance_rank_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor, *, chun
     a constant heatmap scores ``K / N`` (chance). NaN for an empty mask.
     """
 
+    ws = Workspace()
+
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
-        k = mc.sum(dim=1)
-        hits = _expected_top_k_hits(hc, mc, k.clamp(min=1))
+        k = count_true(mc)
+        hits = _expected_top_k_hits(hc, mc, k.clamp(min=1), ws)
         return _nan_where(hits / k.double(), k == 0)
 
     return _per_image(heatmaps, masks, chunk, chunk_size)
@@ -389,9 +375,10 @@ def top_k_intersection(
     """
     h = check_heatmaps(heatmaps)
     kk = _resolve_k(k, h.shape[1] * h.shape[2])
+    ws = Workspace()
 
     def chunk(hc: torch.Tensor, mc: torch.Tensor, _: tuple[int, int]) -> torch.Tensor:
-        return _nan_where(_expected_top_k_hits(hc, mc, kk) / kk, ~mc.any(dim=1))
+        return _nan_where(_expected_top_k_hits(hc, mc, kk, ws) / kk, ~mc.any(dim=1))
 
     return _per_image(h, masks, chunk, chunk_size)
 
