@@ -173,6 +173,15 @@ class RunSummary:
     explainer_calls: int
 
 
+def _check_adapter(name: str) -> bool:
+    """Whether ``name`` is a library adapter's name; resolving it raises the adapter's UsageError
+    (library not installed, naming the extra; no such method)."""
+    from an8flower.baselines import explainer_class
+    from an8flower.baselines.adapters import is_adapter_name
+
+    return is_adapter_name(name) and explainer_class(name) is not None
+
+
 def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
     from an8flower.baselines import list_explainers
 
@@ -182,7 +191,7 @@ def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
     else:
         explainers = list(dict.fromkeys(config.explainers))
         for name in explainers:
-            if name != ORACLE and name not in registered:
+            if name != ORACLE and name not in registered and not _check_adapter(name):
                 raise UsageError(f"unknown explainer {name!r}; registered: {', '.join([ORACLE] + registered)}")
     default = IMAGENET_METRICS if config.imagenet else DEFAULT_METRICS
     metrics = list(dict.fromkeys(config.metrics)) if config.metrics is not None else list(default)
@@ -190,7 +199,7 @@ def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
         if name not in METRICS:
             raise UsageError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")
     for name in config.explainer_options:
-        if name != ORACLE and name not in registered:
+        if name != ORACLE and name not in registered and not _check_adapter(name):
             raise UsageError(f"explainer_options: unknown explainer {name!r}")
     for name in config.metric_options:
         if name not in METRICS:

@@ -41,8 +41,10 @@ class MetricSpec:
         name: the metric's name in tables and ``results.csv``.
         label: the column header in ``leaderboard.md``.
         kind: ``"mask"`` (heatmaps, masks), ``"set"`` (a set-level accumulator), ``"parts"``
-            (heatmaps, part maps), ``"model"`` (model, images, heatmaps, targets) or
-            ``"explainer"`` (model, explainer, images, targets).
+            (heatmaps, part maps), ``"model"`` (model, images, heatmaps, targets),
+            ``"explainer"`` (model, explainer, images, targets), or ``"quantus"`` /
+            ``"quantus_model"`` (a Quantus metric on the batch, heatmap-only / model-based:
+            :mod:`an8flower.eval.quantus_metrics`).
         higher_is_better: the direction in which the best explainer of a column is picked.
         defaults: keyword options passed to the metric function unless the run overrides them.
     """
@@ -54,13 +56,35 @@ class MetricSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
+class _MetricTable(dict):
+    """:data:`METRICS`: the built-in metrics, and ``quantus:<Name>`` resolved on demand.
+
+    Iteration, ``len`` and ``DEFAULT_METRICS`` see the built-in metrics only; ``METRICS[name]``
+    and ``name in METRICS`` also resolve Quantus names (:mod:`an8flower.eval.quantus_metrics`),
+    and the membership test raises its :class:`~an8flower.errors.UsageError` (Quantus missing,
+    unsupported or unknown metric) so that a bad name fails before any work.
+    """
+
+    def __missing__(self, name: str) -> MetricSpec:
+        if isinstance(name, str) and name.startswith("quantus:"):
+            from an8flower.eval.quantus_metrics import metric_spec
+
+            return metric_spec(name)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        if dict.__contains__(self, name):
+            return True
+        return isinstance(name, str) and name.startswith("quantus:") and self[name] is not None
+
+
 #: Every metric the leaderboard can score, in column order. ``top_k_intersection`` uses k = 5% of
 #: the image (a fraction, so that scores compare across image sizes); ``randomisation`` is the
 #: Spearman correlation between the heatmaps of the trained model and of the model with all its
 #: top-level parameterised blocks re-initialised in cascade (Adebayo et al. 2018; lower = the
 #: explanation depends more on the learned weights); ``part_attribution`` scores the share of
 #: positive attribution on the discriminative parts and feeds the part table and plot.
-METRICS: dict[str, MetricSpec] = {
+METRICS: dict[str, MetricSpec] = _MetricTable({
     m.name: m
     for m in (
         MetricSpec("iou_auc", "IoU-AUC", "mask"),
@@ -77,7 +101,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("insertion_auc", "insertion", "model"),
         MetricSpec("randomisation", "randomisation", "explainer", higher_is_better=False),
     )
-}
+})
 #: The metrics scored by default on an8Flower: all of them.
 DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
 #: The metrics scored by default on ILSVRC12 validation boxes.
@@ -232,6 +256,15 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int) 
             explainer = oracle
         options = {"layers": ctx["random_layers"], "seed": ctx["seed"], **opts}
         values = M.randomisation_similarity(ctx["model"], explainer, ctx["images"][:k], ctx["targets"][:k], **options)[:, -1]
+    elif spec.kind in ("quantus", "quantus_model"):
+        from an8flower.eval.quantus_metrics import quantus_scores
+
+        explainer = ctx["explainer"]
+        if isinstance(explainer, Oracle):
+            explainer = Oracle()
+            explainer.masks = masks
+        values = quantus_scores(spec.name, opts, ctx["model"], ctx["images"][:k], ctx["targets"][:k], h, masks,
+                                explainer, seed=ctx["seed"])
     else:  # pragma: no cover - METRICS is fixed
         raise AssertionError(spec.kind)
     if values is not None:
@@ -305,7 +338,8 @@ def run_explainer(name: str, options: dict[str, Any], missing: Sequence[str], mo
                    progress: Optional[bool] = None) -> dict[str, Any]:
     """Explain the kept images batch by batch; score each batch into the missing cells."""
     accs = [Accumulator(METRICS[m], metric_options(m, config),
-                         config.model_metric_images if METRICS[m].kind in ("model", "explainer") else None)
+                         config.model_metric_images if METRICS[m].kind in ("model", "explainer", "quantus_model")
+                         else None)
             for m in missing]
     out: dict[str, Any] = {"accumulators": accs, "examples": None, "calls": 0}
     try:
