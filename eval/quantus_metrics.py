@@ -11,7 +11,8 @@ gets our data and board, and our metrics can be compared with Quantus's on the s
 * ``s_batch``: the ground-truth masks (B, 1, H, W) as 0/1 floats;
 * ``explain_func``: the run's explainer itself (the metrics that explain perturbed inputs or a
   randomised model call it), returning (B, 1, H, W);
-* ``model``: the classifier, on its device.
+* ``model``: the classifier, on its device, in eval mode for the call (Quantus requires it; the
+  mode is restored).
 
 Each metric is built as ``quantus.<Name>(disable_warnings=True, display_progressbar=False,
 **options)`` with the options of :data:`SUPPORTED` (``--option quantus:<Name>.KEY=VALUE`` or the
@@ -94,7 +95,6 @@ SUPPORTED: dict[str, dict[str, Any]] = {
     "MonotonicityCorrelation": {**_STEP, **_SAMPLES},
     "Infidelity": {},
     "Sufficiency": {},
-    "IROF": {},
     # robustness
     "MaxSensitivity": dict(_SAMPLES),
     "AvgSensitivity": dict(_SAMPLES),
@@ -124,6 +124,7 @@ UNSUPPORTED: dict[str, str] = {
     "NonSensitivity": "fails on single-channel heatmaps in Quantus 0.6 (a shape error)",
     "InputInvariance": "needs a model whose first module is a convolution (ours normalise first)",
     "BatchSufficiency": "fails on (B, 1, H, W) heatmaps in Quantus 0.6 (a reshape error)",
+    "IROF": "fails on single-channel heatmaps in Quantus 0.6 (a mask shape error)",
 }
 
 
@@ -209,6 +210,7 @@ def quantus_scores(name: str, options: dict[str, Any], model: nn.Module, images:
     import warnings
 
     from an8flower.baselines.adapters import seeded
+    from an8flower.baselines.base import eval_mode
 
     spec = metric_spec(name)
     quantus = _quantus()
@@ -219,7 +221,7 @@ def quantus_scores(name: str, options: dict[str, Any], model: nn.Module, images:
             kwargs["num_classes"] = int(model(images[:1]).shape[1])
     b = images.shape[0]
     s_batch = None if masks is None else masks.detach().cpu().numpy()[:, None].astype(np.float32)
-    with warnings.catch_warnings(), seeded(seed, images.device):
+    with warnings.catch_warnings(), seeded(seed, images.device), eval_mode(model):
         warnings.simplefilter("ignore")
         metric = getattr(quantus, metric_name)(disable_warnings=True, display_progressbar=False, **kwargs)
         scores = metric(
