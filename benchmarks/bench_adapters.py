@@ -20,6 +20,8 @@ board gets (our explainers plus :data:`~an8flower.baselines.adapters.BOARD_ADAPT
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import time
 from typing import Callable
@@ -49,8 +51,7 @@ def _direct(name: str, model_name: str) -> Callable:
 
         cls = getattr(captum.attr, name.split(":")[1])
         reduction = {"captum:Saliency": "abs_max"}.get(name, "abs_sum")
-        call = {"captum:IntegratedGradients": {"baselines": 0.0, **OPTIONS[name]},
-                "captum:DeepLift": {"baselines": 0.0}}.get(name, {})
+        call = {"baselines": 0.0, **OPTIONS.get(name, {})} if name != "captum:Saliency" else {}
 
         def run(model, images, targets):
             x = images.clone().requires_grad_(True)
@@ -82,9 +83,10 @@ def _direct(name: str, model_name: str) -> Callable:
     cls = getattr(pytorch_grad_cam, name.split(":")[1])
 
     def run(model, images, targets):
-        with cls(model, [model.get_submodule(layer)]) as cam:
-            out = cam(images, [ClassifierOutputTarget(int(t)) for t in targets])
-        model.zero_grad(set_to_none=True)
+        with contextlib.redirect_stderr(io.StringIO()):  # ScoreCAM's progress bars, as the adapter
+            with cls(model, [model.get_submodule(layer)]) as cam:
+                out = cam(images, [ClassifierOutputTarget(int(t)) for t in targets])
+        model.zero_grad(set_to_none=True)  # it accumulates parameter gradients
         return torch.from_numpy(out)
 
     return run

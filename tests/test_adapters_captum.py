@@ -48,7 +48,8 @@ def direct(cls_name: str, model: nn.Module, x: torch.Tensor, init: dict | None =
 def grid(patch: int) -> torch.Tensor:
     """Feature ids of a patch grid on S x S, written out."""
     cells = S // patch
-    return torch.arange(cells * cells).view(cells, cells).repeat_interleave(patch, 0).repeat_interleave(patch, 1)[None, None]
+    ids = torch.arange(cells * cells).view(cells, cells)
+    return ids.repeat_interleave(patch, 0).repeat_interleave(patch, 1)[None, None]
 
 
 def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
@@ -253,3 +254,14 @@ def test_duplicates_agree_with_ours(model, x, ours, theirs, opts) -> None:
     a = build_explainer(ours)(model, x, TARGETS)
     b = build_explainer(theirs, **opts)(model, x, TARGETS)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+
+
+def test_baselines_import_no_adapter_library() -> None:
+    """``import an8flower.baselines`` (and its adapters package) imports none of the libraries."""
+    import subprocess
+
+    code = ("import sys, an8flower.baselines, an8flower.baselines.adapters; "
+            "from an8flower.baselines import list_explainers; list_explainers(); "
+            "print(sorted(m for m in ('captum', 'zennit', 'pytorch_grad_cam', 'quantus') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

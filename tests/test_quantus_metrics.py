@@ -112,8 +112,10 @@ def test_board_with_quantus_columns_and_an_adapter_that_fails_on_one_model(tmp_p
     data = squares()
     torch.manual_seed(0)
     models = {"detector": ColourDetector(), "cnn": build_model("small-cnn", 3)}
-    config = RunConfig(out=str(tmp_path / "r"), explainers=["oracle", "gradient", "captum:LRP", "zennit:EpsilonPlusFlat"],
-                       metrics=["pointing_game", "pixel_auc", "quantus:PointingGame", "quantus:AUC", "quantus:Sparseness"],
+    config = RunConfig(out=str(tmp_path / "r"),
+                       explainers=["oracle", "gradient", "captum:LRP", "zennit:EpsilonPlusFlat"],
+                       metrics=["pointing_game", "pixel_auc", "quantus:PointingGame", "quantus:AUC",
+                                "quantus:Sparseness"],
                        batch_size=4, plots=False, all_images=True)
     summary = run_leaderboard(config, datasets=[data], models=models, progress=False)
     cells = {(c["model"], c["explainer"], c["metric"]): c for c in summary.cells}

@@ -134,6 +134,7 @@ class Option:
             object (``"attributor"``), or ``"adapter"`` (the adapter uses it itself).
         choices: the allowed values, if restricted.
         minimum: the smallest allowed value of a number.
+        kind: the type of the values of an option whose default is ``None`` (else any JSON value).
         help: one line for the docstring.
     """
 
@@ -142,6 +143,7 @@ class Option:
     target: str
     choices: Optional[tuple[Any, ...]] = None
     minimum: Optional[float] = None
+    kind: Optional[type] = None
     help: str = ""
 
     def check(self, owner: str, value: Any) -> Any:
@@ -168,7 +170,11 @@ class Option:
         if not ok:
             expected = "a JSON value" if d is None else type(d).__name__
             raise UsageError(f"{owner}: {self.name} must be {expected}, got {value!r}")
-        if self.minimum is not None and value is not None and not isinstance(value, (str, list)) and value < self.minimum:
+        if self.kind is not None and value is not None and not (isinstance(value, self.kind)
+                                                                and not isinstance(value, bool)):
+            raise UsageError(f"{owner}: {self.name} must be {self.kind.__name__} or None, got {value!r}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if self.minimum is not None and number and value < self.minimum:
             raise UsageError(f"{owner}: {self.name} must be >= {self.minimum:g}, got {value!r}")
         return value
 
@@ -208,7 +214,8 @@ class AdapterExplainer(Explainer):
         owner = f"{self.library}:{self.method}"
         unknown = sorted(set(options) - set(self.option_specs))
         if unknown:
-            raise UsageError(f"explainer {owner!r} has no option {unknown[0]!r}; options: {', '.join(self.option_specs)}")
+            raise UsageError(
+                f"explainer {owner!r} has no option {unknown[0]!r}; options: {', '.join(self.option_specs)}")
         values = {name: spec.default for name, spec in self.option_specs.items()}
         values.update({name: self.option_specs[name].check(owner, v) for name, v in options.items()})
         if "reduction" in values:

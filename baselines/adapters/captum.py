@@ -206,21 +206,22 @@ def _options(name: str, cls: type) -> list[Option]:
     if "feature_mask" in call:
         opts += [
             Option("feature_mask", "grid", "adapter", ("grid", "slic"), help="square patches or SLIC superpixels"),
-            Option("patch", None, "adapter", minimum=1, help="grid cell side in px (None: min(H, W) / 8)"),
+            Option("patch", None, "adapter", minimum=1, kind=int, help="grid cell side in px (None: min(H, W) / 8)"),
             Option("n_segments", 64, "adapter", minimum=1, help="SLIC: approximate number of superpixels"),
             Option("compactness", 10.0, "adapter", minimum=0, help="SLIC: colour vs space weight"),
         ]
     if "sliding_window_shapes" in call:
         opts += [
-            Option("patch", None, "adapter", minimum=1, help="occluding square side in px (None: min(H, W) / 8)"),
-            Option("stride", None, "adapter", minimum=1, help="window step in px (None: patch // 2)"),
+            Option("patch", None, "adapter", minimum=1, kind=int,
+                   help="occluding square side in px (None: min(H, W) / 8)"),
+            Option("stride", None, "adapter", minimum=1, kind=int, help="window step in px (None: patch // 2)"),
         ]
     if issubclass(cls, gradient):
         opts += [
             Option("noise_tunnel", None, "adapter", (None, *NOISE_TUNNELS), help="wrap in NoiseTunnel of this type"),
             Option("nt_samples", 5, "adapter", minimum=1, help="NoiseTunnel: noisy copies per image"),
             Option("nt_stdevs", 0.15, "adapter", minimum=0, help="NoiseTunnel: noise standard deviation"),
-            Option("nt_samples_batch_size", None, "adapter", minimum=1, help="NoiseTunnel: copies per pass"),
+            Option("nt_samples_batch_size", None, "adapter", minimum=1, kind=int, help="NoiseTunnel: copies per pass"),
         ]
     opts.append(Option("seed", 0, "adapter", help="seed of the random draws"))
     taken = {o.name for o in opts}

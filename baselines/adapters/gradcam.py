@@ -25,8 +25,10 @@ Hygiene: the library registers its hooks when a CAM object is made and releases 
 ``__exit__``; its ``__exit__`` also swallows ``IndexError`` (it prints it and returns nothing), so
 the adapter does not use ``with`` but releases the hooks in a ``finally``. The call runs inside
 :func:`~an8flower.baselines.adapters._common.library_call`: the layer AblationCAM swaps into the
-model is put back even when the call fails, the parameter gradients its ``backward`` would leave
-are not kept, and its progress bars (ScoreCAM, AblationCAM) are not printed.
+model is put back and the hook it removes only on success is removed even when the call fails,
+the parameters are frozen (the library's ``backward`` then leaves no parameter gradients; except
+for ShapleyCAM, whose Hessian-vector product needs them, and whose gradients are dropped after
+the call), and the progress bars of ScoreCAM and AblationCAM are not printed.
 """
 
 from __future__ import annotations
@@ -132,8 +134,8 @@ class GradCAMExplainer(AdapterExplainer):
         # The input requires grad so that the layer's output does, with the parameters frozen.
         x = images.detach().clone().requires_grad_(True)
         wanted = [ClassifierOutputTarget(int(t)) for t in targets.tolist()]
-        with library_call(model, quiet_stderr=True, freeze=self.method not in SECOND_ORDER), seeded(self._options.get("seed", 0), images.device), \
-                torch.enable_grad():
+        guard = library_call(model, quiet_stderr=True, freeze=self.method not in SECOND_ORDER)
+        with guard, seeded(self._options.get("seed", 0), images.device), torch.enable_grad():
             cam = cls(model, layers, **kwargs)
             try:
                 for key, value in self.targeted("attribute").items():

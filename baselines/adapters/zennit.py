@@ -151,7 +151,8 @@ def _options(method: str) -> list[Option]:
     import zennit.attribution
 
     if method in ATTRIBUTORS:
-        opts = [Option("reduction", ATTRIBUTORS[method], "adapter", tuple(CHANNEL_REDUCTIONS), help="channel reduction"),
+        opts = [Option("reduction", ATTRIBUTORS[method], "adapter", tuple(CHANNEL_REDUCTIONS),
+                       help="channel reduction"),
                 Option("composite", None, "adapter", (None, *sorted(_composites())), help="a composite, or None")]
         opts += signature_options(getattr(zennit.attribution, method).__init__, "attributor",
                                   ["model", "composite", "attr_output", "create_graph", "retain_graph", "baseline_fn"])
@@ -235,7 +236,9 @@ def preprocessing_modules(model: nn.Module) -> list[str]:
     return out
 
 
-def first_layer_bounds(model: nn.Module, images: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+def first_layer_bounds(
+    model: nn.Module, images: torch.Tensor, low: float, high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The input of the model's first convolution for the all-``low`` and all-``high`` images.
 
     Returns two (1, C', H', W') tensors: ZBox's bounds in the space where the rule applies (for
@@ -281,7 +284,8 @@ def auto_canonizers(model: nn.Module) -> list[Any]:
     elif blocks and not any(split):
         canonizers += [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
     elif blocks:
-        raise UsageError("zennit: the model mixes split-ReLU and stock torchvision ResNet blocks; pass canonizer='none'")
+        raise UsageError(
+            "zennit: the model mixes split-ReLU and stock torchvision ResNet blocks; pass canonizer='none'")
     return canonizers
 
 
