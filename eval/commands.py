@@ -250,6 +250,9 @@ def _register_explainers(subparsers: argparse._SubParsersAction) -> None:
         "methods an adapter does not offer (and why), and the Quantus metrics (quantus:).",
     )
     p.add_argument("--json", action="store_true", help="print the catalogue as JSON")
+    p.add_argument("--board", action="store_true",
+                   help="print the TOML lines of the published board's explainers: ours and the recommended adapters, "
+                        "their cost-cutting options, and which names compute the same method")
     p.set_defaults(func=_explainers)
 
 
@@ -258,10 +261,13 @@ def _explainers(args: argparse.Namespace) -> int:
 
     from an8flower import __version__
     from an8flower.baselines import list_explainers
-    from an8flower.baselines.adapters import catalogue
+    from an8flower.baselines.adapters import board_config, catalogue
     from an8flower.eval.quantus_metrics import list_quantus_metrics
 
     builtin = list_explainers()
+    if args.board:
+        print(board_config(["oracle"] + builtin), end="")
+        return 0
     libraries = catalogue()
     quantus = list_quantus_metrics()
     if args.json:

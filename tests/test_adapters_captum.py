@@ -265,3 +265,44 @@ def test_baselines_import_no_adapter_library() -> None:
             "print(sorted(m for m in ('captum', 'zennit', 'pytorch_grad_cam', 'quantus') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_occlusion_equals_ours_with_the_same_settings(model, x) -> None:
+    ours = build_explainer("occlusion", window=4, stride=2, baseline=0.0, output="logit")(model, x, TARGETS)
+    theirs = build_explainer("captum:Occlusion", patch=4, stride=2)(model, x, TARGETS)  # "sum" over 3 equal channels
+    torch.testing.assert_close(theirs, 3 * ours, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
+
+
+def test_board_config_is_a_loadable_toml_fragment(tmp_path, capsys) -> None:
+    import tomllib
+
+    from an8flower.cli import main
+
+    assert main(["explainers", "--board"]) == 0
+    config = tomllib.loads(capsys.readouterr().out)
+    available = set(list_adapter_explainers())
+    assert config["explainers"][:2] == ["oracle", "centre"]
+    assert [n for n in config["explainers"] if ":" in n] == [n for n in BOARD_ADAPTERS if n in available]
+    assert config["explainer_options"] == {k: v for k, v in BOARD_OPTIONS.items() if k in available}
+    assert main(["explainers"]) == 0
+    listing = capsys.readouterr().out
+    assert "captum: captum " in listing and "captum:FeaturePermutation" in listing and "quantus:AUC" in listing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["captum:IntegratedGradients", "captum:FeatureAblation", "captum:LayerGradCam",
+                                  "zennit:EpsilonPlusFlat", "zennit:EpsilonGammaBox", "gradcam:GradCAM",
+                                  "gradcam:ScoreCAM"])
+def test_cpu_and_cuda_agree(name) -> None:
+    """The three libraries' adapters, every one of them on the device of the model."""
+    pytest.importorskip({"captum": "captum", "zennit": "zennit", "gradcam": "pytorch_grad_cam"}[name.split(":")[0]])
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 5).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0, 3, 4])
+    e = build_explainer(name)
+    cpu = e(model, x, t)
+    gpu = e(model.cuda(), x.cuda(), t.cuda())
+    assert gpu.device.type == "cuda"
+    scale = cpu.abs().max().clamp(min=1e-12)
+    assert torch.allclose(cpu / scale, gpu.cpu() / scale, atol=1e-3), name

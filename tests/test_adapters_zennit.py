@@ -271,3 +271,14 @@ def test_integrated_gradients_and_smoothgrad_are_close_not_equal(model, x) -> No
     theirs = build_explainer("zennit:IntegratedGradients", n_iter=32)(model, x, TARGETS)
     r = np.corrcoef(ours.flatten().numpy(), theirs.flatten().numpy())[0, 1]
     assert r > 0.95 and not torch.allclose(ours, theirs, rtol=1e-3)
+
+
+def test_smoothgrad_is_the_gradient_at_zero_noise(model, x) -> None:
+    grad = build_explainer("gradient")(model, x, TARGETS)
+    ours = build_explainer("smoothgrad", noise=0.0, n_samples=3)(model, x, TARGETS)
+    theirs = build_explainer("zennit:SmoothGrad", noise_level=0.0, n_iter=3)(model, x, TARGETS)
+    captum = build_explainer("captum:Saliency", noise_tunnel="smoothgrad", nt_stdevs=0.0, abs=False)(model, x, TARGETS)
+    for other in (ours, theirs, captum):
+        torch.testing.assert_close(other, grad, rtol=1e-4, atol=1e-4 * float(grad.abs().max()))
+    noisy = build_explainer("zennit:SmoothGrad", noise_level=0.15, n_iter=8)(model, x, TARGETS)
+    assert not torch.allclose(noisy, build_explainer("smoothgrad", n_samples=8)(model, x, TARGETS), rtol=1e-2)

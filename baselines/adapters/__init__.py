@@ -17,6 +17,7 @@ from an8flower.baselines.adapters.catalogue import (
     BOARD_OPTIONS,
     DUPLICATES,
     adapter_class,
+    board_config,
     catalogue,
     is_adapter_name,
     list_adapter_explainers,
@@ -35,4 +36,5 @@ __all__ = [
     "BOARD_ADAPTERS",
     "BOARD_OPTIONS",
     "DUPLICATES",
+    "board_config",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "BOARD_ADAPTERS",
     "BOARD_OPTIONS",
     "DUPLICATES",
+    "board_config",
 ]
 
 
@@ -81,7 +82,9 @@ def catalogue() -> list[dict[str, Any]]:
 #: gradcam:RandomCAM (a chance row we already have), gradcam:KPCA_CAM / SegEigenCAM / FEM /
 #: GradCAMElementWise / ShapleyCAM (variants of rows on the board), zennit:BetaSmooth (a smoothed
 #: gradient for second-order methods) and the zennit attributors (SmoothGrad and
-#: IntegratedGradients duplicate ours; see :data:`DUPLICATES`).
+#: IntegratedGradients duplicate ours; see :data:`DUPLICATES`). The costliest rows are ScoreCAM and
+#: AblationCAM: one forward pass per channel of the CAM layer per image (64 on the small CNN, 512
+#: on ResNet18's ``layer4``), then Lime and KernelShap (200 passes per image).
 BOARD_ADAPTERS: tuple[str, ...] = (
     "captum:Saliency",
     "captum:InputXGradient",
@@ -138,6 +141,7 @@ BOARD_OPTIONS: dict[str, dict[str, Any]] = {
 #: the small CNN, before any min-max scaling), or a sentence saying how they differ.
 DUPLICATES: tuple[tuple[str, str, str], ...] = (
     ("gradient", "captum:Saliency", "equal (both max_c |dS/dx_c|)"),
+    ("gradient", "zennit:Gradient", "equal (output='one_hot')"),
     ("input_x_gradient", "captum:InputXGradient", "equal (both abs_sum of x * dS/dx)"),
     ("guided_backprop", "captum:GuidedBackprop", "equal"),
     ("guided_backprop", "zennit:GuidedBackprop", "equal (output='one_hot')"),
@@ -146,12 +150,36 @@ DUPLICATES: tuple[tuple[str, str, str], ...] = (
     ("integrated_gradients", "captum:IntegratedGradients", "equal with n_steps=steps (both Captum, Gauss-Legendre)"),
     ("integrated_gradients", "zennit:IntegratedGradients",
      "same integral, other quadrature (right Riemann sum, 20 steps): close, not equal"),
-    ("smoothgrad", "zennit:SmoothGrad", "same estimator, other noise draws: close in expectation, not equal"),
+    ("smoothgrad", "zennit:SmoothGrad",
+     "same estimator, other noise draws (and zennit's last sample is noise-free): equal at zero noise, else not"),
+    ("smoothgrad", "captum:Saliency",
+     "with noise_tunnel='smoothgrad' and abs=False: the same estimator, other draws; equal at zero noise"),
     ("gradcam", "captum:LayerGradCam", "equal with relu_attributions=True (ours is Captum's LayerGradCam)"),
     ("gradcam", "gradcam:GradCAM",
      "equal after min-max scaling when the layer is at input resolution; theirs rescales before resizing"),
     ("gradcam_pp", "gradcam:GradCAMPlusPlus",
      "equal after min-max scaling to 1e-3 when the logits are large; their 1e-7 in the denominator differs"),
     ("occlusion", "captum:Occlusion",
-     "same method, other defaults: ours scores the softmax with a grey square, theirs the logit with black"),
+     "same method (ours calls Captum), other defaults: ours scores the softmax with a grey 16 px square, theirs "
+     "the logit with a black one of side / 8; equal with output='logit', baseline=0, the same window and stride"),
 )
+
+
+def board_config(ours: list[str]) -> str:
+    """A TOML fragment for a leaderboard config: ``explainers`` = ``ours`` then the available
+    :data:`BOARD_ADAPTERS`, their :data:`BOARD_OPTIONS` tables, and the :data:`DUPLICATES` among
+    them as comments (what the published board's note says)."""
+    available = set(list_adapter_explainers())
+    names = list(ours) + [n for n in BOARD_ADAPTERS if n in available]
+    missing = [n for n in BOARD_ADAPTERS if n not in available]
+    lines = ["# The board's explainers: ours, then the recommended adapters (an8flower.baselines.adapters)."]
+    if missing:
+        lines.append(f"# Not installed here: {', '.join(missing)}")
+    lines.append("# Same method under two names (tests/test_adapters_*.py measure the agreement):")
+    lines += [f"#   {a} = {b}: {how}" for a, b, how in DUPLICATES if a in names and b in names]
+    lines.append("explainers = [" + ", ".join(f'"{n}"' for n in names) + "]")
+    for name in names:
+        if name in BOARD_OPTIONS:
+            lines.append(f'\n[explainer_options."{name}"]')
+            lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v!r}" for k, v in BOARD_OPTIONS[name].items()]
+    return "\n".join(lines) + "\n"
