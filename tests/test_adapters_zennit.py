@@ -251,11 +251,20 @@ def test_options_and_errors(model, x) -> None:
     torch.testing.assert_close(logit, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
-def test_missing_zennit_is_a_usage_error_naming_the_extra(monkeypatch) -> None:
+def test_missing_zennit_is_a_usage_error_naming_the_extra(monkeypatch, capsys, tmp_path) -> None:
+    from an8flower.cli import main
+
     monkeypatch.setitem(sys.modules, "zennit", None)
     with pytest.raises(UsageError, match=r'pip install "an8flower\[zennit\]"'):
         build_explainer("zennit:EpsilonPlusFlat")
     assert not any(n.startswith("zennit:") for n in list_adapter_explainers())
+    assert main(["explainers"]) == 0
+    listing = capsys.readouterr().out
+    assert 'unavailable: zennit:' in listing and 'pip install "an8flower[zennit]"' in listing
+    assert "zennit:EpsilonPlusFlat" not in listing and "captum:Saliency" in listing
+    out = tmp_path / "r"
+    assert main(["leaderboard", "--out", str(out), "--explainer", "zennit:EpsilonPlusFlat", "--quiet"]) == 2
+    assert 'an8flower[zennit]' in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.parametrize("ours, theirs", [("guided_backprop", "zennit:GuidedBackprop"),
