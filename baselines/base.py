@@ -13,7 +13,10 @@ removes them on exit, exceptions included. Explainers that need fitting (VEBI) a
 ``fit(model, loader)``, ``save(path)`` and ``load(path)``.
 
 Explainers are registered by name with :func:`register_explainer` and built with
-:func:`build_explainer`; :func:`list_explainers` lists them.
+:func:`build_explainer`; :func:`list_explainers` lists them. Names with a library prefix
+(``captum:Saliency``, ``zennit:EpsilonPlusFlat``, ``gradcam:ScoreCAM``) are adapters to other
+libraries' explainers (:mod:`an8flower.baselines.adapters`), resolved on demand: the library is
+imported only when such a name is built, so each library stays optional.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "build_explainer",
     "list_explainers",
     "explainer_class",
+    "ADAPTER_SEPARATOR",
     "check_inputs",
     "model_device",
     "CHANNEL_REDUCTIONS",
@@ -43,6 +47,8 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
+#: Separates a library prefix from the library's method name in adapter names (``captum:Saliency``).
+ADAPTER_SEPARATOR = ":"
 
 E = TypeVar("E", bound=type)
 
@@ -59,6 +65,8 @@ def register_explainer(name: str) -> Callable[[E], E]:
     """
 
     def decorate(cls: E) -> E:
+        if ADAPTER_SEPARATOR in name:
+            raise UsageError(f"explainer names with {ADAPTER_SEPARATOR!r} are reserved for library adapters, got {name!r}")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise UsageError(f"an explainer named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
         if not (isinstance(cls, type) and issubclass(cls, Explainer)):
@@ -78,18 +86,44 @@ def _load_builtins() -> None:
     load_entry_points()
 
 
-def list_explainers() -> list[str]:
-    """Names of all registered explainers, sorted."""
+def list_explainers(include_adapters: bool = False) -> list[str]:
+    """Names of the registered explainers (built-in and user-registered), sorted.
+
+    Args:
+        include_adapters: also list every adapter name available in this installation
+            (``captum:...``, ``zennit:...``, ``gradcam:...`` for the libraries that are installed),
+            after the registered ones. Off by default, so that "every registered explainer" (the
+            leaderboard's default) stays the package's own set; the recommended adapter set for
+            the board is :data:`an8flower.baselines.adapters.BOARD_ADAPTERS`.
+    """
     _load_builtins()
-    return sorted(_REGISTRY)
+    names = sorted(_REGISTRY)
+    if include_adapters:
+        from an8flower.baselines.adapters import list_adapter_explainers
+
+        names += list_adapter_explainers()
+    return names
 
 
 def explainer_class(name: str) -> type["Explainer"]:
+    """The class registered as ``name``, or the adapter class of a prefixed name.
+
+    Raises:
+        UsageError: an unknown name; for adapter names also a library that is not installed
+        (naming the extra that installs it) or a method the library does not offer.
+    """
+    if ADAPTER_SEPARATOR in name:
+        from an8flower.baselines.adapters import adapter_class
+
+        return adapter_class(name)
     _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UsageError(f"unknown explainer {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+        raise UsageError(
+            f"unknown explainer {name!r}; registered: {', '.join(sorted(_REGISTRY))}; library adapters: "
+            "captum:<Name>, zennit:<Name>, gradcam:<Name> (`an8flower explainers` lists them)"
+        ) from None
 
 
 def build_explainer(name: str, **options: Any) -> "Explainer":

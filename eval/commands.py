@@ -16,9 +16,10 @@ from an8flower.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``train`` and ``leaderboard`` to the CLI."""
+    """Add ``train``, ``leaderboard`` and ``explainers`` to the CLI."""
     _register_train(subparsers)
     _register_leaderboard(subparsers)
+    _register_explainers(subparsers)
 
 
 # ------------------------------------------------------------------------------------ train
@@ -166,7 +167,7 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--explainer", action="append", metavar="NAME", help="explainer to run (repeatable; default: all)")
     add_import_option(p)
     p.add_argument("--metric", action="append", metavar="NAME", help="metric to score (repeatable; default: all)")
-    p.add_argument("--option", action="append", metavar="EXPLAINER.KEY=VALUE",
+    p.add_argument("--option", "--explainer-option", action="append", dest="option", metavar="EXPLAINER.KEY=VALUE",
                    help="an explainer (or metric) option, VALUE parsed as JSON when it can be (repeatable)")
     p.add_argument("--size", type=int, help="image side of rendered datasets (default: 112; --quick: 64)")
     p.add_argument("--per-class", type=int, help="samples per class of rendered datasets (default: 500)")
@@ -288,6 +289,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
         print("explainers: " + ", ".join([ORACLE] + list_explainers()))
         print("metrics:    " + ", ".join(METRICS))
+        print("adapters (captum:, zennit:, gradcam:) and quantus: metrics: `an8flower explainers`")
         return 0
     overrides = _overrides(args)
     base = quick_config() if args.quick else RunConfig()
@@ -345,4 +347,65 @@ def _leaderboard(args: argparse.Namespace) -> int:
         print(f"results in {os.path.abspath(config.out)} ({summary.computed} cells computed, {summary.cached} from the "
               f"cache, {cells['from_earlier_runs']} more from earlier runs, {len(summary.record['errors'])} errors; "
               f"{time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------ explainers
+
+
+def _register_explainers(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "explainers",
+        help="list every explainer name available in this installation",
+        description="List the built-in explainers, the library adapters (captum:, zennit:, gradcam:) with each "
+        "library's version, the libraries that are not installed with the extra that installs them, the "
+        "methods an adapter does not offer (and why), and the Quantus metrics (quantus:).",
+    )
+    p.add_argument("--json", action="store_true", help="print the catalogue as JSON")
+    p.add_argument("--board", action="store_true",
+                   help="print the TOML lines of the published board's explainers: ours and the recommended adapters, "
+                        "their cost-cutting options, and which names compute the same method")
+    p.set_defaults(func=_explainers)
+
+
+def _explainers(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from an8flower import __version__
+    from an8flower.baselines import list_explainers
+    from an8flower.baselines.adapters import board_config, catalogue
+    from an8flower.eval.quantus_metrics import list_quantus_metrics
+
+    builtin = list_explainers()
+    if args.board:
+        print(board_config(["oracle"] + builtin), end="")
+        return 0
+    libraries = catalogue()
+    quantus = list_quantus_metrics()
+    if args.json:
+        print(json.dumps({"builtin": builtin, "libraries": libraries, "quantus_metrics": quantus}, indent=1))
+        return 0
+
+    def block(title: str, names: list[str]) -> None:
+        print(title)
+        print(textwrap.fill(", ".join(names), width=100, initial_indent="  ", subsequent_indent="  "))
+
+    block(f"an8flower {__version__} (built in, {len(builtin)}):", builtin)
+    for lib in libraries:
+        if not lib["available"]:
+            continue
+        block(f"{lib['prefix']}: {lib['distribution']} {lib['version']} ({len(lib['methods'])}):", lib["methods"])
+        reasons: dict[str, list[str]] = {}
+        for name, why in lib["excluded"].items():
+            reasons.setdefault(why, []).append(name)
+        for why, names in reasons.items():
+            print(textwrap.fill(f"not offered: {', '.join(names)}: {why}", width=100, initial_indent="  ",
+                                subsequent_indent="    "))
+    missing = [lib for lib in libraries if not lib["available"]]
+    for lib in missing:
+        print(f"unavailable: {lib['prefix']}: ({lib['distribution']} is not installed): {lib['install']}")
+    if quantus:
+        block(f"quantus: metrics ({len(quantus)}):", quantus)
+    else:
+        print('unavailable: quantus: metrics (quantus is not installed): pip install "an8flower[quantus]"')
     return 0

@@ -47,6 +47,7 @@ __all__ = [
     "leaderboard_tables",
     "leaderboard_markdown",
     "legend_markdown",
+    "duplicate_agreement",
     "md_cell",
     "write_report",
     "plot_iou_curves",
@@ -324,6 +325,7 @@ def leaderboard_markdown(
         if notes:
             lines += ["Errors:", ""] + [f"{i}. {md_cell(msg)}" for i, msg in enumerate(notes, 1)] + [""]
         lines += metaeval_markdown(t, metric_info)
+        lines += _duplicate_markdown(t.get("duplicates", []))
         parts = meta.get("part_table")
         if parts:
             lines += _part_markdown(parts) + [""]
@@ -332,6 +334,56 @@ def leaderboard_markdown(
     lines += seed_markdown(seed_stability(tables, metric_info), metric_info,
                            hidden=sorted({m for t in tables for m in hidden_metrics(t)}))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def duplicate_agreement(table: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """For the pairs of rows that compute the same method under two names
+    (:data:`an8flower.baselines.adapters.DUPLICATES`: ours and a library's), whether they agree here.
+
+    Per pair: the largest absolute difference of their per-image scores over every column both
+    have (``max_abs_diff``; NaN where one is undefined and the other is not counts as a
+    disagreement), the number of compared values, and the catalogue's statement of how the two
+    relate.
+    """
+    try:
+        from an8flower.baselines.adapters import DUPLICATES
+    except ImportError:  # pragma: no cover - the adapters ship with the package
+        return []
+    key = tuple(table[k] for k in GROUP_KEYS)
+    scores: dict[tuple[str, str], list[float]] = {}
+    for c in cells:
+        if _group_key(c) == key and c.get("scores") and not c.get("error"):
+            scores[(c["explainer"], c["metric"])] = [math.nan if v is None else float(v) for v in c["scores"]]
+    rows = {r["explainer"] for r in table["rows"]}
+    out = []
+    for a, b, how in DUPLICATES:
+        if a not in rows or b not in rows:
+            continue
+        diffs, n = [], 0
+        for metric in table["metrics"]:
+            sa, sb = scores.get((a, metric)), scores.get((b, metric))
+            if sa is None or sb is None or len(sa) != len(sb):
+                continue
+            for x, y in zip(sa, sb):
+                n += 1
+                both_nan = math.isnan(x) and math.isnan(y)
+                diffs.append(0.0 if both_nan else math.inf if math.isnan(x) or math.isnan(y) else abs(x - y))
+        if n:
+            out.append({"a": a, "b": b, "relation": how, "max_abs_diff": _json_float(max(diffs)) if max(diffs) < math.inf
+                        else None, "values": n})
+    return out
+
+
+def _duplicate_markdown(duplicates: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not duplicates:
+        return []
+    lines = ["Same method under two names (per-image scores compared over every column both rows have):", ""]
+    for d in duplicates:
+        diff = d["max_abs_diff"]
+        verdict = ("agree to 1e-6" if diff is not None and diff <= 1e-6 else
+                   f"differ by up to {diff:.3g}" if diff is not None else "differ (one is undefined where the other is not)")
+        lines.append(f"* `{d['a']}` and `{d['b']}` {verdict} on {d['values']} values; {md_cell(d['relation'])}.")
+    return lines + [""]
 
 
 def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequence[str]) -> list[str]:
@@ -669,6 +721,7 @@ def write_report(
 
     annotate_tables(tables, table_cells, metric_info)
     for t in tables:
+        t["duplicates"] = duplicate_agreement(t, table_cells)
         if "part_table" in t["meta"]:
             order = [r["explainer"] for r in t["rows"]]
             pt = t["meta"]["part_table"]

@@ -205,6 +205,15 @@ class RunSummary:
     explainer_calls: int
 
 
+def _check_adapter(name: str) -> bool:
+    """Whether ``name`` is a library adapter's name; resolving it raises the adapter's UsageError
+    (library not installed, naming the extra; no such method)."""
+    from an8flower.baselines import explainer_class
+    from an8flower.baselines.adapters import is_adapter_name
+
+    return is_adapter_name(name) and explainer_class(name) is not None
+
+
 def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
     from an8flower.baselines import list_explainers
 
@@ -215,7 +224,7 @@ def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
         explainers = list(dict.fromkeys(config.explainers))
         for name in explainers:
             base = split_explainer_name(name)[0]
-            if name != ORACLE and base not in registered:
+            if name != ORACLE and base not in registered and not _check_adapter(base):
                 raise UsageError(f"unknown explainer {base!r}; registered: {', '.join([ORACLE] + registered)}")
     default = IMAGENET_METRICS if config.imagenet else DEFAULT_METRICS
     metrics = list(dict.fromkeys(config.metrics)) if config.metrics is not None else list(default)
@@ -223,7 +232,7 @@ def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
         if name not in METRICS:
             raise UsageError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")
     for name in config.explainer_options:
-        if name != ORACLE and split_explainer_name(name)[0] not in registered:
+        if name != ORACLE and split_explainer_name(name)[0] not in registered and not _check_adapter(split_explainer_name(name)[0]):
             raise UsageError(f"explainer_options: unknown explainer {name!r}")
     for name in config.metric_options:
         if name not in METRICS:
@@ -587,6 +596,8 @@ class _Run:
             metric_part = {"name": metric, "options": complete_options(spec.callable(), metric_options(metric, config),
                                                                        skip=spec.skip),
                            "limit": min(config.model_metric_images, len(image_ids)) if limited else None}
+            if metric.startswith("quantus:"):
+                metric_part["library"] = _distribution_version("quantus")
         amp = bool(config.amp) and name != ORACLE and bool(getattr(self._explainer_class(name), "amp_safe", False))
         return cell_config(dataset=data.hash, split=config.split, image_ids=image_ids, model=mhash, explainer=explainer,
                            metric=metric_part, seed=config.seed, batch_size=config.batch_size,
@@ -730,7 +741,8 @@ class _Run:
         record = {
             "command": list(command) if command is not None else list(sys.argv),
             "config": config.to_dict(),
-            "versions": software_versions(),
+            "versions": {**software_versions(), **{lib: _distribution_version(lib) for lib in
+                                                    ("captum", "zennit", "grad-cam", "quantus", "numpy")}},
             "platform": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
                          "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
@@ -785,6 +797,17 @@ def _remove_stale(out: str, previous: Sequence[str], written: set[str]) -> None:
                 os.unlink(os.path.join(out, name))
             except FileNotFoundError:
                 pass
+
+
+@functools.lru_cache(maxsize=None)
+def _distribution_version(name: str) -> Optional[str]:
+    """The installed version of a distribution (None if absent): recorded in keys and ``run.json``."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 @functools.lru_cache(maxsize=None)

@@ -45,7 +45,9 @@ class MetricSpec:
             (heatmaps, part maps), ``"model"`` (model, images, heatmaps, targets),
             ``"explainer"`` (model, explainer, images, targets), ``"counterfactual"`` (heatmaps and
             the counterfactual inputs of :mod:`an8flower.eval.reliance`: change masks, per-part
-            reliance) or ``"contrast"`` (the same, plus a second explanation, of the runner-up).
+            reliance), ``"contrast"`` (the same, plus a second explanation, of the runner-up), or
+            ``"quantus"`` / ``"quantus_model"`` (a Quantus metric on the batch, heatmap-only /
+            model-based: :mod:`an8flower.eval.quantus_metrics`).
         higher_is_better: the direction in which the best explainer of a column is picked.
         defaults: keyword options passed to the metric function unless the run overrides them.
         function: the name of the function (or accumulator class) in :mod:`an8flower.eval.metrics`
@@ -71,6 +73,28 @@ class MetricSpec:
         return getattr(M, self.function or self.name, None)
 
 
+class _MetricTable(dict):
+    """:data:`METRICS`: the built-in metrics, and ``quantus:<Name>`` resolved on demand.
+
+    Iteration, ``len`` and ``DEFAULT_METRICS`` see the built-in metrics only; ``METRICS[name]``
+    and ``name in METRICS`` also resolve Quantus names (:mod:`an8flower.eval.quantus_metrics`),
+    and the membership test raises its :class:`~an8flower.errors.UsageError` (Quantus missing,
+    unsupported or unknown metric) so that a bad name fails before any work.
+    """
+
+    def __missing__(self, name: str) -> MetricSpec:
+        if isinstance(name, str) and name.startswith("quantus:"):
+            from an8flower.eval.quantus_metrics import metric_spec
+
+            return metric_spec(name)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        if dict.__contains__(self, name):
+            return True
+        return isinstance(name, str) and name.startswith("quantus:") and self[name] is not None
+
+
 #: Every metric the leaderboard can score, in column order. ``top_k_intersection`` uses k = 5% of
 #: the image (a fraction, so that scores compare across image sizes); ``randomisation`` is the
 #: Spearman correlation between the heatmaps of the trained model and of the model with all its
@@ -90,7 +114,7 @@ class MetricSpec:
 #: (counterfactual mass ``|C| / |M|``; reliance correlation: attribution on the discriminative parts
 #: only); for contrastivity the mask for the target and the mask less the changed pixels for b
 #: (the parts the image shares with b), which scores 1.
-METRICS: dict[str, MetricSpec] = {
+METRICS: dict[str, MetricSpec] = _MetricTable({
     m.name: m
     for m in (
         MetricSpec("iou_auc", "IoU-AUC", "mask", function="iou_curve",
@@ -134,13 +158,10 @@ METRICS: dict[str, MetricSpec] = {
                    description="share of the difference between the explanations of the target and of the runner-up "
                                "class on the pixels that tell them apart (reference rows: n/a)"),
     )
-}
+})
 #: Kinds scored on the first ``model_metric_images`` images only (each image costs model passes or
 #: explainer calls).
-SUBSET_KINDS: tuple[str, ...] = ("model", "explainer", "contrast")
-#: Kinds scored on the first ``model_metric_images`` images only (each image costs model passes or
-#: explainer calls).
-SUBSET_KINDS: tuple[str, ...] = ("model", "explainer", "contrast")
+SUBSET_KINDS: tuple[str, ...] = ("model", "explainer", "contrast", "quantus_model")
 #: The metrics scored by default on an8Flower: all of them.
 DEFAULT_METRICS: tuple[str, ...] = tuple(METRICS)
 #: The metrics scored by default on ILSVRC12 validation boxes.
@@ -390,6 +411,15 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int, 
             explainer = oracle
         options = {"layers": ctx["random_layers"], "seed": ctx["seed"], **opts}
         values = M.randomisation_similarity(ctx["model"], explainer, ctx["images"][:k], ctx["targets"][:k], **options)[:, -1]
+    elif spec.kind in ("quantus", "quantus_model"):
+        from an8flower.eval.quantus_metrics import quantus_scores
+
+        explainer = ctx["explainer"]
+        if isinstance(explainer, Oracle):
+            explainer = Oracle()
+            explainer.masks = masks
+        values = quantus_scores(spec.name, opts, ctx["model"], ctx["images"][:k], ctx["targets"][:k], h, masks,
+                                explainer, seed=ctx["seed"])
     else:  # pragma: no cover - METRICS is fixed
         raise AssertionError(spec.kind)
     if values is not None:

@@ -250,3 +250,18 @@ def test_cache_put_refuses_an_invalid_cell(tmp_path) -> None:
         cache.put("a" * 64, {}, {"dataset": "x"})
     assert sys.modules["an8flower.eval.cache"].CACHE_FORMAT == 2
     assert torch.__version__  # the key records torch's version (see cell_config)
+
+
+def test_adapter_and_quantus_cells_are_keyed_by_library_version(tmp_path) -> None:
+    pytest.importorskip("captum")
+    from an8flower.baselines import explainer_class
+
+    identity = explainer_code_identity(explainer_class("captum:Saliency"))
+    import captum
+
+    assert identity["library"] == {"library": "captum", "version": captum.__version__, "method": "Saliency"}
+    pytest.importorskip("quantus")
+    config = RunConfig(out=str(tmp_path), metrics=["quantus:PointingGame"])
+    run = _Run(config, {"m": ColourDetector()}, False, lambda msg: None)
+    cfg = run._cell_config(squares(), [1, 2], "m" * 64, "gradient", {}, "quantus:PointingGame")
+    assert cfg["metric"]["library"] == __import__("importlib.metadata").metadata.version("quantus")

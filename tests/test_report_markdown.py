@@ -82,3 +82,16 @@ def test_every_generated_table_parses_with_its_cell_counts(tmp_path, piped_error
     assert "coincide" in text
     assert "shape a\\|b does not fit" in text and "1. `test_piped`: RuntimeError: shape a\\|b does not fit" in text
     assert "How to read the tables" in text and "**IoU@\\|M\\|** (`iou_top_mask`)" in text
+
+
+def test_duplicate_methods_are_noted_with_their_agreement(tmp_path) -> None:
+    pytest.importorskip("captum")
+    config = RunConfig(out=str(tmp_path / "r"), explainers=["gradient", "captum:Saliency", "input_x_gradient"],
+                       metrics=["iou_auc", "pointing_game", "pixel_auc"], plots=False)
+    run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False)
+    text = (tmp_path / "r" / "leaderboard.md").read_text()
+    assert "* `gradient` and `captum:Saliency` agree to 1e-6 on 27 values" in text
+    import json
+
+    table = json.loads((tmp_path / "r" / "leaderboard.json").read_text())["tables"][0]
+    assert table["duplicates"][0]["a"] == "gradient" and table["duplicates"][0]["max_abs_diff"] <= 1e-6
