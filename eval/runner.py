@@ -280,6 +280,7 @@ def run_leaderboard(
         UsageError: unknown explainer, metric or model names, unreadable weights or data (before
         any explainer runs).
     """
+    owned = world is None
     world = world if world is not None else setup(config.device, shard)
     run = _Run(config, models, progress, log, fresh, datasets_given=datasets is not None, world=world)
     sources: list[Any] = list(datasets) if datasets is not None else ([None] if config.imagenet else list(config.variants))
@@ -290,7 +291,13 @@ def run_leaderboard(
                 run.score_group(data, model_name, seed)
     if world.shard:
         return run.finish_shard(command)
-    return run.finish(command, imagenet=bool(run.datasets_rec) and all(d["dataset"] == "ilsvrc12" for d in run.datasets_rec))
+    summary = run.finish(command, imagenet=bool(run.datasets_rec) and all(d["dataset"] == "ilsvrc12" for d in run.datasets_rec))
+    if owned:
+        # every rank waits for rank 0's report, then all leave the process group together: a rank
+        # that exits while another still holds its connections makes gloo abort that one (SIGABRT)
+        world.barrier("the report")
+        world.close()
+    return summary
 
 
 class _Run:
