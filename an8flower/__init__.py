@@ -9,8 +9,7 @@ do not pay for importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from an8flower._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -34,15 +33,4 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name: str) -> Any:
-    target = _EXPORTS.get(name)
-    if target is None:
-        raise AttributeError(f"module 'an8flower' has no attribute {name!r}")
-    module, attribute = target
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

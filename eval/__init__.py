@@ -6,8 +6,7 @@ registration imports ``an8flower.eval.commands``) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from an8flower._lazy import lazy_exports
 
 #: Public name -> (module, attribute).
 _EXPORTS = {
@@ -23,15 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    target = _EXPORTS.get(name)
-    if target is None:
-        raise AttributeError(f"module 'an8flower.eval' has no attribute {name!r}")
-    module, attribute = target
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
