@@ -357,6 +357,8 @@ def flag_suffix(table: Mapping[str, Any], metric: str) -> str:
 
 def metaeval_markdown(table: Mapping[str, Any], metric_info: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Lines under a leaderboard table: flagged columns with their reasons, coinciding metrics, the meta table."""
+    from an8flower.eval.report import md_cell
+
     meta = table.get("metaeval")
     if not meta:
         return []
@@ -387,7 +389,7 @@ def metaeval_markdown(table: Mapping[str, Any], metric_info: Mapping[str, Mappin
         tau = "n/a" if e.get("tau") is None else f"{e['tau']:.2f} [{e['tau_ci'][0]:.2f}, {e['tau_ci'][1]:.2f}]"
         sig = "n/a" if e.get("significant_pairs") is None else f"{100 * e['significant_pairs']:.0f}% of {e['pairs']}"
         verdict = f"**flagged**: {e['flag']}" if e.get("flag") else ("n/a" if e.get("tau") is None and e.get("range") is None else "ok")
-        lines.append(f"| {label[m]} | {rng} | {tau} | {sig} | {verdict} |")
+        lines.append(f"| {md_cell(label[m])} | {rng} | {tau} | {sig} | {md_cell(verdict)} |")
     lines.append("")
     return lines
 
@@ -445,6 +447,8 @@ def seed_stability(tables: Sequence[Mapping[str, Any]], metric_info: Mapping[str
 def seed_markdown(stability: Sequence[Mapping[str, Any]], metric_info: Mapping[str, Mapping[str, Any]],
                   hidden: Sequence[str] = ()) -> list[str]:
     """Markdown sections for :func:`seed_stability`: mean rank ± sd per explainer and metric, tau between seeds."""
+    from an8flower.eval.report import md_cell
+
     lines: list[str] = []
     for s in stability:
         metrics = [m for m in s["metrics"] if m not in hidden]
@@ -457,10 +461,10 @@ def seed_markdown(stability: Sequence[Mapping[str, Any]], metric_info: Mapping[s
                   "Kendall tau between the rankings of two seeds (1 = the same order).", ""]
         first = metrics[0]
         order = sorted(s["explainers"], key=lambda n: (s["metrics"][first]["mean"][n], n))
-        lines.append("| explainer | " + " | ".join(metric_info.get(m, {}).get("label", m) for m in metrics) + " |")
+        lines.append("| explainer | " + " | ".join(md_cell(metric_info.get(m, {}).get("label", m)) for m in metrics) + " |")
         lines.append("|:--|" + "|".join(["--:"] * len(metrics)) + "|")
         for n in order:
-            lines.append(f"| {n} | " + " | ".join(f"{s['metrics'][m]['mean'][n]:.1f} ± {s['metrics'][m]['sd'][n]:.1f}"
+            lines.append(f"| {md_cell(n)} | " + " | ".join(f"{s['metrics'][m]['mean'][n]:.1f} ± {s['metrics'][m]['sd'][n]:.1f}"
                                                for m in metrics) + " |")
         lines.append("| *tau between seeds* | " + " | ".join(
             "n/a" if s["metrics"][m]["tau"] is None else f"{s['metrics'][m]['tau']:.2f}" for m in metrics) + " |")

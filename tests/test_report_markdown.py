@@ -64,21 +64,22 @@ def piped_error():
 
 
 def test_every_generated_table_parses_with_its_cell_counts(tmp_path, piped_error) -> None:
-    config = RunConfig(out=str(tmp_path / "r"), explainers=["oracle", "gradient", "random", "test_piped"],
+    config = RunConfig(out=str(tmp_path / "r"), explainers=["oracle", "gradient", "input_x_gradient", "random", "test_piped"],
                        metrics=[m for m, s in METRICS.items() if s.kind in ("mask", "set", "parts")], plots=False)
     run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False)
     text = (tmp_path / "r" / "leaderboard.md").read_text()
     blocks = source_tables(text)
     tables = parsed_tables(text)
-    assert len(blocks) >= 2 and len(tables) == len(blocks)  # the main table and the part table
+    assert len(blocks) >= 3 and len(tables) == len(blocks)  # the main table, the meta-evaluation, the part table
+    assert "| metric | oracle vs random |" in text and "| IoU@\\|M\\| |" in text  # meta-evaluation rows escaped too
     for table, block in zip(tables, blocks):
         assert len(block) == 2 + len(table["rows"])
         for row in table["rows"]:
             assert len(row) == len(table["header"])
     main = tables[0]
-    assert main["header"][0] == "explainer" and "IoU@|M| ↑" in main["header"]
+    assert main["header"][0] == "explainer" and any(h.startswith("IoU@|M| ↑") for h in main["header"])
     # relevance mass accuracy gives the energy pointing game's numbers: shown once, with a note
-    assert len(main["header"]) == 1 + len(config.metrics) - 1 and "rel. mass ↑" not in main["header"]
+    assert len(main["header"]) == 1 + len(config.metrics) - 1 and not any(h.startswith("rel. mass") for h in main["header"])
     assert "coincide" in text
     assert "shape a\\|b does not fit" in text and "1. `test_piped`: RuntimeError: shape a\\|b does not fit" in text
     assert "How to read the tables" in text and "**IoU@\\|M\\|** (`iou_top_mask`)" in text
