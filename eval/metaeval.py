@@ -26,10 +26,12 @@ A column is **flagged** (and the first reason given) when
 
 1. ``constant``: every explainer gets the same score on every image (within :data:`EQUAL_TOL`);
 2. ``no range``: the range is not positive or is less than :data:`RANGE_SNR` standard errors
-   (``range < RANGE_SNR * se_range``): the mask does not clearly beat a random map;
+   (``range < RANGE_SNR * se_range``): the mask does not clearly beat a random map (not applied
+   where ``oracle`` or ``random`` is undefined on every image, as ``random`` is for contrastivity:
+   the range is then n/a);
 3. ``unstable``: the mean tau is below :data:`TAU_MIN`;
 4. ``no spread``: no two explainers differ significantly, or none differs significantly from
-   ``random`` (when there is a ``random`` row).
+   ``random`` (when there is a ``random`` row with values).
 
 **Coinciding metrics**: two metrics whose per-image scores agree within :data:`EQUAL_TOL` for
 every explainer and image of a group (same undefined entries too) are one metric shown twice; the
@@ -229,7 +231,9 @@ def metric_metaeval(cells: Sequence[Mapping[str, Any]], higher_is_better: bool =
         v = x[0][finite[0]]
         flat = v.size > 0 and float(v.max() - v.min()) <= EQUAL_TOL
         flags.append(("constant", "every explainer gets the same score on every image" + (f" ({v[0]:.3g})" if flat else "")))
-    if "oracle" in names and "random" in names and kind != "explainer":
+    # random's row is undefined for class-insensitive metrics (contrastivity): no range, no comparison
+    has_random = "random" in names and bool(np.isfinite(means[names.index("random")]))
+    if "oracle" in names and has_random and kind != "explainer" and np.isfinite(means[names.index("oracle")]):
         o, r = names.index("oracle"), names.index("random")
         rng = sign * (means[o] - means[r])
         se = float(np.nanstd(sign * (boot[:, o] - boot[:, r]), ddof=1))
@@ -245,7 +249,7 @@ def metric_metaeval(cells: Sequence[Mapping[str, Any]], higher_is_better: bool =
     if not constant and len(cand) >= 2:
         if stab["significant_pairs"] == 0:
             flags.append(("no spread", "no two explainers differ significantly (paired bootstrap, 95%)"))
-        elif "random" in names:
+        elif has_random:
             r = names.index("random")
             lo, hi = _interval(boot[:, cand] - boot[:, [r]])
             if not ((lo > 0) | (hi < 0)).any():

@@ -104,6 +104,23 @@ def test_no_range_when_the_mask_does_not_beat_a_random_map() -> None:
     assert res["range"] is None and res["flag"] is None
 
 
+def test_a_metric_undefined_for_random_is_not_flagged_for_it() -> None:
+    """Contrastivity is NaN for class-insensitive maps (random, centre): the range and the
+    comparison with random do not apply, instead of flagging the column with a NaN range."""
+    rng = np.random.default_rng(4)
+    n = 64
+    scores = {"oracle": np.ones(n), "random": np.full(n, np.nan), "centre": np.full(n, np.nan),
+              "a": 0.8 + rng.normal(0, 0.02, n), "b": 0.3 + rng.normal(0, 0.02, n), "c": 0.5 + rng.normal(0, 0.02, n)}
+    res = metric_metaeval(cells_from(scores))
+    assert res["range"] is None and res["flag"] is None and res["tau"] > 0.9
+    # with a defined random row that no explainer beats, the comparison still flags
+    same = 0.5 + rng.normal(0, 0.1, n)
+    scores.update(random=same, a=same + 0.2, b=same + 0.01 * rng.normal(0, 1, n), c=same - 0.01 * rng.normal(0, 1, n))
+    assert metric_metaeval(cells_from(scores))["flag"] is None  # a beats random
+    scores.update(a=same.copy())
+    assert metric_metaeval(cells_from(scores))["flag"] is not None  # none differs from random (or unstable)
+
+
 def test_coinciding_metrics_are_found_and_shown_once(tmp_path) -> None:
     rng = np.random.default_rng(4)
     a, b, c = rng.uniform(size=(3, 40))
