@@ -25,23 +25,20 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
-
+from _bench_common import DEVICE, random_setting, sync
 from an8flower.baselines import build_explainer, list_explainers, reduce_channels
 from an8flower.baselines.adapters import BOARD_ADAPTERS, library_call, seeded
 from an8flower.baselines.base import check_inputs, eval_mode
-from an8flower.eval.models import DEFAULT_CAM_LAYER, build_model
+from an8flower.eval.models import DEFAULT_CAM_LAYER
 
-DEVICE = os.environ.get("AN8FLOWER_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 SETTINGS = {"small-cnn": (64, 32), "resnet18": (64, 16)}  # model: (image size, batch)
-NUM_CLASSES = 12
 ROUNDS = {"captum:Saliency": 60, "captum:IntegratedGradients": 6, "captum:DeepLift": 40,
           "zennit:EpsilonPlusFlat": 40, "gradcam:GradCAM": 60, "gradcam:ScoreCAM": 3}
 OPTIONS = {"captum:IntegratedGradients": {"n_steps": 16, "internal_batch_size": 256}}
@@ -61,7 +58,7 @@ def _wrapping_cost(model, images, targets, quiet: bool, rounds: int = 50) -> flo
             check_inputs(model, images, targets)
             with library_call(model, quiet_stderr=quiet), seeded(0, images.device):
                 pass
-        _sync()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -82,12 +79,11 @@ def _direct(name: str, model_name: str) -> Callable:
 
         return run
     if name == "zennit:EpsilonPlusFlat":
+        from an8flower.baselines.adapters.zennit import SplitReLUBlockCanonizer
         from zennit.attribution import Gradient
         from zennit.canonizers import SequentialMergeBatchNorm
         from zennit.composites import EpsilonPlusFlat, MixedComposite, NameMapComposite
         from zennit.rules import Pass
-
-        from an8flower.baselines.adapters.zennit import SplitReLUBlockCanonizer
 
         def run(model, images, targets):
             # our ResNets need the split-ReLU block canonizer (see the adapter's docstring)
@@ -118,18 +114,7 @@ def _direct(name: str, model_name: str) -> Callable:
 @pytest.fixture(scope="module", params=list(SETTINGS))
 def setting(request: pytest.FixtureRequest):
     name = request.param
-    size, batch = SETTINGS[name]
-    torch.manual_seed(0)
-    model = build_model(name, NUM_CLASSES).eval().to(DEVICE)
-    gen = torch.Generator().manual_seed(1)
-    images = torch.rand(batch, 3, size, size, generator=gen).to(DEVICE)
-    targets = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(DEVICE)
-    return name, model, images, targets
-
-
-def _sync() -> None:
-    if torch.device(DEVICE).type == "cuda":
-        torch.cuda.synchronize()
+    return (name, *random_setting(name, *SETTINGS[name]))
 
 
 @pytest.mark.parametrize("name", list(ROUNDS))
@@ -148,7 +133,7 @@ def test_adapter_overhead(benchmark, setting, name: str) -> None:
         for side, fn in (("adapter", adapter), ("direct", direct)):
             t0 = time.perf_counter()
             fn(model, images, targets)
-            _sync()
+            sync()
             took[side] = time.perf_counter() - t0
             best[side] = min(best[side], took[side])
         ratios.append(took["adapter"] / took["direct"])

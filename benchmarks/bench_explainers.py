@@ -32,21 +32,19 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
-
+from _bench_common import DEVICE, random_setting, sync
 from an8flower.baselines import build_explainer
 from an8flower.baselines.perturbation import RISE, rise_masks
-from an8flower.eval.models import DEFAULT_CAM_LAYER, build_model
+from an8flower.eval.models import DEFAULT_CAM_LAYER
 
-DEVICE = os.environ.get("AN8FLOWER_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 SETTINGS = {"small-cnn": (112, 16), "vgg16": (224, 4)}  # model: (image size, batch)
 if os.environ.get("AN8FLOWER_BENCH_SETTINGS"):
     SETTINGS = {m: (int(size), int(batch)) for m, size, batch in
                 (item.split(":") for item in os.environ["AN8FLOWER_BENCH_SETTINGS"].split(","))}
-NUM_CLASSES = 12
 ROUNDS = 2
 OPTIONS = {
     "small-cnn": {"rise": {"n_masks": 500}, "occlusion": {"window": 16, "stride": 8}},
@@ -88,18 +86,7 @@ INTERLEAVED_ROUNDS = 20
 @pytest.fixture(scope="module", params=list(SETTINGS))
 def setting(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module, torch.Tensor, torch.Tensor]:
     name = request.param
-    size, batch = SETTINGS[name]
-    torch.manual_seed(0)
-    model = build_model(name, NUM_CLASSES).eval().to(DEVICE)
-    gen = torch.Generator().manual_seed(1)
-    images = torch.rand(batch, 3, size, size, generator=gen).to(DEVICE)
-    targets = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(DEVICE)
-    return name, model, images, targets
-
-
-def _sync() -> None:
-    if torch.device(DEVICE).type == "cuda":
-        torch.cuda.synchronize()
+    return (name, *random_setting(name, *SETTINGS[name]))
 
 
 def _forward_backward(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -146,7 +133,7 @@ def _alternate(fns: dict[str, Callable], model: torch.nn.Module, images: torch.T
         for side, f in fns.items():
             t0 = time.perf_counter()
             f(model, images, targets)
-            _sync()
+            sync()
             best[side] = min(best[side], time.perf_counter() - t0)
     return best
 
@@ -190,7 +177,7 @@ def test_throughput(benchmark, setting, method: str) -> None:
 
     def call() -> None:
         fn(model, images, targets)
-        _sync()
+        sync()
 
     start = time.perf_counter()
     call()  # warm-up, and a cost estimate

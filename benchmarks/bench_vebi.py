@@ -19,26 +19,18 @@ Device: ``AN8FLOWER_BENCH_DEVICE`` (default: CUDA if available, else CPU). Run::
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
+from _bench_common import DEVICE, NUM_CLASSES, random_setting, sync
 from an8flower.baselines import VEBI, build_explainer
 from an8flower.baselines.features import LayerRecorder, channel_energy, default_layers
 from an8flower.eval.models import build_model
+from torch.utils.data import DataLoader
 
-DEVICE = os.environ.get("AN8FLOWER_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 SETTINGS = {"small-cnn": (112, 16), "vgg16": (224, 4)}  # model: (image size, batch)
-NUM_CLASSES = 12
 RATES: dict[tuple[str, str], float] = {}
-
-
-def _sync() -> None:
-    if torch.device(DEVICE).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def test_fit(benchmark) -> None:
@@ -53,7 +45,7 @@ def test_fit(benchmark) -> None:
 
     def fit() -> None:
         fitted.append(VEBI(mu=5.0).fit(model, loader, progress=False))
-        _sync()
+        sync()
 
     benchmark.pedantic(fit, rounds=2, iterations=1)
     info = fitted[-1].fit_info_
@@ -82,16 +74,12 @@ def _random_state(model: torch.nn.Module, images: torch.Tensor) -> VEBI:
 @pytest.mark.parametrize("model_name", list(SETTINGS))
 def test_explain(benchmark, model_name: str, method: str) -> None:
     size, batch = SETTINGS[model_name]
-    torch.manual_seed(0)
-    model = build_model(model_name, NUM_CLASSES).eval().to(DEVICE)
-    gen = torch.Generator().manual_seed(1)
-    images = torch.rand(batch, 3, size, size, generator=gen).to(DEVICE)
-    targets = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(DEVICE)
+    model, images, targets = random_setting(model_name, size, batch)
     explainer = _random_state(model, images) if method == "vebi" else build_explainer(method)
 
     def call() -> None:
         explainer(model, images, targets)
-        _sync()
+        sync()
 
     start = time.perf_counter()
     call()
