@@ -11,6 +11,13 @@ process that opened the file just before it was deleted may then lock the delete
 locking, :func:`acquire` checks that the path still names the file it locked (same device and
 inode) and starts again if not. The lock files therefore exist only while a run holds them.
 
+**Never through a link.** A lock file lies in a folder that may come from elsewhere (a shard
+folder on a shared disk), so the lock path is opened with ``O_NOFOLLOW`` (a symbolic link planted
+there is not followed: writing the holder text would overwrite the link's target) and
+``O_NONBLOCK`` (a FIFO does not block), and what was opened must be a regular file with a single
+link (a hard link would make the holder text overwrite another file). Anything else at the lock
+path is refused, naming it: :func:`check_lock_path`.
+
 Where ``fcntl`` is missing (Windows), or the file system does not implement ``flock`` (a
 ``RuntimeWarning`` says so), the functions do nothing: concurrent runs are not detected there. On NFS, ``flock`` is emulated with byte-range locks by the Linux client (since 2.6.12),
 which works between machines that share the folder.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -32,29 +40,79 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Lock", "acquire", "holder_text", "read_holder"]
+__all__ = ["Lock", "acquire", "check_lock_path", "holder_text", "read_holder"]
 
 #: ``flock`` errors of a file system that does not implement it (some FUSE and network mounts).
 _UNSUPPORTED = {errno.ENOLCK, errno.EINVAL, getattr(errno, "EOPNOTSUPP", -1), getattr(errno, "ENOTSUP", -1)}
 
 
+#: How every holder text starts.
+_HOLDER_PREFIX = "process "
+
+
 def holder_text(detail: str = "") -> str:
     """What a holder writes into its lock file: ``process PID on HOST`` plus ``detail``."""
-    return f"process {os.getpid()} on {socket.gethostname()}" + (f" ({detail})" if detail else "")
+    return f"{_HOLDER_PREFIX}{os.getpid()} on {socket.gethostname()}" + (f" ({detail})" if detail else "")
+
+
+#: ``os.open`` flags of every open of a lock file: never through a symbolic link, never blocking on a FIFO.
+_OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _not_a_lock_file(st: os.stat_result) -> str:
+    """Why a file with status ``st`` (``lstat``/``fstat``) is not a lock file of ours, or ``""``."""
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_nlink != 1:
+        return f"a file with {st.st_nlink} hard links"
+    return ""
+
+
+def check_lock_path(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse anything but a missing path or a plain lock file at ``path``, without following links.
+
+    A plain lock file is a regular file with one link, empty or holding a holder text
+    (:func:`holder_text`: ``process PID on HOST``), so that an unrelated file of that name is not
+    taken for one (and truncated).
+
+    Raises:
+        UsageError: ``"{what}: {path} is a symbolic link, not a lock file an8flower writes; remove it"``
+            (or a folder, FIFO, device, a file with other hard links, or a file with other content).
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    why = _not_a_lock_file(st)
+    if not why and st.st_size:
+        text = read_holder(path)
+        if not text.startswith(_HOLDER_PREFIX):
+            why = f"a file holding {text[:40]!r}"
+    if why:
+        raise UsageError(f"{what}: {os.fspath(path)} is {why}, not a lock file an8flower writes; remove it")
 
 
 def read_holder(path: str | os.PathLike[str]) -> str:
-    """The holder text of a lock file, or ``""`` when there is none."""
+    """The holder text of a lock file, or ``""`` when there is none (or the path is no plain lock file)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(500).strip()
+        fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     except OSError:
         return ""
+    try:
+        if _not_a_lock_file(os.fstat(fd)):
+            return ""
+        return os.pread(fd, 500, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _same_file(fd: int, path: str) -> bool:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)
@@ -119,25 +177,34 @@ def acquire(path: str | os.PathLike[str], what: str, *, shared: bool = False, wa
         what: names the locked thing in the error (e.g. ``"output folder data/s6"``).
         shared: take a shared lock (many shared holders may coexist; an exclusive lock excludes all).
         wait: block until the lock is free instead of failing.
-        holder: the text an exclusive holder writes into the file (default :func:`holder_text`).
+        holder: the text an exclusive holder writes into the file (default :func:`holder_text`; it
+            starts as :func:`holder_text` does, ``process PID``, or :func:`check_lock_path` refuses the file).
 
     Returns:
         The held :class:`Lock`.
 
     Raises:
         UsageError: the lock is held (without ``wait``): ``"{what}: in use by process PID on HOST"``
-            (or ``"by another process"`` when the holder left no text), or the lock file cannot be
-            created.
+            (or ``"by another process"`` when the holder left no text), the lock file cannot be
+            created, or the lock path holds something else: a symbolic link, a folder, a FIFO, a
+            file with other hard links (:func:`check_lock_path`; nothing is written to it).
     """
     path = os.fspath(path)
     if fcntl is None:  # pragma: no cover - Windows
         return Lock(path, None, shared)
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
+        check_lock_path(path, what)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a link planted after the check above
+                check_lock_path(path, what)
             raise UsageError(f"{what}: cannot create lock file {path} ({exc.strerror})") from None
+        why = _not_a_lock_file(os.fstat(fd))
+        if why:
+            os.close(fd)
+            raise UsageError(f"{what}: {path} is {why}, not a lock file an8flower writes; remove it")
         try:
             fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
         except OSError as exc:

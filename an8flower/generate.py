@@ -61,7 +61,7 @@ from typing import Any, Optional, Sequence
 from an8flower import __version__
 from an8flower.atomic import DISK_FULL_ERRNOS, check_free_space, format_bytes, reporting_disk_full
 from an8flower.errors import An8FlowerError, SpecError, UsageError
-from an8flower.folderlock import Lock, acquire, holder_text, read_holder
+from an8flower.folderlock import Lock, acquire, check_lock_path, holder_text, read_holder
 from an8flower.croissant import croissant_metadata
 from an8flower.datacard import data_card_text
 from an8flower.manifest import (
@@ -515,6 +515,11 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output folder {out}: exists and is not a folder")
     if out.is_dir():
+        check_lock_path(out / LOCK_NAME, f"output folder {out}")
+        work = out / WORK_DIR
+        if work.is_symlink() or (work.exists() and not work.is_dir()):
+            raise UsageError(f"output folder {out}: {work} is {'a symbolic link' if work.is_symlink() else 'a file'}, "
+                             "not the work folder an8flower writes; remove it")
         if (out / DATASET_JSON).is_file():
             try:
                 info = json.loads((out / DATASET_JSON).read_text(encoding="utf-8"))
@@ -539,8 +544,8 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
                 )
             _probe_writable(out, out)
             return "partial"
-        # A lock file, and a work folder without its plan yet (another shard is creating it, or
-        # one was killed doing so), do not make the folder non-empty.
+        # A plain lock file, and a work folder without its plan yet (another shard is creating it,
+        # or one was killed doing so), do not make the folder non-empty; anything else does.
         if any(p.name not in (LOCK_NAME, WORK_DIR) for p in out.iterdir()):
             raise UsageError(f"output folder {out}: not empty and not an an8flower dataset; choose a new or empty folder")
         _probe_writable(out, out)
@@ -559,15 +564,23 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
 def _make_folders(root: Path, spec: VariantSpec, record: dict[str, Any]) -> None:
     """The work folder and its plan first (so that a shard starting meanwhile sees a generation in
     progress, see :func:`_inspect_out`), then the sample folders."""
+    def folder(path: Path) -> Path:  # a real folder: a symbolic link would lead the writes out of root
+        path.mkdir(exist_ok=True)
+        if path.is_symlink() or not path.is_dir():
+            raise UsageError(f"output folder {root}: {path} is a symbolic link or not a folder; remove it")
+        return path
+
     try:
-        (root / WORK_DIR).mkdir(parents=True, exist_ok=True)
-        if not (root / WORK_DIR / "plan.json").is_file():
-            atomic_write_text(root / WORK_DIR / "plan.json", canonical_json(record))
-        (root / WORK_DIR / "rows").mkdir(exist_ok=True)
+        work = folder(root / WORK_DIR)
+        if not (work / "plan.json").is_file():
+            atomic_write_text(work / "plan.json", canonical_json(record))
+        folder(work / "rows")
         for kind in KINDS:
+            top = folder(root / KIND_FOLDERS[kind])
             for split in SPLITS:
+                split_folder = folder(top / split)
                 for label in range(spec.num_classes):
-                    (root / KIND_FOLDERS[kind] / split / class_folder(spec, label)).mkdir(parents=True, exist_ok=True)
+                    folder(split_folder / class_folder(spec, label))
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise  # reported by generate with how much more space is needed

@@ -919,3 +919,60 @@ def test_disk_full_while_exporting_leaves_nothing(dataset, tmp_path, monkeypatch
                                             r"[\d.]+ KB more is needed \([\d.]+ KB still to write"):
         export.export_dataset(dataset, out, format="webdataset", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 1. lock files are never followed
+
+
+def test_a_lock_path_that_is_no_plain_lock_file_is_refused(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my notes\n")
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    link = folder / "sym.lock"
+    link.symlink_to(precious)
+    hard = folder / "hard.lock"
+    os.link(precious, hard)
+    fifo = folder / "fifo.lock"
+    os.mkfifo(fifo)
+    mine = folder / "notes.lock"
+    mine.write_text("not a lock\n")
+    for path, why in ((link, "a symbolic link"), (hard, "a file with 2 hard links"), (fifo, "not a regular file"),
+                      (folder, "not a regular file"), (mine, "a file holding 'not a lock'")):
+        with pytest.raises(UsageError, match=rf"^thing: {re.escape(str(path))} is {why}, not a lock file an8flower "
+                                             r"writes; remove it$"):
+            acquire(path, "thing")
+    assert precious.read_text() == "my notes\n" and mine.read_text() == "not a lock\n"
+    assert link.is_symlink() and hard.exists() and fifo.exists()
+    with acquire(folder / "ok.lock", "thing") as lock:  # a plain lock file still works
+        assert (folder / "ok.lock").read_text().startswith(f"process {os.getpid()} on ")
+        assert lock.fd is not None
+    assert not (folder / "ok.lock").exists()
+
+
+def test_generate_never_writes_through_a_planted_lock_link(tmp_path, dataset):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("my notes\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(precious)
+    with pytest.raises(UsageError, match=rf"{LOCK_NAME} is a symbolic link, not a lock file an8flower writes"):
+        generate("single-6c", out, size=SIZE, per_class=3, workers=1, progress=False)
+    assert precious.read_text() == "my notes\n" and sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    # a shard lock planted in an unfinished generation's work folder
+    part = tmp_path / "part"
+    assert not generate("single-6c", part, size=SIZE, per_class=3, seed=SEED, workers=1, shard="1/2",
+                        progress=False).complete
+    (part / WORK_DIR / "shard-2-of-2.lock").symlink_to(precious)
+    with pytest.raises(UsageError, match=r"shard-2-of-2\.lock is a symbolic link"):
+        generate("single-6c", part, size=SIZE, per_class=3, seed=SEED, workers=1, shard="2/2", progress=False)
+    assert precious.read_text() == "my notes\n"
+    # a work folder that is a link leads the writes out of the folder: refused too
+    away = tmp_path / "away"
+    away.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / WORK_DIR).symlink_to(away)
+    with pytest.raises(UsageError, match=rf"{WORK_DIR} is a symbolic link, not the work folder"):
+        generate("single-6c", other, size=SIZE, per_class=3, workers=1, progress=False)
+    assert list(away.iterdir()) == []
