@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-#: ``an8flower.generate.DEFAULT_PER_CLASS``, repeated so building the parser imports nothing heavy.
+#: ``an8flower.layout.DEFAULT_PER_CLASS``, repeated so building the parser imports nothing heavy.
 DEFAULT_PER_CLASS = 1000
 
 

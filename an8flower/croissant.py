@@ -101,7 +101,7 @@ def croissant_metadata(
         manifest_sha256: the manifest's SHA-256; None gives the template without ``manifest.csv``.
         num_samples: total samples (stated in the description).
     """
-    from an8flower.generate import split_sizes
+    from an8flower.layout import split_sizes
 
     sizes = split_sizes(per_class)
     total = num_samples if num_samples is not None else per_class * spec.num_classes

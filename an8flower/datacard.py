@@ -20,7 +20,7 @@ from typing import Any
 from an8flower.spec import VariantSpec, builtin_variants, load_spec
 
 __all__ = ["BEGIN", "END", "spec_tables", "card_name", "is_builtin", "data_card_text", "generated_card",
-           "refresh_cards"]
+           "refresh_cards", "dataset_documents"]
 
 BEGIN = "<!-- BEGIN SPEC TABLES: written by an8flower.datacard.spec_tables, do not edit by hand -->"
 END = "<!-- END SPEC TABLES -->"
@@ -52,7 +52,7 @@ def spec_tables(spec: VariantSpec) -> str:
     including) :data:`BEGIN` and :data:`END`.
     """
     disc = spec.discriminative
-    from an8flower.generate import class_folder
+    from an8flower.layout import class_folder
 
     lines = [BEGIN, "", "**Classes** (label = position; RGB before jitter and lighting):", ""]
     lines.append("| label | class | folder | " + " | ".join(f"{p} colour (RGB)" for p in disc) + " |")
@@ -131,7 +131,7 @@ def refresh_cards(folder: str | Path) -> list[Path]:
     Returns the files changed.
     """
     from an8flower.croissant import croissant_metadata
-    from an8flower.generate import DEFAULT_PER_CLASS
+    from an8flower.layout import DEFAULT_PER_CLASS
     from an8flower.manifest import canonical_json
 
     changed = []
@@ -156,3 +156,17 @@ if __name__ == "__main__":  # pragma: no cover - maintainer tool
     target = sys.argv[1] if len(sys.argv) > 1 else str(resources.files("an8flower.data_cards"))
     for p in refresh_cards(target):
         print(f"rewrote {p}")
+
+
+def dataset_documents(spec: VariantSpec, seed: int, per_class: int, manifest_sha256: str) -> dict[str, bytes]:
+    """The bytes of the data card and ``croissant.json`` of a dataset: ``{file name: bytes}``.
+
+    ``generate`` writes them; ``verify`` regenerates them to compare.
+    """
+    from an8flower.croissant import croissant_metadata
+    from an8flower.layout import CROISSANT_NAME, DATACARD_NAME
+    from an8flower.manifest import canonical_json
+
+    total = spec.num_classes * per_class
+    croissant = canonical_json(croissant_metadata(spec, per_class, seed, manifest_sha256, total))
+    return {DATACARD_NAME: data_card_text(spec).encode("utf-8"), CROISSANT_NAME: croissant.encode("utf-8")}

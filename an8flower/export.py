@@ -65,7 +65,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 from an8flower import __version__
 from an8flower.atomic import reporting_disk_full
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
-from an8flower.generate import SPLITS
+from an8flower.layout import SPLITS
 from an8flower.manifest import (
     DATASET_JSON, MANIFEST_COLUMNS, MANIFEST_NAME, ManifestRow, canonical_json, content_sha256, read_dataset_json,
     read_manifest, sha256_bytes, sha256_file,

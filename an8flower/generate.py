@@ -1,18 +1,7 @@
-"""Generate an an8Flower dataset folder: the index plan, splits, worker pool, shards and resume.
+"""Generate an an8Flower dataset folder: the writer (worker pool, shards, locks, resume).
 
-**Index plan.** A dataset of ``K`` classes and ``N`` samples per class holds the sample indices
-``0 .. K*N - 1``. Sample ``i`` is ``render(spec, seed, i)``; its class is ``i % K`` and its
-per-class ordinal is ``i // K``. Splits are cut on the ordinal, so every split holds exactly the
-same number of samples of each class and is a contiguous index range::
-
-    train: ordinals [0, n_train)                 indices [0, K*n_train)
-    val:   ordinals [n_train, n_train + n_val)   indices [K*n_train, K*(n_train + n_val))
-    test:  the rest                              indices [K*(n_train + n_val), K*N)
-
-The default is ``N = 1000`` (the original release's order of magnitude) cut 70/10/20:
-700 train, 100 validation and 200 test images per class, i.e. 6,000 images for ``single-6c`` and
-12,000 for ``double-12c``. For other ``N`` see :func:`split_sizes`. No k-fold split is written: the
-validation split serves model selection, and folds over ``train`` can be cut from the manifest.
+The layout it writes (file names, index plan, splits, class folders, bounds) is
+:mod:`an8flower.layout`, which every reader shares.
 
 **Chunks, workers, shards.** The index range is cut into chunks of :func:`chunk_size` indices.
 Each chunk is rendered, PNG-encoded and written by one worker process; when all its files are in
@@ -28,14 +17,14 @@ sorted by index.
 unsharded run exclusively, a shard shared plus its own shard lock, so a second run on a folder in
 use is refused naming the process, and the shard that completes a dataset waits for the others
 before it writes the manifest. Worker processes exit when the process that started them dies.
-``per_class`` is at most :data:`MAX_PER_CLASS` (:data:`MAX_SAMPLES` samples in all) and the output
+``per_class`` is at most :data:`an8flower.layout.MAX_PER_CLASS` (:data:`~an8flower.layout.MAX_SAMPLES` samples in all) and the output
 size is estimated (:func:`estimate_dataset_bytes`) and checked against :data:`MAX_OUTPUT_BYTES` and
 the free disk space before anything is written.
 
 **Resume.** Every file is written atomically (temporary name, then :func:`os.replace`), so a file
 that exists is whole. Re-running the same command skips the chunks whose row file exists and whose
-files all exist, and re-renders the others. The parameters (version, :func:`code_sha256`, spec
-hash, seed, size, samples per class) are kept in ``.an8flower-work/plan.json``; a resume or shard
+files all exist, and re-renders the others. The parameters (version, renderer code, spec
+hash, seed, size, samples per class; :func:`an8flower.layout.code_sha256`) are kept in ``.an8flower-work/plan.json``; a resume or shard
 with other parameters is refused rather than mixing two datasets; left-over temporary files of killed workers are
 removed when the dataset is finalised. A folder holding ``dataset.json`` is complete; a folder
 holding ``.an8flower-work`` but no ``dataset.json`` is an unfinished generation.
@@ -62,18 +51,29 @@ from an8flower import __version__
 from an8flower.atomic import DISK_FULL_ERRNOS, check_free_space, format_bytes, reporting_disk_full
 from an8flower.errors import An8FlowerError, SpecError, UsageError
 from an8flower.folderlock import Lock, acquire, check_lock_path, holder_text, read_holder
-from an8flower.croissant import croissant_metadata
-from an8flower.datacard import data_card_text
-from an8flower.manifest import (
+from an8flower.datacard import dataset_documents
+from an8flower.layout import (
     CROISSANT_NAME,
     DATACARD_NAME,
     DATASET_JSON,
+    DEFAULT_PER_CLASS,
     FORMAT,
     KIND_FOLDERS,
     KINDS,
     LOCK_NAME,
     MANIFEST_NAME,
+    SPLITS,
     WORK_DIR,
+    IndexPlan,
+    check_counts,
+    class_folder,
+    code_sha256,
+    dataset_plan,
+    expected_row,
+    parse_shard,
+    sample_paths,
+)
+from an8flower.manifest import (
     ManifestRow,
     atomic_write_bytes,
     atomic_write_text,
@@ -86,42 +86,20 @@ from an8flower.manifest import (
     png_encoder_info,
     sha256_bytes,
 )
-from an8flower.spec import MAX_SIZE, MIN_SIZE, VariantSpec, load_spec
+from an8flower.spec import VariantSpec, resolve_spec
 
 __all__ = [
-    "SPLITS",
-    "SPLIT_FRACTIONS",
-    "DEFAULT_PER_CLASS",
-    "MAX_PER_CLASS",
-    "MAX_SAMPLES",
     "MAX_OUTPUT_BYTES",
-    "IndexPlan",
-    "split_sizes",
-    "check_counts",
+    "PNG_BYTES_PER_PIXEL",
+    "MANIFEST_BYTES_PER_SAMPLE",
+    "DOCUMENT_BYTES",
     "estimate_dataset_bytes",
-    "plan_indices",
-    "class_folder",
-    "sample_paths",
-    "expected_row",
-    "dataset_plan",
-    "dataset_documents",
-    "parse_shard",
-    "resolve_spec",
+    "chunk_size",
+    "default_workers",
     "GenerateResult",
     "generate",
 ]
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: Fractions of the samples of each class that go to train / val / test.
-SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
-#: Samples per class of a default dataset (700 train + 100 val + 200 test).
-DEFAULT_PER_CLASS = 1000
-#: Width of the zero-padded sample index in file names.
-INDEX_DIGITS = 6
-#: Largest ``per_class``: 100 times the original release's scale.
-MAX_PER_CLASS = 100_000
-#: Largest number of samples of one dataset (the file names have six digits).
-MAX_SAMPLES = 10**INDEX_DIGITS
 #: Largest estimated size (:func:`estimate_dataset_bytes`) of a folder ``generate`` writes: 100 GB,
 #: 85 times the default ``double-12c`` (e.g. ``double-12c`` at 512 px with 20,000 per class is
 #: refused, at 120 GB).
@@ -135,96 +113,6 @@ PNG_BYTES_PER_PIXEL = 1.9
 MANIFEST_BYTES_PER_SAMPLE = 2048
 #: Bytes of ``dataset.json``, the data card and ``croissant.json`` together, an upper bound.
 DOCUMENT_BYTES = 100_000
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-def split_sizes(per_class: int) -> dict[str, int]:
-    """Samples per class in each split for ``per_class`` samples per class.
-
-    ``n_val = max(1, round(0.1 N))``, ``n_test = max(1, round(0.2 N))`` (halves rounded up) and
-    ``n_train = N - n_val - n_test``: 1000 -> 700/100/200, 100 -> 70/10/20, 10 -> 7/1/2,
-    5 -> 3/1/1, 3 -> 1/1/1.
-
-    Raises:
-        UsageError: ``per_class`` is not an integer in 3..:data:`MAX_PER_CLASS` (every split needs
-            a sample of each class).
-    """
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 3:
-        raise UsageError(f"per-class {per_class!r}: must be an integer >= 3 (one sample of each class per split)")
-    if per_class > MAX_PER_CLASS:
-        raise UsageError(f"per-class {per_class}: at most {MAX_PER_CLASS:,} images per class")
-    n_val = max(1, _round_half_up(SPLIT_FRACTIONS["val"] * per_class))
-    n_test = max(1, _round_half_up(SPLIT_FRACTIONS["test"] * per_class))
-    return {"train": per_class - n_val - n_test, "val": n_val, "test": n_test}
-
-
-@dataclass(frozen=True)
-class IndexPlan:
-    """Which sample index goes to which class and split (see the module docstring).
-
-    Attributes:
-        num_classes: K.
-        per_class: N, samples per class over all splits.
-    """
-
-    num_classes: int
-    per_class: int
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        """Samples per class in each split."""
-        return split_sizes(self.per_class)
-
-    @property
-    def total(self) -> int:
-        """Number of samples, K * N."""
-        return self.num_classes * self.per_class
-
-    def class_of(self, index: int) -> int:
-        """Label of sample ``index``: ``index % K`` (as :func:`an8flower.render.class_of`)."""
-        return index % self.num_classes
-
-    def split_range(self, split: str) -> range:
-        """The indices of ``split``, a contiguous range."""
-        if split not in SPLITS:
-            raise UsageError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-        sizes = self.sizes
-        start = 0
-        for s in SPLITS:
-            if s == split:
-                return range(start * self.num_classes, (start + sizes[s]) * self.num_classes)
-            start += sizes[s]
-        raise AssertionError("unreachable")
-
-    def split_of(self, index: int) -> str:
-        """Split of sample ``index``."""
-        if not 0 <= index < self.total:
-            raise IndexError(f"sample index {index} outside 0..{self.total - 1}")
-        ordinal, sizes = index // self.num_classes, self.sizes
-        if ordinal < sizes["train"]:
-            return "train"
-        return "val" if ordinal < sizes["train"] + sizes["val"] else "test"
-
-
-def check_counts(num_classes: int, per_class: int) -> int:
-    """Check ``per_class`` (:func:`split_sizes`) and the total ``num_classes * per_class``.
-
-    Returns:
-        The number of samples.
-
-    Raises:
-        UsageError: ``per_class`` outside 3..:data:`MAX_PER_CLASS`, or more than
-            :data:`MAX_SAMPLES` samples in all.
-    """
-    split_sizes(per_class)
-    total = num_classes * per_class
-    if total > MAX_SAMPLES:
-        raise UsageError(f"per-class {per_class}: {num_classes} classes x {per_class:,} = {total:,} images, "
-                         f"more than the {MAX_SAMPLES:,} a dataset may hold")
-    return total
 
 
 def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: Optional[int] = None) -> int:
@@ -265,79 +153,9 @@ def _check_output_size(spec: VariantSpec, per_class: int, out: Path, fraction: f
     check_free_space(out, int(estimate * fraction), files, f"output folder {out}: {what}")
 
 
-def plan_indices(spec: VariantSpec, split: str, per_class: int = DEFAULT_PER_CLASS) -> range:
-    """The sample indices that ``generate`` writes to ``split`` (used by the on-the-fly dataset)."""
-    return IndexPlan(spec.num_classes, per_class).split_range(split)
-
-
-def class_folder(spec: VariantSpec, label: int) -> str:
-    """Folder name of class ``label``: the zero-padded label, a hyphen, the class name.
-
-    E.g. ``00-centre-red`` (at least two digits, more for 100+ classes). Folder names sort in label
-    order, so torchvision's ``ImageFolder`` (which numbers the folders in sorted order) gives every
-    image the label :class:`an8flower.An8Flower` gives it.
-    """
-    return f"{label:0{_label_digits(spec)}d}-{spec.classes[label]}"
-
-
-def _label_digits(spec: VariantSpec) -> int:
-    return max(2, len(str(spec.num_classes - 1)))
-
-
-def sample_paths(spec: VariantSpec, index: int, split: str, label: int) -> dict[str, str]:
-    """Relative paths of sample ``index``'s files:
-    ``{kind: "<kind folder>/<split>/<class folder>/<index>.png"}`` (see :func:`class_folder`)."""
-    name = f"{index:0{INDEX_DIGITS}d}.png"
-    folder = class_folder(spec, label)
-    return {k: f"{KIND_FOLDERS[k]}/{split}/{folder}/{name}" for k in KINDS}
-
-
-def expected_row(spec: VariantSpec, plan: IndexPlan, index: int) -> dict[str, Any]:
-    """What the manifest row of sample ``index`` must say, apart from hashes and sampled parameters:
-    ``{"index", "split", "class", "label", "files"}``."""
-    label = plan.class_of(index)
-    split = plan.split_of(index)
-    return {"index": index, "split": split, "class": spec.classes[label], "label": label,
-            "files": sample_paths(spec, index, split, label)}
-
-
 def chunk_size(total: int) -> int:
     """Indices per chunk: about 64 chunks for small datasets, at most 32 indices per chunk."""
     return max(1, min(32, math.ceil(total / 64)))
-
-
-def parse_shard(text: str | None) -> Optional[tuple[int, int]]:
-    """Parse ``"I/N"`` (1-based: shard I of N) into ``(I, N)``; None stays None.
-
-    Raises:
-        UsageError: naming ``--shard`` and the expected form.
-    """
-    if text is None:
-        return None
-    parts = str(text).split("/")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        i, n = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise UsageError(f"--shard {text!r}: expected I/N, e.g. 1/4 (shard I of N, 1 <= I <= N)") from None
-    if n < 1 or not 1 <= i <= n:
-        raise UsageError(f"--shard {text!r}: expected 1 <= I <= N (shard I of N, counted from 1)")
-    return i, n
-
-
-def resolve_spec(variant: str | os.PathLike[str] | VariantSpec, size: Optional[int] = None) -> VariantSpec:
-    """A spec from a built-in name, a spec file or a spec, at image side ``size`` if given.
-
-    Raises:
-        SpecError: unknown variant or bad spec file. UsageError: ``size`` outside 64..512.
-    """
-    spec = variant if isinstance(variant, VariantSpec) else load_spec(variant)
-    if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
-            raise UsageError(f"size {size!r}: must be an integer number of pixels in {MIN_SIZE}..{MAX_SIZE}")
-        spec = spec.with_size(size)
-    return spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,27 +269,6 @@ def default_workers() -> int:
 
 # --------------------------------------------------------------------------------------------
 # output folder
-
-
-#: Modules whose source decides the bytes of a dataset; their hash guards resumes across code changes.
-CODE_MODULES: tuple[str, ...] = ("an8flower.spec", "an8flower.render", "an8flower.png")
-
-
-def code_sha256() -> str:
-    """SHA-256 over the source files of :data:`CODE_MODULES` (name, NUL, bytes, NUL each).
-
-    Recorded in ``dataset.json`` and in an unfinished generation's plan, so that a resume or a shard
-    run by different renderer code (e.g. a development checkout between two commits) is refused
-    instead of mixing samples of two renderers.
-    """
-    import hashlib
-    import importlib
-
-    h = hashlib.sha256()
-    for name in CODE_MODULES:
-        module = importlib.import_module(name)
-        h.update(name.encode() + b"\0" + Path(module.__file__).read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def _plan_record(spec: VariantSpec, seed: int, per_class: int) -> dict[str, Any]:
@@ -640,50 +437,6 @@ def _sweep_temporaries(root: Path) -> None:
                         pass
             if top == root:
                 break
-
-
-def dataset_plan(spec: VariantSpec, seed: int, per_class: int) -> dict[str, Any]:
-    """The entries of ``dataset.json`` that follow from (spec, seed, per_class) alone.
-
-    ``generate`` writes them; ``verify`` and the loaders recompute them from a folder's own
-    ``spec``, ``seed`` and ``per_class`` and compare.
-    """
-    plan = IndexPlan(spec.num_classes, per_class)
-    digits = _label_digits(spec)
-    return {
-        "format": FORMAT,
-        "variant": spec.name,
-        "spec": spec.to_dict(),
-        "spec_sha256": spec.sha256(),
-        "seed": seed,
-        "size": spec.size,
-        "per_class": per_class,
-        "split_sizes_per_class": plan.sizes,
-        "split_index_ranges": {s: [plan.split_range(s).start, plan.split_range(s).stop] for s in SPLITS},
-        "classes": list(spec.classes),
-        "class_folders": [class_folder(spec, c) for c in range(spec.num_classes)],
-        "parts": list(spec.parts),
-        "discriminative_parts": list(spec.discriminative),
-        "num_samples": plan.total,
-        "counts": {s: {c: plan.sizes[s] for c in spec.classes} for s in SPLITS},
-        "layout": {k: f"{KIND_FOLDERS[k]}/{{split}}/{{label:0{digits}d}}-{{class}}/{{index:0{INDEX_DIGITS}d}}.png"
-                   for k in KINDS},
-        "encoding": {
-            "image": "RGB, 8 bits per channel",
-            "mask": "1-bit greyscale; 1 (white) = visible pixel of a discriminative part, 0 = other",
-            "parts": "8-bit palette; pixel value = part id = position in 'parts' (0 = background)",
-        },
-        "manifest": MANIFEST_NAME,
-        "data_card": DATACARD_NAME,
-        "croissant": CROISSANT_NAME,
-    }
-
-
-def dataset_documents(spec: VariantSpec, seed: int, per_class: int, manifest_sha256: str) -> dict[str, bytes]:
-    """The bytes of the data card and ``croissant.json`` of a dataset: ``{file name: bytes}``."""
-    total = spec.num_classes * per_class
-    croissant = canonical_json(croissant_metadata(spec, per_class, seed, manifest_sha256, total))
-    return {DATACARD_NAME: data_card_text(spec).encode("utf-8"), CROISSANT_NAME: croissant.encode("utf-8")}
 
 
 def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[str, Any], n_chunks: int) -> tuple[str, str]:

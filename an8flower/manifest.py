@@ -15,7 +15,7 @@ A dataset folder holds::
 
 ``<index>`` is the sample index, zero-padded to six digits. ``<LL-class>`` is the class folder:
 the label zero-padded to two digits (more for 100+ classes), a hyphen and the class name, e.g.
-``00-centre-red`` (:func:`an8flower.generate.class_folder`), so that the folders sort in label
+``00-centre-red`` (:func:`an8flower.layout.class_folder`), so that the folders sort in label
 order and ``images/<split>`` is a torchvision ``ImageFolder`` root whose ``class_to_idx`` agrees
 with the labels. The manifest's ``class`` column holds the class name (``centre-red``). Paths in
 the manifest are relative to ``DIR`` with forward slashes. While ``generate`` runs, the folder
@@ -51,7 +51,18 @@ import numpy as np
 
 from an8flower.atomic import atomic_write_bytes, is_temp_name
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
-from an8flower.png import KINDS, PNG_COMPRESS_LEVEL, decode_png, encode_png, png_encoder_info
+from an8flower.layout import (
+    CROISSANT_NAME,
+    DATACARD_NAME,
+    DATASET_JSON,
+    FORMAT,
+    KIND_FOLDERS,
+    KINDS,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    WORK_DIR,
+)
+from an8flower.png import PNG_COMPRESS_LEVEL, decode_png, encode_png, png_encoder_info
 
 __all__ = [
     "DATASET_JSON", "MANIFEST_NAME", "DATACARD_NAME", "CROISSANT_NAME", "WORK_DIR", "LOCK_NAME", "FORMAT", "KINDS", "KIND_FOLDERS",
@@ -60,21 +71,6 @@ __all__ = [
     "canonical_json", "is_temp_name", "ManifestRow", "manifest_bytes", "content_sha256",
     "read_manifest", "read_dataset_json",
 ]
-
-#: File names at the top of a dataset folder.
-DATASET_JSON = "dataset.json"
-MANIFEST_NAME = "manifest.csv"
-DATACARD_NAME = "DATACARD.md"
-CROISSANT_NAME = "croissant.json"
-#: Hidden folder of an unfinished generation (plan, per-chunk row journals); removed at the end.
-WORK_DIR = ".an8flower-work"
-#: Lock file of a running ``generate`` (:mod:`an8flower.folderlock`); removed when it ends.
-LOCK_NAME = ".an8flower.lock"
-#: Format tag written into ``dataset.json`` (bumped when the layout changes). Format 1 named the
-#: class folders by class name alone; format 2 prefixes the label.
-FORMAT = "an8flower-dataset/2"
-#: The top folder each kind of sample file lives under.
-KIND_FOLDERS: dict[str, str] = {"image": "images", "mask": "masks", "parts": "parts"}
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "index",

@@ -70,6 +70,7 @@ __all__ = [
     "Nuisance",
     "VariantSpec",
     "load_spec",
+    "resolve_spec",
     "builtin_variants",
     "CLASS_COLOUR_MARGIN",
     "class_colour_range",
@@ -627,3 +628,17 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> VariantSpec:
         return VariantSpec.from_dict(data)
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
+
+
+def resolve_spec(variant: str | os.PathLike[str] | VariantSpec, size: int | None = None) -> VariantSpec:
+    """A spec from a built-in name, a spec file or a spec, at image side ``size`` if given.
+
+    Raises:
+        SpecError: unknown variant or bad spec file. UsageError: ``size`` outside 64..512.
+    """
+    spec = variant if isinstance(variant, VariantSpec) else load_spec(variant)
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+            raise UsageError(f"size {size!r}: must be an integer number of pixels in {MIN_SIZE}..{MAX_SIZE}")
+        spec = spec.with_size(size)
+    return spec

@@ -10,6 +10,17 @@ call them.
 absolute (``/x``, ``\\\\server\\x``, ``C:x``), holds a NUL byte, a backslash or a ``..`` component, or
 that resolves (symbolic links followed, :func:`os.path.realpath`) to a place outside the root.
 
+**Links inside.** ``resolve_inside(..., links=False)`` also refuses a path that passes through a
+symbolic link at all, inside the folder or not: a folder ``generate`` writes holds none, and a
+linked class folder would make torchvision's ``ImageFolder`` see another class.
+
+**Bounded reads.** :func:`read_bounded` reads a file only when it is a regular file (not a device
+such as ``/dev/zero``, a FIFO or, with ``O_NOFOLLOW``, a final symbolic link) whose size, from
+``fstat`` before reading, is within a limit the caller derives from what the format allows; it
+then reads at most that many bytes. :func:`parse_json` turns every way JSON text can fail
+(syntax, encoding, nesting deep enough to exhaust the recursion limit) into the caller's error
+class naming the file and field.
+
 **Image pixel limits.** :func:`open_image` reads only the image header first (Pillow's
 ``Image.open`` decodes nothing), compares ``width x height`` with a limit, and decodes only when
 the image is within it. A decoded RGB image costs 3 bytes per pixel, so the limit bounds the
@@ -33,12 +44,14 @@ guard is refused even when ``max_pixels`` is larger. (The warning is made an err
 from __future__ import annotations
 
 import io
+import json
 import ntpath
 import os
 import posixpath
+import stat
 import warnings
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
 
@@ -50,6 +63,8 @@ __all__ = [
     "PHOTO_MAX_PIXELS",
     "check_relative_path",
     "resolve_inside",
+    "read_bounded",
+    "parse_json",
     "open_image",
     "load_image",
 ]
@@ -95,13 +110,15 @@ def check_relative_path(relpath: str, what: str) -> str:
     return relpath
 
 
-def resolve_inside(root: str | os.PathLike[str], relpath: str, what: str) -> str:
+def resolve_inside(root: str | os.PathLike[str], relpath: str, what: str, *, links: bool = True) -> str:
     """``root/relpath`` after checking that it stays inside ``root``, symbolic links followed.
 
     Args:
         root: the folder the listing belongs to.
         relpath: the path as read from the listing (see :func:`check_relative_path`).
         what: the listing and row, for the message.
+        links: whether the path may pass through symbolic links that stay inside ``root``; False
+            for folders that hold none (an an8Flower dataset): then any link on the way is refused.
 
     Returns:
         The joined path (``os.path.join(root, relpath)``, not resolved: messages keep the user's
@@ -118,7 +135,71 @@ def resolve_inside(root: str | os.PathLike[str], relpath: str, what: str) -> str
     if os.path.commonpath([real_root, real]) != real_root:
         raise DatasetFormatError(f"{what}: path {relpath!r} resolves to {real}, outside {real_root} "
                                  "(a symbolic link leads out of the folder)")
+    if not links and real != os.path.join(real_root, *[p for p in relpath.split("/") if p not in ("", ".")]):
+        raise DatasetFormatError(f"{what}: path {relpath!r} passes through a symbolic link (it resolves to {real}); "
+                                 "the folder must hold no links")
     return joined
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, refused unread when larger than ``limit``.
+
+    The file is opened with ``O_NOFOLLOW`` (a final symbolic link is refused) and ``O_NONBLOCK``
+    (a FIFO does not block the open); ``fstat`` must show a regular file of at most ``limit``
+    bytes; then at most ``limit + 1`` bytes are read (a file that grew meanwhile is refused too).
+
+    Args:
+        path: the file. limit: the most bytes the format allows there.
+        what: what the file is, for the message (e.g. ``"manifest"``).
+
+    Raises:
+        DatasetNotFoundError: no such file.
+        DatasetFormatError: naming the file: a symbolic link, not a regular file (a device, FIFO,
+            folder), larger than ``limit``, unreadable.
+    """
+    name = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(name, flags)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"{name}: {what} not found") from None
+    except OSError as exc:
+        if os.path.islink(name):
+            raise DatasetFormatError(f"{name}: {what} is a symbolic link; a dataset folder holds none") from None
+        raise DatasetFormatError(f"{name}: {what} not readable ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DatasetFormatError(f"{name}: {what} is not a regular file (a device, FIFO or folder); refused unread")
+        if st.st_size > limit:
+            raise DatasetFormatError(f"{name}: {what} is {st.st_size:,} bytes, more than the {limit:,} its format "
+                                     "allows there; refused unread")
+        chunks, left = [], limit + 1
+        while left > 0:
+            block = os.read(fd, min(left, 1 << 20))
+            if not block:
+                break
+            chunks.append(block)
+            left -= len(block)
+        if left <= 0:
+            raise DatasetFormatError(f"{name}: {what} grew past {limit:,} bytes while being read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise DatasetFormatError(f"{name}: {what} not readable ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def parse_json(data: bytes | str, what: str, error: type[Exception] = DatasetFormatError) -> Any:
+    """``json.loads(data)`` with every failure as ``error(f"{what}: ...")``: invalid UTF-8 or JSON,
+    numbers Python refuses (over 4,300 digits), or nesting deep enough to exhaust the recursion
+    limit (``RecursionError``)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise error(f"{what}: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{what}: not valid JSON ({exc})") from None
 
 
 @contextmanager

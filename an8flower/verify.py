@@ -4,7 +4,7 @@
 is recomputed from ``dataset.json``'s own ``spec``, ``seed`` and ``per_class`` and compared.
 
 1. ``dataset.json``: the spec parses and hashes to ``spec_sha256``; every entry that follows from
-   (spec, seed, per_class) equals what :func:`an8flower.generate.dataset_plan` gives (variant,
+   (spec, seed, per_class) equals what :func:`an8flower.layout.dataset_plan` gives (variant,
    size, split sizes and index ranges, classes and their folders, parts, sample and class counts,
    layout, file names);
 2. ``manifest.csv``: its SHA-256 is ``manifest_sha256``, its content hash ``content_sha256``; it
@@ -80,7 +80,7 @@ def plan_problems(info: dict[str, Any]) -> tuple[Optional[VariantSpec], list[str
         invalid) and one line per entry that differs, e.g.
         ``"dataset.json: num_samples 17 (generate writes 18 for this spec, seed and per_class)"``.
     """
-    from an8flower.generate import check_counts, dataset_plan
+    from an8flower.layout import check_counts, dataset_plan
 
     try:
         spec = VariantSpec.from_dict(info.get("spec"))
@@ -108,7 +108,7 @@ def row_problems(spec: VariantSpec, info: dict[str, Any], rows: Sequence[Manifes
         One line per row that differs, naming the sample and the field (at most
         :data:`MAX_ROW_LINES`, then a count of the others), and one per missing or repeated index.
     """
-    from an8flower.generate import IndexPlan, expected_row
+    from an8flower.layout import IndexPlan, expected_row
 
     plan = IndexPlan(spec.num_classes, info["per_class"])
     problems: list[str] = []
@@ -224,7 +224,7 @@ def _png_size(data: bytes) -> Optional[tuple[int, int]]:
 def _render_indices(spec: VariantSpec, per_class: int, render: Union[int, str, None]) -> list[int]:
     """The samples verify renders again: ``"all"``, the first ``render`` of the plan's spread, or
     by default (None) the first sample of each class in each split."""
-    from an8flower.generate import SPLITS, IndexPlan
+    from an8flower.layout import SPLITS, IndexPlan
 
     plan = IndexPlan(spec.num_classes, per_class)
     if render == "all":
@@ -326,7 +326,7 @@ def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress:
 def _check_documents(root: Path, info: dict[str, Any], spec: Optional[VariantSpec], report: VerifyReport,
                      expected: set[str]) -> None:
     """Step 3: the data card and croissant.json against their hashes and generate's bytes."""
-    from an8flower.generate import dataset_documents
+    from an8flower.datacard import dataset_documents
 
     regenerated: dict[str, bytes] = {}
     same_version = info.get("an8flower_version") == __version__
@@ -355,7 +355,7 @@ def _check_rendering(root: Path, spec: VariantSpec, info: dict[str, Any], rows: 
                      render: Union[int, str, None], report: VerifyReport) -> None:
     """Step 5: render samples again; compare them with the manifest's pixel hashes and sampled
     parameters, and with the files' decoded pixels."""
-    from an8flower.generate import code_sha256
+    from an8flower.layout import code_sha256
     from an8flower.render import render as render_sample
 
     if info.get("code_sha256") != code_sha256():

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from an8flower.generate import IndexPlan, chunk_size, generate, sample_paths
+from an8flower.generate import chunk_size, generate
+from an8flower.layout import IndexPlan, sample_paths
 from an8flower.manifest import KIND_FOLDERS, atomic_write_bytes, encode_png
 from an8flower.render import render
 from an8flower.spec import load_spec

@@ -329,7 +329,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
             raise UsageError(f"--data {key}={folder}: no such folder")
     from an8flower.eval.distributed import RankLost
     from an8flower.eval.runner import run_leaderboard
-    from an8flower.generate import parse_shard
+    from an8flower.layout import parse_shard
 
     start = time.perf_counter()
     try:

@@ -47,7 +47,7 @@ def check_memory(variant: str, num_classes: int, config: RunConfig, need_train: 
         UsageError: the estimate exceeds :data:`MEMORY_SHARE` of ``memory`` (default: this machine's
             physical memory), naming the variant, the estimate and the settings to change.
     """
-    from an8flower.generate import split_sizes
+    from an8flower.layout import split_sizes
 
     n = config.per_class_for(variant)
     per_class = n if need_train else split_sizes(n)[config.split]

@@ -660,7 +660,7 @@ class _Run:
         it (or reads it from the cache) and broadcasts it to the other ranks.
         """
         from an8flower.eval.reliance import Reliance, measure_reliance
-        from an8flower.generate import code_sha256
+        from an8flower.layout import code_sha256
 
         if data.spec is None or data.seed is None or data.test.parts is None:
             return None

@@ -15,7 +15,7 @@ from PIL import Image
 
 from an8flower.cli import main
 from an8flower.commands import DEFAULT_PER_CLASS as CLI_DEFAULT_PER_CLASS
-from an8flower.generate import DEFAULT_PER_CLASS
+from an8flower.layout import DEFAULT_PER_CLASS
 from an8flower.manifest import DATASET_JSON, MANIFEST_NAME, decode_png, read_manifest
 from an8flower.show import mask_overlay
 from an8flower.spec import load_spec

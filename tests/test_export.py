@@ -26,7 +26,8 @@ from an8flower.cli import main
 from an8flower.datasets.generated import An8Flower
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 from an8flower.export import EXPORT_MANIFEST, export_dataset, hf_features, sample_record
-from an8flower.generate import SPLITS, generate
+from an8flower.generate import generate
+from an8flower.layout import SPLITS
 from an8flower.manifest import (
     DATASET_JSON, MANIFEST_NAME, ManifestRow, canonical_json, content_sha256, manifest_bytes, read_dataset_json,
     read_manifest, sha256_bytes,

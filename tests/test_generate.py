@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 from an8flower.errors import UsageError
-from an8flower.generate import (
+from an8flower.generate import chunk_size, generate
+from an8flower.layout import (
     DEFAULT_PER_CLASS,
     SPLITS,
     IndexPlan,
-    chunk_size,
-    generate,
     parse_shard,
     plan_indices,
     split_sizes,

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from an8flower.datasets.base import collate_with_masks
 from an8flower.datasets.generated import An8Flower, An8FlowerOnTheFly
 from an8flower.errors import DatasetNotFoundError, UsageError
-from an8flower.generate import generate, split_sizes
+from an8flower.generate import generate
+from an8flower.layout import split_sizes
 from an8flower.manifest import DATASET_JSON
 from an8flower.render import render
 from an8flower.spec import load_spec

@@ -32,16 +32,15 @@ from an8flower.datasets.files import list_subdirs
 from an8flower.datasets.generated import An8Flower, An8FlowerOnTheFly, resize_sample
 from an8flower.errors import DatasetFormatError, SpecError, UsageError
 from an8flower.folderlock import acquire, holder_text
+from an8flower.datacard import dataset_documents
 from an8flower.generate import (
     DOCUMENT_BYTES,
     MANIFEST_BYTES_PER_SAMPLE,
-    MAX_PER_CLASS,
-    MAX_SAMPLES,
     PNG_BYTES_PER_PIXEL,
-    dataset_documents,
     estimate_dataset_bytes,
     generate,
 )
+from an8flower.layout import MAX_PER_CLASS, MAX_SAMPLES
 from an8flower.manifest import (
     CROISSANT_NAME,
     DATASET_JSON,

@@ -31,7 +31,8 @@ import torch
 
 from an8flower.datasets.base import ExplanationDataset
 from an8flower.errors import DatasetFormatError, UsageError
-from an8flower.generate import DEFAULT_PER_CLASS, SPLITS, check_counts, plan_indices, resolve_spec
+from an8flower.layout import DEFAULT_PER_CLASS, SPLITS, check_counts, plan_indices
+from an8flower.spec import resolve_spec
 from an8flower.manifest import ManifestRow, decode_png, sha256_bytes
 from an8flower.spec import VariantSpec
 from an8flower.untrusted import resolve_inside
@@ -202,7 +203,7 @@ class An8FlowerOnTheFly(ExplanationDataset):
 
     Yields exactly the items :class:`An8Flower` yields for the folder that
     ``an8flower generate VARIANT --size SIZE --per-class PER_CLASS --seed SEED`` writes (same index
-    plan, :func:`an8flower.generate.plan_indices`), with the same ``resize``.
+    plan, :func:`an8flower.layout.plan_indices`), with the same ``resize``.
 
     Args:
         variant_or_spec: built-in variant name, spec file path, or a :class:`VariantSpec`.
@@ -210,7 +211,7 @@ class An8FlowerOnTheFly(ExplanationDataset):
         size: the side the samples are *rendered* at (64..512); default the spec's. Rendering at
             another size draws another picture of the same scene (the same as ``generate --size``).
         per_class: samples per class over all splits (default 1000: 700/100/200), bounded as
-            ``generate`` bounds it (:func:`an8flower.generate.check_counts`).
+            ``generate`` bounds it (:func:`an8flower.layout.check_counts`).
         seed: global seed.
         transform, mask_transform, return_parts: as :class:`An8Flower`.
         resize: side the rendered items are *resized* to, or None (default: the rendered size);
