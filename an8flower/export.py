@@ -39,11 +39,15 @@ index order; shards cut the split into consecutive runs of ``shard_size`` rows; 
 and no time stamp (pyarrow's ``created_by`` names its version, which ``manifest.json`` records);
 tar members have mtime 0, uid and gid 0, empty user and group names, mode 0644, ustar format.
 
-Checks while exporting (every failure names the file): ``manifest.csv`` must hash to
-``dataset.json``'s ``manifest_sha256`` and its rows to ``content_sha256``; every sample file path
-must stay inside ``DIR`` (no absolute path, no ``..``, no symbolic link out of it); every file's
-bytes must hash to its manifest row's ``<kind>_sha256``; labels must pair with ``dataset.json``'s
-classes. Output goes to a hidden temporary folder next to ``OUT`` that is renamed to ``OUT`` when
+Checks while exporting (every failure names the file), the same as the loaders': the folder
+must pass :func:`an8flower.verify.check_dataset` (``dataset.json`` is what generate writes for its
+spec, seed and per-class; ``manifest.csv`` hashes to ``manifest_sha256`` and ``content_sha256``;
+every row follows the index plan: label, split and file names from the index), so a folder with a
+row moved between splits or relabelled, hashes updated, is refused; every sample file path must
+stay inside ``DIR`` through no symbolic link, and every file is read by
+:func:`an8flower.verify.read_sample_file` (a regular file no larger than a PNG of the dataset's
+size can be, checked before reading; its bytes hash to the row's ``<kind>_sha256``; its PNG header
+gives the dataset's size). Output goes to a hidden temporary folder next to ``OUT`` that is renamed to ``OUT`` when
 complete, so an error or an interrupt leaves no half-written export. An existing non-empty ``OUT``
 is refused unless ``overwrite=True``, and even then only when it is an earlier an8flower export
 (its ``manifest.json`` says so): the command never deletes a folder it did not write.
@@ -66,10 +70,8 @@ from an8flower import __version__
 from an8flower.atomic import reporting_disk_full
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 from an8flower.layout import SPLITS
-from an8flower.manifest import (
-    DATASET_JSON, MANIFEST_COLUMNS, MANIFEST_NAME, ManifestRow, canonical_json, content_sha256, read_dataset_json,
-    read_manifest, sha256_bytes, sha256_file,
-)
+from an8flower.layout import DATACARD_NAME, MANIFEST_NAME
+from an8flower.manifest import DOCUMENT_MAX_BYTES, MANIFEST_COLUMNS, ManifestRow, canonical_json, sha256_bytes, sha256_file
 from an8flower.png import KINDS
 
 __all__ = [
@@ -126,70 +128,44 @@ class ExportResult:
 # the source folder, read and checked
 
 
-def _inside(root: Path, rel: str, manifest: Path, real_dirs: Optional[dict[str, str]] = None) -> Path:
-    """``root / rel`` if the manifest path ``rel`` stays inside ``root`` (:func:`an8flower.untrusted.resolve_inside`)."""
-    from an8flower.untrusted import resolve_inside
-
-    return Path(resolve_inside(root, rel, f"{manifest}: file path"))
-
-
 class _Source:
-    """A dataset folder whose manifest and files are checked as they are read."""
+    """A dataset folder, checked as the loaders check it; its sample files checked as they are read."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
+        from an8flower.untrusted import resolve_inside
+        from an8flower.verify import check_dataset, read_dataset
+
         self.root = Path(root)
-        self.info = read_dataset_json(self.root)
         self.manifest = self.root / MANIFEST_NAME
-        rows = read_manifest(self.manifest)
-        if sha256_file(self.manifest) != self.info.get("manifest_sha256"):
-            raise DatasetFormatError(f"{self.manifest}: sha256 differs from manifest_sha256 in dataset.json "
-                                     f"(run `an8flower verify {self.root}`)")
-        if content_sha256(rows) != self.info.get("content_sha256"):
-            raise DatasetFormatError(f"{self.manifest}: content sha256 differs from content_sha256 in dataset.json")
-        self.classes: tuple[str, ...] = tuple(self.info["classes"])
-        rows.sort(key=lambda r: r.index)
-        seen: set[int] = set()
-        for r in rows:
-            if r.index in seen:
-                raise DatasetFormatError(f"{self.manifest}: sample {r.index} appears twice")
-            seen.add(r.index)
-            if r.split not in SPLITS:
-                raise DatasetFormatError(f"{self.manifest}: sample {r.index} has split {r.split!r}")
-            if not 0 <= r.label < len(self.classes) or self.classes[r.label] != r.class_name:
-                raise DatasetFormatError(f"{self.manifest}: sample {r.index} has label {r.label} and class "
-                                         f"{r.class_name!r}, which dataset.json does not pair")
-        self.rows: list[ManifestRow] = rows
+        self.info, data, rows = read_dataset(self.root)
         #: Every sample file, checked up front so that a bad path fails before anything is written.
-        real_dirs: dict[str, str] = {}
-        self.paths = {(r.index, kind): _inside(self.root, r.files[kind], self.manifest, real_dirs)
+        self.paths = {(r.index, kind): Path(resolve_inside(self.root, r.files[kind], f"{self.manifest}: file path",
+                                                           links=False))
                       for r in rows for kind in KINDS}
+        self.spec = check_dataset(self.root, self.info, data, rows)  # the loaders' index-plan checks
+        self.classes: tuple[str, ...] = tuple(self.info["classes"])
+        self.rows: list[ManifestRow] = sorted(rows, key=lambda r: r.index)
 
     def read(self, row: ManifestRow, kind: str) -> bytes:
-        """The bytes of a sample file, checked against the manifest's ``<kind>_sha256``."""
-        path = self.paths[row.index, kind]
+        """The bytes of a sample file, checked as the loaders check them
+        (:func:`an8flower.verify.read_sample_file`: inside, no link, bounded, hash, PNG size)."""
+        from an8flower.verify import read_sample_file
+
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise DatasetNotFoundError(f"{path}: missing (sample {row.index} of {self.manifest})") from None
-        except OSError as exc:
-            raise DatasetFormatError(f"{path}: not readable ({exc.strerror or exc})") from None
-        if sha256_bytes(data) != row.sha256[kind]:
-            raise DatasetFormatError(f"{path}: sha256 differs from {kind}_sha256 in {self.manifest} "
-                                     f"(sample {row.index}; run `an8flower verify {self.root}`)")
-        return data
+            return read_sample_file(self.root, row, kind, self.spec.size)[1]
+        except DatasetNotFoundError:
+            raise DatasetNotFoundError(f"{self.paths[row.index, kind]}: missing (sample {row.index} of "
+                                       f"{self.manifest})") from None
 
     def data_card(self) -> Optional[str]:
-        """The folder's data card text, checked against ``data_card_sha256``; None when it has none."""
-        name = self.info.get("data_card")
-        if not name:
-            return None
-        path = _inside(self.root, name, self.root / DATASET_JSON)
-        if not path.is_file():
-            raise DatasetNotFoundError(f"{path}: missing (named by dataset.json)")
-        data = path.read_bytes()
+        """The folder's data card (the layout's name), checked against ``data_card_sha256``."""
+        from an8flower.untrusted import read_bounded
+
+        path = self.root / DATACARD_NAME
+        data = read_bounded(path, DOCUMENT_MAX_BYTES, "data card")
         if sha256_bytes(data) != self.info.get("data_card_sha256"):
             raise DatasetFormatError(f"{path}: sha256 differs from data_card_sha256 in dataset.json")
-        return data.decode("utf-8")
+        return data.decode("utf-8", "replace")
 
 
 def provenance(info: Mapping[str, Any]) -> dict[str, Any]:

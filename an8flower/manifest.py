@@ -52,6 +52,7 @@ import numpy as np
 from an8flower.atomic import atomic_write_bytes, is_temp_name
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
 from an8flower.layout import (
+    MAX_SAMPLES,
     CROISSANT_NAME,
     DATACARD_NAME,
     DATASET_JSON,
@@ -63,14 +64,25 @@ from an8flower.layout import (
     WORK_DIR,
 )
 from an8flower.png import PNG_COMPRESS_LEVEL, decode_png, encode_png, png_encoder_info
+from an8flower.untrusted import parse_json, read_bounded
 
 __all__ = [
     "DATASET_JSON", "MANIFEST_NAME", "DATACARD_NAME", "CROISSANT_NAME", "WORK_DIR", "LOCK_NAME", "FORMAT", "KINDS", "KIND_FOLDERS",
     "MANIFEST_COLUMNS", "PNG_COMPRESS_LEVEL", "sha256_bytes", "sha256_file", "pixel_sha256",
     "encode_png", "decode_png", "png_encoder_info", "atomic_write_bytes", "atomic_write_text",
     "canonical_json", "is_temp_name", "ManifestRow", "manifest_bytes", "content_sha256",
-    "read_manifest", "read_dataset_json",
+    "read_manifest", "read_dataset_json", "DATASET_JSON_MAX_BYTES", "MANIFEST_ROW_MAX_BYTES",
+    "DOCUMENT_MAX_BYTES",
 ]
+
+#: Largest ``dataset.json`` read: the spec (at most :data:`an8flower.spec.SPEC_MAX_BYTES`) and
+#: the plan, with room to spare (a built-in variant's is about 12 KB).
+DATASET_JSON_MAX_BYTES = 4 << 20
+#: Largest data card or ``croissant.json`` read (generate writes a few KB).
+DOCUMENT_MAX_BYTES = 4 << 20
+#: Largest manifest line read, on average over a file: a row is about 1.4 KB, mostly its sampled
+#: parameters (``meta``), which grow with the spec's parts.
+MANIFEST_ROW_MAX_BYTES = 1 << 16
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "index",
@@ -193,8 +205,18 @@ class ManifestRow:
             files={k: rec[k] for k in KINDS},
             sha256={k: rec[f"{k}_sha256"] for k in KINDS},
             pixels_sha256={k: rec[f"{k}_pixels_sha256"] for k in KINDS},
-            meta=json.loads(rec["meta"]),
+            meta=_meta(rec["meta"]),
         )
+
+
+def _meta(text: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except RecursionError:
+        raise ValueError("column meta: JSON nested too deeply") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"column meta: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def _csv_bytes(records: Iterable[Mapping[str, str]], columns: Sequence[str]) -> bytes:
@@ -217,35 +239,56 @@ def content_sha256(rows: Sequence[ManifestRow]) -> str:
     return sha256_bytes(_csv_bytes((r.to_record() for r in sorted(rows, key=lambda r: r.index)), columns))
 
 
-def read_manifest(path: str | os.PathLike[str], data: Optional[bytes] = None) -> list[ManifestRow]:
+def read_manifest(path: str | os.PathLike[str], data: Optional[bytes] = None, *,
+                  max_rows: int = MAX_SAMPLES) -> list[ManifestRow]:
     """Parse a manifest file (or its bytes ``data``, already read from ``path``).
 
-    The rows are returned as written; paths in them are not checked here (see
-    :mod:`an8flower.verify` and :func:`an8flower.untrusted.resolve_inside`).
+    The file is read only when it is a regular file of at most ``(max_rows + 1) *``
+    :data:`MANIFEST_ROW_MAX_BYTES` bytes (:func:`an8flower.untrusted.read_bounded`). The rows are
+    returned as written; paths in them are not checked here (see :mod:`an8flower.verify` and
+    :func:`an8flower.untrusted.resolve_inside`).
+
+    Args:
+        path: the manifest. data: its bytes, if already read.
+        max_rows: the most rows accepted (the dataset's sample count when known).
 
     Raises:
-        DatasetNotFoundError: no such file. DatasetFormatError: naming the file and line.
+        DatasetNotFoundError: no such file. DatasetFormatError: naming the file and line: not a
+            regular file, too large, not UTF-8, a field over Python's CSV limit (131,072
+            characters), a malformed row, JSON in ``meta`` that is not an object or nests too
+            deeply, more than ``max_rows`` rows.
     """
     path = Path(path)
     if data is None:
-        if not path.is_file():
-            raise DatasetNotFoundError(f"{path}: manifest not found")
-        data = path.read_bytes()
+        data = read_bounded(path, (max_rows + 1) * MANIFEST_ROW_MAX_BYTES, "manifest")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetFormatError(f"{path}: not UTF-8 ({exc})") from None
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
-            raise DatasetFormatError(f"{path}: unexpected header {reader.fieldnames}; expected {list(MANIFEST_COLUMNS)}")
         rows = []
-        for rec in reader:
-            try:
-                rows.append(ManifestRow.from_record(rec))
-            except (KeyError, ValueError, TypeError) as exc:
-                raise DatasetFormatError(f"{path}, line {reader.line_num}: malformed row ({exc})") from None
+        try:
+            if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+                shown = _short_repr(reader.fieldnames)
+                raise DatasetFormatError(f"{path}: unexpected header {shown}; expected {list(MANIFEST_COLUMNS)}")
+            for rec in reader:
+                if len(rows) == max_rows:
+                    raise DatasetFormatError(f"{path}, line {reader.line_num}: more than the {max_rows:,} rows the "
+                                             "dataset holds")
+                try:
+                    rows.append(ManifestRow.from_record(rec))
+                except (KeyError, ValueError, TypeError) as exc:
+                    raise DatasetFormatError(f"{path}, line {reader.line_num}: malformed row "
+                                             f"({_short_repr(exc, 300)})") from None
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+            raise DatasetFormatError(f"{path}, line {reader.line_num + 1}: not valid CSV ({exc})") from None
     return rows
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,23 +296,24 @@ def read_manifest(path: str | os.PathLike[str], data: Optional[bytes] = None) ->
 
 
 def read_dataset_json(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load ``root/dataset.json``; clear errors when the folder is not a (complete) dataset."""
+    """Load ``root/dataset.json``; clear errors when the folder is not a (complete) dataset.
+
+    Read only when a regular file of at most :data:`DATASET_JSON_MAX_BYTES`; JSON that does not
+    parse, or nests too deeply, is a :class:`DatasetFormatError` naming the file.
+    """
     root = Path(root)
     path = root / DATASET_JSON
     if not root.is_dir():
         raise DatasetNotFoundError(f"{root}: no such dataset folder")
-    if not path.is_file():
+    if not os.path.lexists(path):
         hint = " (an unfinished generation: re-run `an8flower generate` to resume)" if (root / WORK_DIR).is_dir() else ""
         raise DatasetNotFoundError(f"{root}: not an an8flower dataset, {DATASET_JSON} is missing{hint}")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DatasetFormatError(f"{path}: not valid JSON ({exc})") from None
+    info = parse_json(read_bounded(path, DATASET_JSON_MAX_BYTES, DATASET_JSON), str(path))
     found = info.get("format") if isinstance(info, dict) else None
     if found == "an8flower-dataset/1":
         raise DatasetFormatError(f"{path}: written by an earlier an8flower (format an8flower-dataset/1, class "
                                  f"folders without their label); this version reads {FORMAT}: regenerate the folder "
                                  "with `an8flower generate`")
     if found != FORMAT:
-        raise DatasetFormatError(f"{path}: not an {FORMAT} file (format={found!r})")
+        raise DatasetFormatError(f"{path}: not an {FORMAT} file (format={_short_repr(repr(found))})")
     return info

@@ -30,7 +30,8 @@ import numpy as np
 from an8flower.errors import DatasetFormatError
 from an8flower.untrusted import SAMPLE_MAX_PIXELS, open_image
 
-__all__ = ["KINDS", "PNG_COMPRESS_LEVEL", "encode_png", "decode_png", "part_palette", "png_encoder_info"]
+__all__ = ["KINDS", "PNG_COMPRESS_LEVEL", "encode_png", "decode_png", "part_palette", "png_encoder_info", "max_png_bytes",
+           "png_size"]
 
 #: The three files of a sample.
 KINDS: tuple[str, ...] = ("image", "mask", "parts")
@@ -116,6 +117,28 @@ def encode_png(array: np.ndarray, kind: str) -> bytes:
         _chunk(b"IDAT", zlib.compress(stream, PNG_COMPRESS_LEVEL)),
         _chunk(b"IEND", b""),
     ))
+
+
+def max_png_bytes(kind: str, side: int) -> int:
+    """The largest file :func:`encode_png` writes for a ``side`` x ``side`` sample of ``kind``.
+
+    The signature (8 bytes), ``IHDR`` (25), a ``PLTE`` of at most 256 entries (780), one ``IDAT``
+    (12 + data) and ``IEND`` (12), where the data is at most zlib's ``compressBound`` of the
+    filtered rows, ``n + n/4096 + n/16384 + n/2^25 + 13`` for ``n = side * (1 + row bytes)`` (a
+    filter byte per row; 3 bytes a pixel for images, 1 for part maps, 1 bit for masks): deflate
+    never grows data by more, whatever the zlib build. A file larger than this is not one of ours
+    and is refused before it is read.
+    """
+    row = {"image": 3 * side, "mask": -(-side // 8), "parts": side}[kind]
+    n = side * (1 + row)
+    return 8 + 25 + 780 + 12 + (n + (n >> 12) + (n >> 14) + (n >> 25) + 13) + 12
+
+
+def png_size(data: bytes) -> Optional[tuple[int, int]]:
+    """``(width, height)`` from a PNG's ``IHDR`` (bytes 16-23), None when ``data`` is no PNG."""
+    if len(data) < 24 or data[:8] != _SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
 
 
 def decode_png(source: str | os.PathLike[str] | bytes, kind: str, size: Optional[int] = None,

@@ -11,14 +11,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from an8flower.errors import UsageError
-from an8flower.manifest import MANIFEST_NAME, atomic_write_bytes, decode_png
-from an8flower.untrusted import resolve_inside
-from an8flower.verify import open_dataset
+from an8flower.layout import MAX_PER_CLASS
+from an8flower.manifest import atomic_write_bytes, decode_png
+from an8flower.spec import MAX_SIZE
+from an8flower.verify import open_dataset, read_sample_file
 
-__all__ = ["ALL_SPLITS", "mask_overlay", "contact_sheet", "write_contact_sheet"]
+__all__ = ["ALL_SPLITS", "SHEET_MAX_PIXELS", "mask_overlay", "contact_sheet", "write_contact_sheet"]
 
 _PAD = 6
 _BG = (255, 255, 255)
+#: Largest contact sheet drawn: 50 Mpx, 150 MB as RGB (the default sheet of a 6-class dataset is
+#: about 0.3 Mpx).
+SHEET_MAX_PIXELS = 50_000_000
 
 
 def mask_overlay(image: np.ndarray, mask: np.ndarray, dim: float = 0.25) -> np.ndarray:
@@ -62,18 +66,19 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
     Args:
         root: dataset folder. per_class: samples per class (>= 1; fewer are shown where the split
             holds fewer). split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (default: every
-            split, so train samples come first). thumb: side of each thumbnail in pixels (>= 16).
+            split, so train samples come first). thumb: side of each thumbnail in pixels, 16..512
+            (a sample is at most 512 px). The sheet's size is computed and refused above
+            :data:`SHEET_MAX_PIXELS` before it is allocated.
 
     Raises:
-        UsageError: bad ``per_class``/``split``/``thumb``. DatasetNotFoundError /
+        UsageError: bad ``per_class``/``split``/``thumb``, or a sheet above :data:`SHEET_MAX_PIXELS`. DatasetNotFoundError /
         DatasetFormatError: not a dataset, or one that is not what generate writes
         (:func:`an8flower.verify.open_dataset`), a sample file of the wrong size or outside the
         folder.
     """
-    if per_class < 1:
-        raise UsageError(f"per-class {per_class}: must be >= 1")
-    if thumb < 16:
-        raise UsageError(f"thumb {thumb}: must be >= 16 pixels")
+    for name, value, lo, hi in (("per-class", per_class, 1, MAX_PER_CLASS), ("thumb", thumb, 16, MAX_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise UsageError(f"{name} {value!r}: must be an integer in {lo}..{hi:,}")
     info, spec, all_rows = open_dataset(root)
     classes: list[str] = list(info["classes"])
     rows = [r for r in all_rows if split in (ALL_SPLITS, r.split)]
@@ -97,6 +102,9 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
     title_h = bottom + _PAD
     width = max(label_w + n_cols * (cell + 2 * _PAD), right + _PAD)
     height = title_h + len(classes) * (thumb + _PAD) + _PAD
+    if width * height > SHEET_MAX_PIXELS:
+        raise UsageError(f"per-class {per_class}, thumb {thumb}: the sheet would be {width:,} x {height:,} = "
+                         f"{width * height:,} pixels, more than {SHEET_MAX_PIXELS:,}; lower --per-class or --thumb")
     sheet = Image.new("RGB", (width, height), _BG)
     draw = ImageDraw.Draw(sheet)
     draw.multiline_text((_PAD, _PAD), title, fill=(0, 0, 0), font=title_font)
@@ -104,9 +112,8 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
         y = title_h + label * (thumb + _PAD)
         draw.text((_PAD, y + thumb // 2), f"{label} {name}", fill=(0, 0, 0), font=font, anchor="lm")
         for j, r in enumerate(chosen[label]):
-            paths = {k: resolve_inside(root, r.files[k], f"{MANIFEST_NAME}, sample {r.index}, column {k}")
-                     for k in ("image", "mask")}
-            image, mask = (decode_png(paths[k], k, size=spec.size) for k in ("image", "mask"))
+            files = {k: read_sample_file(root, r, k, spec.size, check_hash=False) for k in ("image", "mask")}
+            image, mask = (decode_png(files[k][1], k, size=spec.size, name=files[k][0]) for k in ("image", "mask"))
             small = Image.fromarray(image).resize((thumb, thumb), Image.Resampling.BILINEAR)
             small_mask = np.asarray(
                 Image.fromarray(mask.astype(np.uint8) * 255).resize((thumb, thumb), Image.Resampling.NEAREST)) > 127

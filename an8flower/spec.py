@@ -56,12 +56,14 @@ import math
 import numbers
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from an8flower.errors import SpecError, UsageError
+from an8flower.errors import DatasetFormatError, DatasetNotFoundError, SpecError, UsageError
+from an8flower.untrusted import read_bounded
 
 __all__ = [
     "KNOWN_PARTS",
@@ -90,56 +92,66 @@ PETAL_SHAPES: tuple[str, ...] = ("ellipse", "pointed", "round", "notched")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MIN_SIZE, MAX_SIZE = 64, 512
+#: Largest spec file read (the built-in ones are about 6 KB).
+SPEC_MAX_BYTES = 1 << 20
 #: Levels (0..255) by which two class colours of one part must stay apart in some channel after
 #: the worst-case jitter and lighting (see the module docstring).
 CLASS_COLOUR_MARGIN = 2
 
 
 def _fail(field: str, problem: str) -> SpecError:
-    return SpecError(f"spec field {field!r}: {problem}")
+    return SpecError(f"spec field {_show(field)}: {problem}")
+
+
+#: How a value from a spec file is shown in an error: nesting, strings and integers abbreviated, so
+#: that a 400-digit number or a list nested 100,000 deep makes a short message.
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 3, 80, 80, 40
+
+
+def _show(value: Any) -> str:
+    return _SHOW.repr(value)
 
 
 def _range(value: Any, field: str, *, integer: bool, lo: float, hi: float) -> tuple:
     """Validate a ``[min, max]`` pair inside ``[lo, hi]``."""
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise _fail(field, f"expected a [min, max] pair, got {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _fail(field, f"expected numbers, got {value!r}")
-        if integer and (not float(v).is_integer()):
-            raise _fail(field, f"expected integers, got {value!r}")
-        if not math.isfinite(v) or v < lo or v > hi:
-            raise _fail(field, f"values must lie in [{lo}, {hi}], got {value!r}")
-        out.append(int(v) if integer else float(v))
+        raise _fail(field, f"expected a [min, max] pair, got {_show(value)}")
+    out = [_number(v, field, lo=lo, hi=hi, integer=integer, shown=value) for v in value]
     if out[0] > out[1]:
-        raise _fail(field, f"min > max in {value!r}")
+        raise _fail(field, f"min > max in {_show(value)}")
     return tuple(out)
 
 
-def _number(value: Any, field: str, *, lo: float, hi: float, integer: bool = False):
+def _number(value: Any, field: str, *, lo: float, hi: float, integer: bool = False, shown: Any = None):
+    """``value`` as an int or float inside ``[lo, hi]``. Integers are compared as integers (exact,
+    and no ``OverflowError`` for a 400-digit one); floats must be finite. ``shown``: what the
+    message quotes (default ``value``)."""
+    kind = ("integers" if integer else "numbers") if shown is not None else ("an integer" if integer else "a number")
+    shown = _show(value if shown is None else shown)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(field, f"expected a number, got {value!r}")
-    if integer and not float(value).is_integer():
-        raise _fail(field, f"expected an integer, got {value!r}")
-    if not math.isfinite(value) or value < lo or value > hi:
-        raise _fail(field, f"must lie in [{lo}, {hi}], got {value!r}")
+        raise _fail(field, f"expected {kind}, got {shown}")
+    if isinstance(value, float) and (not math.isfinite(value) or (integer and not value.is_integer())):
+        raise _fail(field, f"expected finite {kind}, got {shown}" if not math.isfinite(value) else
+                    f"expected {kind}, got {shown}")
+    if not lo <= value <= hi:
+        raise _fail(field, f"must lie in [{lo}, {hi}], got {shown}")
     return int(value) if integer else float(value)
 
 
 def _weights(value: Any, field: str, allowed: tuple[str, ...] | None = None) -> tuple:
     """Validate a ``{name: weight}`` mapping into a sorted tuple of ``(name, weight)`` pairs."""
     if not isinstance(value, Mapping) or not value:
-        raise _fail(field, f"expected a non-empty {{name: weight}} table, got {value!r}")
+        raise _fail(field, f"expected a non-empty {{name: weight}} table, got {_show(value)}")
     out = []
     for name, w in value.items():
         if not isinstance(name, str):
-            raise _fail(field, f"names must be strings, got {name!r}")
+            raise _fail(field, f"names must be strings, got {_show(name)}")
         if allowed is not None and name not in allowed:
-            raise _fail(field, f"unknown entry {name!r} (known: {', '.join(allowed)})")
+            raise _fail(field, f"unknown entry {_show(name)} (known: {', '.join(allowed)})")
         w = _number(w, f"{field}.{name}", lo=0.0, hi=1e6)
         if w <= 0:
-            raise _fail(f"{field}.{name}", f"weights must be > 0, got {w!r}")
+            raise _fail(f"{field}.{name}", f"weights must be > 0, got {_show(w)}")
         out.append((name, w))
     return tuple(sorted(out))
 
@@ -395,28 +407,28 @@ class VariantSpec:
 
         name = d["name"]
         if not isinstance(name, str) or not _SAFE_NAME.match(name):
-            raise _fail("name", f"expected a filesystem-safe name, got {name!r}")
+            raise _fail("name", f"expected a filesystem-safe name, got {_show(name)}")
         size = _number(d["size"], "size", lo=MIN_SIZE, hi=MAX_SIZE, integer=True)
 
         parts = _str_list(d["parts"], "parts")
         if parts[0] != "background":
-            raise _fail("parts", f"parts[0] must be 'background', got {parts[0]!r}")
+            raise _fail("parts", f"parts[0] must be 'background', got {_show(parts[0])}")
         for p in parts:
             if p not in KNOWN_PARTS:
-                raise _fail("parts", f"unknown part {p!r} (known: {', '.join(KNOWN_PARTS)})")
+                raise _fail("parts", f"unknown part {_show(p)} (known: {', '.join(KNOWN_PARTS)})")
         for p in REQUIRED_PARTS:
             if p not in parts:
-                raise _fail("parts", f"missing required part {p!r}")
+                raise _fail("parts", f"missing required part {_show(p)}")
         if len(set(parts)) != len(parts):
             raise _fail("parts", "duplicate part names")
 
         disc = _str_list(d["discriminative"], "discriminative")
         for p in disc:
             if p not in parts:
-                raise _fail("discriminative", f"unknown part {p!r} (not in parts)")
+                raise _fail("discriminative", f"unknown part {_show(p)} (not in parts)")
             if p not in DISCRIMINABLE_PARTS:
                 raise _fail("discriminative",
-                            f"part {p!r} cannot be discriminative "
+                            f"part {_show(p)} cannot be discriminative "
                             f"(choose from {', '.join(DISCRIMINABLE_PARTS)})")
         if len(set(disc)) != len(disc):
             raise _fail("discriminative", "duplicate part names")
@@ -432,7 +444,7 @@ class VariantSpec:
             if (not isinstance(rgb, (list, tuple)) or len(rgb) != 3
                     or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255
                            for v in rgb)):
-                raise _fail(field, f"expected [r, g, b] integers in 0..255, got {rgb!r}")
+                raise _fail(field, f"expected [r, g, b] integers in 0..255, got {_show(rgb)}")
             colours.append((cname, tuple(int(v) for v in rgb)))
         colours_t = tuple(sorted(colours))
         colour_names = {c for c, _ in colours_t}
@@ -440,7 +452,7 @@ class VariantSpec:
         classes = _str_list(d["classes"], "classes")
         for c in classes:
             if not _SAFE_NAME.match(c):
-                raise _fail("classes", f"class name {c!r} is not filesystem-safe")
+                raise _fail("classes", f"class name {_show(c)} is not filesystem-safe")
         if len(set(classes)) != len(classes):
             raise _fail("classes", "duplicate class names")
         if len(classes) < 2:
@@ -467,12 +479,12 @@ class VariantSpec:
             cols = []
             for p in disc:
                 col = entry[p]
-                if col not in colour_names:
-                    raise _fail(f"{field}.{p}", f"unknown colour {col!r}")
+                if not isinstance(col, str) or col not in colour_names:
+                    raise _fail(f"{field}.{p}", f"unknown colour {_show(col)}")
                 cols.append(col)
             key = tuple(cols)
             if key in seen:
-                raise _fail(field, f"same part colours as class {seen[key]!r}: the class rule "
+                raise _fail(field, f"same part colours as class {_show(seen[key])}: the class rule "
                                    "must map each combination of colours to one class")
             seen[key] = c
             class_colours.append(key)
@@ -501,7 +513,7 @@ class VariantSpec:
                 names = {c for c, _ in pal}
                 missing = [c for c in class_cols if c not in names]
                 if missing:
-                    raise _fail(field, f"lacks class colour {missing[0]!r}: nuisance palettes "
+                    raise _fail(field, f"lacks class colour {_show(missing[0])}: nuisance palettes "
                                        "must contain every class colour")
             palettes.append((p, pal))
 
@@ -533,7 +545,7 @@ class VariantSpec:
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not (
             MIN_SIZE <= size <= MAX_SIZE
         ):
-            raise UsageError(f"size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
+            raise UsageError(f"size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {_show(size)}")
         return dataclasses.replace(self, size=int(size))
 
 
@@ -564,7 +576,7 @@ def _check_class_colours_apart(disc: tuple[str, ...], class_colours: list[tuple[
                 gap = class_colour_gap(table[c1], table[c2], nuisance)
                 if gap <= CLASS_COLOUR_MARGIN:
                     raise _fail("colours", (
-                        f"class colours {c1!r} {list(table[c1])} and {c2!r} {list(table[c2])} of part {part!r} "
+                        f"class colours {_show(c1)} {list(table[c1])} and {_show(c2)} {list(table[c2])} of part {_show(part)} "
                         f"can be rendered alike: after jitter (+-{nuisance.class_jitter[1]}) and lighting "
                         f"(illumination {nuisance.illumination[1]:g}, tint {nuisance.tint[1]:g}) their channel "
                         f"ranges are at most {gap:.1f} levels apart, and must be more than {CLASS_COLOUR_MARGIN} "
@@ -573,10 +585,10 @@ def _check_class_colours_apart(disc: tuple[str, ...], class_colours: list[tuple[
 
 def _str_list(value: Any, field: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not value:
-        raise _fail(field, f"expected a non-empty list of strings, got {value!r}")
+        raise _fail(field, f"expected a non-empty list of strings, got {_show(value)}")
     for v in value:
         if not isinstance(v, str) or not v:
-            raise _fail(field, f"expected strings, got {v!r}")
+            raise _fail(field, f"expected strings, got {_show(v)}")
     return tuple(value)
 
 
@@ -587,12 +599,13 @@ def builtin_variants() -> list[str]:
 
 
 def _read_spec_file(path: Path) -> Any:
+    """The parsed spec file, read only when a regular file of at most :data:`SPEC_MAX_BYTES`."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = read_bounded(path, SPEC_MAX_BYTES, "spec file", follow=True)
+    except DatasetNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
+    except DatasetFormatError as exc:
+        raise SpecError(str(exc)) from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -603,6 +616,8 @@ def _read_spec_file(path: Path) -> Any:
             except ModuleNotFoundError:  # Python < 3.11
                 import tomli as tomllib  # type: ignore[no-redef]
             return tomllib.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise SpecError(f"{path}: not a spec: {suffix[1:].upper()} nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, TOMLDecodeError
         raise SpecError(f"{path}: not valid {suffix[1:].upper()} ({exc})") from None
     raise SpecError(f"{path}: spec files must end in .json or .toml")
@@ -621,7 +636,7 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> VariantSpec:
         return VariantSpec.from_dict(json.loads(ref.read_text(encoding="utf-8")))
     path = Path(text)
     if path.suffix.lower() not in (".json", ".toml"):
-        raise SpecError(f"unknown variant {text!r} (built-in: {', '.join(builtin_variants())}; "
+        raise SpecError(f"unknown variant {_show(text)} (built-in: {', '.join(builtin_variants())}; "
                         "or give a .json/.toml spec file)")
     data = _read_spec_file(path)
     try:
@@ -639,6 +654,6 @@ def resolve_spec(variant: str | os.PathLike[str] | VariantSpec, size: int | None
     spec = variant if isinstance(variant, VariantSpec) else load_spec(variant)
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
-            raise UsageError(f"size {size!r}: must be an integer number of pixels in {MIN_SIZE}..{MAX_SIZE}")
+            raise UsageError(f"size {_show(size)}: must be an integer number of pixels in {MIN_SIZE}..{MAX_SIZE}")
         spec = spec.with_size(size)
     return spec

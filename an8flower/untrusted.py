@@ -65,6 +65,7 @@ __all__ = [
     "resolve_inside",
     "read_bounded",
     "parse_json",
+    "check_image_header",
     "open_image",
     "load_image",
 ]
@@ -141,7 +142,7 @@ def resolve_inside(root: str | os.PathLike[str], relpath: str, what: str, *, lin
     return joined
 
 
-def read_bounded(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
+def read_bounded(path: str | os.PathLike[str], limit: int, what: str, *, follow: bool = False) -> bytes:
     """The bytes of the regular file ``path``, refused unread when larger than ``limit``.
 
     The file is opened with ``O_NOFOLLOW`` (a final symbolic link is refused) and ``O_NONBLOCK``
@@ -151,6 +152,7 @@ def read_bounded(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
     Args:
         path: the file. limit: the most bytes the format allows there.
         what: what the file is, for the message (e.g. ``"manifest"``).
+        follow: follow a symbolic link (a file the user names, not one inside a dataset folder).
 
     Raises:
         DatasetNotFoundError: no such file.
@@ -158,13 +160,15 @@ def read_bounded(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
             folder), larger than ``limit``, unreadable.
     """
     name = os.fspath(path)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(name, flags)
     except FileNotFoundError:
         raise DatasetNotFoundError(f"{name}: {what} not found") from None
     except OSError as exc:
-        if os.path.islink(name):
+        if not follow and os.path.islink(name):
             raise DatasetFormatError(f"{name}: {what} is a symbolic link; a dataset folder holds none") from None
         raise DatasetFormatError(f"{name}: {what} not readable ({exc.strerror})") from None
     try:
@@ -203,25 +207,9 @@ def parse_json(data: bytes | str, what: str, error: type[Exception] = DatasetFor
 
 
 @contextmanager
-def open_image(source: Source, max_pixels: int, size: Optional[tuple[int, int]] = None,
-               name: Optional[str] = None) -> Iterator["PIL.Image.Image"]:
-    """Open an image, check its size from the header, then decode it (a context manager).
-
-    ``with open_image(path, max_pixels) as img:`` gives a fully decoded ``PIL.Image.Image``, closed
-    on exit. The header is read first; the image is decoded only when ``width * height <=
-    max_pixels`` (and, if ``size`` is given, the header's size is exactly ``size``).
-
-    Args:
-        source: a path, or the file's bytes.
-        max_pixels: the largest ``width * height`` accepted (see the module docstring).
-        size: the exact ``(width, height)`` required, or None.
-        name: how the file is called in messages (default: the path, or ``"<bytes>"``).
-
-    Raises:
-        DatasetNotFoundError: no such file.
-        DatasetFormatError: naming the file: more pixels than ``max_pixels`` or than Pillow's
-            decompression-bomb guard, another size than ``size``, not an image, truncated data.
-    """
+def _checked_header(source: Source, max_pixels: int, size: Optional[tuple[int, int]],
+                    name: Optional[str]) -> Iterator["PIL.Image.Image"]:
+    """The opened, not yet decoded image, after the header checks of :func:`open_image`."""
     from PIL import Image, UnidentifiedImageError
 
     name = name or ("<bytes>" if isinstance(source, bytes) else os.fspath(source))
@@ -243,6 +231,44 @@ def open_image(source: Source, max_pixels: int, size: Optional[tuple[int, int]] 
                                      "(max_pixels); refused before decoding")
         if size is not None and (w, h) != tuple(size):
             raise DatasetFormatError(f"{name}: image is {w}x{h}, expected {size[0]}x{size[1]}")
+        yield img
+
+
+def check_image_header(source: Source, max_pixels: int, size: Optional[tuple[int, int]] = None,
+                       name: Optional[str] = None) -> tuple[int, int]:
+    """The header checks of :func:`open_image`, without decoding: returns ``(width, height)``.
+
+    For readers that pass the file on without decoding it (``export``).
+
+    Raises:
+        DatasetNotFoundError / DatasetFormatError: as :func:`open_image`, for the header.
+    """
+    with _checked_header(source, max_pixels, size, name) as img:
+        return img.size
+
+
+@contextmanager
+def open_image(source: Source, max_pixels: int, size: Optional[tuple[int, int]] = None,
+               name: Optional[str] = None) -> Iterator["PIL.Image.Image"]:
+    """Open an image, check its size from the header, then decode it (a context manager).
+
+    ``with open_image(path, max_pixels) as img:`` gives a fully decoded ``PIL.Image.Image``, closed
+    on exit. The header is read first; the image is decoded only when ``width * height <=
+    max_pixels`` (and, if ``size`` is given, the header's size is exactly ``size``).
+
+    Args:
+        source: a path, or the file's bytes.
+        max_pixels: the largest ``width * height`` accepted (see the module docstring).
+        size: the exact ``(width, height)`` required, or None.
+        name: how the file is called in messages (default: the path, or ``"<bytes>"``).
+
+    Raises:
+        DatasetNotFoundError: no such file.
+        DatasetFormatError: naming the file: more pixels than ``max_pixels`` or than Pillow's
+            decompression-bomb guard, another size than ``size``, not an image, truncated data.
+    """
+    name = name or ("<bytes>" if isinstance(source, bytes) else os.fspath(source))
+    with _checked_header(source, max_pixels, size, name) as img:
         try:
             img.load()
         except (OSError, SyntaxError, ValueError) as exc:

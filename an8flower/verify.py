@@ -13,15 +13,23 @@ is recomputed from ``dataset.json``'s own ``spec``, ``seed`` and ``per_class`` a
    sampled parameters name the same index, seed, size, label and class;
 3. the data card and ``croissant.json``: their SHA-256 are the recorded ones and (when the folder
    was written by this an8flower version) their bytes are those generate writes;
-4. every file the manifest names: its path stays inside the folder, its bytes hash to the row's
-   SHA-256 and its PNG header gives the size ``dataset.json`` says (or, with ``pixels=True``, its
-   decoded pixels hash to the row's pixel hash);
+4. every file the manifest names: its path stays inside the folder and passes through no symbolic
+   link, it is a regular file no larger than a PNG of that size can be (checked before reading),
+   its bytes hash to the row's SHA-256 and its PNG header gives the size ``dataset.json`` says (or,
+   with ``pixels=True``, its decoded pixels hash to the row's pixel hash);
 5. a few samples are rendered again (by default the first of each class in each split: ``3 K``
    renders) and must give the row's pixel hashes and sampled parameters, and the files' decoded
    pixels: this catches a seed or spec edited consistently everywhere, or a file replaced along
    with its byte hash. Skipped, with a note, when the folder was written by other renderer code
    (``code_sha256``);
-6. no other file lies in the folder.
+6. nothing else lies in the folder: every file generate would not write, every folder that holds
+   none of its files (an empty one too) and every symbolic link is listed as ``extra`` (a linked
+   class folder would make torchvision's ``ImageFolder`` see one more class and shift the labels).
+
+Every file is read within a bound its format allows (``dataset.json``, the manifest by its row
+count, the documents, each PNG by its size), as a regular file, never through a final symbolic
+link; the data card and ``croissant.json`` are read under the layout's names, never a path
+``dataset.json`` gives.
 
 What it cannot see without rendering: a sample file replaced together with every hash that covers
 it (its manifest row, the manifest hash, ``croissant.json`` and its hash) is a self-consistent
@@ -29,24 +37,35 @@ folder; only the samples rendered again tell it apart. ``render="all"`` (``--ren
 every sample and so proves every pixel, at the cost of generating the dataset again.
 
 :func:`open_dataset` runs the cheap part (1 and 2, no file but ``dataset.json`` and the manifest
-read) for the :class:`an8flower.An8Flower` loader.
+read, :func:`check_dataset`) for the loaders and ``show``; ``export`` runs the same
+:func:`check_dataset`. :func:`read_sample_file` is how the loaders, ``export`` and ``show`` read a
+sample file: inside the folder, no link, bounded, hash (optionally) and PNG size checked.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from an8flower import __version__
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, SpecError, UsageError
-from an8flower.manifest import (
+from an8flower.layout import (
+    CROISSANT_NAME,
+    DATACARD_NAME,
     DATASET_JSON,
+    KIND_FOLDERS,
     KINDS,
     MANIFEST_NAME,
+    MAX_SAMPLES,
+    SPLITS,
+    class_folder,
+)
+from an8flower.manifest import (
+    DOCUMENT_MAX_BYTES,
+    MANIFEST_ROW_MAX_BYTES,
     ManifestRow,
     content_sha256,
     decode_png,
@@ -55,10 +74,12 @@ from an8flower.manifest import (
     read_manifest,
     sha256_bytes,
 )
-from an8flower.spec import VariantSpec
-from an8flower.untrusted import resolve_inside
+from an8flower.png import max_png_bytes, png_size
+from an8flower.spec import MAX_SIZE, VariantSpec
+from an8flower.untrusted import SAMPLE_MAX_PIXELS, check_image_header, read_bounded, resolve_inside
 
-__all__ = ["VerifyReport", "verify_dataset", "plan_problems", "row_problems", "open_dataset", "MAX_ROW_LINES"]
+__all__ = ["VerifyReport", "verify_dataset", "plan_problems", "row_problems", "read_dataset", "dataset_problems",
+           "check_dataset", "open_dataset", "read_sample_file", "MAX_ROW_LINES"]
 
 #: Rows named one by one in a report before the rest are counted in one line.
 MAX_ROW_LINES = 50
@@ -141,10 +162,72 @@ def row_problems(spec: VariantSpec, info: dict[str, Any], rows: Sequence[Manifes
     return problems
 
 
+def read_dataset(root: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes, list[ManifestRow]]:
+    """``dataset.json`` and the manifest of a folder, read within their bounds, not checked yet.
+
+    The manifest may hold at most as many rows as ``dataset.json``'s ``num_samples`` says (and
+    :data:`an8flower.layout.MAX_SAMPLES`), each :data:`an8flower.manifest.MANIFEST_ROW_MAX_BYTES`
+    on average; it must be a regular file (not a link, not ``/dev/zero``).
+
+    Returns:
+        ``(info, manifest bytes, rows)``.
+
+    Raises:
+        DatasetNotFoundError: no dataset there, or no manifest. DatasetFormatError: naming the
+            file, the line and the field.
+    """
+    root = Path(root)
+    info = read_dataset_json(root)
+    max_rows = _max_rows(info)
+    path = root / MANIFEST_NAME
+    data = read_bounded(path, (max_rows + 1) * MANIFEST_ROW_MAX_BYTES, "manifest")
+    return info, data, read_manifest(path, data, max_rows=max_rows)
+
+
+def dataset_problems(info: dict[str, Any], data: bytes,
+                     rows: Sequence[ManifestRow]) -> tuple[Optional[VariantSpec], list[str]]:
+    """Every check of a folder's ``dataset.json`` and manifest against the index plan (steps 1, 2).
+
+    ``dataset.json`` against what generate writes for its spec, seed and per-class
+    (:func:`plan_problems`); the manifest's bytes against ``manifest_sha256`` and its rows against
+    ``content_sha256``; each row against the plan (:func:`row_problems`). The one function the
+    loaders (:func:`open_dataset`) and ``export`` apply, so a resealed folder that one refuses the
+    other refuses too.
+
+    Returns:
+        ``(spec, problems)``: the parsed spec (None when ``dataset.json``'s does not parse) and one
+        line per problem.
+    """
+    spec, problems = plan_problems(info)
+    if sha256_bytes(data) != info.get("manifest_sha256"):
+        problems.append(f"{MANIFEST_NAME}: sha256 differs from {DATASET_JSON}'s manifest_sha256")
+    if content_sha256(rows) != info.get("content_sha256"):
+        problems.append(f"{MANIFEST_NAME}: content sha256 differs from {DATASET_JSON}'s content_sha256")
+    if spec is not None:
+        problems += row_problems(spec, info, rows)
+    return spec, problems
+
+
+def check_dataset(root: str | os.PathLike[str], info: dict[str, Any], data: bytes,
+                  rows: Sequence[ManifestRow]) -> VariantSpec:
+    """:func:`dataset_problems`, raised as one error; returns the spec.
+
+    Raises:
+        DatasetFormatError: naming the first few problems and pointing to ``an8flower verify``.
+    """
+    spec, problems = dataset_problems(info, data, rows)
+    if problems or spec is None:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise DatasetFormatError(f"{root}: not the dataset generate writes: {'; '.join(problems[:3])}{more}; "
+                                 f"run `an8flower verify {root}` for the full list")
+    return spec
+
+
 def open_dataset(root: str | os.PathLike[str]) -> tuple[dict[str, Any], VariantSpec, list[ManifestRow]]:
     """Read a dataset folder's ``dataset.json`` and manifest and check them (steps 1 and 2).
 
-    Cheap: it reads two files and hashes the manifest, nothing else. Used by the loaders.
+    Cheap: it reads two files and hashes the manifest, nothing else. Used by the loaders and
+    ``show``; ``export`` runs the same :func:`check_dataset`.
 
     Returns:
         ``(info, spec, rows)``.
@@ -153,25 +236,39 @@ def open_dataset(root: str | os.PathLike[str]) -> tuple[dict[str, Any], VariantS
         DatasetNotFoundError: no dataset there. DatasetFormatError: any inconsistency, naming the
             first few and pointing to ``an8flower verify``.
     """
-    root = Path(root)
-    info = read_dataset_json(root)
-    spec, problems = plan_problems(info)
-    path = root / MANIFEST_NAME
-    rows: list[ManifestRow] = []
-    if spec is not None:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise DatasetFormatError(f"{path}: missing (dataset.json names it)") from None
-        if sha256_bytes(data) != info.get("manifest_sha256"):
-            problems.append(f"{MANIFEST_NAME}: sha256 differs from {DATASET_JSON}'s manifest_sha256")
-        rows = read_manifest(path, data)
-        problems += row_problems(spec, info, rows)
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise DatasetFormatError(f"{root}: not the dataset generate writes: {'; '.join(problems[:3])}{more}; "
-                                 f"run `an8flower verify {root}` for the full list")
-    return info, spec, rows
+    info, data, rows = read_dataset(root)
+    return info, check_dataset(root, info, data, rows), rows
+
+
+def read_sample_file(root: str | os.PathLike[str], row: ManifestRow, kind: str, size: int, *,
+                     check_hash: bool = True) -> tuple[str, bytes]:
+    """The bytes of a sample file, after the checks every reader of a dataset folder applies.
+
+    1. its manifest path stays inside ``root`` and passes through no symbolic link
+       (:func:`an8flower.untrusted.resolve_inside` with ``links=False``);
+    2. it is a regular file of at most :func:`an8flower.png.max_png_bytes` bytes for ``size``,
+       checked with ``fstat`` before anything is read (:func:`an8flower.untrusted.read_bounded`);
+    3. with ``check_hash``, its SHA-256 is the row's ``<kind>_sha256``;
+    4. its image header says ``size`` x ``size`` (:func:`an8flower.untrusted.check_image_header`,
+       the header check :func:`an8flower.png.decode_png` makes; nothing is decoded here).
+
+    The loaders (:class:`an8flower.An8Flower`), ``export``, ``show`` and ``verify`` read sample
+    files through it.
+
+    Returns:
+        ``(path, bytes)``.
+
+    Raises:
+        DatasetNotFoundError: the file is missing. DatasetFormatError: naming the file, the sample
+            and what failed.
+    """
+    where = f"{MANIFEST_NAME}, sample {row.index}, column {kind}"
+    path = resolve_inside(root, row.files[kind], where, links=False)
+    data = read_bounded(path, max_png_bytes(kind, size), f"{kind} file of sample {row.index}")
+    if check_hash and sha256_bytes(data) != row.sha256[kind]:
+        raise DatasetFormatError(f"{path}: SHA-256 differs from the manifest's {kind}_sha256 (sample {row.index})")
+    check_image_header(data, SAMPLE_MAX_PIXELS, (size, size), name=path)
+    return path, data
 
 
 @dataclass
@@ -206,25 +303,49 @@ class VerifyReport:
                 + [f"changed: {p}" for p in self.changed] + [f"extra: {p}" for p in self.extra])
 
 
-def _walk_files(root: Path) -> Iterator[str]:
+def _max_rows(info: dict[str, Any]) -> int:
+    """The most manifest rows to read: ``num_samples`` when it is a valid count, else :data:`MAX_SAMPLES`."""
+    n = info.get("num_samples")
+    return n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_SAMPLES else MAX_SAMPLES
+
+
+def _extra_entries(root: Path, expected: set[str], spec: Optional[VariantSpec]) -> list[str]:
+    """Every entry under ``root`` that generate would not write, in walk order: files not in
+    ``expected``, folders that are neither a sample folder of ``spec``'s layout nor hold an
+    ``expected`` file (empty ones too, listed once with a trailing ``/``, not descended into) and
+    every symbolic link, to a file or a folder (never followed; the line says where it points)."""
+    folders = {"/".join(p.split("/")[:i]) for p in expected for i in range(1, p.count("/") + 1)}
+    if spec is not None:
+        folders |= {f"{KIND_FOLDERS[k]}/{s}/{class_folder(spec, c)}" for k in KINDS for s in SPLITS
+                    for c in range(spec.num_classes)}
+        folders |= {f"{KIND_FOLDERS[k]}/{s}" for k in KINDS for s in SPLITS} | set(KIND_FOLDERS.values())
+    extra = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
         rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        keep = []
+        for name in sorted(dirnames):
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                extra.append(f"{prefix}{name} (symbolic link to {os.readlink(full)})")
+            elif prefix + name not in folders:
+                extra.append(f"{prefix}{name}/")
+            else:
+                keep.append(name)
+        dirnames[:] = keep
         for name in sorted(filenames):
-            yield name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
-
-
-def _png_size(data: bytes) -> Optional[tuple[int, int]]:
-    """``(width, height)`` from a PNG's IHDR chunk (bytes 16-23), None when ``data`` is no PNG."""
-    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", data[16:24])
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                extra.append(f"{prefix}{name} (symbolic link to {os.readlink(full)})")
+            elif prefix + name not in expected:
+                extra.append(prefix + name)
+    return extra
 
 
 def _render_indices(spec: VariantSpec, per_class: int, render: Union[int, str, None]) -> list[int]:
     """The samples verify renders again: ``"all"``, the first ``render`` of the plan's spread, or
     by default (None) the first sample of each class in each split."""
-    from an8flower.layout import SPLITS, IndexPlan
+    from an8flower.layout import IndexPlan
 
     plan = IndexPlan(spec.num_classes, per_class)
     if render == "all":
@@ -271,13 +392,14 @@ def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress:
     manifest_path = root_p / MANIFEST_NAME
     expected: set[str] = {DATASET_JSON, MANIFEST_NAME}
     rows: list[ManifestRow] = []
-    if not manifest_path.is_file():
+    if not os.path.lexists(manifest_path):
         report.missing.append(MANIFEST_NAME)
     else:
-        data = manifest_path.read_bytes()
+        max_rows = _max_rows(info)
+        data = read_bounded(manifest_path, (max_rows + 1) * MANIFEST_ROW_MAX_BYTES, "manifest")
+        rows = read_manifest(manifest_path, data, max_rows=max_rows)
         if sha256_bytes(data) != info.get("manifest_sha256"):
             report.changed.append(f"{MANIFEST_NAME} (sha256 differs from {DATASET_JSON})")
-        rows = read_manifest(manifest_path, data)
         if content_sha256(rows) != info.get("content_sha256"):
             report.changed.append(f"{MANIFEST_NAME} (content sha256 differs from {DATASET_JSON})")
         if spec is not None:
@@ -292,34 +414,38 @@ def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress:
             rel = row.files[kind]
             bar.update(1)
             try:
-                path = resolve_inside(root_p, rel, f"{MANIFEST_NAME}, sample {row.index}, column {kind}")
+                path = resolve_inside(root_p, rel, f"{MANIFEST_NAME}, sample {row.index}, column {kind}", links=False)
             except DatasetFormatError as exc:
                 report.inconsistent.append(str(exc))
                 continue
             expected.add(rel)
             report.checked += 1
-            if not os.path.isfile(path):
+            try:
+                data = read_bounded(path, max_png_bytes(kind, size or MAX_SIZE), "sample file")
+            except DatasetNotFoundError:
                 report.missing.append(rel)
+                continue
+            except DatasetFormatError as exc:  # a link, a device, a file larger than such a PNG can be
+                report.changed.append(f"{rel} ({str(exc).split(': ', 1)[-1]})")
                 continue
             if pixels:
                 try:
-                    ok = pixel_sha256(decode_png(path, kind, size=size)) == row.pixels_sha256[kind]
+                    ok = pixel_sha256(decode_png(data, kind, size=size, name=path)) == row.pixels_sha256[kind]
                 except DatasetFormatError:  # an undecodable or wrongly sized file is a changed file
                     ok = False
                 if not ok:
                     report.changed.append(rel)
                 continue
-            data = Path(path).read_bytes()
             if sha256_bytes(data) != row.sha256[kind]:
                 report.changed.append(rel)
-            elif size is not None and _png_size(data) != (size, size):
-                found = _png_size(data)
+            elif size is not None and png_size(data) != (size, size):
+                found = png_size(data)
                 report.changed.append(f"{rel} ({'not a PNG' if found is None else '%dx%d' % found}, "
                                       f"{DATASET_JSON} says {size}x{size})")
     bar.close()
     if spec is not None and render != 0:
         _check_rendering(root_p, spec, info, rows, render, report)
-    report.extra.extend(p for p in _walk_files(root_p) if p not in expected)
+    report.extra.extend(_extra_entries(root_p, expected, spec))
     return report
 
 
@@ -335,16 +461,19 @@ def _check_documents(root: Path, info: dict[str, Any], spec: Optional[VariantSpe
     elif spec is not None:
         report.notes.append(f"data card and croissant.json not regenerated: written by an8flower "
                             f"{info.get('an8flower_version')}, this is {__version__}")
-    for key in ("data_card", "croissant"):
-        name = info.get(key)
-        if not isinstance(name, str):
-            continue
+    for key, name in (("data_card", DATACARD_NAME), ("croissant", CROISSANT_NAME)):
+        # the layout's names, never dataset.json's (which plan_problems compares with them): a
+        # dataset.json naming another path must not make verify open a file outside the folder
         expected.add(name)
         path = root / name
-        if not path.is_file():
+        if not os.path.lexists(path):
             report.missing.append(name)
             continue
-        content = path.read_bytes()
+        try:
+            content = read_bounded(path, DOCUMENT_MAX_BYTES, key.replace("_", " "))
+        except DatasetFormatError as exc:
+            report.changed.append(f"{name} ({str(exc).split(': ', 1)[-1]})")
+            continue
         if sha256_bytes(content) != info.get(f"{key}_sha256"):
             report.changed.append(name)
         elif name in regenerated and content != regenerated[name]:

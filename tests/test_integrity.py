@@ -975,3 +975,222 @@ def test_generate_never_writes_through_a_planted_lock_link(tmp_path, dataset):
     with pytest.raises(UsageError, match=rf"{WORK_DIR} is a symbolic link, not the work folder"):
         generate("single-6c", other, size=SIZE, per_class=3, workers=1, progress=False)
     assert list(away.iterdir()) == []
+
+
+# --- 3. export applies the loader's checks
+
+
+def _move_last_test_row_to_train(root: Path) -> None:
+    rows = read_manifest(root / MANIFEST_NAME)
+    moved = rows[-1]
+    files = {k: v.replace("/test/", "/train/") for k, v in moved.files.items()}
+    for kind, rel in files.items():
+        (root / moved.files[kind]).rename(root / rel)
+    rows[-1] = replace_row(moved, split="train", files=files)
+    rewrite_manifest(root, rows)
+
+
+def _relabel(root: Path) -> None:
+    rows = read_manifest(root / MANIFEST_NAME)
+    rows[4] = replace_row(rows[4], label=0, class_name="centre-red")
+    rewrite_manifest(root, rows)
+
+
+def _big_image(root: Path) -> None:
+    rows = read_manifest(root / MANIFEST_NAME)
+    big = encode_png(np.zeros((500, 500, 3), np.uint8), "image")
+    (root / rows[0].files["image"]).write_bytes(big)
+    rows[0] = replace_row(rows[0], sha256={**rows[0].sha256, "image": sha256_bytes(big)})
+    rewrite_manifest(root, rows)
+
+
+@pytest.mark.parametrize("reseal, needle", [
+    (_move_last_test_row_to_train, r"sample 17: split 'train' \(plan: 'test'\)"),
+    (_relabel, r"sample 4: class 'centre-red' \(plan: 'centre-blue'\); label 0 \(plan: 4\)"),
+    (_big_image, r"000000\.png: image is 500x500, expected 64x64"),
+])
+def test_export_refuses_what_the_loader_refuses(copy, tmp_path, reseal, needle):
+    from an8flower.export import export_dataset
+
+    reseal(copy)
+    with pytest.raises(DatasetFormatError, match=needle):
+        An8Flower(copy, "train")[0]
+    for fmt in ("webdataset", "parquet"):
+        with pytest.raises(DatasetFormatError, match=needle):
+            export_dataset(copy, tmp_path / "out", format=fmt, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+# --- 5. verify lists every entry generate would not write; no links
+
+
+def test_verify_lists_linked_class_folders_empty_folders_and_links(copy):
+    from torchvision.datasets import ImageFolder
+
+    train = copy / "images" / "train"
+    (train / "00-aaa").symlink_to(train / "01-centre-yellow", target_is_directory=True)
+    assert len(ImageFolder(str(train)).classes) == 7  # what the link does to ImageFolder's labels
+    (copy / "masks" / "val" / "empty").mkdir()
+    (copy / ".ipynb_checkpoints").mkdir()
+    rows = read_manifest(copy / MANIFEST_NAME)
+    linked = copy / rows[1].files["parts"]  # a sample file replaced by a link to a file with its very bytes
+    shutil.move(linked, copy / "parts.png")
+    linked.symlink_to(copy / "parts.png")
+    report = verify_dataset(copy, render=0, progress=False)
+    assert not report.ok
+    assert report.extra == [".ipynb_checkpoints/", "parts.png", "images/train/00-aaa (symbolic link to "
+                            f"{train / '01-centre-yellow'})", "masks/val/empty/",
+                            f"{rows[1].files['parts']} (symbolic link to {copy / 'parts.png'})"]
+    assert report.inconsistent == [f"manifest.csv, sample 1, column parts: path {rows[1].files['parts']!r} passes "
+                                   f"through a symbolic link (it resolves to {(copy / 'parts.png').resolve()}); the "
+                                   "folder must hold no links"]
+    with pytest.raises(DatasetFormatError, match="passes through a symbolic link"):
+        An8Flower(copy, "train", return_parts=True)[1]
+
+
+def test_verify_never_opens_a_data_card_path_from_dataset_json(copy, tmp_path, monkeypatch):
+    import an8flower.verify as verify
+
+    secret = tmp_path / "secret.md"
+    secret.write_text("not yours\n")
+    info = info_of(copy)
+    info["data_card"] = "../secret.md"
+    write_info(copy, info)
+    opened = []
+    real = verify.read_bounded
+    monkeypatch.setattr(verify, "read_bounded", lambda path, *a, **k: opened.append(Path(path)) or real(path, *a, **k))
+    report = verify.verify_dataset(copy, render=0, progress=False)
+    assert all(copy in p.parents for p in opened) and len(opened) == 3 + 3 * 18  # manifest, 2 documents, samples
+    assert report.inconsistent == ['dataset.json: data_card "../secret.md" (generate writes "DATACARD.md" for this '
+                                   "spec, seed and per_class)"]
+    assert report.changed == report.missing == [] and "secret" not in " ".join(report.extra)
+
+
+# --- 6. unbounded reads
+
+
+def test_a_huge_sparse_sample_file_is_refused_unread(copy, tmp_path, monkeypatch):
+    from an8flower.export import export_dataset
+    from an8flower.png import max_png_bytes
+
+    rows = read_manifest(copy / MANIFEST_NAME)
+    victim = copy / rows[0].files["mask"]
+    with open(victim, "r+b") as f:
+        f.truncate(20 * 10**9)  # sparse: takes no disk space
+    limit = max_png_bytes("mask", SIZE)
+    why = f"is 20,000,000,000 bytes, more than the {limit:,} its format allows there; refused unread"
+    report = verify_dataset(copy, render=0, progress=False)
+    assert report.changed == [f"{rows[0].files['mask']} (mask file of sample 0 {why})".replace("mask file of sample 0 ",
+                                                                                              "sample file ")]
+    with pytest.raises(DatasetFormatError, match=re.escape(why)):
+        An8Flower(copy, "train", verify=True)[0]
+    with pytest.raises(DatasetFormatError, match=re.escape(why)):
+        An8Flower(copy, "train")[0]
+    with pytest.raises(DatasetFormatError, match=re.escape(why)):
+        export_dataset(copy, tmp_path / "out", format="webdataset", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_a_manifest_that_is_a_device_or_fifo_is_refused(copy, target):
+    from an8flower.show import contact_sheet
+
+    (copy / MANIFEST_NAME).unlink()
+    if target == "fifo":
+        os.mkfifo(copy / MANIFEST_NAME)
+        needle = "manifest is not a regular file"
+    else:
+        (copy / MANIFEST_NAME).symlink_to(target)
+        needle = "manifest is a symbolic link"
+    for call in (lambda: An8Flower(copy, "train"), lambda: contact_sheet(copy), lambda: verify_dataset(copy)):
+        with pytest.raises(DatasetFormatError, match=rf"{MANIFEST_NAME}: {needle}"):
+            call()
+
+
+def test_show_bounds_its_options_before_allocating(dataset, tmp_path, capsys, monkeypatch):
+    import an8flower.show as show
+
+    out = tmp_path / "sheet.png"
+    assert main(["show", str(dataset), "--out", str(out), "--thumb", "100000"]) == 2
+    assert capsys.readouterr().err.strip() == "an8flower: error: thumb 100000: must be an integer in 16..512"
+    assert main(["show", str(dataset), "--out", str(out), "--per-class", str(10**12)]) == 2
+    assert "per-class 1000000000000: must be an integer in 1..100,000" in capsys.readouterr().err
+    monkeypatch.setattr(show, "SHEET_MAX_PIXELS", 100_000)
+    with pytest.raises(UsageError, match=r"the sheet would be [\d,]+ x [\d,]+ = [\d,]+ pixels, more than 100,000"):
+        show.contact_sheet(dataset, thumb=512)
+    assert not out.exists()
+
+
+# --- 7. one-line errors instead of tracebacks
+
+
+def _manifest_with_meta(root: Path, meta_text: str) -> None:
+    text = (root / MANIFEST_NAME).read_text()
+    lines = text.split("\n")
+    head, first = lines[0], lines[1]
+    fields = first.split(",", 13)
+    lines[1] = ",".join(fields[:13]) + "," + '"' + meta_text.replace('"', '""') + '"'
+    data = "\n".join(lines).encode()
+    (root / MANIFEST_NAME).write_bytes(data)
+    info = info_of(root)
+    info["manifest_sha256"] = sha256_bytes(data)
+    write_info(root, info)
+
+
+@pytest.mark.parametrize("meta, needle", [
+    ('{"x": "' + "a" * 140_000 + '"}', r"manifest\.csv, line 2: not valid CSV \(field larger than field limit"),
+    ("[" * 10_000 + "]" * 10_000, r"manifest\.csv, line 2: malformed row \(column meta: JSON nested too deeply\)"),
+    ("[1, 2]", r"manifest\.csv, line 2: malformed row \(column meta: expected a JSON object, got list\)"),
+], ids=["long-field", "deep-meta", "list-meta"])
+def test_hostile_manifest_fields_are_one_line_errors(copy, capsys, meta, needle):
+    _manifest_with_meta(copy, meta)
+    with pytest.raises(DatasetFormatError, match=needle):
+        An8Flower(copy, "train")
+    assert main(["verify", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(needle, err) and "\n" not in err and len(err) < 400
+
+
+def test_deep_json_in_dataset_json_is_one_line(copy, capsys):
+    (copy / DATASET_JSON).write_text('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert main(["verify", str(copy)]) == 2
+    assert capsys.readouterr().err.strip() == f"an8flower: error: {copy / DATASET_JSON}: JSON nested too deeply"
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(size=10**400), r"spec field 'size': must lie in \[64, 512\], got 1000000000000000.*\.\.\..*$"),
+    (lambda d: d["nuisance"].update(petal_count=[1, -10**400]), r"spec field 'nuisance.petal_count': must lie in"),
+    (lambda d: d["nuisance"].update(scale=[[[[[[[[1]]]]]]], 1]), r"spec field 'nuisance.scale': expected numbers, "
+                                                                 r"got \[\[\[\[\.\.\.\]\]\], 1\]"),
+], ids=["400-digits", "negative-400-digits", "nested"])
+def test_hostile_spec_numbers_and_nesting_are_one_line(tmp_path, capsys, edit, needle):
+    spec = load_spec("single-6c").to_dict()
+    edit(spec)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    assert main(["generate", str(path), "--out", str(tmp_path / "out"), "--per-class", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"an8flower: error: {path}: ") and re.search(needle, err) and len(err) < 400
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["generate", str(deep), "--out", str(tmp_path / "out"), "--per-class", "3"]) == 2
+    assert capsys.readouterr().err.strip() == f"an8flower: error: {deep}: not a spec: JSON nested too deeply"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_voc_box_on_a_small_size_is_a_format_error(tmp_path):
+    from an8flower.datasets import ILSVRC12, parse_voc_xml
+
+    path = tmp_path / "ILSVRC2012_val_00000001.xml"
+    path.write_text(_voc(width="4", height="4", box=("0", "0", "1e308", "2")))
+    with pytest.raises(DatasetFormatError, match=r"ILSVRC2012_val_00000001\.xml: <xmax> 1e308 is larger than any "
+                                                 r"image side"):
+        parse_voc_xml(path)
+    root = tmp_path / "ilsvrc"
+    (root / "val" / "n01000001").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "n01000001" / "ILSVRC2012_val_00000001.JPEG")
+    (root / "ILSVRC2012_bbox_val_v3" / "val").mkdir(parents=True)
+    shutil.copy(path, root / "ILSVRC2012_bbox_val_v3" / "val" / path.name)
+    ds = ILSVRC12(root, split="val", num_classes=None)
+    with pytest.raises(DatasetFormatError, match=r"<xmax> 1e308 is larger than any image side"):
+        ds[0]

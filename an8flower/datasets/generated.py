@@ -23,19 +23,16 @@ any class colour. The part map follows: a pixel that a discriminative part cover
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from an8flower.datasets.base import ExplanationDataset
-from an8flower.errors import DatasetFormatError, UsageError
+from an8flower.errors import UsageError
 from an8flower.layout import DEFAULT_PER_CLASS, SPLITS, check_counts, plan_indices
-from an8flower.spec import resolve_spec
-from an8flower.manifest import ManifestRow, decode_png, sha256_bytes
-from an8flower.spec import VariantSpec
-from an8flower.untrusted import resolve_inside
+from an8flower.manifest import ManifestRow, decode_png
+from an8flower.spec import VariantSpec, resolve_spec
 
 __all__ = ["An8Flower", "An8FlowerOnTheFly", "resize_sample"]
 
@@ -88,8 +85,10 @@ class An8Flower(ExplanationDataset):
     Opening checks, cheaply (:func:`an8flower.verify.open_dataset`: two files read), that
     ``dataset.json`` is what generate writes for its spec, seed and per-class, that the manifest's
     SHA-256 is the recorded one and that every manifest row follows the index plan (label = index
-    mod K, split and file names from the index). Each file read is checked to lie inside ``root``
-    and to be ``dataset.json``'s size before it is decoded.
+    mod K, split and file names from the index). Each file read is checked
+    (:func:`an8flower.verify.read_sample_file`, as ``export`` does) to lie inside ``root`` through
+    no symbolic link, to be a regular file no larger than a PNG of ``dataset.json``'s size can be
+    (before it is read) and to have that size in its header, before it is decoded.
 
     Args:
         root: the dataset folder (holding ``dataset.json`` and ``manifest.csv``).
@@ -147,17 +146,9 @@ class An8Flower(ExplanationDataset):
         return len(self.rows)
 
     def _read(self, i: int, kind: str) -> np.ndarray:
-        row = self.rows[i]
-        what = f"{Path(self.root) / 'manifest.csv'}, sample {row.index}, column {kind}"
-        path = resolve_inside(self.root, row.files[kind], what)
-        if not self.verify:
-            return decode_png(path, kind, size=self.spec.size)
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise DatasetFormatError(f"{path}: missing ({what})") from None
-        if sha256_bytes(data) != row.sha256[kind]:
-            raise DatasetFormatError(f"{path}: SHA-256 differs from the manifest's {kind}_sha256 (sample {row.index})")
+        from an8flower.verify import read_sample_file
+
+        path, data = read_sample_file(self.root, self.rows[i], kind, self.spec.size, check_hash=self.verify)
         return decode_png(data, kind, size=self.spec.size, name=path)
 
     def sample_index(self, i: int) -> int:

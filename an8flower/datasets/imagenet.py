@@ -273,11 +273,21 @@ def read_loc_val_solution(path: str | os.PathLike[str]) -> dict[str, list[Box]]:
     return out
 
 
+#: Largest magnitude of an XML size or box coordinate: beyond any image side (PNG's limit is
+#: 2**31 - 1, JPEG's 65,535), and small enough that rescaling a box to another image size
+#: (:func:`scale_boxes`) stays finite.
+MAX_COORDINATE = 2.0**31
+
+
 def _xml_number(node: ET.Element, tag: str, path: str) -> float:
     child = node.find(tag)
     if child is None or child.text is None:
         raise DatasetFormatError(f"{path}: <{node.tag}> lacks <{tag}>")
-    return _finite(child.text, f"{path}: <{tag}>")
+    value = _finite(child.text, f"{path}: <{tag}>")
+    if abs(value) > MAX_COORDINATE:
+        raise DatasetFormatError(f"{path}: <{tag}> {child.text.strip()[:40]} is larger than any image side "
+                                 f"(at most 2**31)")
+    return value
 
 
 def _finite(text: str, what: str) -> float:
@@ -301,8 +311,9 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> tuple[Optional[tuple[int, int
     Raises:
         DatasetNotFoundError: no such file.
         DatasetFormatError: not well-formed XML, root not ``<annotation>``, an object without
-            name or bndbox, a size or coordinate that is not a finite number (``nan``, ``inf``),
-            a non-positive size (message names the file).
+            name or bndbox, a size or coordinate that is not a finite number (``nan``, ``inf``)
+            or is larger than any image side (:data:`MAX_COORDINATE`, so that rescaling stays
+            finite), a non-positive size (message names the file and the field).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
