@@ -48,7 +48,9 @@ stay inside ``DIR`` through no symbolic link, and every file is read by
 :func:`an8flower.verify.read_sample_file` (a regular file no larger than a PNG of the dataset's
 size can be, checked before reading; its bytes hash to the row's ``<kind>_sha256``; its PNG header
 gives the dataset's size). Output goes to a hidden temporary folder next to ``OUT`` that is renamed to ``OUT`` when
-complete, so an error or an interrupt leaves no half-written export. An existing non-empty ``OUT``
+complete, so an error or an interrupt leaves no half-written export; the temporary folder of an
+export killed outright (``SIGKILL``, a power loss) is removed by the next export to the same
+``OUT`` (:func:`remove_stale_temporaries`). An existing non-empty ``OUT``
 is refused unless ``overwrite=True``, and even then only when it is an earlier an8flower export
 (its ``manifest.json`` says so): the command never deletes a folder it did not write.
 """
@@ -59,6 +61,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import tarfile
@@ -78,6 +81,7 @@ __all__ = [
     "FORMATS", "EXPORT_FORMAT", "EXPORT_MANIFEST", "CARD_NAME", "DEFAULT_SHARD_SIZE", "PARQUET_ROW_GROUP_SIZE",
     "PARQUET_COMPRESSION", "ExportResult", "export_dataset", "hf_features", "provenance", "sample_record",
     "dataset_card",
+    "remove_stale_temporaries",
 ]
 
 #: The ``--format`` values.
@@ -476,6 +480,47 @@ def _temp_sibling(out: Path, tag: str) -> Path:
     return out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
+def _lock_path(tmp: Path) -> Path:
+    """The lock an export holds on its temporary folder while it writes it (beside it, so that it
+    outlives neither the folder's rename to ``OUT`` nor the process: ``flock`` ends with it)."""
+    return tmp.with_name(tmp.name[:-len(".tmp")] + ".lock")
+
+
+def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary folders that killed exports to ``out`` left beside it.
+
+    An export writes ``.OUT.export-PID-HEX.tmp`` while it holds an ``flock`` on
+    ``.OUT.export-PID-HEX.lock`` (:mod:`an8flower.folderlock`); the kernel drops the lock when the
+    process ends, even by ``SIGKILL``. A temporary folder whose lock can be taken is therefore one
+    no running export writes (on this machine or, with NFS locks, another): it is removed, with
+    its lock file. Folders of running exports are left alone.
+
+    Returns:
+        The folders removed.
+    """
+    from an8flower.folderlock import acquire
+
+    out = Path(out)
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.export-\d+-[0-9a-f]{{8}}\.tmp$")
+    removed = []
+    try:
+        names = sorted(os.listdir(out.parent))
+    except OSError:
+        return removed
+    for name in names:
+        tmp = out.parent / name
+        if not pattern.match(name) or tmp.is_symlink() or not tmp.is_dir():
+            continue
+        try:
+            lock = acquire(_lock_path(tmp), f"temporary folder {tmp}")
+        except UsageError:  # a running export holds it (or the lock path is no plain lock file)
+            continue
+        with lock:
+            shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
 def _first_missing(path: Path) -> Optional[Path]:
     """The highest ancestor of ``path`` (itself included) that does not exist, or None."""
     missing = None
@@ -556,15 +601,19 @@ def export_dataset(
     if not shards:
         raise UsageError(f"--split {','.join(wanted)}: no rows in {source.manifest}")
 
+    from an8flower.folderlock import acquire
+
     created = _first_missing(out_p.parent)
     out_p.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_p)
     tmp = _temp_sibling(out_p, "export")
+    lock = acquire(_lock_path(tmp), f"temporary folder {tmp}")
 
     def export_bytes() -> int:  # after a full disk (the temporary folder is gone): the whole export
         return sum(_size(source.paths[r.index, k]) + _ROW_BYTES for sh in shards for r in sh.rows
                    for k in KINDS) + _CARD_BYTES
 
-    with reporting_disk_full(out_p, export_bytes):
+    with lock, reporting_disk_full(out_p, export_bytes):
         return _write_export(source, shards, format, shard_size, out_p, tmp, created, progress)
 
 

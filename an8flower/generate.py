@@ -86,7 +86,7 @@ from an8flower.manifest import (
     png_encoder_info,
     sha256_bytes,
 )
-from an8flower.spec import VariantSpec, resolve_spec
+from an8flower.spec import VariantSpec, check_seed, resolve_spec
 
 __all__ = [
     "MAX_OUTPUT_BYTES",
@@ -574,8 +574,7 @@ def generate(
     """
     spec = resolve_spec(variant, size)
     check_counts(spec.num_classes, per_class)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise UsageError(f"seed {seed!r}: must be an integer in 0..2**63-1")
+    seed = check_seed(seed)
     if workers is None:
         workers = default_workers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

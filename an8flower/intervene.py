@@ -55,7 +55,7 @@ import numpy as np
 
 from an8flower.errors import UsageError
 from an8flower.render import Sample, _Change, _render_sample, class_of, render
-from an8flower.spec import MAX_SIZE, MIN_SIZE, VariantSpec
+from an8flower.spec import MAX_SIZE, MIN_SIZE, VariantSpec, check_seed
 
 __all__ = ["Intervention", "intervene", "intervene_many", "class_for_colours", "farthest_nonclass_colour",
            "UNDEFINED"]
@@ -208,10 +208,9 @@ def _check_args(seed: Any, index: Any, size: Any, spec: VariantSpec) -> tuple[in
     size = spec.size if size is None else size
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= int(size) <= MAX_SIZE:
         raise UsageError(f"size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
-    for name, v in (("seed", seed), ("index", index)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise UsageError(f"{name} must be a non-negative integer, got {v!r}")
-    return int(seed), int(index), int(size)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise UsageError(f"index must be a non-negative integer, got {index!r}")
+    return check_seed(seed), int(index), int(size)
 
 
 def intervene(spec: VariantSpec, seed: int, index: int, size: Optional[int] = None, *,

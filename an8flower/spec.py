@@ -73,6 +73,8 @@ __all__ = [
     "VariantSpec",
     "load_spec",
     "resolve_spec",
+    "check_seed",
+    "MAX_SEED",
     "builtin_variants",
     "CLASS_COLOUR_MARGIN",
     "class_colour_range",
@@ -92,6 +94,9 @@ PETAL_SHAPES: tuple[str, ...] = ("ellipse", "pointed", "round", "notched")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MIN_SIZE, MAX_SIZE = 64, 512
+#: Largest dataset seed: seeds are 63-bit non-negative integers (the range of a signed 64-bit
+#: integer, which every tool that stores one keeps exactly).
+MAX_SEED = 2**63 - 1
 #: Largest spec file read (the built-in ones are about 6 KB).
 SPEC_MAX_BYTES = 1 << 20
 #: Levels (0..255) by which two class colours of one part must stay apart in some channel after
@@ -657,3 +662,17 @@ def resolve_spec(variant: str | os.PathLike[str] | VariantSpec, size: int | None
             raise UsageError(f"size {_show(size)}: must be an integer number of pixels in {MIN_SIZE}..{MAX_SIZE}")
         spec = spec.with_size(size)
     return spec
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """The one seed rule of the package: an integer in ``0..MAX_SEED`` (``2**63 - 1``).
+
+    ``generate``, the on-the-fly dataset, ``intervene`` and ``verify`` (for ``dataset.json``'s seed)
+    apply it, so a seed one accepts the others accept too.
+
+    Raises:
+        UsageError: ``"{name} {seed!r}: must be an integer in 0..2**63-1"``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
+        raise UsageError(f"{name} {_show(seed)}: must be an integer in 0..2**63-1")
+    return int(seed)

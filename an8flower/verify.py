@@ -75,7 +75,7 @@ from an8flower.manifest import (
     sha256_bytes,
 )
 from an8flower.png import max_png_bytes, png_size
-from an8flower.spec import MAX_SIZE, VariantSpec
+from an8flower.spec import MAX_SIZE, VariantSpec, check_seed
 from an8flower.untrusted import SAMPLE_MAX_PIXELS, check_image_header, read_bounded, resolve_inside
 
 __all__ = ["VerifyReport", "verify_dataset", "plan_problems", "row_problems", "read_dataset", "dataset_problems",
@@ -108,8 +108,10 @@ def plan_problems(info: dict[str, Any]) -> tuple[Optional[VariantSpec], list[str
     except SpecError as exc:
         return None, [f"{DATASET_JSON}: spec: {exc}"]
     seed, per_class = info.get("seed"), info.get("per_class")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        return None, [f"{DATASET_JSON}: seed {_short(seed)} is not an integer >= 0"]
+    try:
+        check_seed(seed)
+    except UsageError as exc:
+        return None, [f"{DATASET_JSON}: {exc}"]
     try:
         check_counts(spec.num_classes, per_class)
         expected = dataset_plan(spec, seed, per_class)

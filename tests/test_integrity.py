@@ -1194,3 +1194,45 @@ def test_a_huge_voc_box_on_a_small_size_is_a_format_error(tmp_path):
     ds = ILSVRC12(root, split="val", num_classes=None)
     with pytest.raises(DatasetFormatError, match=r"<xmax> 1e308 is larger than any image side"):
         ds[0]
+
+
+# --- 10. smaller ones: stale export temporaries, one seed rule
+
+
+def test_export_removes_the_temporaries_of_killed_exports(dataset, tmp_path):
+    from an8flower.export import export_dataset
+
+    out = tmp_path / "exports" / "wds"
+    out.parent.mkdir()
+    stale = out.parent / ".wds.export-4242-0badf00d.tmp"  # a killed export's: nobody holds its lock
+    (stale / "data").mkdir(parents=True)
+    (stale / "data" / "half.tar").write_bytes(b"x" * 100)
+    running = out.parent / ".wds.export-4343-cafebabe.tmp"  # a running export's: its lock is held
+    running.mkdir()
+    other = out.parent / ".other.export-4242-0badf00d.tmp"  # another OUT's: not ours to judge
+    other.mkdir()
+    with acquire(out.parent / ".wds.export-4343-cafebabe.lock", "a running export"):
+        export_dataset(dataset, out, format="webdataset", progress=False)
+        assert sorted(p.name for p in out.parent.iterdir()) == [".other.export-4242-0badf00d.tmp",
+                                                                 ".wds.export-4343-cafebabe.lock",
+                                                                 ".wds.export-4343-cafebabe.tmp", "wds"]
+    assert not stale.exists() and running.is_dir() and other.is_dir()
+
+
+def test_one_seed_rule_for_generate_and_intervene(tmp_path, capsys):
+    from an8flower.intervene import intervene
+    from an8flower.spec import check_seed
+
+    spec = load_spec("single-6c")
+    message = "seed 18446744073709551616: must be an integer in 0..2**63-1"
+    for call in (lambda: generate(spec, tmp_path / "g", seed=2**64, per_class=3, progress=False),
+                 lambda: intervene(spec, 2**64, 0, 64),
+                 lambda: An8FlowerOnTheFly(spec, "train", size=64, per_class=3, seed=2**64)):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            call()
+    for argv in (["generate", "single-6c", "--out", str(tmp_path / "g"), "--seed", str(2**64)],
+                 ["intervene", "single-6c", "--index", "0", "--seed", str(2**64), "--out", str(tmp_path / "i.png")]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == f"an8flower: error: {message}"
+    assert check_seed(2**63 - 1) == 2**63 - 1 and check_seed(np.int64(5)) == 5
+    assert not any(tmp_path.iterdir())

@@ -32,7 +32,7 @@ from an8flower.datasets.base import ExplanationDataset
 from an8flower.errors import UsageError
 from an8flower.layout import DEFAULT_PER_CLASS, SPLITS, check_counts, plan_indices
 from an8flower.manifest import ManifestRow, decode_png
-from an8flower.spec import VariantSpec, resolve_spec
+from an8flower.spec import VariantSpec, check_seed, resolve_spec
 
 __all__ = ["An8Flower", "An8FlowerOnTheFly", "resize_sample"]
 
@@ -203,7 +203,7 @@ class An8FlowerOnTheFly(ExplanationDataset):
             another size draws another picture of the same scene (the same as ``generate --size``).
         per_class: samples per class over all splits (default 1000: 700/100/200), bounded as
             ``generate`` bounds it (:func:`an8flower.layout.check_counts`).
-        seed: global seed.
+        seed: global seed, ``0..2**63-1`` (:func:`an8flower.spec.check_seed`, as ``generate``).
         transform, mask_transform, return_parts: as :class:`An8Flower`.
         resize: side the rendered items are *resized* to, or None (default: the rendered size);
             see :func:`resize_sample` (area interpolation, masks by any covered pixel).
@@ -228,7 +228,7 @@ class An8FlowerOnTheFly(ExplanationDataset):
         check_counts(spec.num_classes, per_class)
         super().__init__(f"<rendered {spec.name}>", _check_split(split), transform, mask_transform)
         self.spec = spec
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.per_class = per_class
         self.resize = _check_resize(resize)
         self.indices = plan_indices(spec, split, per_class)
