@@ -49,7 +49,7 @@ from typing import Any, Optional, Sequence
 
 from an8flower import __version__
 from an8flower.atomic import DISK_FULL_ERRNOS, check_free_space, format_bytes, reporting_disk_full
-from an8flower.errors import An8FlowerError, SpecError, UsageError
+from an8flower.errors import An8FlowerError, DatasetFormatError, DatasetNotFoundError, SpecError, UsageError
 from an8flower.folderlock import Lock, acquire, check_lock_path, holder_text, read_holder
 from an8flower.datacard import dataset_documents
 from an8flower.layout import (
@@ -74,6 +74,8 @@ from an8flower.layout import (
     sample_paths,
 )
 from an8flower.manifest import (
+    DATASET_JSON_MAX_BYTES,
+    MANIFEST_ROW_MAX_BYTES,
     ManifestRow,
     atomic_write_bytes,
     atomic_write_text,
@@ -87,6 +89,7 @@ from an8flower.manifest import (
     sha256_bytes,
 )
 from an8flower.spec import VariantSpec, check_seed, resolve_spec
+from an8flower.untrusted import parse_json, read_bounded
 
 __all__ = [
     "MAX_OUTPUT_BYTES",
@@ -197,11 +200,25 @@ class _ChunkWriter:
         atomic_write_text(self.journal(chunk_id), json.dumps(records, sort_keys=True))
         return len(records)
 
+    def read_journal(self, chunk_id: int) -> list[Any]:
+        """The chunk's row records, read within the bound of a chunk's rows (the work folder may
+        come from elsewhere: a shard folder on a shared disk).
+
+        Raises:
+            DatasetNotFoundError / DatasetFormatError: missing, not a regular file, too large,
+                not a JSON list.
+        """
+        path = self.journal(chunk_id)
+        limit = (self.chunk + 1) * MANIFEST_ROW_MAX_BYTES
+        records = parse_json(read_bounded(path, limit, "chunk row file"), path)
+        if not isinstance(records, list):
+            raise DatasetFormatError(f"{path}: expected a JSON list of rows")
+        return records
+
     def is_complete(self, chunk_id: int) -> bool:
         """Whether the chunk's row file exists, lists the chunk's indices and all its files exist."""
         try:
-            with open(self.journal(chunk_id), encoding="utf-8") as f:
-                records = json.load(f)
+            records = self.read_journal(chunk_id)
             if [int(r["index"]) for r in records] != list(self.indices(chunk_id)):
                 return False
             expected = [expected_row(self.spec, self.plan, i)["files"] for i in self.indices(chunk_id)]
@@ -287,6 +304,21 @@ def _plan_record(spec: VariantSpec, seed: int, per_class: int) -> dict[str, Any]
     }
 
 
+def _read_json_object(path: Path, limit: int, out: Path) -> dict[str, Any]:
+    """A JSON object from the output folder, read within ``limit`` bytes (it may come from elsewhere).
+
+    Raises:
+        UsageError: naming the folder and the file: unreadable, too large, not a JSON object.
+    """
+    try:
+        value = parse_json(read_bounded(path, limit, path.name), str(path))
+    except (DatasetFormatError, DatasetNotFoundError) as exc:
+        raise UsageError(f"output folder {out}: unreadable {path.relative_to(out)} ({exc})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"output folder {out}: {path.relative_to(out)} is not a JSON object")
+    return value
+
+
 def _mismatch(found: dict[str, Any], wanted: dict[str, Any], keys: Sequence[str]) -> list[str]:
     return [f"{k} {found.get(k)!r} (asked: {wanted[k]!r})" for k in keys if found.get(k) != wanted[k]]
 
@@ -317,22 +349,16 @@ def _inspect_out(out: Path, record: dict[str, Any]) -> str:
         if work.is_symlink() or (work.exists() and not work.is_dir()):
             raise UsageError(f"output folder {out}: {work} is {'a symbolic link' if work.is_symlink() else 'a file'}, "
                              "not the work folder an8flower writes; remove it")
-        if (out / DATASET_JSON).is_file():
-            try:
-                info = json.loads((out / DATASET_JSON).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"output folder {out}: unreadable {DATASET_JSON} ({exc})") from None
+        if os.path.lexists(out / DATASET_JSON):
+            info = _read_json_object(out / DATASET_JSON, DATASET_JSON_MAX_BYTES, out)
             diff = _mismatch(info, record, keys)
             if diff:
                 raise UsageError(f"output folder {out}: holds a dataset made with other parameters: {'; '.join(diff)}; "
                                  "use another --out")
             return "complete"
         plan_path = out / WORK_DIR / "plan.json"
-        if plan_path.is_file():
-            try:
-                plan = json.loads(plan_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"output folder {out}: unreadable {plan_path.relative_to(out)} ({exc})") from None
+        if os.path.lexists(plan_path):
+            plan = _read_json_object(plan_path, DATASET_JSON_MAX_BYTES, out)
             diff = _mismatch(plan, record, keys + ("chunk_size",))
             if diff:
                 raise UsageError(
@@ -444,8 +470,7 @@ def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[
     folder's exclusive lock: no other run writes meanwhile)."""
     rows: list[ManifestRow] = []
     for c in range(n_chunks):
-        with open(writer.journal(c), encoding="utf-8") as f:
-            rows.extend(ManifestRow.from_record(r) for r in json.load(f))
+        rows.extend(ManifestRow.from_record(r) for r in writer.read_journal(c))
     rows.sort(key=lambda r: r.index)
     if [r.index for r in rows] != list(range(writer.plan.total)):
         raise RuntimeError(f"{root}: chunk row files do not cover indices 0..{writer.plan.total - 1}")
@@ -651,7 +676,7 @@ def generate(
 def _complete_result(root: Path, n_chunks: int, total: int, rendered: int, skipped: int) -> GenerateResult:
     """The result for a folder that holds a finished dataset (left-over work files removed)."""
     shutil.rmtree(root / WORK_DIR, ignore_errors=True)
-    info = json.loads((root / DATASET_JSON).read_text(encoding="utf-8"))
+    info = _read_json_object(root / DATASET_JSON, DATASET_JSON_MAX_BYTES, root)
     return GenerateResult(str(root), True, rendered, skipped, n_chunks, n_chunks, total,
                           info.get("manifest_sha256"), info.get("content_sha256"))
 

@@ -1236,3 +1236,19 @@ def test_one_seed_rule_for_generate_and_intervene(tmp_path, capsys):
         assert capsys.readouterr().err.strip() == f"an8flower: error: {message}"
     assert check_seed(2**63 - 1) == 2**63 - 1 and check_seed(np.int64(5)) == 5
     assert not any(tmp_path.iterdir())
+
+
+def test_generate_reads_its_work_folder_within_bounds(tmp_path):
+    part = tmp_path / "part"
+    assert not generate("single-6c", part, size=SIZE, per_class=3, seed=SEED, workers=1, shard="1/2",
+                        progress=False).complete
+    journal = part / WORK_DIR / "rows" / "chunk-000000.json"
+    journal.unlink()
+    journal.symlink_to("/dev/zero")  # a chunk row file from elsewhere: not read, the chunk is rendered again
+    result = generate("single-6c", part, size=SIZE, per_class=3, seed=SEED, workers=1, shard="1/2", progress=False)
+    assert result.rendered == 1 and result.skipped == 8 and not journal.is_symlink()
+    plan = part / WORK_DIR / "plan.json"
+    plan.unlink()
+    plan.symlink_to("/dev/zero")
+    with pytest.raises(UsageError, match=r"unreadable \.an8flower-work/plan\.json \(.*plan\.json is a symbolic link"):
+        generate("single-6c", part, size=SIZE, per_class=3, seed=SEED, workers=1, shard="2/2", progress=False)
