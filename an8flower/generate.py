@@ -127,7 +127,7 @@ def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: Optional[int
     leaderboard's in-memory datasets can bound themselves with it too.
 
     Raises:
-        UsageError: bad ``per_class`` (see :func:`check_counts`).
+        UsageError: bad ``per_class`` (see :func:`an8flower.layout.check_counts`).
     """
     total = check_counts(spec.num_classes, per_class)
     side = spec.size if size is None else size
@@ -566,9 +566,9 @@ def generate(
         out: the dataset folder (created with its parents; may exist empty, or hold an unfinished
             generation of the same parameters, which is resumed).
         size: image side in pixels (64..512); default the spec's size (224 for the built-ins).
-        per_class: samples per class over the three splits (see :func:`split_sizes`), at most
-            :data:`MAX_PER_CLASS`, and :data:`MAX_SAMPLES` samples in all.
-        seed: global seed (integer >= 0).
+        per_class: samples per class over the three splits (see :func:`an8flower.layout.split_sizes`), at most
+            :data:`~an8flower.layout.MAX_PER_CLASS`, and :data:`~an8flower.layout.MAX_SAMPLES` samples in all.
+        seed: global seed, 0..2**63-1 (:func:`an8flower.spec.check_seed`).
         workers: worker processes (default: the usable CPUs); 1 renders in this process. Workers
             are started with the ``spawn`` method (safe with threads and torch in the parent), so
             a script that calls this with ``workers > 1`` must guard its entry point with

@@ -28,8 +28,8 @@ The default is ``N = 1000`` (the original release's order of magnitude) cut 70/1
 validation split serves model selection, and folds over ``train`` can be cut from the manifest.
 
 **Bounds.** ``per_class`` is at most :data:`MAX_PER_CLASS` and a dataset at most
-:data:`MAX_SAMPLES` samples (the file names have :data:`INDEX_DIGITS` digits); a reader refuses a
-``dataset.json`` outside them before it reads anything else.
+:data:`MAX_SAMPLES` samples (the file names have :data:`INDEX_DIGITS` digits); a reader never
+reads more manifest rows than that (nor than ``dataset.json``'s ``num_samples``).
 
 While ``generate`` runs, the folder also holds :data:`LOCK_NAME`; an unfinished generation keeps
 :data:`WORK_DIR`. Neither is part of a finished dataset.
