@@ -502,7 +502,7 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
 
     out = Path(out)
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.export-\d+-[0-9a-f]{{8}}\.tmp$")
-    removed = []
+    removed: list[Path] = []
     try:
         names = sorted(os.listdir(out.parent))
     except OSError:

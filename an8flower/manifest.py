@@ -267,7 +267,7 @@ def read_manifest(path: str | os.PathLike[str], data: Optional[bytes] = None, *,
         raise DatasetFormatError(f"{path}: not UTF-8 ({exc})") from None
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
-        rows = []
+        rows: list[ManifestRow] = []
         try:
             if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
                 shown = _short_repr(reader.fieldnames)
