@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from an8flower import __version__
+from an8flower.defaults import DEFAULT_PER_CLASS, MAX_PER_CLASS
 from an8flower.errors import An8FlowerError, SpecError, UsageError
 from an8flower.folderlock import Lock, acquire, holder_text, read_holder
 from an8flower.croissant import croissant_metadata
@@ -113,12 +114,8 @@ __all__ = [
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Fractions of the samples of each class that go to train / val / test.
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
-#: Samples per class of a default dataset (700 train + 100 val + 200 test).
-DEFAULT_PER_CLASS = 1000
 #: Width of the zero-padded sample index in file names.
 INDEX_DIGITS = 6
-#: Largest ``per_class``: 100 times the original release's scale.
-MAX_PER_CLASS = 100_000
 #: Largest number of samples of one dataset (the file names have six digits).
 MAX_SAMPLES = 10**INDEX_DIGITS
 #: Largest estimated size (:func:`estimate_dataset_bytes`) of a folder ``generate`` writes: 100 GB,

@@ -1,57 +1,17 @@
-"""The ``an8flower intervene`` command: one sample, its counterfactual and their difference.
+"""A counterfactual beside its original: the figure ``an8flower intervene`` writes.
 
-Registration is light (argparse only); the handler imports the renderer and Pillow when it runs.
+:func:`write_intervention` re-renders one sample with a change (:func:`an8flower.intervene.intervene`)
+and writes original | counterfactual | difference as a PNG (:func:`intervention_sheet`).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
-__all__ = ["register", "parse_colour", "intervention_sheet"]
-
-_EPILOG = """\
-COLOUR is a colour name of the spec (red, white, slate, ...), an RGB triple "r,g,b" or "#rrggbb";
-it is the part's base colour, before the colour jitter and the lighting. The background takes it
-for both its colours; clutter for every clutter shape and occluding blade. A removed part is not
-painted: what was under it shows. Everything else (pose, lighting, noise, other colours) stays.
-
-The PNG shows the original, the counterfactual and their absolute difference per channel on a
-square-root scale (the largest difference white), so that one-level differences still show.
-
-examples:
-  an8flower intervene double-12c --index 7 --label 0 --out cf.png
-  an8flower intervene double-12c --index 7 --recolour petals=red --recolour stem=0,0,255 --out cf.png
-  an8flower intervene single-6c --index 3 --size 224 --remove petals --out cf.png
-"""
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``intervene`` to the CLI."""
-    p = subparsers.add_parser(
-        "intervene",
-        help="render a sample with one part changed (a counterfactual) beside the original",
-        description="Re-render sample INDEX of an an8Flower variant with its class, a part's colour or a part's "
-        "presence changed, every other pixel as in the original; write original | counterfactual | "
-        "difference as a PNG.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("variant", metavar="VARIANT", help="built-in variant (single-6c, double-12c) or a .json/.toml spec file")
-    p.add_argument("--index", required=True, metavar="I", help="sample index (its class is I mod K)")
-    p.add_argument("--seed", default="0", metavar="S", help="dataset seed (default 0)")
-    p.add_argument("--size", default=None, metavar="PX", help="image side, 64..512 (default: the spec's)")
-    p.add_argument("--label", default=None, metavar="C", help="paint the discriminative parts as class C (index or name)")
-    p.add_argument("--recolour", action="append", default=[], metavar="PART=COLOUR",
-                   help="give PART the base colour COLOUR (repeatable)")
-    p.add_argument("--remove", action="append", default=[], metavar="PART", help="leave PART out (repeatable)")
-    p.add_argument("--allow-invisible", action="store_true",
-                   help="allow removing a discriminative part (the class is then undefined)")
-    p.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
-    p.set_defaults(func=_cmd_intervene)
-
+__all__ = ["parse_colour", "parse_recolour", "intervention_sheet", "write_intervention", "InterventionResult"]
 
 def parse_colour(text: str) -> Any:
     """A ``--recolour`` colour: a name, ``"r,g,b"`` or ``"#rrggbb"`` (names are checked later)."""
@@ -121,31 +81,60 @@ def intervention_sheet(original: Any, changed: Any, classes: Any, what: str) -> 
     return buf.getvalue()
 
 
-def _cmd_intervene(args: argparse.Namespace) -> int:
-    from an8flower.commands import _int_arg
+def parse_recolour(items: Sequence[str]) -> dict[str, Any]:
+    """``PART=COLOUR`` items (``--recolour``) as ``{part: colour}`` (see :func:`parse_colour`)."""
+    from an8flower.errors import UsageError
+
+    recolour = {}
+    for item in items:
+        part, sep, colour = item.partition("=")
+        if not sep or not part or not colour:
+            raise UsageError(f"--recolour {item!r}: expected PART=COLOUR")
+        recolour[part.strip()] = parse_colour(colour)
+    return recolour
+
+
+@dataclass(frozen=True)
+class InterventionResult:
+    """What :func:`write_intervention` wrote: the spec's name, the change in words, the pixels changed
+    and the labels before and after (-1: undefined)."""
+
+    out: str
+    variant: str
+    index: int
+    what: str
+    pixels_changed: int
+    label_before: int
+    label_after: int
+
+
+def write_intervention(variant: Any, index: int, out: str, *, seed: int = 0, size: Optional[int] = None,
+                       label: Any = None, recolour: Optional[dict[str, Any]] = None,
+                       remove: Optional[Sequence[str]] = None, allow_invisible: bool = False) -> InterventionResult:
+    """Render sample ``index`` of ``variant`` and its counterfactual; write :func:`intervention_sheet` to ``out``.
+
+    Args:
+        variant: a built-in name, a spec file or a :class:`~an8flower.spec.VariantSpec`.
+        out: the PNG to write (atomically; its folder must exist). The other arguments are those of
+            :func:`an8flower.intervene.intervene`.
+
+    Raises:
+        UsageError: ``out`` is not a writable ``.png`` path, or a bad change (naming it).
+    """
     from an8flower.errors import UsageError
     from an8flower.intervene import intervene
     from an8flower.manifest import atomic_write_bytes
     from an8flower.render import render
     from an8flower.spec import load_spec
 
-    out = args.out
     if not out.lower().endswith(".png"):
         raise UsageError(f"--out {out}: the sheet is a PNG; give a path ending in .png")
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise UsageError(f"--out {out}: folder {folder} does not exist")
-    recolour = {}
-    for item in args.recolour:
-        part, sep, colour = item.partition("=")
-        if not sep or not part or not colour:
-            raise UsageError(f"--recolour {item!r}: expected PART=COLOUR")
-        recolour[part.strip()] = parse_colour(colour)
-    spec = load_spec(args.variant)
-    index, seed = _int_arg(args.index, "--index", 0), _int_arg(args.seed, "--seed", 0)
-    size = _int_arg(args.size, "--size", 0)
-    changed = intervene(spec, seed, index, size, label=args.label, recolour=recolour or None,
-                        remove=args.remove or None, allow_invisible=args.allow_invisible)
+    spec = load_spec(variant)
+    changed = intervene(spec, seed, index, size, label=label, recolour=recolour or None,
+                        remove=list(remove) if remove else None, allow_invisible=allow_invisible)
     original = render(spec, seed, index, size)
     rec = changed.meta["intervention"]
     what = ", ".join([f"as class {rec['label']}"] * (rec["label"] is not None)
@@ -156,6 +145,4 @@ def _cmd_intervene(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write ({exc.strerror})") from None
     n = int((original.image != changed.image).any(axis=2).sum())
-    print(f"wrote {out}: {spec.name} sample {index} ({what}): {n} pixels changed, "
-          f"label {original.label} -> {changed.label if changed.label >= 0 else 'undefined'}")
-    return 0
+    return InterventionResult(out, spec.name, index, what, n, original.label, changed.label)

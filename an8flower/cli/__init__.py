@@ -1,30 +1,30 @@
-"""The ``an8flower`` command line.
+"""The ``an8flower`` command line: parsers only, one module per group of commands.
 
-Each group of subcommands lives next to the code it drives and exposes
-``register(subparsers)``; that function adds its subparsers and sets ``func`` on each, a callable
-``func(args) -> int`` (the exit code). Command modules import heavy dependencies (torch) inside
-their handlers so that ``an8flower --help`` and ``an8flower cite`` stay fast.
+* :mod:`an8flower.cli.dataset`: generate, verify, show, export, intervene, cite;
+* :mod:`an8flower.cli.models`: train, models, explainers;
+* :mod:`an8flower.cli.board`: leaderboard, leaderboard merge;
+* :mod:`an8flower.cli.interpret`: interpret, explain, reproduce.
+
+Each module exposes ``register(subparsers)``, which adds its parsers and sets ``func`` on each: a
+callable ``func(args) -> int`` (the exit code) that converts the arguments and calls one public
+function of the logic modules, imported when it runs. Defaults come from :mod:`an8flower.defaults`.
+Importing this package (and building the parser) imports nothing heavy: no torch, no numpy.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Sequence
 
 from an8flower import __version__
+from an8flower.cli import board, dataset, interpret, models
 from an8flower.errors import An8FlowerError
 
-#: Modules that contribute subcommands, in the order their commands are listed.
-COMMAND_MODULES: tuple[str, ...] = (
-    "an8flower.commands",  # generate, verify, show, cite
-    "an8flower.export_cmd",  # export
-    "an8flower.intervene_cli",  # intervene
-    "an8flower.eval.commands",  # train, leaderboard
-    "an8flower.eval.interpret",  # interpret, explain (they load checkpoints and data: eval's side)
-    "an8flower.eval.reproduce",  # reproduce (the paper's experiments, on the leaderboard runner)
-)
+__all__ = ["main", "build_parser"]
+
+#: The command groups, in the order their commands are listed.
+COMMAND_GROUPS = (dataset, models, board, interpret)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"an8flower {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
     return parser
 
 
