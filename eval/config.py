@@ -328,7 +328,9 @@ def build_run_config(config: Optional[str] = None, *, quick: bool = False, flags
     given on the command line; ``train`` is merged key by key); then the ``--data [VARIANT=]DIR``
     and ``--weights [MODEL=]FILE`` pairs (a bare path goes to the only variant or model) and the
     ``--option NAME.KEY=VALUE`` items (a NAME in ``metric_names`` sets a metric option, any other an
-    explainer option; VALUE is parsed as JSON when it can be, see :func:`parse_value`).
+    explainer option; VALUE is parsed as JSON when it can be, see :func:`parse_value`). A key a
+    later layer sets replaces the earlier value whole (a file's ``[explainer_options]`` replaces the
+    preset's table); ``train`` flags and ``--option`` items are merged key by key.
 
     Raises:
         UsageError: a bad value, naming the flag or the config file it came from; a ``--data``

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", default=str(DATASET_PER_CLASS), metavar="N",
                    help=f"images per class over all splits, >= 3 (default {DATASET_PER_CLASS}: 700 train/100 val/200 test)")
     p.add_argument("--seed", default=str(DEFAULT_SEED), metavar="S", help=f"global seed (default {DEFAULT_SEED})")
-    p.add_argument("--workers", default=None, metavar="W", help="worker processes (default: all usable CPUs)")
+    p.add_argument("--workers", default=None, metavar="N", help="worker processes (default: all usable CPUs)")
     p.add_argument("--shard", default=None, metavar="I/N", help="render only shard I of N (1-based)")
     p.set_defaults(func=_cmd_generate)
 
