@@ -21,7 +21,9 @@ from an8flower.defaults import BOARD_PER_CLASS, BOARD_SIZE, DEFAULT_MODEL, DEFAU
 
 _EPILOG = """\
 Outputs in --out: results.csv, per_image.csv.gz, leaderboard.md, leaderboard.json, PNG plots, run.json,
-and the per-cell cache (cache/) and trained models (models/) that make a rerun resume.
+and the per-cell cache (cache/) and trained models (models/) that make a rerun resume. The folder is
+marked as an8flower's (.an8flower-results): a non-empty folder without the mark (a user's own) is
+refused unless --overwrite, and a run that fails before writing anything leaves no folder behind.
 
 The published board (docs/leaderboard/) is `--config published`; `--config published-gpu` is the
 same run without its CPU cuts. Both are shipped in the package (an8flower/configs/).
@@ -114,9 +116,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from an8flower.eval.results_folder import results_folder
     from an8flower.eval.shards import merge_shards
 
-    summary = merge_shards(args.shard_dirs, args.out, command=command_line(), progress=False if args.quiet else None)
+    with results_folder(args.out):
+        summary = merge_shards(args.shard_dirs, args.out, command=command_line(), progress=False if args.quiet else None)
     print(summary.markdown)
     return 0
 
@@ -155,16 +159,19 @@ def _leaderboard(args: argparse.Namespace) -> int:
     apply_threads(args)
     from an8flower.eval.config import build_run_config
     from an8flower.eval.distributed import RankLost
+    from an8flower.eval.results_folder import results_folder
     from an8flower.eval.runner import run_leaderboard
     from an8flower.eval.scoring import METRICS
     from an8flower.generate import parse_shard
 
     config = build_run_config(args.config, quick=args.quick, flags=_flags(args), data=args.data or (),
                               weights=args.weights or (), options=args.option or (), metric_names=METRICS)
+    shard = parse_shard(args.shard)
     start = time.perf_counter()
     try:
-        summary = run_leaderboard(config, command=command_line(), progress=False if args.quiet else None,
-                                  fresh=args.fresh, shard=parse_shard(args.shard))
+        with results_folder(config.out, overwrite=args.overwrite):
+            summary = run_leaderboard(config, command=command_line(), progress=False if args.quiet else None,
+                                      fresh=args.fresh, shard=shard)
     except RankLost as exc:
         print(f"an8flower: error: {exc}; rerun the same command to resume from the cache", file=sys.stderr)
         return 3
