@@ -465,9 +465,9 @@ def _imagenet_part(settings: ReproSettings, progress: Optional[bool], log: Calla
 
 
 def _torch_device(config: Any) -> Any:
-    from an8flower.eval.runner import _device
+    from an8flower.eval.train import resolve_device
 
-    return _device(config)
+    return resolve_device(config.device)
 
 
 def check_paths(settings: ReproSettings) -> None:
