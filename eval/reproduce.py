@@ -212,12 +212,13 @@ def _loader(split: Any, batch_size: int) -> Any:
     return DataLoader(split, batch_size=batch_size, shuffle=False, collate_fn=_xy)
 
 
-def _trained_model(record: Mapping[str, Any], variant: str, model_name: str, seed: int, device: Any) -> tuple[Any, dict]:
+def _trained_model(summary: Any, variant: str, model_name: str, seed: int, device: Any) -> tuple[Any, dict]:
+    """The classifier the board in ``summary`` trained (its ``run.json`` names it relative to the folder)."""
     from an8flower.eval.models import load_checkpoint
 
-    for m in record["models"]:
+    for m in summary.record["models"]:
         if m["variant"] == variant and m["model"] == model_name and m.get("seed", seed) == seed:
-            model, card = load_checkpoint(m["source"], name=model_name)
+            model, card = load_checkpoint(os.path.join(summary.out, m["source"]), name=model_name)
             return model.to(device).eval(), m
     raise UsageError(f"the board has no trained {model_name} for {variant or 'this dataset'}")  # pragma: no cover
 
@@ -418,7 +419,7 @@ def _mnist_part(settings: ReproSettings, files: str, progress: Optional[bool], l
                        train={**settings.train, "hflip": False})
     summary = run_leaderboard(config, datasets=[data], progress=progress, log=log)
     board = _board_summary(out_dir, summary)
-    model, info = _trained_model(summary.record, "", "lenet", settings.seed, _torch_device(config))
+    model, info = _trained_model(summary, "", "lenet", settings.seed, _torch_device(config))
     vebi = _fit_vebi(model, data, config, "lenet", settings, progress)
     return {"board": board, "accuracy": info["accuracy"], "images": data.info,
             "sheets": _sheets(model, vebi, data, settings, files, "mnist_lenet", progress),
@@ -517,7 +518,7 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     groups = []
     for data in datasets:
         for model_name in settings.models:
-            model, info = _trained_model(summary.record, data.variant, model_name, settings.seed, device)
+            model, info = _trained_model(summary, data.variant, model_name, settings.seed, device)
             slug = _slug(data.variant, model_name)
             vebi = parts.run("vebi fit", lambda: _fit_vebi(model, data, config, model_name, settings, progress))
             sizes = dict(zip(vebi.layers_, vebi.layer_sizes_))

@@ -11,6 +11,9 @@ that it never replaces a user's own files of those names, a run first *claims* D
 * anything else (a non-empty folder an8flower did not write) is refused, naming DIR, unless
   ``overwrite``; a file is always refused.
 
+``run.json`` names the files of the folder relative to it (:func:`portable_record`), so a results
+folder can be moved, published or compared across machines.
+
 :func:`results_folder` wraps a run: when the run fails and DIR was created by it and holds nothing
 but the marker (and empty folders), DIR is removed, so a failed run leaves no empty folder behind.
 """
@@ -21,12 +24,12 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from an8flower.atomic import atomic_write_bytes
 from an8flower.errors import UsageError
 
-__all__ = ["MARKER", "MARKER_TEXT", "claim_results_folder", "is_results_folder", "results_folder"]
+__all__ = ["MARKER", "MARKER_TEXT", "claim_results_folder", "is_results_folder", "results_folder", "portable_record"]
 
 #: The marker file of a results folder (hidden; its content is :data:`MARKER_TEXT`).
 MARKER = ".an8flower-results"
@@ -92,3 +95,28 @@ def results_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Iter
         if created and os.path.isdir(out) and _holds_only_the_marker(out):
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def portable_record(record: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """``record`` (a ``run.json``) with its paths inside ``out`` relative to ``out``; a new dict.
+
+    ``config.out`` becomes ``"."`` and each model's ``source`` inside ``out`` (the checkpoints the
+    run trained, ``models/...``) becomes relative; paths outside ``out`` (a user's ``--weights``)
+    are kept as given. Readers join them with the folder: ``os.path.join(out, source)`` gives the
+    file either way.
+    """
+    out = os.path.abspath(os.fspath(out))
+
+    def inside(path: Any) -> Any:
+        if not isinstance(path, str):
+            return path
+        full = os.path.abspath(path)
+        return os.path.relpath(full, out) if os.path.commonpath([full, out]) == out else path
+
+    result = dict(record)
+    if isinstance(record.get("config"), dict):
+        result["config"] = {**record["config"], "out": "."}
+    if isinstance(record.get("models"), list):
+        result["models"] = [{**m, "source": inside(m.get("source"))} if isinstance(m, dict) and "source" in m else m
+                            for m in record["models"]]
+    return result

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from an8flower.cli import main
-from an8flower.eval.results_folder import MARKER, MARKER_TEXT, claim_results_folder, is_results_folder, results_folder
+from an8flower.eval.results_folder import (
+    MARKER, MARKER_TEXT, claim_results_folder, is_results_folder, portable_record, results_folder,
+)
 from an8flower.errors import UsageError
 
 
@@ -53,6 +55,18 @@ def test_overwrite_writes_into_it_and_the_folder_is_then_ours(tmp_path, checkpoi
     assert (mine / MARKER).read_text() == MARKER_TEXT and (mine / "results.csv").read_text() != "my own numbers\n"
     assert main(board(mine, checkpoint)) == 0  # a results folder resumes without --overwrite
     assert "| *oracle* | 1.000 ± 0.000 |" in capsys.readouterr().out
+    run = json.loads((mine / "run.json").read_text())
+    assert run["config"]["out"] == "." and run["models"][0]["source"] == str(checkpoint)  # a user's file, as given
+
+
+def test_run_json_names_the_folders_files_relative_to_it(tmp_path):
+    out = tmp_path / "res"
+    record = {"command": ["an8flower"], "config": {"out": str(out), "size": 64},
+              "models": [{"source": str(out / "models" / "a.pt")}, {"source": "given"}, {"source": "/elsewhere/b.pt"}]}
+    portable = portable_record(record, out)
+    assert portable["config"] == {"out": ".", "size": 64}
+    assert [m["source"] for m in portable["models"]] == ["models/a.pt", "given", "/elsewhere/b.pt"]
+    assert record["config"]["out"] == str(out)  # the record itself is left as it was
 
 
 def test_a_failed_run_leaves_no_folder_but_never_removes_one_that_was_there(tmp_path, checkpoint, capsys):
