@@ -39,10 +39,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 #: A function longer than this many lines is counted as long.
 LONG_FUNCTION = 50
@@ -107,10 +108,13 @@ def _resolve(module: Module, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _functions_and_imports(tree: ast.AST) -> tuple[list[ast.AST], list[tuple[ast.AST, bool]]]:
+Function = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _functions_and_imports(tree: ast.AST) -> tuple[list[Function], list[tuple[ast.Import | ast.ImportFrom, bool]]]:
     """Every function node, and every import node with whether it lies inside a function."""
-    functions: list[ast.AST] = []
-    imports: list[tuple[ast.AST, bool]] = []
+    functions: list[Function] = []
+    imports: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -133,7 +137,7 @@ def analyse(modules: dict[str, Module]) -> None:
         module.lines = len(text.splitlines())
         tree = ast.parse(text, filename=str(module.path))
         functions, imports = _functions_and_imports(tree)
-        module.function_sizes = [f.end_lineno - f.lineno + 1 for f in functions]  # type: ignore[attr-defined]
+        module.function_sizes = [(f.end_lineno or f.lineno) - f.lineno + 1 for f in functions]
         for node, in_function in imports:
             module.in_function_imports += in_function
             if isinstance(node, ast.Import):
@@ -204,7 +208,8 @@ def duplicate_pairs(root: Path) -> str | None:
     """The pair count ``duplicates --repo ROOT`` reports (its first line), or None without the command."""
     if shutil.which("duplicates") is None:
         return None
-    done = subprocess.run(["duplicates", "--repo", str(root), "--seconds", "120"], capture_output=True, text=True)
+    done = subprocess.run(["duplicates", "--repo", str(root), "--seconds", "120"], capture_output=True, text=True,
+                          check=False)
     first = (done.stdout.splitlines() or [""])[0]
     match = re.match(r"(\d+) pairs? of places \((\d+) files read\)", first)
     if match:

@@ -40,7 +40,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
-from an8flower.defaults import BOARD_PER_CLASS, BOARD_SIZE, DEFAULT_MODEL, DEFAULT_SEED, MAX_PER_CLASS, RESULTS_DIR, TRAIN_DEFAULTS
+from an8flower.defaults import (
+    BOARD_PER_CLASS,
+    BOARD_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_SEED,
+    MAX_PER_CLASS,
+    RESULTS_DIR,
+    TRAIN_DEFAULTS,
+)
 from an8flower.errors import UsageError
 
 __all__ = [

@@ -7,12 +7,17 @@ import json
 
 import numpy as np
 import pytest
+from an8flower.eval.results_folder import (
+    MARKER,
+    MARKER_TEXT,
+    claim_results_folder,
+    is_results_folder,
+    portable_record,
+    results_folder,
+)
 from PIL import Image
 
 from an8flower.cli import main
-from an8flower.eval.results_folder import (
-    MARKER, MARKER_TEXT, claim_results_folder, is_results_folder, portable_record, results_folder,
-)
 from an8flower.errors import UsageError
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from an8flower.baselines import explainer_class, list_explainers
 from an8flower.eval.config import load_config
 from an8flower.eval.scoring import METRICS, ORACLE
@@ -49,7 +48,7 @@ def test_a_published_name_is_the_packaged_file_and_its_out_is_taken_from_the_wor
 
     packaged = importlib.resources.files("an8flower.configs")
     for name, file in PUBLISHED_CONFIGS.items():
-        path, relative_to = resolve_config_path(name)
+        path, _ = resolve_config_path(name)
         assert Path(path).read_bytes() == packaged.joinpath(file).read_bytes()
     monkeypatch.chdir(tmp_path)
     assert load_config("published").out == str(tmp_path / "an8flower-results-full")

@@ -15,9 +15,20 @@ import time
 from typing import Any
 
 from an8flower.cli.common import (
-    add_device_option, add_import_option, add_threads_option, apply_imports, apply_threads, command_line,
+    add_device_option,
+    add_import_option,
+    add_threads_option,
+    apply_imports,
+    apply_threads,
+    command_line,
 )
-from an8flower.defaults import BOARD_PER_CLASS, BOARD_SIZE, DEFAULT_MODEL, DEFAULT_SEED, RESULTS_DIR
+from an8flower.defaults import (
+    BOARD_PER_CLASS,
+    BOARD_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_SEED,
+    RESULTS_DIR,
+)
 
 _EPILOG = """\
 Outputs in --out: results.csv, per_image.csv.gz, leaderboard.md, leaderboard.json, PNG plots, run.json,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, overload
 
 from an8flower.defaults import default_threads
 from an8flower.errors import UsageError
@@ -20,6 +20,14 @@ __all__ = [
     "int_arg", "command_line", "add_import_option", "apply_imports", "add_device_option", "add_threads_option",
     "apply_threads", "positive",
 ]
+
+
+@overload
+def int_arg(text: str, option: str, minimum: int) -> int: ...
+@overload
+def int_arg(text: None, option: str, minimum: int) -> None: ...
+@overload
+def int_arg(text: Optional[str], option: str, minimum: int) -> Optional[int]: ...
 
 
 def int_arg(text: Optional[str], option: str, minimum: int) -> Optional[int]:

@@ -13,8 +13,13 @@ import argparse
 import sys
 
 from an8flower.cli.common import int_arg
-from an8flower.defaults import DATASET_PER_CLASS, DEFAULT_SEED, EXPORT_SHARD_SIZE, SHOW_PER_CLASS, SHOW_THUMB
-
+from an8flower.defaults import (
+    DATASET_PER_CLASS,
+    DEFAULT_SEED,
+    EXPORT_SHARD_SIZE,
+    SHOW_PER_CLASS,
+    SHOW_THUMB,
+)
 
 _GENERATE_EPILOG = """\
 Splits: the samples of each class are cut 70/10/20 into train/val/test; the default

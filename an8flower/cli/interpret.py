@@ -15,7 +15,13 @@ import sys
 from typing import Any
 
 from an8flower.cli.common import (
-    add_device_option, add_import_option, add_threads_option, apply_imports, apply_threads, command_line, positive,
+    add_device_option,
+    add_import_option,
+    add_threads_option,
+    apply_imports,
+    apply_threads,
+    command_line,
+    positive,
 )
 from an8flower.defaults import DEFAULT_SEED, INTERPRET_DEFAULTS
 from an8flower.errors import UsageError

@@ -13,7 +13,14 @@ import json
 import sys
 
 from an8flower.cli.common import add_device_option, add_threads_option, apply_threads
-from an8flower.defaults import BOARD_PER_CLASS, BOARD_SIZE, DEFAULT_MODEL, DEFAULT_SEED, MODEL_NAMES, TRAIN_DEFAULTS
+from an8flower.defaults import (
+    BOARD_PER_CLASS,
+    BOARD_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_SEED,
+    MODEL_NAMES,
+    TRAIN_DEFAULTS,
+)
 
 _TRAIN_EPILOG = f"""\
 models: small-cnn (61 k parameters, minutes on a CPU at 64 px), lenet (28 x 28 grey, MNIST),
