@@ -29,7 +29,7 @@ from typing import Any, Iterator
 from an8flower.atomic import atomic_write_bytes
 from an8flower.errors import UsageError
 
-__all__ = ["MARKER", "MARKER_TEXT", "claim_results_folder", "is_results_folder", "results_folder", "portable_record"]
+__all__ = ["MARKER", "MARKER_TEXT", "claim_results_folder", "is_results_folder", "results_folder", "removed_on_failure", "portable_record"]
 
 #: The marker file of a results folder (hidden; its content is :data:`MARKER_TEXT`).
 MARKER = ".an8flower-results"
@@ -73,28 +73,41 @@ def claim_results_folder(out: str | os.PathLike[str], overwrite: bool = False) -
     return created
 
 
-def _holds_only_the_marker(folder: str) -> bool:
-    for here, dirs, files in os.walk(folder):
+def _holds_no_file(folder: str) -> bool:
+    """Nothing in ``folder`` but empty folders and the marker."""
+    for here, _, files in os.walk(folder):
         if any(not (here == folder and name == MARKER) for name in files):
             return False
     return True
 
 
 @contextmanager
-def results_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[str]:
-    """Claim ``out`` for a run (:func:`claim_results_folder`); remove it again if the run fails before writing.
+def removed_on_failure(out: str | os.PathLike[str]) -> Iterator[str]:
+    """Run the body; if it raises, remove ``out`` when the body created it and wrote no file into it.
 
-    Yields the folder. When the body raises and this call created ``out`` and it holds nothing but
-    the marker and empty folders, ``out`` is removed before the exception goes on.
+    A folder that existed before is never removed; one holding a file (a trained model a rerun
+    resumes from, say) is kept.
     """
     out = os.fspath(out)
-    created = claim_results_folder(out, overwrite)
+    existed = os.path.lexists(out)
     try:
         yield out
     except BaseException:
-        if created and os.path.isdir(out) and _holds_only_the_marker(out):
+        if not existed and os.path.isdir(out) and not os.path.islink(out) and _holds_no_file(out):
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+@contextmanager
+def results_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Iterator[str]:
+    """Claim ``out`` for a run (:func:`claim_results_folder`); remove it again if the run fails before writing.
+
+    Yields the folder. When the body raises and ``out`` did not exist before and holds nothing but
+    the marker and empty folders, ``out`` is removed before the exception goes on.
+    """
+    with removed_on_failure(out):
+        claim_results_folder(out, overwrite)
+        yield os.fspath(out)
 
 
 def portable_record(record: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:

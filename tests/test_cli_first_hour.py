@@ -179,3 +179,9 @@ def test_reproduce_out_a_file_is_a_usage_error(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path / "r"), "--tiny", "--imagenet", str(tmp_path),
                  "--imagenet-weights", str(tmp_path / "none.pth")]) == 2
     assert "--imagenet-weights" in capsys.readouterr().err
+
+
+def test_a_failed_reproduce_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["reproduce", "--out", str(out), "--tiny", "--model", "alexnet", "--quiet"]) == 2
+    assert "unknown model 'alexnet'" in capsys.readouterr().err and not out.exists()

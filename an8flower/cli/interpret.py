@@ -194,7 +194,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         settings["plots"] = False
     s = ReproSettings(**settings)
     apply_threads(args)
-    result = run_reproduction(s, command=command_line(), progress=False if args.quiet else None)
+    from an8flower.eval.results_folder import removed_on_failure
+
+    with removed_on_failure(s.out):
+        result = run_reproduction(s, command=command_line(), progress=False if args.quiet else None)
     if not args.quiet:
         print(f"wrote {os.path.join(s.out, 'reproduction.md')} ({result['timings']['total']:.0f} s)", file=sys.stderr)
     return 0
