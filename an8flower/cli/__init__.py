@@ -14,6 +14,7 @@ Importing this package (and building the parser) imports nothing heavy: no torch
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("an8flower: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`an8flower explainers | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
