@@ -11,12 +11,20 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import numpy as np
+from PIL import Image, ImageDraw
+
+from an8flower.errors import UsageError
+from an8flower.intervene import intervene
+from an8flower.manifest import atomic_write_bytes
+from an8flower.render import render
+from an8flower.show import _font
+from an8flower.spec import load_spec
+
 __all__ = ["parse_colour", "parse_recolour", "intervention_sheet", "write_intervention", "InterventionResult"]
 
 def parse_colour(text: str) -> Any:
     """A ``--recolour`` colour: a name, ``"r,g,b"`` or ``"#rrggbb"`` (names are checked later)."""
-    from an8flower.errors import UsageError
-
     text = text.strip()
     if text.startswith("#"):
         if len(text) != 7:
@@ -43,11 +51,6 @@ def intervention_sheet(original: Any, changed: Any, classes: Any, what: str) -> 
         original, changed: :class:`~an8flower.render.Sample` of the same size.
         classes: class names of the spec. what: a caption of the change.
     """
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from an8flower.show import _font
-
     a, b = original.image, changed.image
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
     peak = int(diff.max())
@@ -83,8 +86,6 @@ def intervention_sheet(original: Any, changed: Any, classes: Any, what: str) -> 
 
 def parse_recolour(items: Sequence[str]) -> dict[str, Any]:
     """``PART=COLOUR`` items (``--recolour``) as ``{part: colour}`` (see :func:`parse_colour`)."""
-    from an8flower.errors import UsageError
-
     recolour = {}
     for item in items:
         part, sep, colour = item.partition("=")
@@ -121,12 +122,6 @@ def write_intervention(variant: Any, index: int, out: str, *, seed: int = 0, siz
     Raises:
         UsageError: ``out`` is not a writable ``.png`` path, or a bad change (naming it).
     """
-    from an8flower.errors import UsageError
-    from an8flower.intervene import intervene
-    from an8flower.manifest import atomic_write_bytes
-    from an8flower.render import render
-    from an8flower.spec import load_spec
-
     if not out.lower().endswith(".png"):
         raise UsageError(f"--out {out}: the sheet is a PNG; give a path ending in .png")
     folder = os.path.dirname(os.path.abspath(out))

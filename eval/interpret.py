@@ -23,10 +23,21 @@ import re
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
+from matplotlib import colormaps
 from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
 
+from an8flower.baselines import VEBI, build_explainer
 from an8flower.defaults import INTERPRET_DEFAULTS
 from an8flower.errors import UsageError
+from an8flower.eval.config import RunConfig
+from an8flower.eval.data import prepare_an8flower
+from an8flower.eval.models import load_checkpoint
+from an8flower.eval.train import resolve_device
+from an8flower.manifest import atomic_write_bytes
+from an8flower.show import _font
+from an8flower.untrusted import load_image
 
 __all__ = ["heatmap_overlay", "colourise", "interpretation_sheet", "explanation_figure", "interpret_checkpoint",
            "explain_image"]
@@ -47,8 +58,6 @@ def _unit_scale(heatmap: np.ndarray) -> np.ndarray:
 
 def colourise(heatmap: np.ndarray, cmap: str = "jet") -> np.ndarray:
     """A float (H, W) map min-max scaled to [0, 1] (constant: zeros; NaN: 0) as uint8 RGB (H, W, 3)."""
-    from matplotlib import colormaps
-
     lut = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
     return lut[np.rint(_unit_scale(heatmap) * 255.0).astype(np.intp)]
 
@@ -133,8 +142,6 @@ def interpretation_sheet(class_name: str, features: Sequence[Any], max_features:
         class_name: the title. features: :class:`~an8flower.baselines.vebi.RelevantFeature` list
             with ``average_image``/``average_map`` filled by :meth:`VEBI.interpret`.
     """
-    from an8flower.show import _font
-
     shown = list(features)[:max_features]
     font, title_font = _font(11), _font(14)
     rows = ("average image", "average heatmap")
@@ -189,8 +196,6 @@ def explanation_figure(
         image: uint8 (H, W, 3). heatmap: float (H, W). title: one line above the panels.
         maps: name -> float (H, W), each drawn like the heatmap.
     """
-    from an8flower.show import _font
-
     font = _font(12)
     named = [("heatmap", heatmap)] + list((maps or {}).items())
     rows = ("over the image", "alone")
@@ -225,8 +230,6 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 
 def _write(path: str, data: bytes, flag: str) -> None:
-    from an8flower.manifest import atomic_write_bytes
-
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
@@ -244,9 +247,6 @@ def _training_data(card: Mapping[str, Any], weights: str, data: Optional[str], v
                    size: Optional[int], per_class: Optional[int], seed: Optional[int], device: Optional[str],
                    progress: Optional[bool]) -> Any:
     """The PreparedData the interpretation runs on: ``data``/``variant``, else the model card's dataset."""
-    from an8flower.eval.config import RunConfig
-    from an8flower.eval.data import prepare_an8flower
-
     ds = card.get("dataset") or {}
     if data is None and variant is None:
         source = ds.get("source")
@@ -291,12 +291,6 @@ def interpret_checkpoint(weights: str, out: str, *, data: Optional[str] = None, 
         UsageError: a count below 1, ``out`` an existing file, a checkpoint or dataset that cannot be
         read, or a class count that differs between them (naming the flag).
     """
-    from torch.utils.data import DataLoader
-
-    from an8flower.baselines import VEBI
-    from an8flower.eval.models import load_checkpoint
-    from an8flower.eval.train import resolve_device
-
     for flag, value in (("--k", k), ("--top-n", top_n), ("--max-features", max_features), ("--batch-size", batch_size)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
@@ -346,8 +340,6 @@ def _read_image(path: str, channels: int, size: Sequence[int]) -> np.ndarray:
     photo limit (:data:`~an8flower.untrusted.PHOTO_MAX_PIXELS`) before anything is decoded, so a
     decompression bomb is refused naming the file.
     """
-    from an8flower.untrusted import load_image
-
     if os.path.isdir(path):
         raise UsageError(f"IMAGE {path} is a folder; give one image file (PNG, JPEG, ...)")
     if not os.path.isfile(path):
@@ -378,12 +370,6 @@ def explain_image(image: str, weights: str, out: str, *, explainer: str = INTERP
         UsageError: ``out`` not a ``.png`` in an existing folder, VEBI without ``vebi``, an explainer
         that needs fitting, an unreadable image or checkpoint, a target out of range.
     """
-    import torch
-
-    from an8flower.baselines import VEBI, build_explainer
-    from an8flower.eval.models import load_checkpoint
-    from an8flower.eval.train import resolve_device
-
     if not out.lower().endswith(".png"):
         raise UsageError(f"--out {out}: the figure is a PNG; give a path ending in .png")
     folder = os.path.dirname(os.path.abspath(out))

@@ -32,6 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from an8flower.defaults import BOARD_PER_CLASS, BOARD_SIZE, TRAIN_DEFAULTS
 from an8flower.errors import UsageError
+from an8flower.eval.config import build_run_config
+from an8flower.eval.data import prepare_an8flower
+from an8flower.eval.models import build_model, list_models
 
 __all__ = [
     "TrainConfig",
@@ -428,10 +431,6 @@ def train_checkpoint(model_name: str, out: str | os.PathLike[str], *, variant: O
     Raises:
         UsageError: an unknown model, a bad count (naming its flag), a missing ``data`` folder.
     """
-    from an8flower.eval.config import build_run_config
-    from an8flower.eval.data import prepare_an8flower
-    from an8flower.eval.models import build_model, list_models
-
     if model_name not in list_models():
         raise UsageError(f"--model: unknown model {model_name!r}; choose from {', '.join(list_models())}")
     if data is not None and not os.path.isdir(data):
