@@ -71,6 +71,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from an8flower import __version__
 from an8flower.atomic import reporting_disk_full
+from an8flower.defaults import EXPORT_SHARD_SIZE as DEFAULT_SHARD_SIZE
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 from an8flower.layout import SPLITS
 from an8flower.layout import DATACARD_NAME, MANIFEST_NAME
@@ -91,9 +92,6 @@ EXPORT_FORMAT = "an8flower-export/1"
 #: File names at the top of an export.
 EXPORT_MANIFEST = "manifest.json"
 CARD_NAME = "README.md"
-#: Rows per shard (Parquet file or tar) unless ``--shard-size`` says otherwise. At 224 px a row is
-#: about 38 KB of PNG (single-6c), so a full shard is about 38 MB.
-DEFAULT_SHARD_SIZE = 1000
 #: Rows per Parquet row group (the unit ``datasets`` reads at a time).
 PARQUET_ROW_GROUP_SIZE = 100
 #: Parquet codec and level; PNG bytes do not compress further, the hash and meta columns do.

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from an8flower.defaults import DEFAULT_PER_CLASS, MAX_PER_CLASS  # defined once, there
 from an8flower.errors import UsageError
 from an8flower.png import KINDS
 from an8flower.spec import VariantSpec
@@ -71,12 +72,8 @@ KIND_FOLDERS: dict[str, str] = {"image": "images", "mask": "masks", "parts": "pa
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Fractions of the samples of each class that go to train / val / test.
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
-#: Samples per class of a default dataset (700 train + 100 val + 200 test).
-DEFAULT_PER_CLASS = 1000
 #: Width of the zero-padded sample index in file names.
 INDEX_DIGITS = 6
-#: Largest ``per_class``: 100 times the original release's scale.
-MAX_PER_CLASS = 100_000
 #: Largest number of samples of one dataset (the file names have six digits).
 MAX_SAMPLES = 10**INDEX_DIGITS
 

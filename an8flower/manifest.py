@@ -304,7 +304,8 @@ def read_dataset_json(root: str | os.PathLike[str]) -> dict[str, Any]:
     root = Path(root)
     path = root / DATASET_JSON
     if not root.is_dir():
-        raise DatasetNotFoundError(f"{root}: no such dataset folder")
+        what = "is a file, not a dataset folder" if root.exists() else "no such dataset folder"
+        raise DatasetNotFoundError(f"{root}: {what}")
     if not os.path.lexists(path):
         hint = " (an unfinished generation: re-run `an8flower generate` to resume)" if (root / WORK_DIR).is_dir() else ""
         raise DatasetNotFoundError(f"{root}: not an an8flower dataset, {DATASET_JSON} is missing{hint}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from an8flower.defaults import SHOW_PER_CLASS, SHOW_THUMB
 from an8flower.errors import UsageError
 from an8flower.layout import MAX_PER_CLASS
 from an8flower.manifest import atomic_write_bytes, decode_png
@@ -54,8 +55,8 @@ def _font(size: int) -> ImageFont.ImageFont:
 ALL_SPLITS = "all"
 
 
-def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str = ALL_SPLITS,
-                  thumb: int = 112) -> Image.Image:
+def contact_sheet(root: str | os.PathLike[str], per_class: int = SHOW_PER_CLASS, split: str = ALL_SPLITS,
+                  thumb: int = SHOW_THUMB) -> Image.Image:
     """Build the contact sheet of a dataset folder.
 
     A two-line title (variant, seed, size, split; the legend), then one row per class, labelled
@@ -124,8 +125,8 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = 4, split: str =
     return sheet
 
 
-def write_contact_sheet(root: str | os.PathLike[str], out: str | os.PathLike[str], per_class: int = 4,
-                        split: str = ALL_SPLITS, thumb: int = 112) -> Path:
+def write_contact_sheet(root: str | os.PathLike[str], out: str | os.PathLike[str], per_class: int = SHOW_PER_CLASS,
+                        split: str = ALL_SPLITS, thumb: int = SHOW_THUMB) -> Path:
     """:func:`contact_sheet` written atomically as a PNG to ``out``; returns the path.
 
     Missing folders of ``out`` are created (as ``generate --out`` does), once the sheet is built;

@@ -13,7 +13,7 @@ Two ways to run it:
   the report), and prints its wall time, the split and both test accuracies (the README quotes it;
   the target is under 2 minutes on 2 idle cores);
 * ``python benchmarks/bench_leaderboard.py RUN_JSON`` prints the same table for any finished run,
-  e.g. the published ``eval/run.json`` (the full leaderboard).
+  e.g. the published ``docs/leaderboard/run.json`` (the full leaderboard).
 
 Timings are wall-clock (``time.perf_counter``) as the runner records them: ``explainers`` is the
 time inside explainer calls, ``metrics`` the scoring (deletion/insertion forward passes and the

@@ -1,7 +1,7 @@
 """Evaluation: metrics, classifiers to explain, the leaderboard runner and reports.
 
 Public names are imported lazily (PEP 562), so that importing a submodule (the CLI's command
-registration imports ``an8flower.eval.commands``) does not import torch.
+registration imports ``an8flower.eval.config`` and ``an8flower.eval.reproduce``) does not import torch.
 """
 
 from __future__ import annotations

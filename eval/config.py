@@ -34,28 +34,39 @@ Unknown keys raise :class:`~an8flower.errors.UsageError` naming the file and the
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
+from an8flower.defaults import (
+    BOARD_PER_CLASS,
+    BOARD_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_SEED,
+    MAX_PER_CLASS,
+    RESULTS_DIR,
+    TRAIN_DEFAULTS,
+)
 from an8flower.errors import UsageError
 
-__all__ = ["RunConfig", "quick_config", "load_config", "QUICK", "TRAIN_DEFAULTS"]
+__all__ = [
+    "RunConfig", "ConfigFieldError", "quick_config", "load_config", "build_run_config", "resolve_config_path",
+    "parse_value", "parse_pairs", "PUBLISHED_CONFIGS", "QUICK", "TRAIN_DEFAULTS",
+]
 
-#: Samples per class of a variant a ``per_class`` table leaves out.
-DEFAULT_PER_CLASS = 500
-#: Largest ``per_class`` a run accepts (the generator's bound); memory is checked too, see
-#: :func:`an8flower.eval.data.check_memory`.
-MAX_PER_CLASS = 100_000
+#: Names ``--config`` accepts for the configurations shipped in the package (``an8flower/configs``).
+PUBLISHED_CONFIGS: dict[str, str] = {"published": "published.toml", "published-gpu": "published-gpu.toml"}
 
-#: The training recipe of every model the package trains (``an8flower train``, the leaderboard,
-#: ``--quick``) unless a run overrides it: the defaults of :class:`~an8flower.eval.train.TrainConfig`.
-#: Tuned on the small CNN at 64 px (the seed-0 datasets): test accuracy 96.7% / 98.1% (single-6c /
-#: double-12c) at 150 per class (the --quick size) and 98.9% / 98.8% at 300 per class; the former
-#: recipe (lr 5e-3, batch 32) gave 85% on single-6c at 100 per class. Below 150 per class
-#: single-6c's 70 training images per class are too few (85% at 100 per class).
-TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 30, "batch_size": 64, "lr": 1e-2, "patience": 8, "stop_at": 1.0}
+
+class ConfigFieldError(UsageError):
+    """A bad value of one :class:`RunConfig` field; ``field`` names it (``per_class.single-6c``, ...)."""
+
+    def __init__(self, source: str, field: str, detail: str, text: Optional[str] = None) -> None:
+        super().__init__(f"{source}: {text or f'{field} {detail}'}")
+        self.field = field
+        self.detail = detail
 
 
 @dataclass
@@ -104,19 +115,19 @@ class RunConfig:
         quick: this is the ``--quick`` preset (recorded in ``run.json``).
     """
 
-    out: str = "an8flower-results"
+    out: str = RESULTS_DIR
     variants: list[str] = field(default_factory=lambda: ["single-6c", "double-12c"])
     data: dict[str, str] = field(default_factory=dict)
     imagenet: Optional[str] = None
-    models: list[str] = field(default_factory=lambda: ["small-cnn"])
+    models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     weights: dict[str, str] = field(default_factory=dict)
     explainers: Optional[list[str]] = None
     explainer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: Optional[list[str]] = None
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    size: int = 112
-    per_class: int | dict[str, int] = 500
-    seed: int = 0
+    size: int = BOARD_SIZE
+    per_class: int | dict[str, int] = BOARD_PER_CLASS
+    seed: int = DEFAULT_SEED
     model_seeds: int = 1
     split: str = "test"
     max_images: Optional[int] = 300
@@ -135,55 +146,62 @@ class RunConfig:
         self.validate()
 
     def validate(self, source: str = "config") -> None:
-        """Raise :class:`UsageError` naming the field (and ``source``) for an out-of-range value."""
+        """Raise :class:`ConfigFieldError` naming the field (and ``source``) for an out-of-range value."""
+        from an8flower.spec import MAX_SIZE
+
+        def bad(name: str, detail: str, text: Optional[str] = None) -> ConfigFieldError:
+            return ConfigFieldError(source, name, detail, text)
+
         for name in ("batch_size", "size", "model_seeds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UsageError(f"{source}: {name} must be a positive integer, got {v!r}")
+                raise bad(name, f"must be a positive integer, got {v!r}")
         counts = self.per_class.items() if isinstance(self.per_class, dict) else [("", self.per_class)]
         for variant, v in counts:
             field_name = f"per_class.{variant}" if variant else "per_class"
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UsageError(f"{source}: {field_name} must be a positive integer, got {v!r}")
+                raise bad(field_name, f"must be a positive integer, got {v!r}")
             if v > MAX_PER_CLASS:
-                raise UsageError(f"{source}: {field_name} {v} is above the limit of {MAX_PER_CLASS:,} samples per class")
-        if self.size > 512:
-            raise UsageError(f"{source}: size {self.size} is above 512 pixels, the renderer's largest image")
+                raise bad(field_name, f"{v} is above the limit of {MAX_PER_CLASS:,} samples per class")
+        if self.size > MAX_SIZE:
+            raise bad("size", f"{self.size} is above {MAX_SIZE} pixels, the renderer's largest image")
         for name in ("model_metric_images", "examples", "workers", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise UsageError(f"{source}: {name} must be a non-negative integer, got {v!r}")
+                raise bad(name, f"must be a non-negative integer, got {v!r}")
         if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 1):
-            raise UsageError(f"{source}: max_images must be a positive integer, got {self.max_images!r}")
+            raise bad("max_images", f"must be a positive integer, got {self.max_images!r}")
         if self.split not in ("train", "val", "test"):
-            raise UsageError(f"{source}: split must be train, val or test, got {self.split!r}")
+            raise bad("split", f"must be train, val or test, got {self.split!r}")
         for name in ("variants", "models"):
             v = getattr(self, name)
             if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-                raise UsageError(f"{source}: {name} must be a list of names, got {v!r}")
+                raise bad(name, f"must be a list of names, got {v!r}")
         if not self.models:
-            raise UsageError(f"{source}: models is empty")
+            raise bad("models", "is empty")
         if not self.variants and not self.imagenet:
-            raise UsageError(f"{source}: variants is empty and no ImageNet root is given")
+            raise bad("variants", "is empty and no ImageNet root is given")
         for name in ("explainers", "metrics"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v)):
-                raise UsageError(f"{source}: {name} must be a non-empty list of names, got {v!r}")
+                raise bad(name, f"must be a non-empty list of names, got {v!r}")
         for name in ("explainer_options", "metric_options"):
             v = getattr(self, name)
             if not isinstance(v, dict) or not all(isinstance(o, dict) for o in v.values()):
-                raise UsageError(f"{source}: {name} must map names to tables of options, got {v!r}")
+                raise bad(name, f"must map names to tables of options, got {v!r}")
         from an8flower.eval.train import TrainConfig
 
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(self.train) - known)
         if unknown:
-            raise UsageError(f"{source}: unknown train setting {unknown[0]!r}; settings: {', '.join(sorted(known))}")
+            settings = ", ".join(sorted(known))
+            raise bad("train", f"setting {unknown[0]!r} is unknown; settings: {settings}",
+                      f"unknown train setting {unknown[0]!r}; settings: {settings}")
 
     def per_class_for(self, variant: str) -> int:
         """Samples per class of ``variant`` (``per_class``, or its entry in a ``per_class`` table)."""
         if isinstance(self.per_class, dict):
-            return int(self.per_class.get(variant, DEFAULT_PER_CLASS))
+            return int(self.per_class.get(variant, BOARD_PER_CLASS))
         return int(self.per_class)
 
     def train_config(self):
@@ -204,7 +222,7 @@ class RunConfig:
 #: accuracy 96.2% on ``single-6c`` and 98.3% on ``double-12c``; ``benchmarks/bench_leaderboard.py``
 #: times it); every value is recorded in ``run.json``.
 QUICK: dict[str, Any] = {
-    "out": "an8flower-results",
+    "out": RESULTS_DIR,
     "variants": ["single-6c", "double-12c"],
     "size": 64,
     "per_class": {"single-6c": 200, "double-12c": 100},
@@ -229,6 +247,22 @@ def quick_config(**overrides: Any) -> RunConfig:
     return RunConfig(**settings)
 
 
+def resolve_config_path(name: str | os.PathLike[str]) -> tuple[str, Optional[str]]:
+    """The file ``--config NAME`` means, and the folder its relative paths are taken from.
+
+    A name of :data:`PUBLISHED_CONFIGS` (``published``, ``published-gpu``) is the copy shipped in
+    the package (``an8flower/configs``), so it works from an installed wheel; its relative paths
+    (``out``) are taken from the working directory, never the installation. Anything else is a
+    file path whose relative paths are taken from its own folder (``None``).
+    """
+    text = os.fspath(name)
+    if text in PUBLISHED_CONFIGS:
+        from importlib.resources import files
+
+        return str(files("an8flower.configs").joinpath(PUBLISHED_CONFIGS[text])), os.getcwd()
+    return text, None
+
+
 def _read_toml(path: str) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
@@ -238,16 +272,41 @@ def _read_toml(path: str) -> dict[str, Any]:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise UsageError(f"config file not found: {path}") from None
+        names = ", ".join(PUBLISHED_CONFIGS)
+        raise UsageError(f"config file not found: {path} (the packaged configurations are named {names})") from None
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def _file_settings(path: str, relative_to: Optional[str]) -> dict[str, Any]:
+    """The keys of a TOML run configuration, checked against :class:`RunConfig`, paths resolved."""
+    raw = _read_toml(path)
+    names = {f.name for f in dataclasses.fields(RunConfig)} - {"quick"}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise UsageError(f"config file {path}: unknown key {unknown[0]!r}; keys: {', '.join(sorted(names))}")
+    here = relative_to or os.path.dirname(os.path.abspath(path))
+
+    def rel(p: Any) -> Any:
+        return os.path.join(here, p) if isinstance(p, str) and not os.path.isabs(p) else p
+
+    for key in ("out", "imagenet"):
+        if key in raw:
+            raw[key] = rel(raw[key])
+    for key in ("data", "weights"):
+        if key in raw:
+            if not isinstance(raw[key], dict):
+                raise UsageError(f"config file {path}: {key} must be a table of paths")
+            raw[key] = {k: rel(v) for k, v in raw[key].items()}
+    return raw
+
+
 def load_config(path: str | os.PathLike[str], base: Optional[RunConfig] = None, **overrides: Any) -> RunConfig:
     """Read a TOML run configuration (see the module docstring) over ``base``; apply ``overrides``.
 
+    ``path`` may also be a name of :data:`PUBLISHED_CONFIGS` (see :func:`resolve_config_path`).
     Relative paths in ``data``, ``weights``, ``imagenet`` and ``out`` are taken relative to the
     config file's folder.
 
@@ -255,33 +314,119 @@ def load_config(path: str | os.PathLike[str], base: Optional[RunConfig] = None, 
         UsageError: missing or unreadable file, invalid TOML, an unknown key, or a bad value; the
         message names the file.
     """
-    path = os.fspath(path)
-    raw = _read_toml(path)
-    names = {f.name for f in dataclasses.fields(RunConfig)} - {"quick"}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise UsageError(f"config file {path}: unknown key {unknown[0]!r}; keys: {', '.join(sorted(names))}")
-    here = os.path.dirname(os.path.abspath(path))
-
-    def rel(p: Any) -> Any:
-        return os.path.join(here, p) if isinstance(p, str) and not os.path.isabs(p) else p
-
-    if "out" in raw:
-        raw["out"] = rel(raw["out"])
-    if "imagenet" in raw:
-        raw["imagenet"] = rel(raw["imagenet"])
-    for key in ("data", "weights"):
-        if key in raw:
-            if not isinstance(raw[key], dict):
-                raise UsageError(f"config file {path}: {key} must be a table of paths")
-            raw[key] = {k: rel(v) for k, v in raw[key].items()}
+    file, relative_to = resolve_config_path(path)
     settings = base.to_dict() if base is not None else {}
-    settings.update(raw)
-    settings.update(overrides)
+    return _build({"defaults": settings, f"config file {file}": _file_settings(file, relative_to),
+                   "arguments": overrides})
+
+
+#: The command-line flag of each :class:`RunConfig` field whose flag is not ``--field-name``.
+FLAGS: dict[str, str] = {"variants": "--variant", "models": "--model", "explainers": "--explainer",
+                         "metrics": "--metric", "explainer_options": "--option", "metric_options": "--option",
+                         "train": "--epochs"}
+
+
+def build_run_config(config: Optional[str] = None, *, quick: bool = False, flags: Optional[Mapping[str, Any]] = None,
+                     data: Sequence[str] = (), weights: Sequence[str] = (), options: Sequence[str] = (),
+                     metric_names: Sequence[str] = ()) -> RunConfig:
+    """The :class:`RunConfig` of a ``leaderboard`` command line, built once from its layers.
+
+    Layers, each over the one before: the defaults (or the ``--quick`` preset :data:`QUICK`); the
+    config file ``config`` (a path or a :data:`PUBLISHED_CONFIGS` name); ``flags`` (RunConfig fields
+    given on the command line; ``train`` is merged key by key); then the ``--data [VARIANT=]DIR``
+    and ``--weights [MODEL=]FILE`` pairs (a bare path goes to the only variant or model) and the
+    ``--option NAME.KEY=VALUE`` items (a NAME in ``metric_names`` sets a metric option, any other an
+    explainer option; VALUE is parsed as JSON when it can be, see :func:`parse_value`). A key a
+    later layer sets replaces the earlier value whole (a file's ``[explainer_options]`` replaces the
+    preset's table); ``train`` flags and ``--option`` items are merged key by key.
+
+    Raises:
+        UsageError: a bad value, naming the flag or the config file it came from; a ``--data``
+        folder that does not exist; ``imagenet`` without ``weights``.
+    """
+    flags = dict(flags or {})
+    layers: dict[str, dict[str, Any]] = {"defaults": {**QUICK, "quick": True} if quick else {}}
+    if config is not None:
+        file, relative_to = resolve_config_path(config)
+        layers[f"config file {file}"] = _file_settings(file, relative_to)
+    merged: dict[str, Any] = {}
+    for layer in layers.values():
+        merged.update(layer)
+    if "train" in flags:
+        flags["train"] = {**merged.get("train", {}), **flags["train"]}
+    merged.update(flags)
+    variants = merged.get("variants", RunConfig.__dataclass_fields__["variants"].default_factory())
+    models = merged.get("models", [DEFAULT_MODEL])
+    added: dict[str, Any] = {}
+    if data:
+        added["data"] = {**merged.get("data", {}), **parse_pairs(data, "--data", variants[0] if len(variants) == 1 else None)}
+    if weights:
+        added["weights"] = {**merged.get("weights", {}),
+                            **parse_pairs(weights, "--weights", models[0] if len(models) == 1 else None)}
+    if options:
+        tables = {key: {k: dict(v) for k, v in merged.get(key, {}).items()} for key in ("explainer_options", "metric_options")}
+        for item in options:
+            target, sep, value = item.partition("=")
+            name, dot, key = target.rpartition(".")
+            if not sep or not dot or not name or not key:
+                raise UsageError(f"--option {item!r}: expected EXPLAINER.KEY=VALUE")
+            table = tables["metric_options" if name in metric_names else "explainer_options"]
+            table.setdefault(name, {})[key] = parse_value(value)
+        added.update(tables)
+    layers["arguments"] = {**flags, **added}
+    run = _build(layers)
+    if run.imagenet and not run.weights:
+        raise UsageError("--imagenet needs --weights FILE (local pretrained weights; nothing is downloaded)")
+    for key, folder in run.data.items():
+        if not os.path.isdir(folder):
+            raise UsageError(f"--data {key}={folder}: no such folder")
+    return run
+
+
+def _build(layers: Mapping[str, Mapping[str, Any]]) -> RunConfig:
+    """``RunConfig`` from layered settings (later wins); a bad value names the layer that gave it.
+
+    A layer named ``arguments`` names the flag (:data:`FLAGS`); any other layer its own name.
+    """
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, layer in layers.items():
+        merged.update(layer)
+        origin.update(dict.fromkeys(layer, source))
     try:
-        config = RunConfig(**{k: v for k, v in settings.items() if k != "quick"}, quick=settings.get("quick", False))
-    except UsageError as exc:
-        raise UsageError(f"config file {path}: {str(exc).removeprefix('config: ')}") from None
+        return RunConfig(**merged)
+    except ConfigFieldError as exc:
+        key = exc.field.split(".", 1)[0]
+        source = origin.get(key, "config")
+        if source == "arguments":
+            flag = FLAGS.get(key, "--" + key.replace("_", "-"))
+            raise UsageError(f"{flag}: {exc.field} {exc.detail}" if "." in exc.field else f"{flag} {exc.detail}") from None
+        raise UsageError(str(exc).replace("config:", f"{source}:", 1)) from None
     except TypeError as exc:
-        raise UsageError(f"config file {path}: {exc}") from None
-    return config
+        raise UsageError(f"{next(reversed(layers))}: {exc}") from None
+
+
+def parse_value(text: str) -> Any:
+    """An option value from the command line: JSON when it parses (``3``, ``true``, ``[1, 2]``), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_pairs(values: Sequence[str], flag: str, default_key: Optional[str]) -> dict[str, str]:
+    """``NAME=PATH`` items of ``flag``; a bare path (or one that exists as given) goes to ``default_key``.
+
+    Raises:
+        UsageError: a bare path and no ``default_key`` (several variants or models to choose from).
+    """
+    out: dict[str, str] = {}
+    for v in values:
+        key, sep, rest = v.partition("=")
+        if sep and key and not os.path.exists(v):
+            out[key] = rest
+        elif default_key is not None:
+            out[default_key] = v
+        else:
+            raise UsageError(f"{flag} {v!r}: expected NAME=PATH")
+    return out

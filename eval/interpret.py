@@ -1,45 +1,49 @@
-"""The ``interpret`` and ``explain`` commands: VEBI's per-class sheets and one-image explanations.
+"""VEBI's per-class interpretation sheets and one-image explanations (``interpret``, ``explain``).
 
-* ``an8flower interpret --weights CKPT --out DIR`` fits VEBI (:class:`an8flower.baselines.VEBI`)
+* :func:`interpret_checkpoint` (``an8flower interpret --weights CKPT --out DIR``) fits VEBI (:class:`an8flower.baselines.VEBI`)
   on the training split the checkpoint's model card names (or ``--data``/``--variant``), and writes
   ``vebi.npz`` (the fitted state), ``interpretation.json`` (each class's relevant features with
   their weights) and one PNG sheet per class: for each relevant feature, largest weight first, its
   average visualisation over the training images that activate it most (colour, and as a heatmap),
   the way Oramas et al. (ICLR 2019, Figs. 1 and 5) show them.
-* ``an8flower explain IMAGE --weights CKPT --out PNG`` runs one explainer on one image and writes
+* :func:`explain_image` (``an8flower explain IMAGE --weights CKPT --out PNG``) runs one explainer on one image and writes
   the image, the heatmap over it and, for VEBI, each of its k feature maps.
 
-These commands live in ``an8flower.eval`` rather than ``an8flower.baselines`` because they load
-checkpoints and datasets, which is the evaluation side's job (dependencies run
-``eval -> baselines -> an8flower``).
+They live in ``an8flower.eval`` rather than ``an8flower.baselines`` because they load checkpoints
+and datasets, which is the evaluation side's job (dependencies run ``eval -> baselines ->
+an8flower``). Their command-line parsers are in :mod:`an8flower.cli.interpret`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import re
-import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
+from matplotlib import colormaps
 from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
 
+from an8flower.baselines import VEBI, build_explainer
+from an8flower.defaults import INTERPRET_DEFAULTS
 from an8flower.errors import UsageError
-from an8flower.eval.commands import add_import_option
+from an8flower.eval.config import RunConfig
+from an8flower.eval.data import prepare_an8flower
+from an8flower.eval.models import load_checkpoint
+from an8flower.eval.train import resolve_device
+from an8flower.manifest import atomic_write_bytes
+from an8flower.show import _font
+from an8flower.untrusted import load_image
 
-__all__ = ["register", "heatmap_overlay", "colourise", "interpretation_sheet", "explanation_figure"]
+__all__ = ["heatmap_overlay", "colourise", "interpretation_sheet", "explanation_figure", "interpret_checkpoint",
+           "explain_image"]
 
 _BG = (255, 255, 255)
 _PAD = 6
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``interpret`` and ``explain`` to the CLI."""
-    _register_interpret(subparsers)
-    _register_explain(subparsers)
 
 
 # ----------------------------------------------------------------------------------- drawing
@@ -54,8 +58,6 @@ def _unit_scale(heatmap: np.ndarray) -> np.ndarray:
 
 def colourise(heatmap: np.ndarray, cmap: str = "jet") -> np.ndarray:
     """A float (H, W) map min-max scaled to [0, 1] (constant: zeros; NaN: 0) as uint8 RGB (H, W, 3)."""
-    from matplotlib import colormaps
-
     lut = (colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
     return lut[np.rint(_unit_scale(heatmap) * 255.0).astype(np.intp)]
 
@@ -140,8 +142,6 @@ def interpretation_sheet(class_name: str, features: Sequence[Any], max_features:
         class_name: the title. features: :class:`~an8flower.baselines.vebi.RelevantFeature` list
             with ``average_image``/``average_map`` filled by :meth:`VEBI.interpret`.
     """
-    from an8flower.show import _font
-
     shown = list(features)[:max_features]
     font, title_font = _font(11), _font(14)
     rows = ("average image", "average heatmap")
@@ -196,8 +196,6 @@ def explanation_figure(
         image: uint8 (H, W, 3). heatmap: float (H, W). title: one line above the panels.
         maps: name -> float (H, W), each drawn like the heatmap.
     """
-    from an8flower.show import _font
-
     font = _font(12)
     named = [("heatmap", heatmap)] + list((maps or {}).items())
     rows = ("over the image", "alone")
@@ -232,8 +230,6 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 
 def _write(path: str, data: bytes, flag: str) -> None:
-    from an8flower.manifest import atomic_write_bytes
-
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
@@ -243,143 +239,98 @@ def _write(path: str, data: bytes, flag: str) -> None:
 # ---------------------------------------------------------------------------------- interpret
 
 
-def _register_interpret(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "interpret",
-        help="fit VEBI on a trained classifier and write each class's relevant features as PNG sheets",
-        description="Fit VEBI (Oramas et al., ICLR 2019) on the training split a checkpoint was trained on: select "
-        "each class's relevant internal features with the mu-lasso, and draw for each the average visualisation "
-        "over the training images that activate it most. Writes vebi.npz (for `an8flower explain --vebi` and the "
-        "leaderboard), interpretation.json and class_<i>_<name>.png.",
-    )
-    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint written by `an8flower train` or the leaderboard")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for vebi.npz, interpretation.json and the sheets")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="DIR", help="a generated an8Flower folder (default: what the model card names)")
-    src.add_argument("--variant", help="variant or spec file to render in memory (default: the model card's)")
-    p.add_argument("--size", type=int, help="image side when rendering (default: the model's input size)")
-    p.add_argument("--per-class", type=int, help="samples per class when rendering (default: the model card's)")
-    p.add_argument("--seed", type=int, help="dataset seed when rendering (default: the model card's)")
-    p.add_argument("--mu", type=float, default=5.0, help="L1 radius of the lasso (default: 5, the paper's an8Flower value)")
-    p.add_argument("--k", type=int, default=3, help="features per explanation stored with the state (default: 3)")
-    p.add_argument("--top-n", type=int, default=10, help="training images averaged per feature (default: 10)")
-    p.add_argument("--labels", choices=["ground_truth", "predicted"], default="ground_truth",
-                   help="lasso targets (default: ground_truth)")
-    p.add_argument("--layer", action="append", metavar="NAME",
-                   help="module path of a feature layer (repeatable; default: every ReLU and pooling output)")
-    p.add_argument("--no-stride-fix", action="store_true", help="visualise without the stride fix")
-    p.add_argument("--max-features", type=int, default=8, help="features drawn per class sheet (default: 8)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_interpret)
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "class"
 
 
-def _training_data(args: argparse.Namespace, card: Mapping[str, Any]) -> Any:
-    """The PreparedData the interpretation runs on: --data/--variant, else the model card's dataset."""
-    from an8flower.eval.config import RunConfig
-    from an8flower.eval.runner import prepare_an8flower
-
+def _training_data(card: Mapping[str, Any], weights: str, data: Optional[str], variant: Optional[str],
+                   size: Optional[int], per_class: Optional[int], seed: Optional[int], device: Optional[str],
+                   progress: Optional[bool]) -> Any:
+    """The PreparedData the interpretation runs on: ``data``/``variant``, else the model card's dataset."""
     ds = card.get("dataset") or {}
-    folder = args.data
-    variant = args.variant
-    if folder is None and variant is None:
+    if data is None and variant is None:
         source = ds.get("source")
         if source and source != "rendered in memory" and os.path.isdir(source):
-            folder = source
+            data = source
         elif ds.get("variant"):
             variant = ds["variant"]
         else:
-            raise UsageError(f"--weights {args.weights}: the model card names no an8Flower dataset; pass --data or --variant")
-    if folder is not None and not os.path.isdir(folder):
-        raise UsageError(f"--data: no such folder: {folder}")
-    size = args.size or int((card.get("input_size") or [3, 112, 112])[-1])
-    per_class = args.per_class or int(ds.get("per_class") or 1000)
-    seed = args.seed if args.seed is not None else int(ds.get("seed") or 0)
+            raise UsageError(f"--weights {weights}: the model card names no an8Flower dataset; pass --data or --variant")
+    if data is not None and not os.path.isdir(data):
+        raise UsageError(f"--data: no such folder: {data}")
+    size = size or int((card.get("input_size") or [3, 112, 112])[-1])
+    per_class = per_class or int(ds.get("per_class") or 1000)
+    seed = seed if seed is not None else int(ds.get("seed") or 0)
     key = variant or "data"
-    config = RunConfig(variants=[key], data={key: folder} if folder else {}, size=size, per_class=per_class,
-                       seed=seed, device=args.device)
-    return prepare_an8flower(key, config, need_train=True, progress=False if args.quiet else None), config
+    config = RunConfig(variants=[key], data={key: data} if data else {}, size=size, per_class=per_class,
+                       seed=seed, device=device)
+    return prepare_an8flower(key, config, need_train=True, progress=progress)
 
 
-def _interpret(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
+def interpret_checkpoint(weights: str, out: str, *, data: Optional[str] = None, variant: Optional[str] = None,
+                         size: Optional[int] = None, per_class: Optional[int] = None, seed: Optional[int] = None,
+                         mu: float = INTERPRET_DEFAULTS["mu"], k: int = INTERPRET_DEFAULTS["k"],
+                         top_n: int = INTERPRET_DEFAULTS["top_n"], labels: str = "ground_truth",
+                         layers: Optional[Sequence[str]] = None, stride_fix: bool = True,
+                         max_features: int = INTERPRET_DEFAULTS["max_features"],
+                         batch_size: int = INTERPRET_DEFAULTS["batch_size"], device: Optional[str] = None,
+                         progress: Optional[bool] = None) -> dict[str, Any]:
+    """Fit VEBI on a checkpoint's training data; write ``vebi.npz``, ``interpretation.json`` and the sheets to ``out``.
 
-    from an8flower.baselines import VEBI
-    from an8flower.eval.models import load_checkpoint
-    from an8flower.eval.runner import _device
+    The data is the generated folder ``data`` or the variant ``variant`` rendered in memory
+    (``size``, ``per_class``, ``seed``), by default the dataset the checkpoint's model card names.
+    ``mu``, ``k``, ``top_n``, ``labels``, ``layers``, ``stride_fix`` and ``batch_size`` are
+    :class:`~an8flower.baselines.VEBI`'s; ``max_features`` the features drawn per class sheet
+    (:func:`interpretation_sheet`, one ``class_<i>_<name>.png`` per class).
 
-    for flag, value, low in (("--k", args.k, 1), ("--top-n", args.top_n, 1), ("--max-features", args.max_features, 1),
-                             ("--batch-size", args.batch_size, 1)):
-        if value < low:
-            raise UsageError(f"{flag} must be >= {low}, got {value}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out}: exists and is not a folder")
-    model, card = load_checkpoint(args.weights)
-    data, config = _training_data(args, card)
-    if len(data.classes) != int(card["num_classes"]):
-        raise UsageError(f"--weights {args.weights} has {card['num_classes']} classes; the data has {len(data.classes)}")
-    device = _device(config)
-    model = model.to(device).eval()
-    vebi = VEBI(mu=args.mu, k=args.k, top_n=args.top_n, labels=args.labels, layers=args.layer,
-                stride_fix=not args.no_stride_fix, batch_size=args.batch_size)
-    loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=False)
-    progress = False if args.quiet else None
+    Returns:
+        The content of ``interpretation.json`` (model, dataset, VEBI's options and fit, each class's
+        relevant features with their weights), and ``sheets``: the PNG paths written.
+
+    Raises:
+        UsageError: a count below 1, ``out`` an existing file, a checkpoint or dataset that cannot be
+        read, or a class count that differs between them (naming the flag).
+    """
+    for flag, value in (("--k", k), ("--top-n", top_n), ("--max-features", max_features), ("--batch-size", batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    model, card = load_checkpoint(weights)
+    prepared = _training_data(card, weights, data, variant, size, per_class, seed, device, progress)
+    if len(prepared.classes) != int(card["num_classes"]):
+        raise UsageError(f"--weights {weights} has {card['num_classes']} classes; the data has {len(prepared.classes)}")
+    model = model.to(resolve_device(device)).eval()
+    vebi = VEBI(mu=mu, k=k, top_n=top_n, labels=labels, layers=layers, stride_fix=stride_fix, batch_size=batch_size)
+    loader = DataLoader(prepared.train, batch_size=batch_size, shuffle=False)
     vebi.fit(model, loader, progress=progress)
-    per_class = vebi.interpret(model, loader, progress=progress)
-    os.makedirs(args.out, exist_ok=True)
-    vebi.save(os.path.join(args.out, "vebi.npz"))
+    per_class_features = vebi.interpret(model, loader, progress=progress)
+    os.makedirs(out, exist_ok=True)
+    vebi.save(os.path.join(out, "vebi.npz"))
     sheets = []
-    for c, feats in per_class.items():
-        name = data.classes[c]
-        path = os.path.join(args.out, f"class_{c:02d}_{_slug(name)}.png")
-        _write(path, _png_bytes(interpretation_sheet(f"class {c} ({name})", feats, args.max_features)), "--out")
+    for c, feats in per_class_features.items():
+        name = prepared.classes[c]
+        path = os.path.join(out, f"class_{c:02d}_{_slug(name)}.png")
+        _write(path, _png_bytes(interpretation_sheet(f"class {c} ({name})", feats, max_features)), "--out")
         sheets.append(path)
     summary = {
-        "model": {"weights": os.fspath(args.weights), "architecture": card["architecture"]},
-        "dataset": {"variant": data.variant, "source": data.source, "hash": data.hash, "train_images": len(data.train)},
+        "model": {"weights": os.fspath(weights), "architecture": card["architecture"]},
+        "dataset": {"variant": prepared.variant, "source": prepared.source, "hash": prepared.hash,
+                    "train_images": len(prepared.train)},
         "options": vebi.options(),
         "fit_info": vebi.fit_info_,
         "classes": [
-            {"class": c, "name": data.classes[c],
+            {"class": c, "name": prepared.classes[c],
              "features": [{"name": f.name, "layer": f.layer, "channel": f.channel, "weight": f.weight,
                            "n_images": f.n_images} for f in feats]}
-            for c, feats in per_class.items()
+            for c, feats in per_class_features.items()
         ],
     }
-    _write(os.path.join(args.out, "interpretation.json"), json.dumps(summary, indent=1).encode(), "--out")
-    counts = vebi.fit_info_.get("relevant_per_class", [])
-    print(f"vebi fitted on {len(data.train)} {data.variant} training images: {vebi.fit_info_.get('n_features')} features, "
-          f"relevant per class {counts}; wrote {len(sheets)} sheets, vebi.npz and interpretation.json to {args.out}",
-          file=sys.stderr)
-    return 0
+    _write(os.path.join(out, "interpretation.json"), json.dumps(summary, indent=1).encode(), "--out")
+    return {**summary, "sheets": sheets}
 
 
 # ------------------------------------------------------------------------------------ explain
-
-
-def _register_explain(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "explain",
-        help="explain one image with one explainer and write the heatmap over it as a PNG",
-        description="Run an explainer on one image (resized to the model's input size) and write a PNG: the image, "
-        "the heatmap over it and, for VEBI, each of its top-k feature maps with the feature's name.",
-    )
-    p.add_argument("image", help="an image file (PNG, JPEG, ...)")
-    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint with a model card")
-    p.add_argument("--out", required=True, metavar="PNG", help="the figure to write")
-    p.add_argument("--explainer", default="vebi", help="registered explainer (default: vebi)")
-    add_import_option(p)
-    p.add_argument("--vebi", metavar="NPZ", help="VEBI state from `an8flower interpret` (needed for --explainer vebi)")
-    p.add_argument("--target", type=int, help="class to explain (default: the predicted class)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="explainer option, VALUE parsed as JSON when it can be (repeatable)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
-    p.set_defaults(func=_explain)
 
 
 def _read_image(path: str, channels: int, size: Sequence[int]) -> np.ndarray:
@@ -389,8 +340,8 @@ def _read_image(path: str, channels: int, size: Sequence[int]) -> np.ndarray:
     photo limit (:data:`~an8flower.untrusted.PHOTO_MAX_PIXELS`) before anything is decoded, so a
     decompression bomb is refused naming the file.
     """
-    from an8flower.untrusted import load_image
-
+    if os.path.isdir(path):
+        raise UsageError(f"IMAGE {path} is a folder; give one image file (PNG, JPEG, ...)")
     if not os.path.isfile(path):
         raise UsageError(f"image file not found: {path}")
     img = load_image(path, "L" if channels == 1 else "RGB")
@@ -401,61 +352,63 @@ def _read_image(path: str, channels: int, size: Sequence[int]) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _explain(args: argparse.Namespace) -> int:
-    import torch
+def explain_image(image: str, weights: str, out: str, *, explainer: str = INTERPRET_DEFAULTS["explainer"],
+                  vebi: Optional[str] = None, target: Optional[int] = None,
+                  options: Optional[Mapping[str, Any]] = None, device: Optional[str] = None) -> dict[str, Any]:
+    """Explain one image file with one explainer; write :func:`explanation_figure` as the PNG ``out``.
 
-    from an8flower.baselines import VEBI, build_explainer
-    from an8flower.eval.commands import _parse_value, apply_imports
-    from an8flower.eval.models import load_checkpoint
-    from an8flower.eval.config import RunConfig
-    from an8flower.eval.runner import _device
+    The image is resized to the checkpoint's input size; ``target`` defaults to the predicted
+    class. VEBI (the default ``explainer``) needs its fitted state ``vebi`` (``vebi.npz`` of
+    :func:`interpret_checkpoint`) and adds each of its k feature maps to the figure; any other
+    explainer must be fit-free. ``options`` are the explainer's keyword options.
 
-    apply_imports(args)
-    if not args.out.lower().endswith(".png"):
-        raise UsageError(f"--out {args.out}: the figure is a PNG; give a path ending in .png")
-    folder = os.path.dirname(os.path.abspath(args.out))
+    Returns:
+        out, explainer, target and predicted class (index and name), the probability of the
+        predicted class, and the names of the feature maps drawn.
+
+    Raises:
+        UsageError: ``out`` not a ``.png`` in an existing folder, VEBI without ``vebi``, an explainer
+        that needs fitting, an unreadable image or checkpoint, a target out of range.
+    """
+    if not out.lower().endswith(".png"):
+        raise UsageError(f"--out {out}: the figure is a PNG; give a path ending in .png")
+    folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
-        raise UsageError(f"--out {args.out}: folder {folder} does not exist")
-    options: dict[str, Any] = {}
-    for item in args.option or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--option {item!r}: expected KEY=VALUE")
-        options[key] = _parse_value(value)
-    explainer = build_explainer(args.explainer, **options)
-    if isinstance(explainer, VEBI):
-        if not args.vebi:
-            raise UsageError("--explainer vebi needs --vebi NPZ (write one with `an8flower interpret`)")
-        explainer.load(args.vebi)
-    elif explainer.requires_fit:
-        raise UsageError(f"explainer {args.explainer!r} must be fitted first; explain runs only fitted or fit-free explainers")
-    model, card = load_checkpoint(args.weights)
-    device = _device(RunConfig(device=args.device))
-    model = model.to(device).eval()
+        raise UsageError(f"--out {out}: folder {folder} does not exist")
+    method = build_explainer(explainer, **dict(options or {}))
+    if isinstance(method, VEBI):
+        if not vebi:
+            raise UsageError(f"--explainer {explainer} needs --vebi NPZ (write one with `an8flower interpret`); "
+                             "without one, name a fit-free explainer, e.g. --explainer gradcam")
+        method.load(vebi)
+    elif method.requires_fit:
+        raise UsageError(f"explainer {explainer!r} must be fitted first; explain runs only fitted or fit-free explainers")
+    model, card = load_checkpoint(weights)
+    torch_device = resolve_device(device)
+    model = model.to(torch_device).eval()
     c, h, w = card.get("input_size") or [3, 112, 112]  # model_card stores (channels, height, width)
-    x = torch.from_numpy(_read_image(args.image, int(c), (h, w)))[None].to(device)
+    x = torch.from_numpy(_read_image(image, int(c), (h, w)))[None].to(torch_device)
     classes = card.get("classes") or [str(i) for i in range(int(card["num_classes"]))]
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), dim=1)[0]
     pred = int(probs.argmax())
-    target = pred if args.target is None else int(args.target)
+    target = pred if target is None else int(target)
     if not 0 <= target < len(classes):
         raise UsageError(f"--target {target} is out of range for {len(classes)} classes")
-    t = torch.tensor([target], device=device)
+    t = torch.tensor([target], device=torch_device)
     maps: dict[str, np.ndarray] = {}
-    if isinstance(explainer, VEBI):
-        out = explainer.explain_features(model, x, t)
-        heatmap = out.heatmaps[0]
-        for r, name in enumerate(out.names[0]):
-            maps[f"{name} (r={float(out.contributions[0, r]):.3g})"] = out.maps[0, r].cpu().numpy()
+    if isinstance(method, VEBI):
+        explained = method.explain_features(model, x, t)
+        heatmap = explained.heatmaps[0]
+        for r, name in enumerate(explained.names[0]):
+            maps[f"{name} (r={float(explained.contributions[0, r]):.3g})"] = explained.maps[0, r].cpu().numpy()
     else:
-        heatmap = explainer(model, x, t)[0]
+        heatmap = method(model, x, t)[0]
     heatmap = heatmap.detach().float().cpu().numpy()
-    image = _to_uint8_image(x[0].cpu().numpy())
-    title = (f"{args.explainer} for class {target} ({classes[target]}); predicted {pred} ({classes[pred]}, "
+    picture = _to_uint8_image(x[0].cpu().numpy())
+    title = (f"{explainer} for class {target} ({classes[target]}); predicted {pred} ({classes[pred]}, "
              f"p={float(probs[pred]):.2f})")
-    _write(args.out, _png_bytes(explanation_figure(image, heatmap, title, maps)), "--out")
-    print(json.dumps({"out": args.out, "explainer": args.explainer, "target": target, "target_name": classes[target],
-                      "predicted": pred, "predicted_name": classes[pred], "probability": round(float(probs[pred]), 6),
-                      "features": list(maps)}, indent=1))
-    return 0
+    _write(out, _png_bytes(explanation_figure(picture, heatmap, title, maps)), "--out")
+    return {"out": out, "explainer": explainer, "target": target, "target_name": classes[target],
+            "predicted": pred, "predicted_name": classes[pred], "probability": round(float(probs[pred]), 6),
+            "features": list(maps)}

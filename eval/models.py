@@ -290,6 +290,25 @@ def load_checkpoint(
     return model.to(map_location).eval(), card
 
 
+#: Leading bytes of files a user may pass as ``--weights`` by mistake, and what they are.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"), (b"\x93NUMPY", "a NumPy array (.npy)"), (b"\x1f\x8b", "a gzip file"),
+)
+
+
+def _file_kind(path: str) -> Optional[str]:
+    """What ``path`` is, when it is not a pickle at all (a pickle starts with the PROTO opcode 0x80)."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    if head[:1] == b"\x80":
+        return None
+    return "neither a pickle nor a zip archive"
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> object:
     """``torch.load`` a local weights file safely (``weights_only=True``); UsageError naming it on failure.
 
@@ -308,6 +327,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> object:
             warnings.simplefilter("ignore")  # the unpickler's protocol warnings
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        kind = _file_kind(path)
+        if kind is not None:
+            raise UsageError(f"weights file {path} is not an an8flower or PyTorch checkpoint: it is {kind}") from None
         raise UsageError(
             f"weights file {path} is not an an8flower or PyTorch checkpoint of tensors: it holds other Python "
             "objects, which an8flower never unpickles (that could run code from the file)"

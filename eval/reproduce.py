@@ -27,7 +27,7 @@ meta-evaluated like any other. Then, on the classifiers the run trained:
 5. With ``--mnist ROOT``: LeNet trained on a local MNIST (IDX files), VEBI fitted (mu = 10),
    sheets, and the mask-free metrics (deletion and insertion from black, the MNIST background,
    in 28 steps of 28 pixels, RISE's convention of H pixels per step; the randomisation test).
-   With ``--imagenet ROOT --weights FILE``: the pointing games on the ILSVRC12 validation boxes,
+   With ``--imagenet ROOT --imagenet-weights FILE``: the pointing games on the ILSVRC12 validation boxes,
    VEBI fitted on ``imagenet_train_per_class`` training images per class. Nothing is downloaded.
 
 Defaults follow the paper at 112 px: both variants, 1,000 images per class (700 / 100 / 200),
@@ -43,7 +43,6 @@ shows in ``reproduction_files/``, and the leaderboard folders ``board/`` (and ``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -59,7 +58,7 @@ from an8flower.errors import UsageError
 from an8flower.eval.config import TRAIN_DEFAULTS
 
 __all__ = [
-    "register",
+    "check_paths",
     "PAPER_BASELINES",
     "VEBI_ROWS",
     "EXPLAINERS",
@@ -157,7 +156,8 @@ class ReproSettings:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be a non-negative integer, got {v!r}")
         if bool(self.imagenet) != bool(self.imagenet_weights):
-            raise UsageError("--imagenet ROOT and --weights FILE go together (local pretrained weights; nothing is downloaded)")
+            raise UsageError("--imagenet ROOT and --imagenet-weights FILE go together (local pretrained weights; "
+                             "nothing is downloaded)")
         if not self.variants or not self.models:
             raise UsageError("reproduce needs at least one variant and one model")
 
@@ -212,12 +212,13 @@ def _loader(split: Any, batch_size: int) -> Any:
     return DataLoader(split, batch_size=batch_size, shuffle=False, collate_fn=_xy)
 
 
-def _trained_model(record: Mapping[str, Any], variant: str, model_name: str, seed: int, device: Any) -> tuple[Any, dict]:
+def _trained_model(summary: Any, variant: str, model_name: str, seed: int, device: Any) -> tuple[Any, dict]:
+    """The classifier the board in ``summary`` trained (its ``run.json`` names it relative to the folder)."""
     from an8flower.eval.models import load_checkpoint
 
-    for m in record["models"]:
+    for m in summary.record["models"]:
         if m["variant"] == variant and m["model"] == model_name and m.get("seed", seed) == seed:
-            model, card = load_checkpoint(m["source"], name=model_name)
+            model, card = load_checkpoint(os.path.join(summary.out, m["source"]), name=model_name)
             return model.to(device).eval(), m
     raise UsageError(f"the board has no trained {model_name} for {variant or 'this dataset'}")  # pragma: no cover
 
@@ -418,7 +419,7 @@ def _mnist_part(settings: ReproSettings, files: str, progress: Optional[bool], l
                        train={**settings.train, "hflip": False})
     summary = run_leaderboard(config, datasets=[data], progress=progress, log=log)
     board = _board_summary(out_dir, summary)
-    model, info = _trained_model(summary.record, "", "lenet", settings.seed, _torch_device(config))
+    model, info = _trained_model(summary, "", "lenet", settings.seed, _torch_device(config))
     vebi = _fit_vebi(model, data, config, "lenet", settings, progress)
     return {"board": board, "accuracy": info["accuracy"], "images": data.info,
             "sheets": _sheets(model, vebi, data, settings, files, "mnist_lenet", progress),
@@ -465,9 +466,21 @@ def _imagenet_part(settings: ReproSettings, progress: Optional[bool], log: Calla
 
 
 def _torch_device(config: Any) -> Any:
-    from an8flower.eval.runner import _device
+    from an8flower.eval.train import resolve_device
 
-    return _device(config)
+    return resolve_device(config.device)
+
+
+def check_paths(settings: ReproSettings) -> None:
+    """Refuse, before anything runs, an ``out`` that is a file and data paths that do not exist (naming the flag)."""
+    if os.path.exists(settings.out) and not os.path.isdir(settings.out):
+        raise UsageError(f"--out {settings.out}: exists and is not a folder (reproduce writes a folder: "
+                         "reproduction.md, reproduction_files/, board/)")
+    for flag, path in (("--mnist", settings.mnist), ("--imagenet", settings.imagenet)):
+        if path is not None and not os.path.isdir(path):
+            raise UsageError(f"{flag} {path}: no such folder")
+    if settings.imagenet_weights is not None and not os.path.isfile(settings.imagenet_weights):
+        raise UsageError(f"--imagenet-weights {settings.imagenet_weights}: no such file")
 
 
 def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] = None, progress: Optional[bool] = None,
@@ -487,6 +500,7 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     from an8flower.eval.report import _slug, atomic_write
     from an8flower.eval.runner import run_leaderboard
 
+    check_paths(settings)
     if log is None:
         def log(msg: str) -> None:
             if progress is not False:
@@ -504,7 +518,7 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     groups = []
     for data in datasets:
         for model_name in settings.models:
-            model, info = _trained_model(summary.record, data.variant, model_name, settings.seed, device)
+            model, info = _trained_model(summary, data.variant, model_name, settings.seed, device)
             slug = _slug(data.variant, model_name)
             vebi = parts.run("vebi fit", lambda: _fit_vebi(model, data, config, model_name, settings, progress))
             sizes = dict(zip(vebi.layers_, vebi.layer_sizes_))
@@ -786,79 +800,3 @@ def reproduction_markdown(result: Mapping[str, Any]) -> str:
     if bt:
         lines += ["", "Inside the board: " + ", ".join(f"{k} {v:.1f} s" for k, v in bt.items() if v) + "."]
     return "\n".join(lines).rstrip() + "\n"
-
-
-# ------------------------------------------------------------------------------------- CLI
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``reproduce`` to the CLI."""
-    d = ReproSettings()
-    p = subparsers.add_parser(
-        "reproduce",
-        help="run the paper's experiments (VEBI vs baselines, ablations, feature removal, stride fix) into reproduction.md",
-        description="Run Oramas et al.'s protocol on an8Flower with the leaderboard runner: VEBI against upsampled "
-        "activations, deconvnet, guided backprop and Grad-CAM on the IoU-vs-threshold curves, VEBI's ablations "
-        "(stride fix, layer set, k, mu, labels) as rows of the same board, feature removal, the stride-fix "
-        "artefact's spectral share, and interpretation sheets; optionally MNIST and ILSVRC12 from local files. "
-        "Writes DIR/reproduction.md, reproduction.json, reproduction_files/ and the board in DIR/board.",
-    )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--tiny", action="store_true", help="the test preset: single-6c at 64 px, 10 images per class, 2 epochs")
-    p.add_argument("--variant", action="append", metavar="V", help=f"an8Flower variant (repeatable; default: {', '.join(d.variants)})")
-    p.add_argument("--model", action="append", metavar="NAME", help=f"classifier (repeatable; default: {', '.join(d.models)})")
-    p.add_argument("--size", type=int, help=f"image side (default: {d.size})")
-    p.add_argument("--per-class", type=int, help=f"images per class, split 70/10/20 (default: {d.per_class})")
-    p.add_argument("--max-images", type=int, help=f"scored test images per variant and model (default: {d.max_images})")
-    p.add_argument("--epochs", type=int, help=f"maximum training epochs (default: {d.train['epochs']})")
-    p.add_argument("--seed", type=int, help="dataset, model and explainer seed (default: 0)")
-    p.add_argument("--model-seeds", type=int, metavar="N", help="classifiers per model, seeds SEED.. (default: 1)")
-    p.add_argument("--draws", type=int, help=f"random draws per class in feature removal (default: {d.draws})")
-    p.add_argument("--sheets", type=int, help=f"classes with interpretation sheets per variant and model (default: {d.sheets})")
-    p.add_argument("--top-n", type=int, help=f"training images averaged per sheet feature (default: {d.top_n})")
-    p.add_argument("--spectral-images", type=int, help=f"test images of the stride-fix table (default: {d.spectral_images})")
-    p.add_argument("--batch-size", type=int, help=f"images per explainer call (default: {d.batch_size})")
-    p.add_argument("--mnist", metavar="ROOT", help="a local MNIST (IDX files): train LeNet, fit VEBI, mask-free metrics")
-    p.add_argument("--mnist-train", type=int, help=f"first MNIST training images used (default: {d.mnist_train})")
-    p.add_argument("--mnist-test", type=int, help=f"first MNIST test images used (default: {d.mnist_test})")
-    p.add_argument("--imagenet", metavar="ROOT", help="an ILSVRC12 root: pointing games on the validation boxes (needs --weights)")
-    p.add_argument("--weights", metavar="FILE", help="local weights of --imagenet-model for --imagenet")
-    p.add_argument("--imagenet-model", help=f"the ILSVRC12 classifier (default: {d.imagenet_model})")
-    p.add_argument("--imagenet-train-per-class", type=int,
-                   help=f"ILSVRC12 training images per class for VEBI's fit (default: {d.imagenet_train_per_class})")
-    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
-    p.add_argument("--no-plots", action="store_true", help="skip the board's PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    p.set_defaults(func=_reproduce)
-
-
-def _reproduce(args: argparse.Namespace) -> int:
-    settings: dict[str, Any] = {"out": args.out}
-    if args.tiny:
-        settings.update(TINY, tiny=True)
-    for flag in ("size", "per_class", "max_images", "seed", "model_seeds", "draws", "sheets", "top_n", "spectral_images",
-                 "batch_size", "mnist", "mnist_train", "mnist_test", "imagenet", "imagenet_model",
-                 "imagenet_train_per_class", "device"):
-        if getattr(args, flag) is not None:
-            settings[flag] = getattr(args, flag)
-    if args.weights is not None:
-        settings["imagenet_weights"] = args.weights
-    if args.variant:
-        settings["variants"] = list(args.variant)
-    if args.model:
-        settings["models"] = list(args.model)
-    if args.epochs is not None:
-        settings["train"] = {**settings.get("train", ReproSettings().train), "epochs": args.epochs}
-    if args.no_plots:
-        settings["plots"] = False
-    s = ReproSettings(**settings)
-    for flag, path in (("--mnist", s.mnist), ("--imagenet", s.imagenet)):
-        if path is not None and not os.path.isdir(path):
-            raise UsageError(f"{flag} {path}: no such folder")
-    if s.imagenet_weights is not None and not os.path.isfile(s.imagenet_weights):
-        raise UsageError(f"--weights {s.imagenet_weights}: no such file")
-    result = run_reproduction(s, command=["an8flower"] + sys.argv[1:] if sys.argv else None,
-                              progress=False if args.quiet else None)
-    if not args.quiet:
-        print(f"wrote {os.path.join(s.out, 'reproduction.md')} ({result['timings']['total']:.0f} s)", file=sys.stderr)
-    return 0

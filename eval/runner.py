@@ -73,6 +73,7 @@ from an8flower.eval.data import (
 )
 from an8flower.eval.report import atomic_write, write_report
 from an8flower.eval.distributed import SINGLE, World, explainer_state, load_explainer_state, my_batches, setup
+from an8flower.eval.results_folder import portable_record
 from an8flower.eval.scoring import (
     DEFAULT_METRICS,
     IMAGENET_METRICS,
@@ -769,6 +770,7 @@ class _Run:
             "timings": {**timer.to_dict(), "wall_seconds": round(wall, 3)},
             "files": report["files"] + ["run.json"],
         }
+        record = portable_record(record, config.out)
         atomic_write(os.path.join(config.out, "run.json"), json.dumps(_jsonable(record), indent=1, allow_nan=False) + "\n")
         return RunSummary(config.out, cells, report["markdown"], record, self.computed, self.cached, self.calls)
 

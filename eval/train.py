@@ -30,8 +30,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from an8flower.defaults import BOARD_PER_CLASS, BOARD_SIZE, TRAIN_DEFAULTS
 from an8flower.errors import UsageError
-from an8flower.eval.config import TRAIN_DEFAULTS
+from an8flower.eval.config import build_run_config
+from an8flower.eval.data import prepare_an8flower
+from an8flower.eval.models import build_model, list_models
 
 __all__ = [
     "TrainConfig",
@@ -45,6 +48,8 @@ __all__ = [
     "software_versions",
     "LOW_ACCURACY",
     "accuracy_warning",
+    "resolve_device",
+    "train_checkpoint",
 ]
 
 
@@ -391,3 +396,66 @@ def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(card, dict):
         raise UsageError(f"weights file {path} has no model card")
     return card
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    """The torch device ``--device`` names; ``None``: CUDA when available, else the CPU.
+
+    Raises:
+        UsageError: a name torch does not know, naming ``--device``.
+    """
+    if name:
+        try:
+            return torch.device(name)
+        except RuntimeError as exc:
+            raise UsageError(f"--device {name!r}: {exc}") from None
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_checkpoint(model_name: str, out: str | os.PathLike[str], *, variant: Optional[str] = None,
+                     data: Optional[str] = None, size: int = BOARD_SIZE, per_class: int = BOARD_PER_CLASS,
+                     seed: int = 0, workers: int = 0, device: Optional[str] = None,
+                     settings: Optional[dict[str, Any]] = None,
+                     log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """Train ``model_name`` on an an8Flower variant and write its checkpoint with a model card to ``out``.
+
+    The data is ``variant`` rendered in memory (``size`` px, ``per_class`` images per class, split
+    70/10/20 as ``an8flower generate`` does) or the generated folder ``data``. Training follows
+    :func:`train` with :data:`~an8flower.defaults.TRAIN_DEFAULTS` and horizontal flips, ``settings``
+    (fields of :class:`TrainConfig`) over them; the test split is scored after.
+
+    Returns:
+        A summary: checkpoint, architecture, variant, epochs run, best epoch, accuracy per split,
+        seconds, and ``warning`` (:func:`accuracy_warning` of the test accuracy, or None).
+
+    Raises:
+        UsageError: an unknown model, a bad count (naming its flag), a missing ``data`` folder.
+    """
+    if model_name not in list_models():
+        raise UsageError(f"--model: unknown model {model_name!r}; choose from {', '.join(list_models())}")
+    if data is not None and not os.path.isdir(data):
+        raise UsageError(f"--data: no such folder: {data}")
+    key = variant or "data"
+    flags = {"variants": [key], "size": size, "per_class": per_class, "seed": seed, "workers": workers,
+             "device": device}
+    config = build_run_config(flags=flags, data=[f"{key}={data}"] if data is not None else ())
+    tconf = TrainConfig(**{**TRAIN_DEFAULTS, "seed": seed, "workers": workers, "hflip": True, **(settings or {})})
+    prepared = prepare_an8flower(key, config)
+    torch_device = resolve_device(device)
+    model = build_model(model_name, len(prepared.classes), seed=seed)
+    if log is not None:
+        log(f"training {model_name} on {prepared.variant} ({len(prepared.train)} train / {len(prepared.val)} val "
+            f"images, {prepared.size} px) on {torch_device}")
+    result = train(model, prepared.train, prepared.val, tconf, device=torch_device)
+    test_acc = evaluate(result.model, prepared.test)
+    card = model_card(
+        model_name, len(prepared.classes), (3, prepared.size, prepared.size),
+        {"name": prepared.dataset, "variant": prepared.variant, "hash": prepared.hash, "source": prepared.source,
+         **prepared.info},
+        {"train": result.train_accuracy, "val": result.val_accuracy, "test": test_acc},
+        seed=seed, config=tconf, history=result.history, classes=prepared.classes,
+    )
+    save_checkpoint(out, result.model, card)
+    return {"checkpoint": os.fspath(out), "architecture": model_name, "variant": prepared.variant,
+            "epochs": len(result.history), "best_epoch": result.best_epoch, "accuracy": card["accuracy"],
+            "seconds": round(result.seconds, 1), "warning": accuracy_warning(test_acc)}

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from an8flower.cli import main
-from an8flower.commands import DEFAULT_PER_CLASS as CLI_DEFAULT_PER_CLASS
+from an8flower.defaults import DATASET_PER_CLASS as CLI_DEFAULT_PER_CLASS
 from an8flower.layout import DEFAULT_PER_CLASS
 from an8flower.manifest import DATASET_JSON, MANIFEST_NAME, decode_png, read_manifest
 from an8flower.show import mask_overlay
@@ -333,7 +333,7 @@ def test_cite_variant_and_dataset(dataset, capsys):
 def test_dataset_commands_do_not_import_torch():
     code = (
         "import sys, argparse\n"
-        "import an8flower.commands as c, an8flower.cite as cite\n"
+        "import an8flower.cli.dataset as c, an8flower.cite as cite\n"
         "p = argparse.ArgumentParser(); c.register(p.add_subparsers())\n"
         "cite.bibtex('single-6c', 1)\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

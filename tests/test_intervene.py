@@ -228,7 +228,7 @@ def test_registration_is_light_and_listed():
     import subprocess
     import sys
 
-    code = ("import sys, argparse, an8flower.intervene_cli as m; p = argparse.ArgumentParser(); "
+    code = ("import sys, argparse, an8flower.cli.dataset as m; p = argparse.ArgumentParser(); "
             "m.register(p.add_subparsers()); print(sorted(k for k in ('torch', 'cv2', 'PIL') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

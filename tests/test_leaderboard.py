@@ -364,7 +364,7 @@ def test_cli_train_writes_a_checkpoint_with_its_card(tmp_path, capsys) -> None:
 
 
 def test_cli_model_list_matches_the_models(capsys) -> None:
-    from an8flower.eval.commands import MODEL_NAMES
+    from an8flower.defaults import MODEL_NAMES
     from an8flower.eval.models import list_models
 
     assert list(MODEL_NAMES) == list_models()

@@ -221,7 +221,7 @@ def test_cuts_list_every_departure_from_the_defaults() -> None:
     assert "vebi options: lasso_tol = 0.001" in cuts(ReproSettings(explainer_options={"vebi": {"lasso_tol": 1e-3}}))
     with pytest.raises(UsageError, match="--per-class"):
         ReproSettings(per_class=0)
-    with pytest.raises(UsageError, match="--imagenet ROOT and --weights"):
+    with pytest.raises(UsageError, match="--imagenet ROOT and --imagenet-weights"):
         ReproSettings(imagenet="/data")
 
 
