@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from an8flower.errors import UsageError
-from an8flower.eval.cache import CellCache, canonical, package_code_sha256
+from an8flower.eval.cache import CellCache, canonical, cell_key, package_code_sha256
 from an8flower.eval.report import atomic_write
 
 __all__ = ["SHARD_FORMAT", "ShardStore", "accumulator_to_json", "accumulator_from_json", "fingerprint", "merge_shards"]
@@ -144,7 +144,7 @@ class ShardStore:
         if os.path.isfile(self._path(key, "examples.npz")):
             return True
         try:
-            read_record(self._path(key, "json"))
+            read_record(self._path(key, "json"), key)
             return True
         except (OSError, UsageError):
             return False
@@ -189,20 +189,31 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def read_record(path: str) -> dict[str, Any]:
-    """A shard's cell record, checked (format, checksum); :class:`UsageError` naming ``path`` otherwise."""
+def read_record(path: str, key: str) -> dict[str, Any]:
+    """The shard's record of cell ``key``, checked; :class:`UsageError` naming ``path`` otherwise.
+
+    Checked: the JSON (deep nesting included), the format, the checksum, and that the record is the
+    one of cell ``key`` (the key in the record, the key of the configuration in it, and the metric
+    of its accumulator), so a cell file copied over another's name is refused, not merged.
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"shard file {path}: unreadable ({exc})") from None
-    except ValueError as exc:
-        raise UsageError(f"shard file {path}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"shard file {path}: not valid JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != SHARD_FORMAT or not isinstance(doc.get("body"), dict):
         raise UsageError(f"shard file {path}: not an {SHARD_FORMAT} record")
-    if doc.get("sha256") != _sha(canonical(doc["body"])):
+    body = doc["body"]
+    if doc.get("sha256") != _sha(canonical(body)):
         raise UsageError(f"shard file {path}: its checksum does not match its content")
-    return doc["body"]
+    config, acc = body.get("config"), body.get("accumulator")
+    if (body.get("key") != key or not isinstance(config, dict) or cell_key(config) != key
+            or not isinstance(acc, dict) or not isinstance(config.get("metric"), dict)
+            or acc.get("metric") != config["metric"].get("name")):
+        raise UsageError(f"shard file {path}: holds another cell than {key} (the key its name says)")
+    return body
 
 
 def _read_manifest(folder: str) -> dict[str, Any]:
@@ -228,6 +239,16 @@ def _inside(folder: str, name: str) -> str:
     if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
         raise UsageError(f"{folder}: shard manifest names a file outside its folder: {name!r}")
     return os.path.join(folder, name)
+
+
+def _check_disjoint(accs: Sequence[Any], paths: Sequence[str]) -> None:
+    """:class:`UsageError` naming both files when two shares of a cell scored the same image."""
+    owner: dict[int, str] = {}
+    for acc, path in zip(accs, paths):
+        for p in acc.positions:
+            if owner.setdefault(p, path) != path:
+                raise UsageError(f"shard files {owner[p]} and {path} both scored image position {p}: "
+                                 "their shares overlap (not the shards of one run)")
 
 
 def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence[str]] = None,
@@ -300,10 +321,11 @@ def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence
 
     groups_by_part = {group_part(g["config"]): g for g in first["groups"]}
     for cell_key_ in first["cells"]:
-        records = [read_record(_inside(os.path.join(folder, "shard"), f"{cell_key_}.json")) for folder, _ in manifests]
+        paths = [_inside(os.path.join(folder, "shard"), f"{cell_key_}.json") for folder, _ in manifests]
+        records = [read_record(path, cell_key_) for path in paths]
         body = records[0]
-        accs = [accumulator_from_json(r["accumulator"], os.path.join(folder, "shard", f"{cell_key_}.json"))
-                for r, (folder, _) in zip(records, manifests)]
+        accs = [accumulator_from_json(r["accumulator"], path) for r, path in zip(records, paths)]
+        _check_disjoint(accs, paths)
         merged = merge_accumulators(accs)
         group = groups_by_part.get(group_part(body["config"]))
         if group is None:
