@@ -173,6 +173,16 @@ class Reliance:
         return {**{k: getattr(self, k) for k in self._ARRAYS}, "names": np.array(json.dumps(names))}
 
     @classmethod
+    def array_shapes(cls, n_images: int, n_parts: int, n_classes: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """The names and shapes of :meth:`to_arrays` for N images, P parts, K classes of H x W pixels
+        (what a cached record must hold, checked before it is read)."""
+        n = n_images
+        shapes: dict[str, tuple[int, ...]] = {k: (n,) for k in ("image_ids", "labels", "prob", "pred", "runner_up")}
+        shapes.update(drop=(n, n_parts, 2), flip=(n, n_parts, 2), label_prob=(n, n_classes), label_pred=(n, n_classes),
+                      changed=(n, height, width), names=())
+        return shapes
+
+    @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Reliance":
         import json
 

@@ -669,7 +669,9 @@ class _Run:
         if self.world.rank == 0 or self.world.shard:
             key = cell_key({**self._cell_config(data, image_ids, mhash, ORACLE, {}, None), "explainer": {},
                             "metric": {"name": "reliance", "renderer": code_sha256()}})
-            arrays = None if self.fresh else self.cache.get_arrays(key)
+            shapes = Reliance.array_shapes(len(image_ids), len(data.spec.parts), data.spec.num_classes,
+                                           *data.test.images.shape[-2:])
+            arrays = None if self.fresh else self.cache.get_arrays(key, shapes, finite=False)
             if arrays is not None:
                 try:
                     Reliance.from_arrays(arrays)

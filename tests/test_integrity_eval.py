@@ -85,3 +85,110 @@ def test_the_unchanged_shards_merge(two_shards, tmp_path) -> None:
     parts = _shard_copy(two_shards, tmp_path)
     summary = merge_shards([str(p) for p in parts], str(tmp_path / "merged"), progress=False, log=lambda m: None)
     assert len(summary.cells) == 4 and all(c["n"] == 9 for c in summary.cells)
+
+
+# ---------------------------------------------------------------- 6, 7. cache files: deep JSON, npz headers
+
+
+def _cell_paths(out) -> list:
+    return sorted(p for p in (out / "cache").rglob("*.json"))
+
+
+def test_a_cache_cell_of_deep_json_is_damaged_and_recomputed(tmp_path) -> None:
+    config = RunConfig(out=str(tmp_path / "b"), explainers=["gradient"], metrics=["iou_auc"], batch_size=4, examples=0,
+                       plots=False, all_images=True)
+    first = run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False, log=lambda m: None)
+    (path,) = _cell_paths(tmp_path / "b")
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    said: list[str] = []
+    again = run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False, log=said.append)
+    assert f"damaged cache file {path} (JSON nested too deeply): recomputed" in said
+    assert again.computed == 1 and again.cached == 0
+    assert again.cells[0]["value"] == first.cells[0]["value"]
+    assert json.loads(path.read_text())["cell"]["value"] == first.cells[0]["value"]  # rewritten whole
+
+
+def _npz_with_header(path, shape, descr="<f4", payload=b"\0" * 64) -> None:
+    """An .npz whose one member, heatmaps.npy, has a header claiming ``shape`` and only ``payload`` after it."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    member = io.BytesIO()
+    npy.write_array_header_1_0(member, {"descr": descr, "fortran_order": False, "shape": shape})
+    member.write(payload)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("heatmaps.npy", member.getvalue())
+
+
+@pytest.mark.parametrize("shape, descr, reason", [
+    ((2, 40000, 40000), "<f4", "has shape \\(2, 40000, 40000\\), expected \\(2, 8, 8\\)"),
+    ((2, 8, 8), "<U100000000", "of dtype <U100000000 is larger than its shape allows"),
+    ((2, 8, 8), "<f4", "is truncated"),
+])
+def test_a_cache_npz_is_bounded_by_its_headers_before_inflating(tmp_path, shape, descr, reason) -> None:
+    import tracemalloc
+
+    from an8flower.eval.cache import CellCache
+
+    cache = CellCache(str(tmp_path))
+    key = "ab" * 32
+    os.makedirs(os.path.dirname(cache.path(key, "npz")))
+    _npz_with_header(cache.path(key, "npz"), shape, descr)
+    warned: list[str] = []
+    cache.warn = warned.append
+    tracemalloc.start()
+    try:
+        assert cache.get_arrays(key, {"heatmaps": (2, 8, 8)}) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # nothing near the claimed size was allocated
+    (message,) = warned
+    assert message.startswith(f"damaged cache file {cache.path(key, 'npz')} (")
+    assert __import__("re").search(reason, message), message
+
+
+def test_a_cache_npz_inflating_past_its_header_is_refused(tmp_path) -> None:
+    import numpy as np
+
+    from an8flower.eval.cache import CellCache
+
+    cache = CellCache(str(tmp_path))
+    key = "cd" * 32
+    os.makedirs(os.path.dirname(cache.path(key, "npz")))
+    good = np.arange(128, dtype="<f4").tobytes()
+    _npz_with_header(cache.path(key, "npz"), (2, 8, 8), payload=good + b"\0" * (4 << 20))  # deflates to a few KB
+    warned: list[str] = []
+    cache.warn = warned.append
+    assert cache.get_arrays(key, {"heatmaps": (2, 8, 8)}) is None
+    assert "trailing data" in warned[0]
+    # the same header with exactly its data is read back
+    _npz_with_header(cache.path(key, "npz"), (2, 8, 8), payload=good)
+    arrays = cache.get_arrays(key, {"heatmaps": (2, 8, 8)})
+    assert np.array_equal(arrays["heatmaps"], np.arange(128, dtype=np.float32).reshape(2, 8, 8))
+
+
+def test_the_cached_reliance_record_is_read_back_within_its_shapes(tmp_path, monkeypatch) -> None:
+    import an8flower.eval.reliance as reliance
+
+    from test_reliance import SIZE, CentreReader, _fixed_head
+
+    spec = _fixed_head("single-6c")
+    spec_file = tmp_path / "fixed.json"
+    spec_file.write_text(spec.to_json())
+    config = RunConfig(out=str(tmp_path / "res"), variants=[str(spec_file)], size=SIZE, per_class=5, all_images=True,
+                       explainers=["centre"], metrics=["counterfactual_mass"], examples=0, plots=False)
+    first = run_leaderboard(config, models={"c": CentreReader(spec, SIZE)}, progress=False, log=lambda m: None)
+    for path in (tmp_path / "res" / "cache").rglob("*.json"):
+        path.unlink()  # the cell is recomputed, the reliance record must come from the cache
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the reliance was measured again")
+
+    monkeypatch.setattr(reliance, "measure_reliance", no_measuring)
+    said: list[str] = []
+    again = run_leaderboard(config, models={"c": CentreReader(spec, SIZE)}, progress=False, log=said.append)
+    assert not [m for m in said if "damaged" in m]
+    assert again.computed == 1 and again.cells[0]["scores"] == first.cells[0]["scores"]
