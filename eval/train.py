@@ -383,11 +383,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: dict[s
 
 def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The model card of a checkpoint; :class:`~an8flower.errors.UsageError` naming ``path`` if none."""
-    from an8flower.eval.models import read_checkpoint
+    from an8flower.eval.models import check_model_card, read_checkpoint
 
     path = os.fspath(path)
     ckpt = read_checkpoint(path)
     card = ckpt.get("model_card") if isinstance(ckpt, dict) else None
     if not isinstance(card, dict):
         raise UsageError(f"weights file {path} has no model card")
+    check_model_card(card, path, ckpt.get("state_dict"))
     return card

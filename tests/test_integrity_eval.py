@@ -192,3 +192,74 @@ def test_the_cached_reliance_record_is_read_back_within_its_shapes(tmp_path, mon
     again = run_leaderboard(config, models={"c": CentreReader(spec, SIZE)}, progress=False, log=said.append)
     assert not [m for m in said if "damaged" in m]
     assert again.computed == 1 and again.cells[0]["scores"] == first.cells[0]["scores"]
+
+
+# ---------------------------------------------------------------- 6, 7. model cards
+
+
+def _checkpoint(path, **card_fields) -> None:
+    import torch
+
+    from an8flower.eval.models import build_model
+    from an8flower.eval.train import model_card, save_checkpoint
+
+    card = model_card("small-cnn", 6, (3, 32, 32), {"name": "toy"}, {"test": 0.5}, seed=0,
+                      classes=[f"c{i}" for i in range(6)])
+    card.update(card_fields)
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model("small-cnn", 6), card)
+
+
+@pytest.mark.parametrize("field, value, why", [
+    ("num_classes", 3_000_000_000, "must be an integer from 2 to 100,000"),
+    ("num_classes", 3e9, "must be an integer from 2 to 100,000"),
+    ("num_classes", "six", "must be an integer from 2 to 100,000"),
+    ("num_classes", 5000, "is more than the file holds"),
+    ("input_size", [3, 60000, 60000], "must be \\[channels \\(1 or 3\\), height, width\\]"),
+    ("input_size", [3, 0, 0], "must be \\[channels \\(1 or 3\\), height, width\\]"),
+    ("classes", ["a", "b"], "must be num_classes names"),
+])
+def test_every_number_of_a_model_card_is_bounded_before_building(tmp_path, field, value, why) -> None:
+    import tracemalloc
+
+    from an8flower.eval.models import load_checkpoint
+    from an8flower.eval.train import read_model_card
+
+    path = tmp_path / "m.pt"
+    _checkpoint(path, **{field: value})
+    message = f"weights file {path}: model card field {field!r} {why}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(UsageError, match=message):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+    with pytest.raises(UsageError, match=message):
+        read_model_card(path)
+
+
+def test_a_bad_card_is_a_one_line_cli_error(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from an8flower.cli import main
+
+    path = tmp_path / "m.pt"
+    _checkpoint(path, input_size=[3, 60000, 60000])
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    code = main(["explain", str(tmp_path / "x.png"), "--weights", str(path), "--explainer", "gradient",
+                 "--out", str(tmp_path / "e.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"weights file {path}: model card field 'input_size'" in err
+    assert not (tmp_path / "e.png").exists()
+
+
+def test_a_sound_card_loads(tmp_path) -> None:
+    import torch
+
+    from an8flower.eval.models import load_checkpoint
+
+    _checkpoint(tmp_path / "m.pt")
+    model, card = load_checkpoint(tmp_path / "m.pt")
+    assert card["num_classes"] == 6 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 6)
