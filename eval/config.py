@@ -48,6 +48,9 @@ DEFAULT_PER_CLASS = 500
 #: Largest ``per_class`` a run accepts (the generator's bound); memory is checked too, see
 #: :func:`an8flower.eval.data.check_memory`.
 MAX_PER_CLASS = 100_000
+#: Largest ``model_seeds`` a run accepts: each seed trains and scores one more classifier per
+#: variant and model.
+MAX_MODEL_SEEDS = 100
 
 #: The training recipe of every model the package trains (``an8flower train``, the leaderboard,
 #: ``--quick``) unless a run overrides it: the defaults of :class:`~an8flower.eval.train.TrainConfig`.
@@ -140,6 +143,9 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UsageError(f"{source}: {name} must be a positive integer, got {v!r}")
+        if self.model_seeds > MAX_MODEL_SEEDS:
+            raise UsageError(f"{source}: model_seeds {self.model_seeds} is above the limit of {MAX_MODEL_SEEDS} "
+                             "classifiers per variant and model")
         counts = self.per_class.items() if isinstance(self.per_class, dict) else [("", self.per_class)]
         for variant, v in counts:
             field_name = f"per_class.{variant}" if variant else "per_class"

@@ -159,10 +159,17 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
     path = os.path.join(config.out, "models", f"{data.variant}_{model_name}_{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.pt")
     if os.path.isfile(path):
         t0 = time.perf_counter()
-        model, card = load_checkpoint(path, name=model_name)
-        timer.add("io", time.perf_counter() - t0)
-        log(f"{data.variant} / {model_name}: reusing the trained model {path}")
-        return model.to(device).eval(), {"source": path, "card": card, "trained": False, "reused": True}
+        try:
+            model, card = load_checkpoint(path, name=model_name)
+            if int(card["num_classes"]) != k:
+                raise UsageError(f"weights file {path} has {card['num_classes']} classes, not {k}")
+        except UsageError as exc:  # a damaged cell of the model cache: discarded and recomputed, said
+            log(f"{data.variant} / {model_name}: damaged trained model discarded and retrained ({exc})")
+            os.unlink(path)
+        else:
+            timer.add("io", time.perf_counter() - t0)
+            log(f"{data.variant} / {model_name}: reusing the trained model {path}")
+            return model.to(device).eval(), {"source": path, "card": card, "trained": False, "reused": True}
     log(f"{data.variant} / {model_name}: training on {len(data.train)} images ({data.size} px)")
     t0 = time.perf_counter()
     model = build_model(model_name, k, seed=seed)

@@ -263,3 +263,48 @@ def test_a_sound_card_loads(tmp_path) -> None:
     _checkpoint(tmp_path / "m.pt")
     model, card = load_checkpoint(tmp_path / "m.pt")
     assert card["num_classes"] == 6 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 6)
+
+
+# ---------------------------------------------------------------- 10. configs, plugin names, trained models
+
+
+def test_model_seeds_is_bounded_like_per_class(tmp_path) -> None:
+    from an8flower.eval.config import MAX_MODEL_SEEDS, load_config
+
+    toml = tmp_path / "board.toml"
+    toml.write_text("model_seeds = 1000000\n")
+    with pytest.raises(UsageError, match=f"config file {toml}: model_seeds 1000000 is above the limit of {MAX_MODEL_SEEDS}"):
+        load_config(toml)
+    toml.write_text(f"model_seeds = {MAX_MODEL_SEEDS}\n")
+    assert load_config(toml).model_seeds == MAX_MODEL_SEEDS
+
+
+@pytest.mark.parametrize("name", ["oracle", "Oracle", "random", "centre", "captum:Saliency", "timm:vit", "lxt:x"])
+def test_a_plugin_cannot_register_a_reserved_name(tmp_path, name) -> None:
+    from an8flower.baselines import base as registry
+    from an8flower.baselines.plugins import import_explainers
+
+    plugin = tmp_path / "squatter.py"
+    plugin.write_text("from an8flower.baselines import Explainer, register_explainer\n\n"
+                      f"@register_explainer({name!r})\nclass Squatter(Explainer):\n"
+                      "    def explain(self, model, images, targets):\n        return images.mean(1)\n")
+    before = dict(registry._REGISTRY)
+    with pytest.raises(UsageError, match="reserved"):
+        import_explainers(str(plugin))
+    assert registry._REGISTRY == before
+    assert registry.explainer_class("random").__module__ == "an8flower.baselines.reference"
+
+
+def test_a_truncated_trained_model_is_discarded_and_retrained(tmp_path) -> None:
+    config = RunConfig(out=str(tmp_path / "b"), variants=["single-6c"], size=64, per_class=4, models=["small-cnn"],
+                       explainers=["random"], metrics=["iou_auc"], train={"epochs": 1}, examples=0, plots=False,
+                       all_images=True)
+    first = run_leaderboard(config, progress=False, log=lambda m: None)
+    (ckpt,) = (tmp_path / "b" / "models").iterdir()
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[: len(good) // 2])
+    said: list[str] = []
+    again = run_leaderboard(config, progress=False, log=said.append)
+    assert any("damaged trained model discarded and retrained" in m and str(ckpt) in m for m in said), said
+    assert ckpt.read_bytes() == good  # retrained to the same bytes (deterministic training)
+    assert [c["value"] for c in again.cells] == [c["value"] for c in first.cells]
