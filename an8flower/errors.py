@@ -27,3 +27,13 @@ class DatasetFormatError(An8FlowerError, ValueError):
 
 class DatasetNotFoundError(An8FlowerError, FileNotFoundError):
     """A dataset file or folder that does not exist."""
+
+
+class DiskFullError(UsageError, OSError):
+    """The file system ran out of space (``ENOSPC``, ``EDQUOT``), or would not hold what is to be written.
+
+    A :class:`UsageError` (the user chose where to write) and an ``OSError`` (as the error it replaces).
+
+    The message says where and about how much more space is needed
+    (:func:`an8flower.atomic.disk_full_error`).
+    """

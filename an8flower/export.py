@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from an8flower import __version__
+from an8flower.atomic import reporting_disk_full
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 from an8flower.generate import SPLITS
 from an8flower.manifest import (
@@ -93,6 +94,10 @@ PARQUET_ROW_GROUP_SIZE = 100
 PARQUET_COMPRESSION: tuple[str, int] = ("zstd", 3)
 #: Columns with Parquet min/max statistics (a binary column's would copy image bytes into the footer).
 _STATISTICS_COLUMNS = ("index", "split", "class", "label")
+#: Bytes an exported sample file adds beside its PNG bytes (columns, tar headers), an upper bound.
+_ROW_BYTES = 2048
+#: Bytes of the card and ``manifest.json`` of an export, an upper bound.
+_CARD_BYTES = 200_000
 #: Width of the zero-padded index in WebDataset keys.
 _KEY_DIGITS = 6
 _TAR_MODE = 0o644
@@ -484,6 +489,13 @@ def _check_out(out: Path, root: Path, overwrite: bool) -> None:
                              "refusing to replace it")
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _temp_sibling(out: Path, tag: str) -> Path:
     return out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
@@ -548,9 +560,9 @@ def export_dataset(
             pyarrow missing for Parquet.
         DatasetNotFoundError / DatasetFormatError: ``root`` is not a complete dataset, its manifest
             does not match ``dataset.json``, a file is missing, changed or outside ``root``.
+        DiskFullError: the disk filled up (nothing is left behind; the message says how much more
+            space is needed).
     """
-    from tqdm import tqdm
-
     if format not in FORMATS:
         raise UsageError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
@@ -571,6 +583,20 @@ def export_dataset(
     created = _first_missing(out_p.parent)
     out_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(out_p, "export")
+
+    def export_bytes() -> int:  # after a full disk (the temporary folder is gone): the whole export
+        return sum(_size(source.paths[r.index, k]) + _ROW_BYTES for sh in shards for r in sh.rows
+                   for k in KINDS) + _CARD_BYTES
+
+    with reporting_disk_full(out_p, export_bytes):
+        return _write_export(source, shards, format, shard_size, out_p, tmp, created, progress)
+
+
+def _write_export(source: _Source, shards: Sequence[_Shard], format: str, shard_size: int, out_p: Path, tmp: Path,
+                  created: Optional[Path], progress: Optional[bool]) -> ExportResult:
+    """Write the shards, the card and ``manifest.json`` into ``tmp``, then publish it as ``out_p``."""
+    from tqdm import tqdm
+
     try:
         (tmp / "data").mkdir(parents=True) if format == "parquet" else tmp.mkdir()
         listing: dict[str, list[dict[str, Any]]] = {}

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from an8flower import __version__
+from an8flower.atomic import DISK_FULL_ERRNOS, check_free_space, format_bytes, reporting_disk_full
 from an8flower.errors import An8FlowerError, SpecError, UsageError
 from an8flower.folderlock import Lock, acquire, holder_text, read_holder
 from an8flower.croissant import croissant_metadata
@@ -242,37 +243,26 @@ def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: Optional[int
     return int(total * (side * side * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE)) + DOCUMENT_BYTES
 
 
-def _format_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 def _check_output_size(spec: VariantSpec, per_class: int, out: Path, fraction: float) -> None:
     """Refuse a dataset whose estimated size is absurd or does not fit the free disk space.
 
+    The free space is compared with the share ``fraction`` still to write counted in whole blocks
+    (:func:`an8flower.atomic.check_free_space`): three files per sample, a row file per chunk, the
+    folders and the documents, each rounded up to the file system's block.
+
     Raises:
-        UsageError: giving the estimate, when above :data:`MAX_OUTPUT_BYTES` or, for the
-            ``fraction`` still to write, above the free space of the file system holding ``out``.
+        UsageError: giving the estimate, when above :data:`MAX_OUTPUT_BYTES`.
+        DiskFullError: (a UsageError) when it does not fit the free space there.
     """
     estimate = estimate_dataset_bytes(spec, per_class)
-    what = f"{spec.num_classes * per_class:,} images of {spec.size} px"
+    total = spec.num_classes * per_class
+    what = f"{total:,} images of {spec.size} px"
     if estimate > MAX_OUTPUT_BYTES:
-        raise UsageError(f"per-class {per_class}: {what} would take about {_format_bytes(estimate)}, more than "
-                         f"the {_format_bytes(MAX_OUTPUT_BYTES)} limit")
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return
-    needed = int(estimate * fraction)
-    if needed > free:
-        raise UsageError(f"output folder {out}: {what} need about {_format_bytes(needed)} more, but only "
-                         f"{_format_bytes(free)} are free there")
+        raise UsageError(f"per-class {per_class}: {what} would take about {format_bytes(estimate)}, more than "
+                         f"the {format_bytes(MAX_OUTPUT_BYTES)} limit")
+    folders = len(KINDS) * (1 + len(SPLITS) * (1 + spec.num_classes)) + 3
+    files = math.ceil((len(KINDS) * total + math.ceil(total / chunk_size(total))) * fraction) + folders + 6
+    check_free_space(out, int(estimate * fraction), files, f"output folder {out}: {what}")
 
 
 def plan_indices(spec: VariantSpec, split: str, per_class: int = DEFAULT_PER_CLASS) -> range:
@@ -579,6 +569,8 @@ def _make_folders(root: Path, spec: VariantSpec, record: dict[str, Any]) -> None
                 for label in range(spec.num_classes):
                     (root / KIND_FOLDERS[kind] / split / class_folder(spec, label)).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise  # reported by generate with how much more space is needed
         raise UsageError(f"output folder {root}: cannot create ({exc.strerror}: {exc.filename})") from None
 
 
@@ -845,44 +837,50 @@ def generate(
     except OSError as exc:
         raise UsageError(f"output folder {root}: cannot create ({exc.strerror})") from None
     what = f"output folder {root}"
-    folder_lock = _lock_folder(root, what, shard_t)
-    shard_lock = None
-    try:
-        state = _inspect_out(root, record)  # again: another run may have changed it meanwhile
-        if state == "complete":
-            return _complete_result(root, n_chunks, total, 0, 0)
-        _make_folders(root, spec, record)
-        if shard_t is not None:
-            name = f"shard {shard_t[0]}/{shard_t[1]}"
-            shard_lock = acquire(root / WORK_DIR / f"shard-{shard_t[0]}-of-{shard_t[1]}.lock", f"{what}, {name}",
-                                 holder=holder_text(name))
-        todo = [c for c in mine if not writer.is_complete(c)]
-        n_mine = sum(len(writer.indices(c)) for c in mine)
-        n_todo = sum(len(writer.indices(c)) for c in todo)
+
+    def still_to_write() -> int:  # after a full disk: the chunks not complete yet
+        left = sum(not writer.is_complete(c) for c in range(n_chunks))
+        return int(estimate_dataset_bytes(spec, per_class) * max(left, 1) / n_chunks)
+
+    with reporting_disk_full(root, still_to_write):
+        folder_lock = _lock_folder(root, what, shard_t)
+        shard_lock = None
         try:
-            _render_chunks(writer, todo, workers, n_mine, n_todo, shard_t, progress)
-        except An8FlowerError:
-            # Bad input found while rendering (a spec whose samples cannot all be drawn): a fresh,
-            # unsharded run leaves nothing behind. Interruptions and I/O errors keep the finished
-            # chunks for a resume; so does a shard, whose folder other shards may be writing into.
-            if state == "new" and shard_t is None:
-                _undo_new_folder(root, created)
-            raise
-        mine_set = set(mine)
-        complete = [c for c in range(n_chunks) if c in mine_set or writer.is_complete(c)]
-        if len(complete) < n_chunks:
-            return GenerateResult(str(root), False, n_todo, n_mine - n_todo, len(complete), n_chunks, total)
-        if shard_t is not None:
-            folder_lock = _exclusive(folder_lock, what)
-            if (root / DATASET_JSON).is_file():  # a shard that finished at the same time finalised it
-                return _complete_result(root, n_chunks, total, n_todo, n_mine - n_todo)
-        manifest_sha, content_sha = _finalise(root, spec, writer, record, n_chunks)
-        return GenerateResult(str(root), True, n_todo, n_mine - n_todo, n_chunks, n_chunks, total,
-                              manifest_sha, content_sha)
-    finally:
-        if shard_lock is not None:
-            shard_lock.release()
-        folder_lock.release()
+            state = _inspect_out(root, record)  # again: another run may have changed it meanwhile
+            if state == "complete":
+                return _complete_result(root, n_chunks, total, 0, 0)
+            _make_folders(root, spec, record)
+            if shard_t is not None:
+                name = f"shard {shard_t[0]}/{shard_t[1]}"
+                shard_lock = acquire(root / WORK_DIR / f"shard-{shard_t[0]}-of-{shard_t[1]}.lock", f"{what}, {name}",
+                                     holder=holder_text(name))
+            todo = [c for c in mine if not writer.is_complete(c)]
+            n_mine = sum(len(writer.indices(c)) for c in mine)
+            n_todo = sum(len(writer.indices(c)) for c in todo)
+            try:
+                _render_chunks(writer, todo, workers, n_mine, n_todo, shard_t, progress)
+            except An8FlowerError:
+                # Bad input found while rendering (a spec whose samples cannot all be drawn): a fresh,
+                # unsharded run leaves nothing behind. Interruptions and I/O errors keep the finished
+                # chunks for a resume; so does a shard, whose folder other shards may be writing into.
+                if state == "new" and shard_t is None:
+                    _undo_new_folder(root, created)
+                raise
+            mine_set = set(mine)
+            complete = [c for c in range(n_chunks) if c in mine_set or writer.is_complete(c)]
+            if len(complete) < n_chunks:
+                return GenerateResult(str(root), False, n_todo, n_mine - n_todo, len(complete), n_chunks, total)
+            if shard_t is not None:
+                folder_lock = _exclusive(folder_lock, what)
+                if (root / DATASET_JSON).is_file():  # a shard that finished at the same time finalised it
+                    return _complete_result(root, n_chunks, total, n_todo, n_mine - n_todo)
+            manifest_sha, content_sha = _finalise(root, spec, writer, record, n_chunks)
+            return GenerateResult(str(root), True, n_todo, n_mine - n_todo, n_chunks, n_chunks, total,
+                                  manifest_sha, content_sha)
+        finally:
+            if shard_lock is not None:
+                shard_lock.release()
+            folder_lock.release()
 
 
 def _complete_result(root: Path, n_chunks: int, total: int, rendered: int, skipped: int) -> GenerateResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -848,3 +849,73 @@ def test_format_1_folders_are_refused_with_a_clear_message(copy):
         read_dataset_json(copy)
     with pytest.raises(DatasetFormatError, match="regenerate"):
         An8Flower(copy)
+
+
+# ---------------------------------------------------------------------------------------- issue 18
+
+
+# --- 8. a full disk
+
+
+def _enospc(path) -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_disk_full_while_generating_is_one_line(tmp_path, monkeypatch, capsys):
+    import an8flower.generate as gen
+
+    real, calls = gen.atomic_write_bytes, []
+
+    def fill_up(path, data):
+        calls.append(path)
+        if len(calls) > 7:
+            raise _enospc(path)
+        real(path, data)
+
+    monkeypatch.setattr(gen, "atomic_write_bytes", fill_up)
+    out = tmp_path / "out"
+    rc = main(["generate", "single-6c", "--out", str(out), "--size", str(SIZE), "--per-class", "3", "--workers", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Traceback" not in err
+    assert err.startswith(f"an8flower: error: {out}: the disk is full (writing {out}")
+    assert re.search(r"about [\d.,]+ (KB|MB) more is needed \([\d.,]+ KB still to write, [\d.,]+ \w+ free there\)", err)
+
+
+def test_free_space_is_counted_in_whole_blocks(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import an8flower.atomic as atomic
+    from an8flower.errors import DiskFullError
+
+    assert atomic.on_disk_bytes(10, 3, 4096) == 3 * 4096  # three 3-4 byte files, a block each
+    assert atomic.on_disk_bytes(8192, 1, 4096) == 2 * 4096  # exactly two blocks
+    assert atomic.on_disk_bytes(8193, 2, 4096) == 3 * 4096  # 8192 + 1 or 4097 + 4096: three blocks
+    assert atomic.on_disk_bytes(0, 0, 512) == 0
+    spec = load_spec("single-6c").with_size(SIZE)
+    estimate = estimate_dataset_bytes(spec, 3)  # 276,947 bytes in ~130 files and folders
+    monkeypatch.setattr(atomic, "block_size", lambda path: 4096)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: SimpleNamespace(free=estimate + 20_000))
+    with pytest.raises(DiskFullError, match=r"need about 276\.9 KB more, but only 296\.9 KB are free there "
+                                            r"\(\d+ files in whole 4,096-byte blocks take about [\d.]+ KB\)"):
+        generate(spec, tmp_path / "out", per_class=3, workers=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: SimpleNamespace(free=estimate + 1_000_000))
+    assert generate(spec, tmp_path / "out", per_class=3, workers=1, progress=False).complete
+
+
+def test_disk_full_while_exporting_leaves_nothing(dataset, tmp_path, monkeypatch):
+    import an8flower.export as export
+    from an8flower.errors import DiskFullError
+
+    def fill_up(path, shard, source, bar):
+        path.write_bytes(b"partial")
+        raise _enospc(path)
+
+    monkeypatch.setitem(export._WRITERS, "webdataset", fill_up)
+    out = tmp_path / "exports" / "wds"
+    with pytest.raises(DiskFullError, match=rf"^{re.escape(str(out))}: the disk is full \(writing .*\): about "
+                                            r"[\d.]+ KB more is needed \([\d.]+ KB still to write"):
+        export.export_dataset(dataset, out, format="webdataset", progress=False)
+    assert list(tmp_path.iterdir()) == []
