@@ -68,12 +68,17 @@ GROUP_KEYS: tuple[str, ...] = ("dataset", "variant", "model", "split", "seed")
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` atomically, creating its folder
-    (:func:`an8flower.atomic.atomic_write_bytes`: temporary file, rename; the umask is honoured)."""
-    from an8flower.atomic import atomic_write_bytes
+    (:func:`an8flower.atomic.atomic_write_bytes`: temporary file, rename; the umask is honoured).
+
+    A full disk raises :class:`~an8flower.errors.DiskFullError`: one line naming ``path`` and about
+    how much more space it needs."""
+    from an8flower.atomic import atomic_write_bytes, reporting_disk_full
 
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with reporting_disk_full(path, lambda: len(payload)):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_bytes(path, payload)
 
 
 def mean_ci(scores: Sequence[float] | np.ndarray) -> tuple[float, float, int]:

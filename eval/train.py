@@ -368,15 +368,19 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: dict[s
 
     The state dict is saved from the CPU so the checkpoint loads on any device.
     """
-    from an8flower.atomic import atomic_writer
+    from an8flower.atomic import atomic_writer, reporting_disk_full
+    from an8flower.errors import DiskFullError
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     try:
-        os.makedirs(folder, exist_ok=True)
-        with atomic_writer(path) as fh:
-            torch.save({"state_dict": state, "model_card": card}, fh)
+        with reporting_disk_full(path, lambda: sum(t.numel() * t.element_size() for t in state.values())):
+            os.makedirs(folder, exist_ok=True)
+            with atomic_writer(path) as fh:
+                torch.save({"state_dict": state, "model_card": card}, fh)
+    except DiskFullError:
+        raise
     except OSError as exc:
         raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
 

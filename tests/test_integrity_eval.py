@@ -308,3 +308,58 @@ def test_a_truncated_trained_model_is_discarded_and_retrained(tmp_path) -> None:
     assert any("damaged trained model discarded and retrained" in m and str(ckpt) in m for m in said), said
     assert ckpt.read_bytes() == good  # retrained to the same bytes (deterministic training)
     assert [c["value"] for c in again.cells] == [c["value"] for c in first.cells]
+
+
+# ---------------------------------------------------------------- 8. a full disk during the leaderboard
+
+
+def _enospc(path) -> OSError:
+    import errno
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@pytest.mark.parametrize("after", [0, 3])
+def test_disk_full_during_the_leaderboard_is_one_line(tmp_path, monkeypatch, after) -> None:
+    import re
+
+    import an8flower.atomic as atomic
+    from an8flower.errors import DiskFullError
+
+    real, calls = atomic.atomic_write_bytes, []
+
+    def fill_up(path, data):
+        calls.append(path)
+        if len(calls) > after:
+            raise _enospc(str(path) + ".tmp")
+        real(path, data)
+
+    monkeypatch.setattr(atomic, "atomic_write_bytes", fill_up)
+    out = tmp_path / "b"
+    with pytest.raises(DiskFullError) as info:
+        run_leaderboard(_board(out), datasets=[squares()], models={"m": ColourDetector()}, progress=False,
+                        log=lambda m: None)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{calls[-1]}: the disk is full (writing {calls[-1]}.tmp)")
+    assert re.search(r": about [\d.,]+ (bytes|KB) more is needed \([\d.,]+ (bytes|KB) still to write, [\d.,]+ \w+ free there\)$",
+                     message), message
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_disk_full_while_saving_a_trained_model_is_one_line(tmp_path, monkeypatch) -> None:
+    import errno
+
+    import torch
+
+    import an8flower.eval.train as train_mod
+    from an8flower.errors import DiskFullError
+    from an8flower.eval.models import build_model
+
+    def full(obj, fh):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), fh.name)
+
+    monkeypatch.setattr(torch, "save", full)
+    model = build_model("small-cnn", 6)
+    with pytest.raises(DiskFullError, match=rf"^{tmp_path / 'm.pt'}: the disk is full \(writing .*\): about [\d.]+ (KB|MB) more"):
+        train_mod.save_checkpoint(tmp_path / "m.pt", model, {"architecture": "small-cnn", "num_classes": 6})
+    assert os.listdir(tmp_path) == []
