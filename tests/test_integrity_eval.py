@@ -363,3 +363,107 @@ def test_disk_full_while_saving_a_trained_model_is_one_line(tmp_path, monkeypatc
     with pytest.raises(DiskFullError, match=rf"^{tmp_path / 'm.pt'}: the disk is full \(writing .*\): about [\d.]+ (KB|MB) more"):
         train_mod.save_checkpoint(tmp_path / "m.pt", model, {"architecture": "small-cnn", "num_classes": 6})
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- 9. the guided-backprop guard knows its graph
+
+
+class _Rectifies(nn.Module if (nn := __import__("torch").nn) else object):
+    """An nn.ReLU module, then one more rectification written another way."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(3, 2)
+        self.how = how
+
+    def forward(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        z = self.relu(self.conv(x)) - 0.1
+        z = {"F.threshold": lambda t: F.threshold(t, 0.0, 0.0),
+             "torch.maximum": lambda t: torch.maximum(t, torch.zeros_like(t)),
+             "F.leaky_relu(z, 0)": lambda t: F.leaky_relu(t, 0.0),
+             "F.hardtanh(z, 0, 6)": lambda t: F.hardtanh(t, 0.0, 6.0),
+             "z * (z > 0)": lambda t: t * (t > 0),
+             "F.gelu": F.gelu,
+             "torch.sigmoid": torch.sigmoid}[self.how](z)
+        return self.fc(z.mean((2, 3)))
+
+
+_X = __import__("torch").arange(36, dtype=__import__("torch").float32).view(1, 1, 6, 6) / 18 - 1
+
+
+@pytest.mark.parametrize("how, op", [("F.threshold", "threshold"), ("torch.maximum", "maximum"),
+                                     ("F.leaky_relu(z, 0)", "leaky_relu"), ("F.hardtanh(z, 0, 6)", "hardtanh"),
+                                     ("z * (z > 0)", "gt"), ("F.gelu", "gelu"), ("torch.sigmoid", "sigmoid")])
+@pytest.mark.parametrize("rule", ["guided", "deconvnet"])
+def test_the_rule_refuses_every_non_linearity_it_did_not_replace(how, op, rule) -> None:
+    import torch
+
+    from an8flower.baselines.rules import modified_gradient
+
+    torch.manual_seed(0)
+    net = _Rectifies(how)
+    with pytest.raises(UsageError, match=f"relu={rule!r}: _Rectifies .*\\({op} called in a forward\\)"):
+        modified_gradient(net, _X, torch.tensor([0]), relu=rule)
+    for m in net.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    assert modified_gradient(net, _X, torch.tensor([0]), relu="gradient").shape == _X.shape
+
+
+def test_a_gelu_model_is_refused_naming_the_module() -> None:
+    import torch
+
+    from an8flower.baselines import build_explainer
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.rand(2, 3, 8, 8)
+    net(x)
+    for name in ("guided_backprop", "deconvnet"):
+        with pytest.raises(UsageError, match="is defined for networks whose non-linearities are ReLUs: Sequential has "
+                                             "a GELU module \\(1\\)"):
+            build_explainer(name)(net, x, torch.tensor([0, 1]))
+
+
+def test_guided_backprop_on_a_vit_is_a_usage_error() -> None:
+    import torch
+
+    timm = pytest.importorskip("timm")
+    from an8flower.baselines import build_explainer
+
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2,
+                                                           num_classes=3).eval()
+    with pytest.raises(UsageError, match="VisionTransformer has a GELU module \\(blocks.0.mlp.act\\)"):
+        build_explainer("guided_backprop")(vit, torch.rand(1, 3, 16, 16), torch.tensor([0]))
+
+
+def test_relu_networks_with_residuals_pools_and_inactive_clips_pass() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from an8flower.baselines.rules import modified_gradient
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+            self.bn, self.relu1, self.relu2 = nn.BatchNorm2d(2), nn.ReLU(), nn.ReLU()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            y = self.relu1(self.bn(self.conv1(x)))
+            y = self.relu2(y + 0.5 * self.conv2(y))
+            y = F.max_pool2d(y, 2).clamp(min=0.0)  # a clamp that clips nothing here
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+    torch.manual_seed(0)
+    net = Residual().eval()
+    t = torch.tensor([1])
+    guided = modified_gradient(net, _X, t, relu="guided")
+    # by hand: the same network with the clamp removed gives the same map
+    net.forward = lambda x: net.fc(torch.flatten(F.adaptive_avg_pool2d(F.max_pool2d(
+        net.relu2(net.relu1(net.bn(net.conv1(x))) + 0.5 * net.conv2(net.relu1(net.bn(net.conv1(x))))), 2), 1), 1))
+    assert torch.allclose(guided, modified_gradient(net, _X, t, relu="guided"), atol=1e-7)
