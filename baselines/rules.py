@@ -277,7 +277,7 @@ def backward_rules(model: nn.Module, relu: str = "gradient", stride_fix: bool = 
 
 
 def _refuse_other_activation_modules(model: nn.Module, rule: str) -> None:
-    import torch.nn.modules.activation as activation
+    from torch.nn.modules import activation
 
     for name, m in model.named_modules():
         if type(m).__module__ == activation.__name__ and not isinstance(m, nn.ReLU):

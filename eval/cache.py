@@ -262,12 +262,17 @@ _MAX_ITEMSIZE = 16
 NPZ_TEXT_BYTES = 1 << 20
 
 
-def read_npz(path: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+#: A shape for :func:`read_npz`: each dimension a length, or a ``range`` or set of allowed lengths.
+Shape = tuple["int | range | frozenset[int]", ...]
+
+
+def read_npz(path: str, shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` that must hold exactly ``shapes`` (name -> shape), read within bounds.
 
-    Each member's ``.npy`` header is read first; the member is inflated only if its name, shape and
-    dtype (no objects) are expected and its data fit the budget those shapes allow
-    (``prod(shape) * 16`` bytes each, :data:`NPZ_TEXT_BYTES` for a 0-d text array). At most that
+    A dimension of a shape is a length, or a ``range`` or set of allowed lengths. Each member's ``.npy``
+    header is read first; the member is inflated only if its name, shape and dtype (no objects) are
+    expected and its data fit the budget its shape allows (``prod(shape) * 16`` bytes,
+    :data:`NPZ_TEXT_BYTES` for a 0-d text array). At most that
     many bytes are inflated: a small file whose header claims a huge shape, or whose stream inflates
     past its header, is refused without allocating. Never unpickles.
 
@@ -292,8 +297,9 @@ def read_npz(path: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndar
                 shape, fortran, dtype = reader(fh)
                 if dtype.hasobject:
                     raise ValueError(f"array {name!r} holds Python objects")
-                if tuple(shape) != want:
-                    raise ValueError(f"array {name!r} has shape {tuple(shape)}, expected {want}")
+                if len(shape) != len(want) or not all(d == w if isinstance(w, int) else d in w for d, w in zip(shape, want)):
+                    expected = tuple(w if isinstance(w, int) else f"{min(w)}..{max(w)}" if w else "none" for w in want)
+                    raise ValueError(f"array {name!r} has shape {tuple(shape)}, expected {expected}")
                 nbytes = math.prod(shape) * dtype.itemsize
                 budget = NPZ_TEXT_BYTES if not shape and dtype.kind in "SU" else math.prod(shape) * _MAX_ITEMSIZE
                 if nbytes > budget:
@@ -413,7 +419,7 @@ class CellCache:
                 if cell is not None:
                     yield cell
 
-    def get_arrays(self, key: str, shapes: dict[str, tuple[int, ...]], finite: bool = True) -> Optional[dict[str, np.ndarray]]:
+    def get_arrays(self, key: str, shapes: dict[str, Shape], finite: bool = True) -> Optional[dict[str, np.ndarray]]:
         """The arrays stored under ``key``, or None (absent or damaged).
 
         The file must hold exactly the arrays ``shapes`` names, with exactly those shapes; it is read

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from an8flower.errors import UsageError
-from an8flower.eval.cache import CellCache, canonical, cell_key, package_code_sha256
+from an8flower.eval.cache import CellCache, canonical, cell_key, package_code_sha256, read_npz
 from an8flower.eval.report import atomic_write
 
 __all__ = ["SHARD_FORMAT", "ShardStore", "accumulator_to_json", "accumulator_from_json", "fingerprint", "merge_shards"]
@@ -241,6 +241,30 @@ def _inside(folder: str, name: str) -> str:
     return os.path.join(folder, name)
 
 
+#: Largest example count and image side a shard manifest may give.
+_MAX_EXAMPLES, _MAX_SIDE = 10_000, 4096
+
+
+def _check_group(group: Any, where: str) -> None:
+    """:class:`UsageError` naming ``where`` unless a manifest's group has bounded ``n_ex`` and ``size``."""
+    if not isinstance(group, dict):
+        raise UsageError(f"{where}: not a group record")
+    for field, top in (("n_ex", _MAX_EXAMPLES), ("size", _MAX_SIDE)):
+        v = group.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= top:
+            raise UsageError(f"{where}: {field!r} must be an integer from 0 to {top}, got {v!r:.40}")
+
+
+def _read_arrays(path: str, shapes: dict[str, Any]) -> dict[str, np.ndarray]:
+    """:func:`~an8flower.eval.cache.read_npz` with its failures as :class:`UsageError` naming ``path``."""
+    import zipfile
+
+    try:
+        return read_npz(path, shapes)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+        raise UsageError(f"shard file {path}: {exc}") from None
+
+
 def _check_disjoint(accs: Sequence[Any], paths: Sequence[str]) -> None:
     """:class:`UsageError` naming both files when two shares of a cell scored the same image."""
     owner: dict[int, str] = {}
@@ -294,6 +318,8 @@ def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence
     if any(os.path.abspath(f) == here for f, _ in manifests):
         raise UsageError(f"--out {out}: merge into a new folder, not into a shard")
 
+    for g, group in enumerate(first["groups"]):
+        _check_group(group, f"{os.path.join(first_dir, 'shard.json')}: group {g}")
     config = RunConfig(**{**first["config"], "out": out})
     model_names = list(dict.fromkeys(g["meta_key"][2] for g in first["groups"]))
     run = _Run(config, dict.fromkeys(model_names), progress, log, datasets_given=True)
@@ -303,15 +329,23 @@ def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence
     for g, group in enumerate(first["groups"]):
         key = tuple(group["meta_key"])
         run.group_meta[key] = dict(group["meta"])
-        with np.load(_inside(os.path.join(first_dir, "shard"), f"group-{g}.npz"), allow_pickle=False) as z:
-            run.examples[key] = {"images": z["images"], "masks": z["masks"], "heatmaps": {}}
+        n_ex, size = group["n_ex"], group["size"]
+        z = _read_arrays(_inside(os.path.join(first_dir, "shard"), f"group-{g}.npz"),
+                         {"images": (n_ex, size, size, range(1, 4)), "masks": (n_ex, size, size)})
+        run.examples[key] = {"images": z["images"], "masks": z["masks"], "heatmaps": {}}
         run.group_configs[key] = {"_config": group["config"], "image_ids": group["image_ids"], "n_ex": group["n_ex"],
                                   "size": group["size"]}
         for name, ex_key in group["examples"].items():
             rows = []
             for folder, _ in manifests:
-                with np.load(_inside(os.path.join(folder, "shard"), f"{ex_key}.examples.npz"), allow_pickle=False) as z:
-                    rows += list(zip(z["positions"].tolist(), z["heatmaps"]))
+                k = range(n_ex + 1)
+                side = frozenset({1, size})  # a share without examples stores (0, 1, 1)
+                z = _read_arrays(_inside(os.path.join(folder, "shard"), f"{ex_key}.examples.npz"),
+                                 {"positions": (k,), "heatmaps": (k, side, side), "n_ex": ()})
+                if len(z["positions"]) != len(z["heatmaps"]) or (len(z["heatmaps"]) and z["heatmaps"].shape[1:] != (size, size)):
+                    raise UsageError(f"{folder}: {ex_key}.examples.npz holds {len(z['positions'])} positions for "
+                                     f"heatmaps of shape {z['heatmaps'].shape}")
+                rows += list(zip(z["positions"].tolist(), z["heatmaps"]))
             rows.sort(key=lambda r: r[0])
             if rows and len(rows) == group["n_ex"]:
                 heatmaps = np.stack([h for _, h in rows]).astype(np.float16)

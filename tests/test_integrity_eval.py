@@ -5,17 +5,26 @@ Every file here is tiny and written by the test; "big" files are headers that cl
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import re
 import shutil
+import tracemalloc
+import zipfile
 
+import numpy as np
 import pytest
-
-from an8flower.errors import UsageError
+import torch
+import torch.nn.functional as F
 from an8flower.eval.config import RunConfig
 from an8flower.eval.runner import run_leaderboard
-
+from numpy.lib import format as npy
 from test_leaderboard import ColourDetector, squares
+from torch import nn
+
+from an8flower.errors import UsageError
 
 
 def _board(out, **kw) -> RunConfig:
@@ -108,18 +117,15 @@ def test_a_cache_cell_of_deep_json_is_damaged_and_recomputed(tmp_path) -> None:
     assert json.loads(path.read_text())["cell"]["value"] == first.cells[0]["value"]  # rewritten whole
 
 
-def _npz_with_header(path, shape, descr="<f4", payload=b"\0" * 64) -> None:
-    """An .npz whose one member, heatmaps.npy, has a header claiming ``shape`` and only ``payload`` after it."""
-    import io
-    import zipfile
+def _npz_with_header(path, shape, descr="<f4", payload=b"\0" * 64, name="heatmaps") -> None:
+    """An .npz whose one member, NAME.npy, has a header claiming ``shape`` and only ``payload`` after it."""
 
-    from numpy.lib import format as npy
 
     member = io.BytesIO()
     npy.write_array_header_1_0(member, {"descr": descr, "fortran_order": False, "shape": shape})
     member.write(payload)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("heatmaps.npy", member.getvalue())
+        zf.writestr(f"{name}.npy", member.getvalue())
 
 
 @pytest.mark.parametrize("shape, descr, reason", [
@@ -128,7 +134,6 @@ def _npz_with_header(path, shape, descr="<f4", payload=b"\0" * 64) -> None:
     ((2, 8, 8), "<f4", "is truncated"),
 ])
 def test_a_cache_npz_is_bounded_by_its_headers_before_inflating(tmp_path, shape, descr, reason) -> None:
-    import tracemalloc
 
     from an8flower.eval.cache import CellCache
 
@@ -147,11 +152,10 @@ def test_a_cache_npz_is_bounded_by_its_headers_before_inflating(tmp_path, shape,
     assert peak < 16 << 20  # nothing near the claimed size was allocated
     (message,) = warned
     assert message.startswith(f"damaged cache file {cache.path(key, 'npz')} (")
-    assert __import__("re").search(reason, message), message
+    assert re.search(reason, message), message
 
 
 def test_a_cache_npz_inflating_past_its_header_is_refused(tmp_path) -> None:
-    import numpy as np
 
     from an8flower.eval.cache import CellCache
 
@@ -171,8 +175,7 @@ def test_a_cache_npz_inflating_past_its_header_is_refused(tmp_path) -> None:
 
 
 def test_the_cached_reliance_record_is_read_back_within_its_shapes(tmp_path, monkeypatch) -> None:
-    import an8flower.eval.reliance as reliance
-
+    from an8flower.eval import reliance
     from test_reliance import SIZE, CentreReader, _fixed_head
 
     spec = _fixed_head("single-6c")
@@ -198,7 +201,6 @@ def test_the_cached_reliance_record_is_read_back_within_its_shapes(tmp_path, mon
 
 
 def _checkpoint(path, **card_fields) -> None:
-    import torch
 
     from an8flower.eval.models import build_model
     from an8flower.eval.train import model_card, save_checkpoint
@@ -220,7 +222,6 @@ def _checkpoint(path, **card_fields) -> None:
     ("classes", ["a", "b"], "must be num_classes names"),
 ])
 def test_every_number_of_a_model_card_is_bounded_before_building(tmp_path, field, value, why) -> None:
-    import tracemalloc
 
     from an8flower.eval.models import load_checkpoint
     from an8flower.eval.train import read_model_card
@@ -256,7 +257,6 @@ def test_a_bad_card_is_a_one_line_cli_error(tmp_path, capsys) -> None:
 
 
 def test_a_sound_card_loads(tmp_path) -> None:
-    import torch
 
     from an8flower.eval.models import load_checkpoint
 
@@ -314,16 +314,14 @@ def test_a_truncated_trained_model_is_discarded_and_retrained(tmp_path) -> None:
 
 
 def _enospc(path) -> OSError:
-    import errno
 
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 @pytest.mark.parametrize("after", [0, 3])
 def test_disk_full_during_the_leaderboard_is_one_line(tmp_path, monkeypatch, after) -> None:
-    import re
 
-    import an8flower.atomic as atomic
+    from an8flower import atomic
     from an8flower.errors import DiskFullError
 
     real, calls = atomic.atomic_write_bytes, []
@@ -347,13 +345,12 @@ def test_disk_full_during_the_leaderboard_is_one_line(tmp_path, monkeypatch, aft
 
 
 def test_disk_full_while_saving_a_trained_model_is_one_line(tmp_path, monkeypatch) -> None:
-    import errno
 
-    import torch
 
     import an8flower.eval.train as train_mod
-    from an8flower.errors import DiskFullError
     from an8flower.eval.models import build_model
+
+    from an8flower.errors import DiskFullError
 
     def full(obj, fh):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), fh.name)
@@ -368,7 +365,7 @@ def test_disk_full_while_saving_a_trained_model_is_one_line(tmp_path, monkeypatc
 # ---------------------------------------------------------------- 9. the guided-backprop guard knows its graph
 
 
-class _Rectifies(nn.Module if (nn := __import__("torch").nn) else object):
+class _Rectifies(nn.Module):
     """An nn.ReLU module, then one more rectification written another way."""
 
     def __init__(self, how: str) -> None:
@@ -379,9 +376,6 @@ class _Rectifies(nn.Module if (nn := __import__("torch").nn) else object):
         self.how = how
 
     def forward(self, x):
-        import torch
-        import torch.nn.functional as F
-
         z = self.relu(self.conv(x)) - 0.1
         z = {"F.threshold": lambda t: F.threshold(t, 0.0, 0.0),
              "torch.maximum": lambda t: torch.maximum(t, torch.zeros_like(t)),
@@ -393,7 +387,7 @@ class _Rectifies(nn.Module if (nn := __import__("torch").nn) else object):
         return self.fc(z.mean((2, 3)))
 
 
-_X = __import__("torch").arange(36, dtype=__import__("torch").float32).view(1, 1, 6, 6) / 18 - 1
+_X = torch.arange(36, dtype=torch.float32).view(1, 1, 6, 6) / 18 - 1
 
 
 @pytest.mark.parametrize("how, op", [("F.threshold", "threshold"), ("torch.maximum", "maximum"),
@@ -401,7 +395,6 @@ _X = __import__("torch").arange(36, dtype=__import__("torch").float32).view(1, 1
                                      ("z * (z > 0)", "gt"), ("F.gelu", "gelu"), ("torch.sigmoid", "sigmoid")])
 @pytest.mark.parametrize("rule", ["guided", "deconvnet"])
 def test_the_rule_refuses_every_non_linearity_it_did_not_replace(how, op, rule) -> None:
-    import torch
 
     from an8flower.baselines.rules import modified_gradient
 
@@ -415,7 +408,6 @@ def test_the_rule_refuses_every_non_linearity_it_did_not_replace(how, op, rule) 
 
 
 def test_a_gelu_model_is_refused_naming_the_module() -> None:
-    import torch
 
     from an8flower.baselines import build_explainer
 
@@ -429,7 +421,6 @@ def test_a_gelu_model_is_refused_naming_the_module() -> None:
 
 
 def test_guided_backprop_on_a_vit_is_a_usage_error() -> None:
-    import torch
 
     timm = pytest.importorskip("timm")
     from an8flower.baselines import build_explainer
@@ -441,8 +432,6 @@ def test_guided_backprop_on_a_vit_is_a_usage_error() -> None:
 
 
 def test_relu_networks_with_residuals_pools_and_inactive_clips_pass() -> None:
-    import torch
-    import torch.nn.functional as F
 
     from an8flower.baselines.rules import modified_gradient
 
@@ -467,3 +456,18 @@ def test_relu_networks_with_residuals_pools_and_inactive_clips_pass() -> None:
     net.forward = lambda x: net.fc(torch.flatten(F.adaptive_avg_pool2d(F.max_pool2d(
         net.relu2(net.relu1(net.bn(net.conv1(x))) + 0.5 * net.conv2(net.relu1(net.bn(net.conv1(x))))), 2), 1), 1))
     assert torch.allclose(guided, modified_gradient(net, _X, t, relu="guided"), atol=1e-7)
+
+
+def test_merge_bounds_a_shard_npz_by_its_headers(two_shards, tmp_path) -> None:
+    from an8flower.eval.shards import merge_shards
+
+    parts = _shard_copy(two_shards, tmp_path)
+    _npz_with_header(parts[0] / "shard" / "group-0.npz", (2, 40000, 40000, 3), "|u1", name="images")
+    with pytest.raises(UsageError, match="group-0.npz: array 'images' has shape \\(2, 40000, 40000, 3\\), expected "
+                                         "\\(2, 32, 32, '1..3'\\)"):
+        merge_shards([str(p) for p in parts], str(tmp_path / "merged"), progress=False, log=lambda m: None)
+    manifest = json.loads((parts[0] / "shard.json").read_text())
+    manifest["groups"][0]["size"] = 10**9
+    (parts[0] / "shard.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="shard.json: group 0: 'size' must be an integer from 0 to 4096"):
+        merge_shards([str(p) for p in parts], str(tmp_path / "merged"), progress=False, log=lambda m: None)
