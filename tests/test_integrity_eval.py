@@ -88,6 +88,24 @@ def test_merge_refuses_overlapping_shares_in_one_line(two_shards, tmp_path) -> N
     assert "\n" not in str(info.value)
 
 
+def test_a_cache_cell_file_copied_over_another_is_damaged_and_recomputed(tmp_path) -> None:
+    config = _board(tmp_path / "b")
+    first = run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False,
+                            log=lambda m: None)
+    by_metric = {}
+    for path in _cell_paths(tmp_path / "b"):
+        cell = json.loads(path.read_text())["cell"]
+        if cell["explainer"] == "gradient":
+            by_metric[cell["metric"]] = path
+    shutil.copyfile(by_metric["pointing_game"], by_metric["iou_auc"])
+    said: list[str] = []
+    again = run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False, log=said.append)
+    assert f"damaged cache file {by_metric['iou_auc']} (its key differs from its file name): recomputed" in said
+    assert again.computed == 1
+    assert ({(c["explainer"], c["metric"]): c["value"] for c in again.cells}
+            == {(c["explainer"], c["metric"]): c["value"] for c in first.cells})
+
+
 def test_the_unchanged_shards_merge(two_shards, tmp_path) -> None:
     from an8flower.eval.shards import merge_shards
 
