@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from an8flower.eval.report import atomic_write
+from an8flower.atomic import atomic_write
 
 __all__ = [
     "CACHE_FORMAT",

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from an8flower.errors import UsageError
+from an8flower.eval.stats import mean_ci
 from an8flower.intervene import Intervention, farthest_nonclass_colour, intervene_many
 from an8flower.render import class_of
 from an8flower.spec import VariantSpec
@@ -125,7 +126,6 @@ class Reliance:
         is the mean over images (repaints: of each image's mean over its repaints) with a 95%
         Student-t half-width ``ci95``; ``follow_rate`` only for repaints.
         """
-        from an8flower.eval.report import mean_ci
 
         def num(v: float) -> Optional[float]:
             return None if v is None or not math.isfinite(v) else round(float(v), 6)

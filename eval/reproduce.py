@@ -246,7 +246,7 @@ def _stride_table(model: Any, vebi: Any, data: Any, settings: ReproSettings, fil
     import torch
 
     from an8flower.baselines import build_explainer
-    from an8flower.eval.report import mean_ci
+    from an8flower.eval.stats import mean_ci
     from an8flower.eval.spectral import chance_share, conv_stride, stride_energy_share
 
     device = next(model.parameters()).device
@@ -325,7 +325,7 @@ def _sheets(model: Any, vebi: Any, data: Any, settings: ReproSettings, files: st
     """Interpretation sheets of the first ``settings.sheets`` classes (only their features are visualised)."""
     from an8flower.baselines import VEBI
     from an8flower.eval.interpret import _png_bytes, interpretation_sheet
-    from an8flower.eval.report import atomic_write
+    from an8flower.atomic import atomic_write
 
     classes = list(range(min(settings.sheets, vebi.num_classes)))
     if not classes:
@@ -371,11 +371,11 @@ def _board_summary(out_dir: str, summary: Any) -> dict[str, Any]:
 
 def _copy_figures(board_dir: str, files: str, tables: Sequence[Mapping[str, Any]], seed: int) -> dict[str, str]:
     """Copy the board's IoU-curve PNGs of model seed ``seed`` into ``files``; ``variant:model`` -> file name."""
-    from an8flower.eval.report import _slug
+    from an8flower.eval.markdown import slug
 
     copied = {}
     for t in tables:
-        name = f"iou_curves_{_slug(t['dataset'], t['variant'], t['model'], t['split'])}.png"
+        name = f"iou_curves_{slug(t['dataset'], t['variant'], t['model'], t['split'])}.png"
         if t["seed"] == seed and os.path.isfile(os.path.join(board_dir, name)):
             shutil.copyfile(os.path.join(board_dir, name), os.path.join(files, name))
             copied[f"{t['variant']}:{t['model']}"] = name
@@ -484,7 +484,8 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     """
     from an8flower.eval.data import prepare_an8flower
     from an8flower.eval.feature_removal import feature_removal, relevant_channels
-    from an8flower.eval.report import _slug, atomic_write
+    from an8flower.atomic import atomic_write
+    from an8flower.eval.markdown import slug
     from an8flower.eval.runner import run_leaderboard
 
     if log is None:
@@ -505,14 +506,14 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     for data in datasets:
         for model_name in settings.models:
             model, info = _trained_model(summary.record, data.variant, model_name, settings.seed, device)
-            slug = _slug(data.variant, model_name)
+            stem = slug(data.variant, model_name)
             vebi = parts.run("vebi fit", lambda: _fit_vebi(model, data, config, model_name, settings, progress))
             sizes = dict(zip(vebi.layers_, vebi.layer_sizes_))
             removal = parts.run("feature removal", lambda: feature_removal(
                 model, relevant_channels(vebi), data.test, sizes, train=data.train, draws=settings.draws,
                 seed=settings.seed, batch_size=max(64, settings.batch_size), progress=progress))
-            stride = parts.run("stride fix", lambda: _stride_table(model, vebi, data, settings, files, slug))
-            sheets = parts.run("sheets", lambda: _sheets(model, vebi, data, settings, files, slug, progress))
+            stride = parts.run("stride fix", lambda: _stride_table(model, vebi, data, settings, files, stem))
+            sheets = parts.run("sheets", lambda: _sheets(model, vebi, data, settings, files, stem, progress))
             groups.append({"variant": data.variant, "model": model_name, "seed": settings.seed,
                            "accuracy": info["accuracy"], "train_images": len(data.train), "test_images": len(data.test),
                            "vebi": {"layers": len(vebi.layers_), "features": vebi.fit_info_.get("n_features"),

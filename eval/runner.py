@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from an8flower.atomic import atomic_write
 from an8flower.errors import UsageError
 from an8flower.eval.cache import (
     CellCache,
@@ -71,7 +72,7 @@ from an8flower.eval.data import (
     prepare_an8flower,
     prepare_imagenet,
 )
-from an8flower.eval.report import atomic_write, write_report
+from an8flower.eval.report import write_report
 from an8flower.eval.distributed import SINGLE, World, explainer_state, load_explainer_state, my_batches, setup
 from an8flower.eval.scoring import (
     DEFAULT_METRICS,

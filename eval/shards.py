@@ -34,9 +34,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from an8flower.atomic import atomic_write
 from an8flower.errors import UsageError
 from an8flower.eval.cache import CellCache, canonical, cell_key, package_code_sha256, read_npz
-from an8flower.eval.report import atomic_write
 
 __all__ = ["SHARD_FORMAT", "ShardStore", "accumulator_to_json", "accumulator_from_json", "fingerprint", "merge_shards"]
 

@@ -136,7 +136,7 @@ def test_results_checkpoints_and_vebi_files_honour_the_umask(tmp_path) -> None:
 
     from an8flower.baselines import VEBI
     from an8flower.eval.models import build_model
-    from an8flower.eval.report import atomic_write
+    from an8flower.atomic import atomic_write
     from an8flower.eval.train import save_checkpoint
     from test_vebi import class_data, class_net
 
