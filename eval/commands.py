@@ -85,7 +85,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from an8flower.eval.config import TRAIN_DEFAULTS, RunConfig
     from an8flower.eval.models import build_model, list_models
-    from an8flower.eval.runner import _device, prepare_an8flower
+    from an8flower.eval.runner import run_device, prepare_an8flower
     from an8flower.eval.train import TrainConfig, accuracy_warning, evaluate, model_card, save_checkpoint, train
 
     if args.model not in list_models():
@@ -101,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.data is not None and not os.path.isdir(args.data):
         raise UsageError(f"--data: no such folder: {args.data}")
     data = prepare_an8flower(variant, config)
-    device = _device(config)
+    device = run_device(config)
     model = build_model(args.model, len(data.classes), seed=args.seed)
     print(f"training {args.model} on {data.variant} ({len(data.train)} train / {len(data.val)} val images, "
           f"{data.size} px) on {device}", file=sys.stderr)
@@ -246,7 +246,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from an8flower.eval.shards import merge_shards
+    from an8flower.eval.merge import merge_shards
 
     if args.action != "merge":
         raise UsageError(f"leaderboard: unexpected argument {args.action!r} (the only sub-command is "

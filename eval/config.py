@@ -19,7 +19,7 @@ top level, plus three tables::
     [metric_options.deletion_auc]                     # keyword options of the metric function
     steps = 20
 
-    [train]                                           # fields of an8flower.eval.train.TrainConfig
+    [train]                                           # fields of an8flower.eval.config.TrainConfig
     epochs = 30
 
     [data]                                            # optional: a generated folder per variant
@@ -41,7 +41,7 @@ from typing import Any, Optional
 
 from an8flower.errors import UsageError
 
-__all__ = ["RunConfig", "quick_config", "load_config", "QUICK", "TRAIN_DEFAULTS"]
+__all__ = ["RunConfig", "TrainConfig", "quick_config", "load_config", "QUICK", "TRAIN_DEFAULTS"]
 
 #: Samples per class of a variant a ``per_class`` table leaves out.
 DEFAULT_PER_CLASS = 500
@@ -53,12 +53,52 @@ MAX_PER_CLASS = 100_000
 MAX_MODEL_SEEDS = 100
 
 #: The training recipe of every model the package trains (``an8flower train``, the leaderboard,
-#: ``--quick``) unless a run overrides it: the defaults of :class:`~an8flower.eval.train.TrainConfig`.
+#: ``--quick``) unless a run overrides it: the defaults of :class:`TrainConfig`.
 #: Tuned on the small CNN at 64 px (the seed-0 datasets): test accuracy 96.7% / 98.1% (single-6c /
 #: double-12c) at 150 per class (the --quick size) and 98.9% / 98.8% at 300 per class; the former
 #: recipe (lr 5e-3, batch 32) gave 85% on single-6c at 100 per class. Below 150 per class
 #: single-6c's 70 training images per class are too few (85% at 100 per class).
 TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 30, "batch_size": 64, "lr": 1e-2, "patience": 8, "stop_at": 1.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train`.
+
+    Args:
+        epochs: maximum number of passes over the training set.
+        batch_size: images per optimisation step.
+        lr: peak learning rate (AdamW; warm-up over 10% of the steps, then cosine decay to 0).
+        weight_decay: AdamW's decoupled weight decay.
+        patience: stop after this many epochs without a better validation accuracy.
+        stop_at: stop as soon as validation accuracy reaches this value (``None``: never).
+        hflip: flip each training image horizontally with probability 1/2.
+        seed: seeds the shuffling and the flips (the initialisation is seeded by the caller).
+        workers: ``DataLoader`` worker processes.
+        amp: use float16 autocast and gradient scaling when the model is on CUDA (ignored on CPU).
+    """
+
+    epochs: int = TRAIN_DEFAULTS["epochs"]
+    batch_size: int = TRAIN_DEFAULTS["batch_size"]
+    lr: float = TRAIN_DEFAULTS["lr"]
+    weight_decay: float = 1e-4
+    patience: int = TRAIN_DEFAULTS["patience"]
+    stop_at: Optional[float] = TRAIN_DEFAULTS["stop_at"]
+    hflip: bool = False
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise UsageError(f"workers must be >= 0, got {self.workers}")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be positive, got {self.lr}")
+        if self.patience < 1:
+            raise UsageError(f"patience must be >= 1, got {self.patience}")
 
 
 @dataclass
@@ -101,7 +141,7 @@ class RunConfig:
         amp: run the explainers that allow it (``amp_safe``: RISE, whose map averages many forward passes)
             under autocast (float16 on CUDA, bfloat16 on a CPU); metrics stay float32/float64. Off
             by default; part of every cell's key.
-        train: fields of :class:`an8flower.eval.train.TrainConfig` for models trained by the run.
+        train: fields of :class:`TrainConfig` for models trained by the run.
         examples: images shown in the example-heatmap grid.
         plots: write the PNG plots.
         quick: this is the ``--quick`` preset (recorded in ``run.json``).
@@ -179,8 +219,6 @@ class RunConfig:
             v = getattr(self, name)
             if not isinstance(v, dict) or not all(isinstance(o, dict) for o in v.values()):
                 raise UsageError(f"{source}: {name} must map names to tables of options, got {v!r}")
-        from an8flower.eval.train import TrainConfig
-
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(self.train) - known)
         if unknown:
@@ -192,10 +230,8 @@ class RunConfig:
             return int(self.per_class.get(variant, DEFAULT_PER_CLASS))
         return int(self.per_class)
 
-    def train_config(self):
-        """The :class:`~an8flower.eval.train.TrainConfig` of the models this run trains."""
-        from an8flower.eval.train import TrainConfig
-
+    def train_config(self) -> TrainConfig:
+        """The :class:`TrainConfig` of the models this run trains."""
         settings = {"seed": self.seed, "hflip": True, "workers": self.workers, **self.train}
         return TrainConfig(**settings)
 

@@ -311,7 +311,7 @@ def _interpret(args: argparse.Namespace) -> int:
 
     from an8flower.baselines import VEBI
     from an8flower.eval.models import load_checkpoint
-    from an8flower.eval.runner import _device
+    from an8flower.eval.runner import run_device
 
     for flag, value, low in (("--k", args.k, 1), ("--top-n", args.top_n, 1), ("--max-features", args.max_features, 1),
                              ("--batch-size", args.batch_size, 1)):
@@ -323,7 +323,7 @@ def _interpret(args: argparse.Namespace) -> int:
     data, config = _training_data(args, card)
     if len(data.classes) != int(card["num_classes"]):
         raise UsageError(f"--weights {args.weights} has {card['num_classes']} classes; the data has {len(data.classes)}")
-    device = _device(config)
+    device = run_device(config)
     model = model.to(device).eval()
     vebi = VEBI(mu=args.mu, k=args.k, top_n=args.top_n, labels=args.labels, layers=args.layer,
                 stride_fix=not args.no_stride_fix, batch_size=args.batch_size)
@@ -408,7 +408,7 @@ def _explain(args: argparse.Namespace) -> int:
     from an8flower.eval.commands import _parse_value, apply_imports
     from an8flower.eval.models import load_checkpoint
     from an8flower.eval.config import RunConfig
-    from an8flower.eval.runner import _device
+    from an8flower.eval.runner import run_device
 
     apply_imports(args)
     if not args.out.lower().endswith(".png"):
@@ -430,7 +430,7 @@ def _explain(args: argparse.Namespace) -> int:
     elif explainer.requires_fit:
         raise UsageError(f"explainer {args.explainer!r} must be fitted first; explain runs only fitted or fit-free explainers")
     model, card = load_checkpoint(args.weights)
-    device = _device(RunConfig(device=args.device))
+    device = run_device(RunConfig(device=args.device))
     model = model.to(device).eval()
     c, h, w = card.get("input_size") or [3, 112, 112]  # model_card stores (channels, height, width)
     x = torch.from_numpy(_read_image(args.image, int(c), (h, w)))[None].to(device)

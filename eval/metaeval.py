@@ -47,7 +47,6 @@ Kendall tau-b between the rankings of every pair of seeds.
 from __future__ import annotations
 
 import math
-import warnings
 from itertools import combinations
 from typing import Any, Mapping, Optional, Sequence
 

@@ -104,7 +104,7 @@ class ReproSettings:
             scored test images per (variant, model). seed: dataset, model and explainer seed.
         model_seeds: classifiers per model (seeds ``seed, seed + 1, ...``; the board's ranks across
             seeds; feature removal, stride table and sheets use the first).
-        train: :class:`~an8flower.eval.train.TrainConfig` fields of the classifiers.
+        train: :class:`~an8flower.eval.config.TrainConfig` fields of the classifiers.
         batch_size: images per explainer call. draws: random draws in feature removal.
         sheets: classes with interpretation sheets per (variant, model). top_n: training images
             averaged per feature in a sheet. spectral_images: test images of the stride table.
@@ -207,9 +207,9 @@ class _Parts:
 def _loader(split: Any, batch_size: int) -> Any:
     from torch.utils.data import DataLoader
 
-    from an8flower.eval.train import _xy
+    from an8flower.eval.train import collate_images_labels
 
-    return DataLoader(split, batch_size=batch_size, shuffle=False, collate_fn=_xy)
+    return DataLoader(split, batch_size=batch_size, shuffle=False, collate_fn=collate_images_labels)
 
 
 def _trained_model(record: Mapping[str, Any], variant: str, model_name: str, seed: int, device: Any) -> tuple[Any, dict]:
@@ -465,9 +465,9 @@ def _imagenet_part(settings: ReproSettings, progress: Optional[bool], log: Calla
 
 
 def _torch_device(config: Any) -> Any:
-    from an8flower.eval.runner import _device
+    from an8flower.eval.runner import run_device
 
-    return _device(config)
+    return run_device(config)
 
 
 def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] = None, progress: Optional[bool] = None,

@@ -116,7 +116,8 @@ __all__ = [
 # ---------------------------------------------------------------------------------- models
 
 
-def _device(config: RunConfig) -> torch.device:
+def run_device(config: RunConfig) -> torch.device:
+    """The device a run uses: ``config.device``, else CUDA when available, else the CPU (UsageError for a bad name)."""
     if config.device:
         try:
             return torch.device(config.device)
@@ -276,7 +277,7 @@ def run_leaderboard(
             keyed by their full recipe).
         shard: ``(I, N)``: compute only shard I of N (1-based) of every cell, for schedulers without
             ``torch.distributed``, and write it uncombined to ``config.out`` for
-            :func:`an8flower.eval.shards.merge_shards` (no report is written).
+            :func:`an8flower.eval.merge.merge_shards` (no report is written).
         world: the processes of the run (default: :func:`an8flower.eval.distributed.setup`, which
             reads ``torchrun``'s environment); see :mod:`an8flower.eval.distributed`.
 
@@ -290,7 +291,7 @@ def run_leaderboard(
     """
     owned = world is None
     world = world if world is not None else setup(config.device, shard)
-    run = _Run(config, models, progress, log, fresh, datasets_given=datasets is not None, world=world)
+    run = BoardRun(config, models, progress, log, fresh, datasets_given=datasets is not None, world=world)
     sources: list[Any] = list(datasets) if datasets is not None else ([None] if config.imagenet else list(config.variants))
     for source in sources:
         data = run.prepare(source)
@@ -308,7 +309,7 @@ def run_leaderboard(
     return summary
 
 
-class _Run:
+class BoardRun:
     """The state of one leaderboard run: cache, timer, the cells gathered so far and the run record."""
 
     def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
@@ -348,7 +349,7 @@ class _Run:
         if world.is_main:
             os.makedirs(config.out, exist_ok=True)
         world.barrier("the results folder")
-        self.device = _device(config)
+        self.device = run_device(config)
         if world.distributed and self.device.type == "cuda":
             self.device = torch.device("cuda", world.local_rank)
         self.cache = CellCache(config.out, warn=self.log)

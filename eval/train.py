@@ -31,10 +31,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from an8flower.errors import UsageError
-from an8flower.eval.config import TRAIN_DEFAULTS
+from an8flower.eval.config import TrainConfig
 
 __all__ = [
-    "TrainConfig",
+    "collate_images_labels",
     "TrainResult",
     "train",
     "evaluate",
@@ -46,46 +46,6 @@ __all__ = [
     "LOW_ACCURACY",
     "accuracy_warning",
 ]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of :func:`train`.
-
-    Args:
-        epochs: maximum number of passes over the training set.
-        batch_size: images per optimisation step.
-        lr: peak learning rate (AdamW; warm-up over 10% of the steps, then cosine decay to 0).
-        weight_decay: AdamW's decoupled weight decay.
-        patience: stop after this many epochs without a better validation accuracy.
-        stop_at: stop as soon as validation accuracy reaches this value (``None``: never).
-        hflip: flip each training image horizontally with probability 1/2.
-        seed: seeds the shuffling and the flips (the initialisation is seeded by the caller).
-        workers: ``DataLoader`` worker processes.
-        amp: use float16 autocast and gradient scaling when the model is on CUDA (ignored on CPU).
-    """
-
-    epochs: int = TRAIN_DEFAULTS["epochs"]
-    batch_size: int = TRAIN_DEFAULTS["batch_size"]
-    lr: float = TRAIN_DEFAULTS["lr"]
-    weight_decay: float = 1e-4
-    patience: int = TRAIN_DEFAULTS["patience"]
-    stop_at: Optional[float] = TRAIN_DEFAULTS["stop_at"]
-    hflip: bool = False
-    seed: int = 0
-    workers: int = 0
-    amp: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise UsageError(f"workers must be >= 0, got {self.workers}")
-        if not self.lr > 0:
-            raise UsageError(f"lr must be positive, got {self.lr}")
-        if self.patience < 1:
-            raise UsageError(f"patience must be >= 1, got {self.patience}")
 
 
 @dataclass
@@ -100,7 +60,7 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _xy(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_images_labels(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Collate ``(image, label, ...)`` items into an image batch and a label batch."""
     images = torch.stack([b[0] for b in batch])
     labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
@@ -117,7 +77,7 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool, seed
         shuffle=shuffle,
         generator=generator,
         num_workers=workers,
-        collate_fn=_xy,
+        collate_fn=collate_images_labels,
         persistent_workers=workers > 0,
     )
 

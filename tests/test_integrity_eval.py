@@ -65,7 +65,7 @@ def _cell_files(part) -> dict[str, str]:
 
 
 def test_merge_refuses_a_cell_file_copied_over_another(two_shards, tmp_path) -> None:
-    from an8flower.eval.shards import merge_shards
+    from an8flower.eval.merge import merge_shards
 
     parts = _shard_copy(two_shards, tmp_path)
     files = _cell_files(parts[1])
@@ -76,7 +76,7 @@ def test_merge_refuses_a_cell_file_copied_over_another(two_shards, tmp_path) -> 
 
 
 def test_merge_refuses_overlapping_shares_in_one_line(two_shards, tmp_path) -> None:
-    from an8flower.eval.shards import merge_shards
+    from an8flower.eval.merge import merge_shards
 
     parts = _shard_copy(two_shards, tmp_path)
     # shard 2 claims shard 1's share of the gradient/iou_auc cell (the record is self-consistent: a
@@ -107,7 +107,7 @@ def test_a_cache_cell_file_copied_over_another_is_damaged_and_recomputed(tmp_pat
 
 
 def test_the_unchanged_shards_merge(two_shards, tmp_path) -> None:
-    from an8flower.eval.shards import merge_shards
+    from an8flower.eval.merge import merge_shards
 
     parts = _shard_copy(two_shards, tmp_path)
     summary = merge_shards([str(p) for p in parts], str(tmp_path / "merged"), progress=False, log=lambda m: None)
@@ -477,7 +477,7 @@ def test_relu_networks_with_residuals_pools_and_inactive_clips_pass() -> None:
 
 
 def test_merge_bounds_a_shard_npz_by_its_headers(two_shards, tmp_path) -> None:
-    from an8flower.eval.shards import merge_shards
+    from an8flower.eval.merge import merge_shards
 
     parts = _shard_copy(two_shards, tmp_path)
     _npz_with_header(parts[0] / "shard" / "group-0.npz", (2, 40000, 40000, 3), "|u1", name="images")
