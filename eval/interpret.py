@@ -232,7 +232,7 @@ def _png_bytes(img: Image.Image) -> bytes:
 
 
 def _write(path: str, data: bytes, flag: str) -> None:
-    from an8flower.manifest import atomic_write_bytes
+    from an8flower.atomic import atomic_write_bytes
 
     try:
         atomic_write_bytes(path, data)
