@@ -44,16 +44,18 @@ while a non-plain rule is active:
 * the model may hold no activation module of ``torch.nn`` other than ``nn.ReLU`` (a ViT's
   ``nn.GELU`` is refused before anything runs, naming the module);
 * a :class:`torch.overrides.TorchFunctionMode` watches every forward that records a graph. Outside
-  the ``nn.ReLU`` modules, each torch function applied to an *activation* (a tensor computed from
-  the forward's input) must be one of :data:`LINEAR_OPS` (affine maps, sums, shape and indexing
+  the ``nn.ReLU`` modules, each torch function applied to an *activation* (the forward's input or
+  any tensor with an autograd history: one computed from the parameters inside the forward counts
+  too, so a model that transforms its weights in its forward is refused) must be one of :data:`LINEAR_OPS` (affine maps, sums, shape and indexing
   operations; ``mul``, ``div``, ``matmul`` with at most one activation operand, ``div`` only with
   an activation numerator; batch norm and dropout in eval mode only) or :data:`SWITCH_OPS` (max
   pooling and max/min reductions, which back-propagate through their forward switches as the rules
   assume). :data:`RECTIFIER_OPS` (``relu``, ``threshold``, ``leaky_relu``, ``maximum``, ...) pass
   only where they change no value of the batch (there they are the identity), :data:`CLIP_OPS`
   (``clamp``, ``hardtanh``, ``minimum``, ...) only where they raise no value (no lower bound acts:
-  a saturation from above gives a zero gradient under every rule); a comparison of an activation (``z > 0``) is refused as a data-dependent
-  mask; any other function is refused as unknown. The error is a
+  a saturation from above gives a zero gradient under every rule); a comparison of an activation
+  (``z > 0``) is refused as a data-dependent mask; any other function is refused as unknown, so
+  the check depends on the batch only through the rectifiers and clips. The error is a
   :class:`~an8flower.errors.UsageError` naming the model, the function and the reason.
 
 Functions applied only to constants (positional tables, ``torch.zeros``) are not watched, nor code
