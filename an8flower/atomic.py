@@ -26,7 +26,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 from an8flower.errors import DiskFullError
 
-__all__ = ["TMP_SUFFIX", "atomic_writer", "atomic_write_bytes", "is_temp_name", "DISK_FULL_ERRNOS", "format_bytes",
+__all__ = ["TMP_SUFFIX", "atomic_writer", "atomic_write_bytes", "atomic_write", "is_temp_name", "DISK_FULL_ERRNOS", "format_bytes",
            "block_size", "free_bytes", "on_disk_bytes", "check_free_space", "disk_full_error", "reporting_disk_full"]
 
 #: Suffix of the temporary names (hidden: they also start with a dot).
@@ -185,3 +185,16 @@ def reporting_disk_full(where: str | os.PathLike[str], needed: Callable[[], int]
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
         raise disk_full_error(where, needed(), exc) from None
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` with :func:`atomic_writer`, creating its folder.
+
+    A full disk raises :class:`DiskFullError` (:func:`reporting_disk_full`): one line naming ``path``
+    and about how much more space it needs.
+    """
+    path = os.fspath(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with reporting_disk_full(path, lambda: len(payload)):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_bytes(path, payload)

@@ -18,7 +18,7 @@ from an8flower.errors import UsageError
 from an8flower.intervene import intervene
 from an8flower.manifest import atomic_write_bytes
 from an8flower.render import render
-from an8flower.show import _font
+from an8flower.show import label_font
 from an8flower.spec import load_spec
 
 __all__ = ["parse_colour", "parse_recolour", "intervention_sheet", "write_intervention", "InterventionResult"]
@@ -61,7 +61,7 @@ def intervention_sheet(original: Any, changed: Any, classes: Any, what: str) -> 
     scale = max(1, -(-256 // size))
     side = size * scale
     pad = 8
-    font = _font(13)
+    font = label_font(13)
 
     def cls(s: Any) -> str:
         return f"class {s.label} {classes[s.label]}" if s.label >= 0 else "class undefined"

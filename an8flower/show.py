@@ -44,7 +44,7 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, dim: float = 0.25) -> np.n
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the bitmap font
@@ -90,8 +90,8 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = SHOW_PER_CLASS,
         if len(chosen[r.label]) < per_class:
             chosen[r.label].append(r)
 
-    font = _font(max(10, thumb // 9))
-    title_font = _font(max(12, thumb // 7))
+    font = label_font(max(10, thumb // 9))
+    title_font = label_font(max(12, thumb // 7))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(int(probe.textlength(f"{i} {c}", font=font)) for i, c in enumerate(classes)) + 2 * _PAD
     cell = 2 * thumb + _PAD

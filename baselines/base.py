@@ -39,6 +39,7 @@ __all__ = [
     "list_explainers",
     "explainer_class",
     "ADAPTER_SEPARATOR",
+    "RESERVED_NAMES",
     "check_inputs",
     "model_device",
     "CHANNEL_REDUCTIONS",
@@ -49,6 +50,9 @@ __all__ = [
 _REGISTRY: dict[str, type["Explainer"]] = {}
 #: Separates a library prefix from the library's method name in adapter names (``captum:Saliency``).
 ADAPTER_SEPARATOR = ":"
+#: Names of the reference explainers: the oracle (the board's own) and the package's ``random`` and
+#: ``centre``; no other code may register them (in any letter case).
+RESERVED_NAMES: frozenset[str] = frozenset({"oracle", "random", "centre"})
 
 E = TypeVar("E", bound=type)
 
@@ -67,6 +71,9 @@ def register_explainer(name: str) -> Callable[[E], E]:
     def decorate(cls: E) -> E:
         if ADAPTER_SEPARATOR in name:
             raise UsageError(f"explainer names with {ADAPTER_SEPARATOR!r} are reserved for library adapters, got {name!r}")
+        if name.casefold() in RESERVED_NAMES and not (getattr(cls, "__module__", "") or "").startswith("an8flower."):
+            raise UsageError(f"explainer name {name!r} is reserved for the package's reference explainers "
+                             f"({', '.join(sorted(RESERVED_NAMES))})")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise UsageError(f"an explainer named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
         if not (isinstance(cls, type) and issubclass(cls, Explainer)):

@@ -34,15 +34,33 @@ hooked and would back-propagate as the plain gradient); one module may be called
 (each call is hooked). In-place ReLUs are switched to out-of-place inside the block and restored
 on exit.
 
-**Unhooked rectifications are refused.** A model that defines ``nn.ReLU`` modules but also
-rectifies functionally (torchvision's DenseNet ends with ``F.relu(features)``) would get a guided
-backprop or deconvnet that is only partly guided, silently. While a non-plain rule is active, a
-:class:`torch.overrides.TorchFunctionMode` watches the forward pass: a rectification that runs
-outside an ``nn.ReLU`` module's call raises :class:`~an8flower.errors.UsageError` naming the
-function. Rectifications are :data:`RECTIFICATIONS` (``relu``, ``relu_``, ``relu6``,
-``threshold``, ``threshold_``) and ``clamp``/``clamp_min`` (and their in-place forms) with
-``min = 0`` and no ``max``. Other activations (GELU, SiLU, leaky ReLU...) are not rectifications
-and the rules do not touch them.
+**Only graphs the rule knows are accepted.** A guided backprop or deconvnet is only what it claims
+when every non-linearity between the input and the output is an ``nn.ReLU`` module the rule
+replaced; anything else (a functional ``F.relu`` next to ReLU modules, as in torchvision's
+DenseNet; ``F.threshold``, ``torch.maximum(z, 0)``, ``F.leaky_relu(z, 0)``, ``F.hardtanh(z, 0, 6)``,
+``z * (z > 0)``; GELU, SiLU, softmax...) would make the map partly the plain gradient, silently. So
+while a non-plain rule is active:
+
+* the model may hold no activation module of ``torch.nn`` other than ``nn.ReLU`` (a ViT's
+  ``nn.GELU`` is refused before anything runs, naming the module);
+* a :class:`torch.overrides.TorchFunctionMode` watches every forward that records a graph. Outside
+  the ``nn.ReLU`` modules, each torch function applied to an *activation* (the forward's input or
+  any tensor with an autograd history: one computed from the parameters inside the forward counts
+  too, so a model that transforms its weights in its forward is refused) must be one of :data:`LINEAR_OPS` (affine maps, sums, shape and indexing
+  operations; ``mul``, ``div``, ``matmul`` with at most one activation operand, ``div`` only with
+  an activation numerator; batch norm and dropout in eval mode only) or :data:`SWITCH_OPS` (max
+  pooling and max/min reductions, which back-propagate through their forward switches as the rules
+  assume). :data:`RECTIFIER_OPS` (``relu``, ``threshold``, ``leaky_relu``, ``maximum``, ...) pass
+  only where they change no value of the batch (there they are the identity), :data:`CLIP_OPS`
+  (``clamp``, ``hardtanh``, ``minimum``, ...) only where they raise no value (no lower bound acts:
+  a saturation from above gives a zero gradient under every rule); a comparison of an activation
+  (``z > 0``) is refused as a data-dependent mask; any other function is refused as unknown, so
+  the check depends on the batch only through the rectifiers and clips. The error is a
+  :class:`~an8flower.errors.UsageError` naming the model, the function and the reason.
+
+Functions applied only to constants (positional tables, ``torch.zeros``) are not watched, nor code
+outside the model's forward (an explainer's post-processing). Forwards run without a graph
+(``torch.no_grad``) are not watched either: they carry no rule.
 """
 
 from __future__ import annotations
@@ -57,13 +75,47 @@ from torch import nn
 from an8flower.baselines.base import HookScope
 from an8flower.errors import UsageError
 
-__all__ = ["RELU_RULES", "RECTIFICATIONS", "backward_rules", "modified_gradient", "stride_fix_backward"]
+__all__ = ["RELU_RULES", "LINEAR_OPS", "SWITCH_OPS", "RECTIFIER_OPS", "CLIP_OPS", "backward_rules", "modified_gradient",
+           "stride_fix_backward"]
 
 #: The ReLU backward rules :func:`backward_rules` accepts.
 RELU_RULES: tuple[str, ...] = ("gradient", "guided", "deconvnet")
-#: Functions (by ``__name__``) that rectify their input; see "Unhooked rectifications are refused".
-RECTIFICATIONS: frozenset[str] = frozenset({"relu", "relu_", "relu6", "threshold", "threshold_"})
-_CLAMPS: frozenset[str] = frozenset({"clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_"})
+
+
+def _names(*groups: str) -> frozenset[str]:
+    return frozenset(name for group in groups for name in group.split())
+
+
+#: Functions (by ``__name__``) linear in their activation operand, or that only move, select or
+#: describe its elements; see "Only graphs the rule knows are accepted".
+LINEAR_OPS: frozenset[str] = _names(
+    "__get__ size dim numel __len__ __iter__ __getitem__ __format__ view view_as reshape reshape_as flatten unflatten",
+    "contiguous permute transpose t movedim squeeze unsqueeze expand expand_as repeat narrow select index_select",
+    "split chunk unbind cat concat concatenate stack flip roll to float double half bfloat16 type type_as clone",
+    "detach requires_grad_ zeros_like ones_like full_like empty_like rand_like randn_like new_zeros new_ones",
+    "new_full new_empty",
+    "add add_ __add__ __radd__ __iadd__ sub sub_ __sub__ __rsub__ __isub__ neg __neg__ sum mean",
+    "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear",
+    "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d",
+    "pad interpolate pixel_shuffle pixel_unshuffle",
+)
+#: Products: linear when at most one operand is an activation (and, for a quotient, not the divisor).
+_PRODUCTS: frozenset[str] = _names("mul mul_ __mul__ __rmul__ __imul__ matmul __matmul__ mm bmm einsum",
+                                   "div div_ __truediv__ __itruediv__")
+#: Functions linear in eval mode (their ``training`` argument False).
+_EVAL_ONLY: dict[str, int] = {"batch_norm": 5, "dropout": 2, "dropout1d": 2, "dropout2d": 2, "dropout3d": 2,
+                              "alpha_dropout": 2, "feature_alpha_dropout": 2}
+#: Functions that back-propagate through their forward switches (max pooling; max/min reductions).
+SWITCH_OPS: frozenset[str] = _names("max_pool1d max_pool2d max_pool3d max_pool2d_with_indices adaptive_max_pool1d",
+                                    "adaptive_max_pool2d adaptive_max_pool3d amax amin max min")
+#: Rectifiers: accepted only where they change no value of the batch.
+RECTIFIER_OPS: frozenset[str] = _names("relu relu_ relu6 threshold threshold_ leaky_relu leaky_relu_ maximum fmax")
+#: Clips: accepted only where they raise no value of the batch (no lower bound acts); a
+#: saturation from above alone passes (a saturated unit has a zero gradient under every rule).
+CLIP_OPS: frozenset[str] = _names("clamp clamp_ clip clip_ clamp_min clamp_min_ clamp_max clamp_max_ hardtanh",
+                                  "hardtanh_ minimum fmin")
+_COMPARISONS: frozenset[str] = _names("gt ge lt le eq ne __gt__ __ge__ __lt__ __le__ __eq__ __ne__ greater",
+                                      "greater_equal less less_equal sign sgn heaviside where")
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -184,10 +236,13 @@ def backward_rules(model: nn.Module, relu: str = "gradient", stride_fix: bool = 
 
     Raises:
         UsageError: an unknown ``relu`` rule, or a non-plain rule on a model without ``nn.ReLU``
-            modules.
+            modules, with activation modules other than ``nn.ReLU``, or whose forward applies a
+            function the rule does not know (see the module docstring).
     """
     if relu not in RELU_RULES:
         raise UsageError(f"unknown relu rule {relu!r}; choose from {', '.join(RELU_RULES)}")
+    if relu != "gradient":
+        _refuse_other_activation_modules(model, relu)
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if relu != "gradient" and not relus:
         raise UsageError(
@@ -196,7 +251,7 @@ def backward_rules(model: nn.Module, relu: str = "gradient", stride_fix: bool = 
         )
     inplace = [m for m in relus if m.inplace]
     scope = HookScope()
-    guard = _RectificationGuard(relu, type(model).__name__) if relu != "gradient" else None
+    guard = _RuleGuard(relu, type(model).__name__) if relu != "gradient" else None
     try:
         for m in inplace:
             m.inplace = False
@@ -223,35 +278,49 @@ def backward_rules(model: nn.Module, relu: str = "gradient", stride_fix: bool = 
             m.inplace = True
 
 
-def _is_rectification(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    name = getattr(func, "__name__", "")
-    if name in RECTIFICATIONS:
-        return True
-    if name not in _CLAMPS:
-        return False
-    lo = kwargs.get("min", args[1] if len(args) > 1 else None)
-    hi = kwargs.get("max", args[2] if len(args) > 2 else None)
-    return hi is None and isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo == 0
+def _refuse_other_activation_modules(model: nn.Module, rule: str) -> None:
+    from torch.nn.modules import activation
+
+    for name, m in model.named_modules():
+        if type(m).__module__ == activation.__name__ and not isinstance(m, nn.ReLU):
+            raise UsageError(
+                f"relu={rule!r} is defined for networks whose non-linearities are ReLUs: {type(model).__name__} has "
+                f"a {type(m).__name__} module ({name or 'the model'}), which the rule does not replace, so the map "
+                "would be partly the plain gradient; use a gradient-based explainer (e.g. gradient, integrated "
+                "gradients) for this model"
+            )
 
 
-class _RectificationGuard(torch.overrides.TorchFunctionMode):
-    """Refuses rectifications that run outside an ``nn.ReLU`` module during the model's forward.
+def _tensors(args: Any) -> Iterator[torch.Tensor]:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, torch.Tensor))
 
-    ``start``/``stop`` are the model's own pre- and post-hooks (code outside the forward, such as
-    an explainer's post-processing, is not watched); ``enter``/``leave`` those of every
-    ``nn.ReLU``. A rectification seen inside the forward at ReLU depth 0 is one the rule does not
-    cover.
+
+class _RuleGuard(torch.overrides.TorchFunctionMode):
+    """Refuses, during the model's forward, every function on an activation that the rule does not know.
+
+    ``start``/``stop`` are the model's own pre- and post-hooks (code outside the forward, such as an
+    explainer's post-processing, is not watched; ``start`` records the forward's input tensors);
+    ``enter``/``leave`` those of every ``nn.ReLU``, inside which nothing is watched. See "Only graphs
+    the rule knows are accepted" in the module docstring.
     """
 
     def __init__(self, rule: str, model_name: str) -> None:
         super().__init__()
         self.rule, self.model_name, self.depth, self.forwards = rule, model_name, 0, 0
+        self.inputs: set[int] = set()
 
     def start(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.forwards += 1
+        self.inputs.update(id(t) for t in _tensors(inputs))
 
     def stop(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         self.forwards -= 1
+        if not self.forwards:
+            self.inputs.clear()
 
     def enter(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.depth += 1
@@ -259,16 +328,63 @@ class _RectificationGuard(torch.overrides.TorchFunctionMode):
     def leave(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         self.depth -= 1
 
+    def _is_activation(self, t: torch.Tensor) -> bool:
+        return t.grad_fn is not None or id(t) in self.inputs
+
+    def _refuse(self, name: str, why: str) -> UsageError:
+        return UsageError(
+            f"relu={self.rule!r}: {self.model_name} {why} ({name} called in a forward), so the rule would not apply "
+            "there and the result would be partly the plain gradient; the rule accepts only models whose "
+            "non-linearities are nn.ReLU modules"
+        )
+
+    def _check(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[str]:
+        """Raise for a function the rule does not know; ``"any"`` (a rectifier) or ``"raised"`` (a
+        clip) when the output must be compared with the input, else None."""
+        acts = [t for t in _tensors((*args, *kwargs.values())) if self._is_activation(t)]
+        if not acts or name in LINEAR_OPS:
+            return None
+        if name in _PRODUCTS:
+            divisor = args[1:2] if name.startswith(("div", "__truediv", "__itruediv")) else ()
+            if len(acts) > 1 or any(isinstance(d, torch.Tensor) and self._is_activation(d) for d in divisor):
+                raise self._refuse(name, "multiplies activations together")
+            return None
+        if name in _EVAL_ONLY:
+            position = _EVAL_ONLY[name]
+            training = kwargs.get("training", args[position] if len(args) > position else False)
+            if training:
+                raise self._refuse(name, "runs a training-mode layer")
+            return None
+        if name in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            return "any" if name == "max" else "raised"  # the elementwise forms: maximum, minimum
+        if name in SWITCH_OPS:
+            return None
+        if name in RECTIFIER_OPS:
+            return "any"
+        if name in CLIP_OPS:
+            return "raised"
+        if name in _COMPARISONS:
+            raise self._refuse(name, "compares an activation (a data-dependent mask, such as z * (z > 0))")
+        raise self._refuse(name, "applies a function the rule does not know")
+
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
-        if self.forwards > 0 and self.depth == 0 and _is_rectification(func, args, kwargs):
-            name = getattr(func, "__name__", repr(func))
-            raise UsageError(
-                f"relu={self.rule!r}: {self.model_name} rectifies outside its nn.ReLU modules ({name} called in a "
-                "forward), so the rule would not apply there and the result would be partly the plain gradient; "
-                "replace the functional call by an nn.ReLU module"
-            )
-        return func(*args, **kwargs)
+        if self.forwards <= 0 or self.depth > 0 or not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", repr(func))
+        if name.startswith("_") and not name.startswith("__"):
+            name = name[1:]  # torch.nn.functional's dispatchers: _threshold, _max_pool2d
+        compare = self._check(func, name, args, kwargs)
+        before = args[0].detach().clone() if compare and name.endswith("_") else None
+        out = func(*args, **kwargs)
+        if compare:
+            x = (before if before is not None else args[0]).detach()
+            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                raise self._refuse(name, "rectifies outside its nn.ReLU modules")
+            changed = out.detach() != x if compare == "any" else out.detach() > x
+            if changed.any():
+                raise self._refuse(name, "rectifies outside its nn.ReLU modules")
+        return out
 
 
 def modified_gradient(

@@ -40,11 +40,12 @@ import math
 import os
 import time
 import warnings
+import zipfile
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from an8flower.eval.report import atomic_write
+from an8flower.atomic import atomic_write
 
 __all__ = [
     "CACHE_FORMAT",
@@ -56,6 +57,8 @@ __all__ = [
     "cell_key",
     "CellCache",
     "validate_cell",
+    "read_npz",
+    "NPZ_TEXT_BYTES",
 ]
 
 #: Version of the cell-file layout and of the key's configuration schema.
@@ -252,6 +255,68 @@ def validate_cell(cell: Any) -> Optional[str]:
     return None
 
 
+#: Largest item of an array :func:`read_npz` accepts without an explicit budget (complex128; a
+#: string scalar's budget is :data:`NPZ_TEXT_BYTES`).
+_MAX_ITEMSIZE = 16
+#: Bytes allowed for the zero-dimensional (text) arrays of an ``.npz``.
+NPZ_TEXT_BYTES = 1 << 20
+
+
+#: A shape for :func:`read_npz`: each dimension a length, or a ``range`` or set of allowed lengths.
+Shape = tuple["int | range | frozenset[int]", ...]
+
+
+def read_npz(path: str, shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` that must hold exactly ``shapes`` (name -> shape), read within bounds.
+
+    A dimension of a shape is a length, or a ``range`` or set of allowed lengths. Each member's ``.npy``
+    header is read first; the member is inflated only if its name, shape and dtype (no objects) are
+    expected and its data fit the budget its shape allows (``prod(shape) * 16`` bytes,
+    :data:`NPZ_TEXT_BYTES` for a 0-d text array). At most that
+    many bytes are inflated: a small file whose header claims a huge shape, or whose stream inflates
+    past its header, is refused without allocating. Never unpickles.
+
+    Raises:
+        ValueError: the reason (unexpected or missing array, shape, dtype, size, trailing data).
+        OSError, zipfile.BadZipFile, EOFError: an unreadable or truncated file.
+    """
+    from numpy.lib import format as npy
+
+    found: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if name not in shapes or name in found:
+                raise ValueError(f"unexpected member {info.filename!r}")
+            want = tuple(shapes[name])
+            with zf.open(info) as fh:
+                version = npy.read_magic(fh)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"array {name!r}: .npy format {version} is not supported")
+                reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, fortran, dtype = reader(fh)
+                if dtype.hasobject:
+                    raise ValueError(f"array {name!r} holds Python objects")
+                if len(shape) != len(want) or not all(d == w if isinstance(w, int) else d in w for d, w in zip(shape, want)):
+                    expected = tuple(w if isinstance(w, int) else f"{min(w)}..{max(w)}" if w else "none" for w in want)
+                    raise ValueError(f"array {name!r} has shape {tuple(shape)}, expected {expected}")
+                nbytes = math.prod(shape) * dtype.itemsize
+                budget = NPZ_TEXT_BYTES if not shape and dtype.kind in "SU" else math.prod(shape) * _MAX_ITEMSIZE
+                if nbytes > budget:
+                    raise ValueError(f"array {name!r} of dtype {dtype} is larger than its shape allows")
+                data = fh.read(nbytes)
+                if len(data) != nbytes:
+                    raise ValueError(f"array {name!r} is truncated")
+                if fh.read(1):
+                    raise ValueError(f"array {name!r} has trailing data")
+            order = "F" if fortran else "C"
+            found[name] = np.frombuffer(data, dtype=dtype).reshape(shape, order=order).copy()
+    missing = sorted(set(shapes) - set(found))
+    if missing:
+        raise ValueError(f"no array {missing[0]!r}")
+    return found
+
+
 class CellCache:
     """Cells as JSON files ``<out>/cache/<key[:2]>/<key>.json``; example heatmaps as ``.npz``.
 
@@ -291,6 +356,9 @@ class CellCache:
         except ValueError as exc:
             self._damaged(path, f"not valid JSON: {exc}")
             return None
+        except RecursionError:
+            self._damaged(path, "JSON nested too deeply")
+            return None
         if not isinstance(doc, dict):
             self._damaged(path, f"holds a {type(doc).__name__}, not a cell file")
             return None
@@ -301,10 +369,16 @@ class CellCache:
             self._damaged(path, "its key differs from its file name")
             return None
         cell = doc.get("cell")
-        if doc.get("sha256") != _sha256_text(canonical(cell)):
+        try:
+            checksum_ok = doc.get("sha256") == _sha256_text(canonical(cell))
+            config_ok = isinstance(doc.get("config"), dict) and cell_key(doc["config"]) == doc.get("key")
+        except RecursionError:
+            self._damaged(path, "JSON nested too deeply")
+            return None
+        if not checksum_ok:
             self._damaged(path, "its checksum does not match its content")
             return None
-        if not isinstance(doc.get("config"), dict) or cell_key(doc["config"]) != doc.get("key"):
+        if not config_ok:
             self._damaged(path, "its configuration does not match its key")
             return None
         reason = validate_cell(cell)
@@ -345,30 +419,23 @@ class CellCache:
                 if cell is not None:
                     yield cell
 
-    def get_arrays(self, key: str, shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Optional[dict[str, np.ndarray]]:
+    def get_arrays(self, key: str, shapes: dict[str, Shape], finite: bool = True) -> Optional[dict[str, np.ndarray]]:
         """The arrays stored under ``key``, or None (absent or damaged).
 
-        ``shapes``: the names and shapes the file must hold (a dimension given as -1 is free); the
-        arrays must also be floating point and finite.
+        The file must hold exactly the arrays ``shapes`` names, with exactly those shapes; it is read
+        with :func:`read_npz`, so a file whose headers claim more is refused before anything is
+        inflated. ``finite``: the arrays must also be floating point and finite.
         """
         path = self.path(key, "npz")
         if not os.path.isfile(path):
             return None
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as exc:  # noqa: BLE001 - a truncated zip raises BadZipFile, EOFError, ValueError...
-            self._damaged(path, f"unreadable: {type(exc).__name__}: {exc}")
+            arrays = read_npz(path, shapes)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+            self._damaged(path, f"unreadable: {exc}")
             return None
-        for name, shape in (shapes or {}).items():
-            a = arrays.get(name)
-            if a is None:
-                self._damaged(path, f"no array {name!r}")
-                return None
-            if a.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, a.shape)):
-                self._damaged(path, f"array {name!r} has shape {a.shape}, expected {shape}")
-                return None
-            if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+        for name, a in arrays.items():
+            if finite and (not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all()):
                 self._damaged(path, f"array {name!r} is not finite floating point")
                 return None
         return arrays

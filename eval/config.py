@@ -19,7 +19,7 @@ top level, plus three tables::
     [metric_options.deletion_auc]                     # keyword options of the metric function
     steps = 20
 
-    [train]                                           # fields of an8flower.eval.train.TrainConfig
+    [train]                                           # fields of an8flower.eval.config.TrainConfig
     epochs = 30
 
     [data]                                            # optional: a generated folder per variant
@@ -53,8 +53,12 @@ from an8flower.errors import UsageError
 
 __all__ = [
     "RunConfig", "ConfigFieldError", "quick_config", "load_config", "build_run_config", "resolve_config_path",
-    "parse_value", "parse_pairs", "PUBLISHED_CONFIGS", "QUICK", "TRAIN_DEFAULTS",
+    "parse_value", "parse_pairs", "PUBLISHED_CONFIGS", "QUICK", "TRAIN_DEFAULTS", "TrainConfig", "MAX_MODEL_SEEDS",
 ]
+
+#: Largest ``model_seeds`` a run accepts: each seed trains and scores one more classifier per
+#: variant and model.
+MAX_MODEL_SEEDS = 100
 
 #: Names ``--config`` accepts for the configurations shipped in the package (``an8flower/configs``).
 PUBLISHED_CONFIGS: dict[str, str] = {"published": "published.toml", "published-gpu": "published-gpu.toml"}
@@ -67,6 +71,46 @@ class ConfigFieldError(UsageError):
         super().__init__(f"{source}: {text or f'{field} {detail}'}")
         self.field = field
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train`.
+
+    Args:
+        epochs: maximum number of passes over the training set.
+        batch_size: images per optimisation step.
+        lr: peak learning rate (AdamW; warm-up over 10% of the steps, then cosine decay to 0).
+        weight_decay: AdamW's decoupled weight decay.
+        patience: stop after this many epochs without a better validation accuracy.
+        stop_at: stop as soon as validation accuracy reaches this value (``None``: never).
+        hflip: flip each training image horizontally with probability 1/2.
+        seed: seeds the shuffling and the flips (the initialisation is seeded by the caller).
+        workers: ``DataLoader`` worker processes.
+        amp: use float16 autocast and gradient scaling when the model is on CUDA (ignored on CPU).
+    """
+
+    epochs: int = TRAIN_DEFAULTS["epochs"]
+    batch_size: int = TRAIN_DEFAULTS["batch_size"]
+    lr: float = TRAIN_DEFAULTS["lr"]
+    weight_decay: float = 1e-4
+    patience: int = TRAIN_DEFAULTS["patience"]
+    stop_at: Optional[float] = TRAIN_DEFAULTS["stop_at"]
+    hflip: bool = False
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise UsageError(f"workers must be >= 0, got {self.workers}")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be positive, got {self.lr}")
+        if self.patience < 1:
+            raise UsageError(f"patience must be >= 1, got {self.patience}")
 
 
 @dataclass
@@ -109,7 +153,7 @@ class RunConfig:
         amp: run the explainers that allow it (``amp_safe``: RISE, whose map averages many forward passes)
             under autocast (float16 on CUDA, bfloat16 on a CPU); metrics stay float32/float64. Off
             by default; part of every cell's key.
-        train: fields of :class:`an8flower.eval.train.TrainConfig` for models trained by the run.
+        train: fields of :class:`TrainConfig` for models trained by the run.
         examples: images shown in the example-heatmap grid.
         plots: write the PNG plots.
         quick: this is the ``--quick`` preset (recorded in ``run.json``).
@@ -156,6 +200,9 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(name, f"must be a positive integer, got {v!r}")
+        if self.model_seeds > MAX_MODEL_SEEDS:
+            raise bad("model_seeds", f"{self.model_seeds} is above the limit of {MAX_MODEL_SEEDS} classifiers per "
+                      "variant and model")
         counts = self.per_class.items() if isinstance(self.per_class, dict) else [("", self.per_class)]
         for variant, v in counts:
             field_name = f"per_class.{variant}" if variant else "per_class"
@@ -189,8 +236,6 @@ class RunConfig:
             v = getattr(self, name)
             if not isinstance(v, dict) or not all(isinstance(o, dict) for o in v.values()):
                 raise bad(name, f"must map names to tables of options, got {v!r}")
-        from an8flower.eval.train import TrainConfig
-
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(self.train) - known)
         if unknown:
@@ -204,10 +249,8 @@ class RunConfig:
             return int(self.per_class.get(variant, BOARD_PER_CLASS))
         return int(self.per_class)
 
-    def train_config(self):
-        """The :class:`~an8flower.eval.train.TrainConfig` of the models this run trains."""
-        from an8flower.eval.train import TrainConfig
-
+    def train_config(self) -> TrainConfig:
+        """The :class:`TrainConfig` of the models this run trains."""
         settings = {"seed": self.seed, "hflip": True, "workers": self.workers, **self.train}
         return TrainConfig(**settings)
 

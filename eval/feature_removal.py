@@ -43,6 +43,7 @@ from torch import nn
 from an8flower.baselines.base import HookScope, eval_mode, model_device
 from an8flower.baselines.features import channel_energy, resolve_layers
 from an8flower.errors import UsageError
+from an8flower.eval.stats import mean_ci
 
 __all__ = [
     "CONDITIONS",
@@ -272,8 +273,6 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         ``{condition: {"accuracy_drop": [mean, ci95], "probability_drop": [...], "others_drop":
         [...], "n_classes": n, "channels": mean channels removed}}`` for the conditions present.
     """
-    from an8flower.eval.report import mean_ci
-
     out: dict[str, dict[str, Any]] = {}
     for cond in CONDITIONS:
         present = [r for r in rows if cond in r]

@@ -36,7 +36,7 @@ from an8flower.eval.data import prepare_an8flower
 from an8flower.eval.models import load_checkpoint
 from an8flower.eval.train import resolve_device
 from an8flower.manifest import atomic_write_bytes
-from an8flower.show import _font
+from an8flower.show import label_font
 from an8flower.untrusted import load_image
 
 __all__ = ["heatmap_overlay", "colourise", "interpretation_sheet", "explanation_figure", "interpret_checkpoint",
@@ -143,7 +143,7 @@ def interpretation_sheet(class_name: str, features: Sequence[Any], max_features:
             with ``average_image``/``average_map`` filled by :meth:`VEBI.interpret`.
     """
     shown = list(features)[:max_features]
-    font, title_font = _font(11), _font(14)
+    font, title_font = label_font(11), label_font(14)
     rows = ("average image", "average heatmap")
     label_w = max(_text_width(word, font) for r in rows for word in r.split()) + 2 * _PAD
     cols = max(1, len(shown))
@@ -196,7 +196,7 @@ def explanation_figure(
         image: uint8 (H, W, 3). heatmap: float (H, W). title: one line above the panels.
         maps: name -> float (H, W), each drawn like the heatmap.
     """
-    font = _font(12)
+    font = label_font(12)
     named = [("heatmap", heatmap)] + list((maps or {}).items())
     rows = ("over the image", "alone")
     label_w = max(_text_width(word, font) for r in rows for word in r.split()) + 2 * _PAD

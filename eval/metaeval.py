@@ -47,22 +47,21 @@ Kendall tau-b between the rankings of every pair of seeds.
 from __future__ import annotations
 
 import math
-import warnings
 from itertools import combinations
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from an8flower.eval.markdown import md_cell, md_row, md_rule
+from an8flower.eval.stats import N_BOOT, bootstrap_means, kendall_tau_b, percentile_interval
+
 __all__ = [
-    "N_BOOT",
     "RANGE_SNR",
     "TAU_MIN",
     "EQUAL_TOL",
     "REFERENCES",
     "KNOWN_COINCIDENCES",
-    "kendall_tau_b",
     "score_matrix",
-    "bootstrap_means",
     "rank_stability",
     "metric_metaeval",
     "coinciding_metrics",
@@ -75,8 +74,6 @@ __all__ = [
     "seed_markdown",
 ]
 
-#: Bootstrap resamples of the images (an even number: tau pairs them up).
-N_BOOT = 200
 #: A column whose oracle-to-random range is under this many standard errors is flagged.
 RANGE_SNR = 5.0
 #: A column whose mean tau between resamples is below this is flagged (identical explainers: 1/3).
@@ -96,25 +93,6 @@ KNOWN_COINCIDENCES: dict[frozenset, str] = {
 
 
 # ------------------------------------------------------------------------------------ maths
-
-
-def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b between the rows of ``a`` and ``b`` (..., E): (...,) float64.
-
-    ``tau_b = (n_c - n_d) / sqrt((n_0 - t_a) (n_0 - t_b))`` over the ``n_0 = E (E - 1) / 2`` pairs,
-    ``t_a``, ``t_b`` the pairs tied in ``a`` and in ``b``; NaN when either ranking is all ties
-    (or E < 2). NaN entries count as ties.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    e = a.shape[-1]
-    iu = np.triu_indices(e, 1)
-    with np.errstate(invalid="ignore"):
-        sa = np.nan_to_num(np.sign(a[..., :, None] - a[..., None, :]))[..., iu[0], iu[1]]
-        sb = np.nan_to_num(np.sign(b[..., :, None] - b[..., None, :]))[..., iu[0], iu[1]]
-    n0 = len(iu[0])
-    den = np.sqrt((n0 - (sa == 0).sum(-1)) * (n0 - (sb == 0).sum(-1)).astype(np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (sa * sb).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
 
 
 def score_matrix(cells: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[int], np.ndarray]:
@@ -140,32 +118,6 @@ def score_matrix(cells: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[in
     return [c["explainer"] for c in rows], list(ids), x
 
 
-def bootstrap_means(x: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """Means of each row of ``x`` (E, N) on ``n_boot`` paired resamples of its columns: (n_boot, E).
-
-    Resample b draws N columns with replacement (the same for every row, from
-    ``numpy.random.default_rng(seed)``); each row's mean ignores its NaN entries (NaN when all are).
-    """
-    n = x.shape[1]
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    out = np.empty((n_boot, x.shape[0]))
-    for start in range(0, n_boot, 50):  # bounded memory: E x 50 x N at a time
-        sub = x[:, idx[start : start + 50]]  # (E, b, N)
-        finite = np.isfinite(sub)
-        count = finite.sum(-1)
-        total = np.where(finite, sub, 0.0).sum(-1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[start : start + 50] = np.where(count > 0, total / np.maximum(count, 1), np.nan).T
-    return out
-
-
-def _interval(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2.5 and 97.5 percentiles over the resamples (axis 0), NaN resamples ignored (NaN if all are)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanpercentile(diff, 2.5, axis=0), np.nanpercentile(diff, 97.5, axis=0)
-
-
 def rank_stability(means: np.ndarray, boot: np.ndarray) -> dict[str, Any]:
     """Tau between resamples and significant pairs for explainers with full-data ``means`` (E,).
 
@@ -183,7 +135,7 @@ def rank_stability(means: np.ndarray, boot: np.ndarray) -> dict[str, Any]:
                 "significant": np.zeros((e, e), bool)}
     half = boot.shape[0] // 2
     taus = np.nan_to_num(kendall_tau_b(boot[0:2 * half:2], boot[1:2 * half:2]), nan=0.0)
-    lo, hi = _interval(boot[:, :, None] - boot[:, None, :])  # (E, E)
+    lo, hi = percentile_interval(boot[:, :, None] - boot[:, None, :])  # (E, E)
     sig = (lo > 0) | (hi < 0)
     iu = np.triu_indices(e, 1)
     return {
@@ -251,7 +203,7 @@ def metric_metaeval(cells: Sequence[Mapping[str, Any]], higher_is_better: bool =
             flags.append(("no spread", "no two explainers differ significantly (paired bootstrap, 95%)"))
         elif has_random:
             r = names.index("random")
-            lo, hi = _interval(boot[:, cand] - boot[:, [r]])
+            lo, hi = percentile_interval(boot[:, cand] - boot[:, [r]])
             if not ((lo > 0) | (hi < 0)).any():
                 flags.append(("no spread", "no explainer differs significantly from random (paired bootstrap, 95%)"))
     if flags:
@@ -361,8 +313,6 @@ def flag_suffix(table: Mapping[str, Any], metric: str) -> str:
 
 def metaeval_markdown(table: Mapping[str, Any], metric_info: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Lines under a leaderboard table: flagged columns with their reasons, coinciding metrics, the meta table."""
-    from an8flower.eval.report import md_cell
-
     meta = table.get("metaeval")
     if not meta:
         return []
@@ -393,7 +343,7 @@ def metaeval_markdown(table: Mapping[str, Any], metric_info: Mapping[str, Mappin
         tau = "n/a" if e.get("tau") is None else f"{e['tau']:.2f} [{e['tau_ci'][0]:.2f}, {e['tau_ci'][1]:.2f}]"
         sig = "n/a" if e.get("significant_pairs") is None else f"{100 * e['significant_pairs']:.0f}% of {e['pairs']}"
         verdict = f"**flagged**: {e['flag']}" if e.get("flag") else ("n/a" if e.get("tau") is None and e.get("range") is None else "ok")
-        lines.append(f"| {md_cell(label[m])} | {rng} | {tau} | {sig} | {md_cell(verdict)} |")
+        lines.append(md_row([md_cell(label[m]), rng, tau, sig, md_cell(verdict)]))
     lines.append("")
     return lines
 
@@ -451,8 +401,6 @@ def seed_stability(tables: Sequence[Mapping[str, Any]], metric_info: Mapping[str
 def seed_markdown(stability: Sequence[Mapping[str, Any]], metric_info: Mapping[str, Mapping[str, Any]],
                   hidden: Sequence[str] = ()) -> list[str]:
     """Markdown sections for :func:`seed_stability`: mean rank ± sd per explainer and metric, tau between seeds."""
-    from an8flower.eval.report import md_cell
-
     lines: list[str] = []
     for s in stability:
         metrics = [m for m in s["metrics"] if m not in hidden]
@@ -465,12 +413,12 @@ def seed_markdown(stability: Sequence[Mapping[str, Any]], metric_info: Mapping[s
                   "Kendall tau between the rankings of two seeds (1 = the same order).", ""]
         first = metrics[0]
         order = sorted(s["explainers"], key=lambda n: (s["metrics"][first]["mean"][n], n))
-        lines.append("| explainer | " + " | ".join(md_cell(metric_info.get(m, {}).get("label", m)) for m in metrics) + " |")
-        lines.append("|:--|" + "|".join(["--:"] * len(metrics)) + "|")
+        lines.append(md_row(["explainer", *(md_cell(metric_info.get(m, {}).get("label", m)) for m in metrics)]))
+        lines.append(md_rule(1, len(metrics)))
         for n in order:
-            lines.append(f"| {md_cell(n)} | " + " | ".join(f"{s['metrics'][m]['mean'][n]:.1f} ± {s['metrics'][m]['sd'][n]:.1f}"
-                                               for m in metrics) + " |")
-        lines.append("| *tau between seeds* | " + " | ".join(
-            "n/a" if s["metrics"][m]["tau"] is None else f"{s['metrics'][m]['tau']:.2f}" for m in metrics) + " |")
+            lines.append(md_row([md_cell(n), *(f"{s['metrics'][m]['mean'][n]:.1f} ± {s['metrics'][m]['sd'][n]:.1f}"
+                                               for m in metrics)]))
+        lines.append(md_row(["*tau between seeds*", *("n/a" if s["metrics"][m]["tau"] is None
+                                                      else f"{s['metrics'][m]['tau']:.2f}" for m in metrics)]))
         lines.append("")
     return lines

@@ -282,6 +282,7 @@ def load_checkpoint(
             f"weights file {path} has no model card (architecture, num_classes); "
             "pass --model and the number of classes to load a plain state dict"
         )
+    check_model_card(card, path, ckpt.get("state_dict"))
     arch = card["architecture"]
     if name is not None and arch != name:
         raise UsageError(f"weights file {path} holds a {arch!r} model, not {name!r}")
@@ -307,6 +308,47 @@ def _file_kind(path: str) -> Optional[str]:
     if head[:1] == b"\x80":
         return None
     return "neither a pickle nor a zip archive"
+#: Largest number of classes a model card may give (ImageNet-21k has 21,841).
+MAX_CARD_CLASSES = 100_000
+#: Largest input side (pixels) a model card may give.
+MAX_CARD_SIDE = 4096
+
+
+def check_model_card(card: dict, path: str, state_dict: object = None) -> None:
+    """Check every number of a checkpoint's model card before anything is built from it.
+
+    ``architecture`` a name; ``num_classes`` an integer in ``[2, MAX_CARD_CLASSES]`` that the file
+    can hold (some tensor of ``state_dict`` has at least ``num_classes`` rows: the last layer's);
+    ``input_size`` (if given) ``[C, H, W]`` with ``C`` 1 or 3 and ``1 <= H, W <= MAX_CARD_SIDE``;
+    ``classes`` (if given) ``num_classes`` strings.
+
+    Raises:
+        UsageError: naming ``path`` and the field.
+    """
+
+    def bad(field: str, why: str) -> UsageError:
+        return UsageError(f"weights file {path}: model card field {field!r} {why}, got {card.get(field)!r:.80}")
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(card.get("architecture"), str) or not card["architecture"]:
+        raise bad("architecture", "must be a model name")
+    k = card.get("num_classes")
+    if not is_int(k) or not 2 <= k <= MAX_CARD_CLASSES:
+        raise bad("num_classes", f"must be an integer from 2 to {MAX_CARD_CLASSES:,}")
+    if isinstance(state_dict, dict):
+        rows = max((t.shape[0] for t in state_dict.values() if isinstance(t, torch.Tensor) and t.dim() > 0), default=0)
+        if k > rows:
+            raise bad("num_classes", f"is more than the file holds (its largest tensor has {rows} rows)")
+    size = card.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 3 and all(is_int(v) for v in size)
+                                 and size[0] in (1, 3) and all(1 <= v <= MAX_CARD_SIDE for v in size[1:])):
+        raise bad("input_size", f"must be [channels (1 or 3), height, width] with sides from 1 to {MAX_CARD_SIDE}")
+    classes = card.get("classes")
+    if classes is not None and not (isinstance(classes, list) and len(classes) == k
+                                    and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", "must be num_classes names")
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> object:

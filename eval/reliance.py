@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from an8flower.errors import UsageError
+from an8flower.eval.stats import mean_ci
 from an8flower.intervene import Intervention, farthest_nonclass_colour, intervene_many
 from an8flower.render import class_of
 from an8flower.spec import VariantSpec
@@ -125,7 +126,6 @@ class Reliance:
         is the mean over images (repaints: of each image's mean over its repaints) with a 95%
         Student-t half-width ``ci95``; ``follow_rate`` only for repaints.
         """
-        from an8flower.eval.report import mean_ci
 
         def num(v: float) -> Optional[float]:
             return None if v is None or not math.isfinite(v) else round(float(v), 6)
@@ -171,6 +171,16 @@ class Reliance:
 
         names = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._ARRAYS}
         return {**{k: getattr(self, k) for k in self._ARRAYS}, "names": np.array(json.dumps(names))}
+
+    @classmethod
+    def array_shapes(cls, n_images: int, n_parts: int, n_classes: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """The names and shapes of :meth:`to_arrays` for N images, P parts, K classes of H x W pixels
+        (what a cached record must hold, checked before it is read)."""
+        n = n_images
+        shapes: dict[str, tuple[int, ...]] = {k: (n,) for k in ("image_ids", "labels", "prob", "pred", "runner_up")}
+        shapes.update(drop=(n, n_parts, 2), flip=(n, n_parts, 2), label_prob=(n, n_classes), label_pred=(n, n_classes),
+                      changed=(n, height, width), names=())
+        return shapes
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Reliance":

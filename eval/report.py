@@ -39,16 +39,18 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from an8flower.atomic import atomic_write
+from an8flower.eval.markdown import md_cell, md_row, md_rule, slug
+from an8flower.eval.stats import mean_ci
+
 __all__ = [
     "RESULT_COLUMNS",
     "REFERENCE_ROWS",
-    "mean_ci",
     "results_rows",
     "leaderboard_tables",
     "leaderboard_markdown",
     "legend_markdown",
     "duplicate_agreement",
-    "md_cell",
     "write_report",
     "plot_iou_curves",
     "plot_examples",
@@ -56,7 +58,6 @@ __all__ = [
     "series_styles",
     "plot_reliance",
     "reliance_markdown",
-    "atomic_write",
 ]
 
 #: Columns of ``results.csv``, in order.
@@ -64,35 +65,6 @@ RESULT_COLUMNS: tuple[str, ...] = ("dataset", "variant", "model", "explainer", "
 #: Reference rows: the ceiling (``oracle``, the mask itself) and chance (``random``, ``centre``).
 REFERENCE_ROWS: tuple[str, ...] = ("oracle", "random", "centre")
 GROUP_KEYS: tuple[str, ...] = ("dataset", "variant", "model", "split", "seed")
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` atomically, creating its folder
-    (:func:`an8flower.atomic.atomic_write_bytes`: temporary file, rename; the umask is honoured)."""
-    from an8flower.atomic import atomic_write_bytes
-
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
-
-
-def mean_ci(scores: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
-    """Mean, 95% Student-t half-width and count of the finite entries of ``scores``.
-
-    Returns ``(nan, nan, 0)`` when no score is finite; the half-width is NaN when n < 2.
-    """
-    from scipy import stats
-
-    x = np.asarray(scores, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    n = int(x.size)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = float(x.mean())
-    if n < 2:
-        return mean, math.nan, n
-    half = float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return mean, half, n
 
 
 def _fmt(v: Any) -> str:
@@ -239,11 +211,6 @@ def _order_rows(rows: list[dict], primary: Optional[str], metric_info: Mapping[s
     return sorted(rows, key=key)
 
 
-def md_cell(text: Any) -> str:
-    """``text`` safe inside a GitHub-flavoured Markdown table cell: ``|`` escaped, no line breaks."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def _cell_text(s: Optional[Mapping[str, Any]], bold: bool, note: Optional[int]) -> str:
     if s is None:
         return "–"
@@ -304,8 +271,8 @@ def leaderboard_markdown(
             if counts[m] and counts[m] < full:
                 h += f" (n={counts[m]})"
             header.append(md_cell(h + flag_suffix(t, m)))
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join([":--"] + ["--:"] * len(shown)) + "|")
+        lines.append(md_row(header))
+        lines.append(md_rule(1, len(shown)))
         notes: list[str] = []
         for r in t["rows"]:
             name = r["explainer"]
@@ -320,7 +287,7 @@ def leaderboard_markdown(
                         notes.append(msg)
                     note = notes.index(msg) + 1
                 cells.append(_cell_text(s, name in t["best"].get(m, []) and not flag_suffix(t, m), note))
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(md_row(cells))
         lines.append("")
         if notes:
             lines += ["Errors:", ""] + [f"{i}. {md_cell(msg)}" for i, msg in enumerate(notes, 1)] + [""]
@@ -416,11 +383,11 @@ def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
         "Share of positive attribution per part, divided by the part's share of the image area "
         "(1 = chance; discriminative parts in bold):",
         "",
-        "| explainer | " + " | ".join(head) + " |",
-        "|:--|" + "|".join(["--:"] * len(names)) + "|",
+        md_row(["explainer", *head]),
+        md_rule(1, len(names)),
     ]
     for expl, values in parts["normalised"].items():
-        lines.append(f"| {md_cell(expl)} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in values) + " |")
+        lines.append(md_row([md_cell(expl), *("n/a" if v is None else f"{v:.2f}" for v in values)]))
     return lines
 
 
@@ -459,7 +426,7 @@ def reliance_markdown(rel: Mapping[str, Any]) -> list[str]:
         cells = []
         for r in rows:
             cells += [fmt(r, "drop", ci=True), fmt(r, "flip_rate")]
-        lines.append(f"| {label} | " + " | ".join(cells + [fmt(rows[2], "follow_rate")]) + " |")
+        lines.append(md_row([label, *cells, fmt(rows[2], "follow_rate")]))
     return lines
 
 
@@ -498,10 +465,6 @@ def plot_reliance(path: str | os.PathLike[str], rel: Mapping[str, Any], title: s
     ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.tight_layout()
     _save(fig, path)
-
-
-def _slug(*parts: str) -> str:
-    return "_".join(str(p).replace("/", "-").replace(" ", "-") for p in parts if p)
 
 
 #: Twelve colours that stay apart from each other (Paul Tol's "muted" and "bright" schemes, merged);
@@ -760,29 +723,29 @@ def _write_plots(out_dir: str, cells: Sequence[Mapping[str, Any]], tables: Seque
     files = []
     for t in tables:
         key = tuple(t[k] for k in GROUP_KEYS)
-        slug = _slug(t["dataset"], t["variant"], t["model"], t["split"])
+        stem = slug(t["dataset"], t["variant"], t["model"], t["split"])
         what = " · ".join(str(v) for v in (t["dataset"], t["variant"], t["model"]) if v)
         order = [r["explainer"] for r in t["rows"]]
         group = [c for c in cells if _group_key(c) == key and not c.get("error")]
         curves = {c["explainer"]: (c["extra"]["thresholds"], c["extra"]["curve"])
                   for c in group if c["metric"] == "iou_auc" and (c.get("extra") or {}).get("curve")}
         if curves:
-            name = f"iou_curves_{slug}.png"
+            name = f"iou_curves_{stem}.png"
             plot_iou_curves(os.path.join(out_dir, name), {e: curves[e] for e in order if e in curves}, what)
             files.append(name)
         pt = t["meta"].get("part_table")
         if pt and pt["normalised"]:
-            name = f"part_attribution_{slug}.png"
+            name = f"part_attribution_{stem}.png"
             plot_part_attribution(os.path.join(out_dir, name), pt["parts"], pt["normalised"], pt.get("discriminative", []), what)
             files.append(name)
         if t["meta"].get("reliance"):
-            name = f"reliance_{slug}.png"
+            name = f"reliance_{stem}.png"
             plot_reliance(os.path.join(out_dir, name), t["meta"]["reliance"], what)
             files.append(name)
         ex = examples.get(key)
         if ex and ex.get("heatmaps"):
             hm = ex["heatmaps"]
-            name = f"examples_{slug}.png"
+            name = f"examples_{stem}.png"
             plot_examples(os.path.join(out_dir, name), np.asarray(ex["images"]), np.asarray(ex["masks"]),
                           {e: hm[e] for e in order if e in hm}, what)
             files.append(name)

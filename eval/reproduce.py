@@ -103,7 +103,7 @@ class ReproSettings:
             scored test images per (variant, model). seed: dataset, model and explainer seed.
         model_seeds: classifiers per model (seeds ``seed, seed + 1, ...``; the board's ranks across
             seeds; feature removal, stride table and sheets use the first).
-        train: :class:`~an8flower.eval.train.TrainConfig` fields of the classifiers.
+        train: :class:`~an8flower.eval.config.TrainConfig` fields of the classifiers.
         batch_size: images per explainer call. draws: random draws in feature removal.
         sheets: classes with interpretation sheets per (variant, model). top_n: training images
             averaged per feature in a sheet. spectral_images: test images of the stride table.
@@ -207,9 +207,9 @@ class _Parts:
 def _loader(split: Any, batch_size: int) -> Any:
     from torch.utils.data import DataLoader
 
-    from an8flower.eval.train import _xy
+    from an8flower.eval.train import collate_images_labels
 
-    return DataLoader(split, batch_size=batch_size, shuffle=False, collate_fn=_xy)
+    return DataLoader(split, batch_size=batch_size, shuffle=False, collate_fn=collate_images_labels)
 
 
 def _trained_model(summary: Any, variant: str, model_name: str, seed: int, device: Any) -> tuple[Any, dict]:
@@ -247,7 +247,7 @@ def _stride_table(model: Any, vebi: Any, data: Any, settings: ReproSettings, fil
     import torch
 
     from an8flower.baselines import build_explainer
-    from an8flower.eval.report import mean_ci
+    from an8flower.eval.stats import mean_ci
     from an8flower.eval.spectral import chance_share, conv_stride, stride_energy_share
 
     device = next(model.parameters()).device
@@ -326,7 +326,7 @@ def _sheets(model: Any, vebi: Any, data: Any, settings: ReproSettings, files: st
     """Interpretation sheets of the first ``settings.sheets`` classes (only their features are visualised)."""
     from an8flower.baselines import VEBI
     from an8flower.eval.interpret import _png_bytes, interpretation_sheet
-    from an8flower.eval.report import atomic_write
+    from an8flower.atomic import atomic_write
 
     classes = list(range(min(settings.sheets, vebi.num_classes)))
     if not classes:
@@ -372,11 +372,11 @@ def _board_summary(out_dir: str, summary: Any) -> dict[str, Any]:
 
 def _copy_figures(board_dir: str, files: str, tables: Sequence[Mapping[str, Any]], seed: int) -> dict[str, str]:
     """Copy the board's IoU-curve PNGs of model seed ``seed`` into ``files``; ``variant:model`` -> file name."""
-    from an8flower.eval.report import _slug
+    from an8flower.eval.markdown import slug
 
     copied = {}
     for t in tables:
-        name = f"iou_curves_{_slug(t['dataset'], t['variant'], t['model'], t['split'])}.png"
+        name = f"iou_curves_{slug(t['dataset'], t['variant'], t['model'], t['split'])}.png"
         if t["seed"] == seed and os.path.isfile(os.path.join(board_dir, name)):
             shutil.copyfile(os.path.join(board_dir, name), os.path.join(files, name))
             copied[f"{t['variant']}:{t['model']}"] = name
@@ -497,7 +497,8 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     """
     from an8flower.eval.data import prepare_an8flower
     from an8flower.eval.feature_removal import feature_removal, relevant_channels
-    from an8flower.eval.report import _slug, atomic_write
+    from an8flower.atomic import atomic_write
+    from an8flower.eval.markdown import slug
     from an8flower.eval.runner import run_leaderboard
 
     check_paths(settings)
@@ -519,14 +520,14 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     for data in datasets:
         for model_name in settings.models:
             model, info = _trained_model(summary, data.variant, model_name, settings.seed, device)
-            slug = _slug(data.variant, model_name)
+            stem = slug(data.variant, model_name)
             vebi = parts.run("vebi fit", lambda: _fit_vebi(model, data, config, model_name, settings, progress))
             sizes = dict(zip(vebi.layers_, vebi.layer_sizes_))
             removal = parts.run("feature removal", lambda: feature_removal(
                 model, relevant_channels(vebi), data.test, sizes, train=data.train, draws=settings.draws,
                 seed=settings.seed, batch_size=max(64, settings.batch_size), progress=progress))
-            stride = parts.run("stride fix", lambda: _stride_table(model, vebi, data, settings, files, slug))
-            sheets = parts.run("sheets", lambda: _sheets(model, vebi, data, settings, files, slug, progress))
+            stride = parts.run("stride fix", lambda: _stride_table(model, vebi, data, settings, files, stem))
+            sheets = parts.run("sheets", lambda: _sheets(model, vebi, data, settings, files, stem, progress))
             groups.append({"variant": data.variant, "model": model_name, "seed": settings.seed,
                            "accuracy": info["accuracy"], "train_images": len(data.train), "test_images": len(data.test),
                            "vebi": {"layers": len(vebi.layers_), "features": vebi.fit_info_.get("n_features"),

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from an8flower.atomic import atomic_write
 from an8flower.errors import UsageError
 from an8flower.eval.cache import (
     CellCache,
@@ -71,7 +72,7 @@ from an8flower.eval.data import (
     prepare_an8flower,
     prepare_imagenet,
 )
-from an8flower.eval.report import atomic_write, write_report
+from an8flower.eval.report import write_report
 from an8flower.eval.distributed import SINGLE, World, explainer_state, load_explainer_state, my_batches, setup
 from an8flower.eval.results_folder import portable_record
 from an8flower.eval.scoring import (
@@ -95,6 +96,7 @@ from an8flower.eval.scoring import (
     split_explainer_name,
 )
 from an8flower.eval.shards import ShardStore
+from an8flower.eval.train import resolve_device
 
 __all__ = [
     "MetricSpec",
@@ -116,13 +118,9 @@ __all__ = [
 # ---------------------------------------------------------------------------------- models
 
 
-def _device(config: RunConfig) -> torch.device:
-    if config.device:
-        try:
-            return torch.device(config.device)
-        except RuntimeError as exc:
-            raise UsageError(f"--device {config.device!r}: {exc}") from None
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def run_device(config: RunConfig) -> torch.device:
+    """The device a run uses: :func:`~an8flower.eval.train.resolve_device` of ``config.device``."""
+    return resolve_device(config.device)
 
 
 def _weights_for(config: RunConfig, variant: str, model_name: str) -> Optional[str]:
@@ -160,10 +158,17 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
     path = os.path.join(config.out, "models", f"{data.variant}_{model_name}_{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.pt")
     if os.path.isfile(path):
         t0 = time.perf_counter()
-        model, card = load_checkpoint(path, name=model_name)
-        timer.add("io", time.perf_counter() - t0)
-        log(f"{data.variant} / {model_name}: reusing the trained model {path}")
-        return model.to(device).eval(), {"source": path, "card": card, "trained": False, "reused": True}
+        try:
+            model, card = load_checkpoint(path, name=model_name)
+            if int(card["num_classes"]) != k:
+                raise UsageError(f"weights file {path} has {card['num_classes']} classes, not {k}")
+        except UsageError as exc:  # a damaged cell of the model cache: discarded and recomputed, said
+            log(f"{data.variant} / {model_name}: damaged trained model discarded and retrained ({exc})")
+            os.unlink(path)
+        else:
+            timer.add("io", time.perf_counter() - t0)
+            log(f"{data.variant} / {model_name}: reusing the trained model {path}")
+            return model.to(device).eval(), {"source": path, "card": card, "trained": False, "reused": True}
     log(f"{data.variant} / {model_name}: training on {len(data.train)} images ({data.size} px)")
     t0 = time.perf_counter()
     model = build_model(model_name, k, seed=seed)
@@ -269,7 +274,7 @@ def run_leaderboard(
             keyed by their full recipe).
         shard: ``(I, N)``: compute only shard I of N (1-based) of every cell, for schedulers without
             ``torch.distributed``, and write it uncombined to ``config.out`` for
-            :func:`an8flower.eval.shards.merge_shards` (no report is written).
+            :func:`an8flower.eval.merge.merge_shards` (no report is written).
         world: the processes of the run (default: :func:`an8flower.eval.distributed.setup`, which
             reads ``torchrun``'s environment); see :mod:`an8flower.eval.distributed`.
 
@@ -283,7 +288,7 @@ def run_leaderboard(
     """
     owned = world is None
     world = world if world is not None else setup(config.device, shard)
-    run = _Run(config, models, progress, log, fresh, datasets_given=datasets is not None, world=world)
+    run = BoardRun(config, models, progress, log, fresh, datasets_given=datasets is not None, world=world)
     sources: list[Any] = list(datasets) if datasets is not None else ([None] if config.imagenet else list(config.variants))
     for source in sources:
         data = run.prepare(source)
@@ -301,7 +306,7 @@ def run_leaderboard(
     return summary
 
 
-class _Run:
+class BoardRun:
     """The state of one leaderboard run: cache, timer, the cells gathered so far and the run record."""
 
     def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
@@ -341,7 +346,7 @@ class _Run:
         if world.is_main:
             os.makedirs(config.out, exist_ok=True)
         world.barrier("the results folder")
-        self.device = _device(config)
+        self.device = run_device(config)
         if world.distributed and self.device.type == "cuda":
             self.device = torch.device("cuda", world.local_rank)
         self.cache = CellCache(config.out, warn=self.log)
@@ -670,7 +675,9 @@ class _Run:
         if self.world.rank == 0 or self.world.shard:
             key = cell_key({**self._cell_config(data, image_ids, mhash, ORACLE, {}, None), "explainer": {},
                             "metric": {"name": "reliance", "renderer": code_sha256()}})
-            arrays = None if self.fresh else self.cache.get_arrays(key)
+            shapes = Reliance.array_shapes(len(image_ids), len(data.spec.parts), data.spec.num_classes,
+                                           *data.test.images.shape[-2:])
+            arrays = None if self.fresh else self.cache.get_arrays(key, shapes, finite=False)
             if arrays is not None:
                 try:
                     Reliance.from_arrays(arrays)

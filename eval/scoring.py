@@ -522,9 +522,9 @@ def build_and_fit(name: str, options: dict[str, Any], model: nn.Module, data: Pr
         if data.train is None:
             raise UsageError(f"{name} must be fitted on a training split, and {data.dataset} has none here")
         t0 = time.perf_counter()
-        from an8flower.eval.train import _xy  # (image, label, mask or None) items -> (images, labels)
+        from an8flower.eval.train import collate_images_labels
 
-        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0, collate_fn=_xy)
+        loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=False, num_workers=0, collate_fn=collate_images_labels)
         if "progress" in inspect.signature(explainer.fit).parameters:
             explainer.fit(model, loader, progress=progress)
         else:

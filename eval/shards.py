@@ -11,7 +11,7 @@ of rank ``I - 1`` of ``N`` (:func:`an8flower.eval.distributed.my_batches`: the s
     DIR_I/shard/<key>.examples.npz     the share's example heatmaps, with their positions
     DIR_I/shard/group-<g>.npz          the group's example images and masks (for the plots)
 
-``an8flower leaderboard merge DIR_1 ... DIR_N --out OUT`` (:func:`merge_shards`) checks that the
+``an8flower leaderboard merge DIR_1 ... DIR_N --out OUT`` (:func:`an8flower.eval.merge.merge_shards`) checks that the
 shards are the N distinct shares of one run (same fingerprint: configuration, package version and
 code, torch version; same groups: dataset, model and scored images; same cells), merges every
 cell's accumulators exactly as rank 0 merges those of a ``torchrun`` run, and writes a complete
@@ -30,15 +30,15 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from an8flower.atomic import atomic_write
 from an8flower.errors import UsageError
-from an8flower.eval.cache import CellCache, canonical, package_code_sha256
-from an8flower.eval.report import atomic_write
+from an8flower.eval.cache import canonical, cell_key, package_code_sha256
 
-__all__ = ["SHARD_FORMAT", "ShardStore", "accumulator_to_json", "accumulator_from_json", "fingerprint", "merge_shards"]
+__all__ = ["SHARD_FORMAT", "ShardStore", "accumulator_to_json", "accumulator_from_json", "fingerprint", "read_record"]
 
 SHARD_FORMAT = "an8flower-shard/1"
 #: Run settings that do not change a number and may differ between shards.
@@ -144,7 +144,7 @@ class ShardStore:
         if os.path.isfile(self._path(key, "examples.npz")):
             return True
         try:
-            read_record(self._path(key, "json"))
+            read_record(self._path(key, "json"), key)
             return True
         except (OSError, UsageError):
             return False
@@ -189,131 +189,28 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def read_record(path: str) -> dict[str, Any]:
-    """A shard's cell record, checked (format, checksum); :class:`UsageError` naming ``path`` otherwise."""
+def read_record(path: str, key: str) -> dict[str, Any]:
+    """The shard's record of cell ``key``, checked; :class:`UsageError` naming ``path`` otherwise.
+
+    Checked: the JSON (deep nesting included), the format, the checksum, and that the record is the
+    one of cell ``key`` (the key in the record, the key of the configuration in it, and the metric
+    of its accumulator), so a cell file copied over another's name is refused, not merged.
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"shard file {path}: unreadable ({exc})") from None
-    except ValueError as exc:
-        raise UsageError(f"shard file {path}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"shard file {path}: not valid JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != SHARD_FORMAT or not isinstance(doc.get("body"), dict):
         raise UsageError(f"shard file {path}: not an {SHARD_FORMAT} record")
-    if doc.get("sha256") != _sha(canonical(doc["body"])):
+    body = doc["body"]
+    if doc.get("sha256") != _sha(canonical(body)):
         raise UsageError(f"shard file {path}: its checksum does not match its content")
-    return doc["body"]
-
-
-def _read_manifest(folder: str) -> dict[str, Any]:
-    path = os.path.join(folder, "shard.json")
-    if not os.path.isfile(path):
-        hint = " (an unfinished shard: rerun it)" if os.path.isdir(os.path.join(folder, "shard")) else ""
-        raise UsageError(f"{folder}: not a finished leaderboard shard, {path} is missing{hint}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable shard manifest ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != SHARD_FORMAT:
-        raise UsageError(f"{path}: not an {SHARD_FORMAT} manifest")
-    for key in ("shard", "fingerprint", "config", "groups", "cells", "explainers", "metrics"):
-        if key not in doc:
-            raise UsageError(f"{path}: no {key!r}")
-    return doc
-
-
-def _inside(folder: str, name: str) -> str:
-    """``folder/name`` for a plain file name from a manifest (no separators, no '..')."""
-    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
-        raise UsageError(f"{folder}: shard manifest names a file outside its folder: {name!r}")
-    return os.path.join(folder, name)
-
-
-def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence[str]] = None,
-                 progress: Optional[bool] = None, log: Optional[Callable[[str], None]] = None) -> Any:
-    """Combine the N finished shards of one run into a complete results folder ``out``.
-
-    Returns:
-        The :class:`~an8flower.eval.runner.RunSummary` of the merged run.
-
-    Raises:
-        UsageError: a folder that is not a finished shard, shards of different runs (configuration,
-        version, code, N, groups or cells), a missing or repeated shard, a damaged shard file;
-        the message names the folder or file.
-    """
-    from an8flower.eval.config import RunConfig
-    from an8flower.eval.runner import _Run
-    from an8flower.eval.scoring import finish_cell, for_json, merge_accumulators
-
-    if not folders:
-        raise UsageError("merge: give the shard folders")
-    manifests = [(os.fspath(f), _read_manifest(os.fspath(f))) for f in folders]
-    first_dir, first = manifests[0]
-    n = int(first["shard"][1])
-    for folder, m in manifests:
-        if int(m["shard"][1]) != n:
-            raise UsageError(f"{folder}: shard {m['shard'][0]}/{m['shard'][1]} is not one of {n} shards like {first_dir}")
-        if m["fingerprint"] != first["fingerprint"]:
-            raise UsageError(f"{folder}: a shard of another run than {first_dir} (its configuration, an8flower or "
-                             "torch version, or code differs); merge only the shards of one run")
-        if canonical([g["config"] for g in m["groups"]]) != canonical([g["config"] for g in first["groups"]]):
-            raise UsageError(f"{folder}: its datasets, models or scored images differ from {first_dir}'s (shards that "
-                             "trained their own model? give every shard the same --weights)")
-        if sorted(m["cells"]) != sorted(first["cells"]):
-            raise UsageError(f"{folder}: holds other cells than {first_dir}")
-    indices = sorted(int(m["shard"][0]) for _, m in manifests)
-    if indices != list(range(1, n + 1)):
-        missing = sorted(set(range(1, n + 1)) - set(indices))
-        repeated = sorted({i for i in indices if indices.count(i) > 1})
-        raise UsageError(f"merge: shards of a {n}-way run: " + "; ".join(
-            ([f"missing {', '.join(map(str, missing))}"] if missing else []) +
-            ([f"repeated {', '.join(map(str, repeated))}"] if repeated else [])))
-    here = os.path.abspath(out)
-    if any(os.path.abspath(f) == here for f, _ in manifests):
-        raise UsageError(f"--out {out}: merge into a new folder, not into a shard")
-
-    config = RunConfig(**{**first["config"], "out": out})
-    model_names = list(dict.fromkeys(g["meta_key"][2] for g in first["groups"]))
-    run = _Run(config, dict.fromkeys(model_names), progress, log, datasets_given=True)
-    run.explainers, run.metrics = list(first["explainers"]), list(first["metrics"])
-    run.datasets_rec, run.models_rec = list(first.get("datasets", [])), list(first.get("models", []))
-    cache = CellCache(out)
-    for g, group in enumerate(first["groups"]):
-        key = tuple(group["meta_key"])
-        run.group_meta[key] = dict(group["meta"])
-        with np.load(_inside(os.path.join(first_dir, "shard"), f"group-{g}.npz"), allow_pickle=False) as z:
-            run.examples[key] = {"images": z["images"], "masks": z["masks"], "heatmaps": {}}
-        run.group_configs[key] = {"_config": group["config"], "image_ids": group["image_ids"], "n_ex": group["n_ex"],
-                                  "size": group["size"]}
-        for name, ex_key in group["examples"].items():
-            rows = []
-            for folder, _ in manifests:
-                with np.load(_inside(os.path.join(folder, "shard"), f"{ex_key}.examples.npz"), allow_pickle=False) as z:
-                    rows += list(zip(z["positions"].tolist(), z["heatmaps"]))
-            rows.sort(key=lambda r: r[0])
-            if rows and len(rows) == group["n_ex"]:
-                heatmaps = np.stack([h for _, h in rows]).astype(np.float16)
-                run.examples[key]["heatmaps"][name] = heatmaps
-                cache.put_arrays(ex_key, heatmaps=heatmaps)
-    from an8flower.eval.cache import group_part
-
-    groups_by_part = {group_part(g["config"]): g for g in first["groups"]}
-    for cell_key_ in first["cells"]:
-        records = [read_record(_inside(os.path.join(folder, "shard"), f"{cell_key_}.json")) for folder, _ in manifests]
-        body = records[0]
-        accs = [accumulator_from_json(r["accumulator"], os.path.join(folder, "shard", f"{cell_key_}.json"))
-                for r, (folder, _) in zip(records, manifests)]
-        merged = merge_accumulators(accs)
-        group = groups_by_part.get(group_part(body["config"]))
-        if group is None:
-            raise UsageError(f"{first_dir}: cell {cell_key_} belongs to no group of the shard")
-        cell = finish_cell(merged, body["base"], group["image_ids"], group["parts"])
-        if cell["error"] is None:
-            cache.put(cell_key_, body["config"], cell)
-        else:
-            run.errors.append({"variant": cell["variant"], "model": cell["model"], "explainer": cell["explainer"],
-                               "metric": cell["metric"], "error": cell["error"]})
-        run.cells.append(for_json(cell))
-        run.computed += 1
-    return run.finish(command, imagenet=bool(config.imagenet))
+    config, acc = body.get("config"), body.get("accumulator")
+    if (body.get("key") != key or not isinstance(config, dict) or cell_key(config) != key
+            or not isinstance(acc, dict) or not isinstance(config.get("metric"), dict)
+            or acc.get("metric") != config["metric"].get("name")):
+        raise UsageError(f"shard file {path}: holds another cell than {key} (the key its name says)")
+    return body

@@ -35,9 +35,10 @@ from an8flower.errors import UsageError
 from an8flower.eval.config import build_run_config
 from an8flower.eval.data import prepare_an8flower
 from an8flower.eval.models import build_model, list_models
+from an8flower.eval.config import TrainConfig
 
 __all__ = [
-    "TrainConfig",
+    "collate_images_labels",
     "TrainResult",
     "train",
     "evaluate",
@@ -53,46 +54,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of :func:`train`.
-
-    Args:
-        epochs: maximum number of passes over the training set.
-        batch_size: images per optimisation step.
-        lr: peak learning rate (AdamW; warm-up over 10% of the steps, then cosine decay to 0).
-        weight_decay: AdamW's decoupled weight decay.
-        patience: stop after this many epochs without a better validation accuracy.
-        stop_at: stop as soon as validation accuracy reaches this value (``None``: never).
-        hflip: flip each training image horizontally with probability 1/2.
-        seed: seeds the shuffling and the flips (the initialisation is seeded by the caller).
-        workers: ``DataLoader`` worker processes.
-        amp: use float16 autocast and gradient scaling when the model is on CUDA (ignored on CPU).
-    """
-
-    epochs: int = TRAIN_DEFAULTS["epochs"]
-    batch_size: int = TRAIN_DEFAULTS["batch_size"]
-    lr: float = TRAIN_DEFAULTS["lr"]
-    weight_decay: float = 1e-4
-    patience: int = TRAIN_DEFAULTS["patience"]
-    stop_at: Optional[float] = TRAIN_DEFAULTS["stop_at"]
-    hflip: bool = False
-    seed: int = 0
-    workers: int = 0
-    amp: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise UsageError(f"workers must be >= 0, got {self.workers}")
-        if not self.lr > 0:
-            raise UsageError(f"lr must be positive, got {self.lr}")
-        if self.patience < 1:
-            raise UsageError(f"patience must be >= 1, got {self.patience}")
-
-
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the model (best validation weights, eval mode) and its history."""
@@ -105,7 +66,7 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _xy(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_images_labels(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Collate ``(image, label, ...)`` items into an image batch and a label batch."""
     images = torch.stack([b[0] for b in batch])
     labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
@@ -122,7 +83,7 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool, seed
         shuffle=shuffle,
         generator=generator,
         num_workers=workers,
-        collate_fn=_xy,
+        collate_fn=collate_images_labels,
         persistent_workers=workers > 0,
     )
 
@@ -373,28 +334,33 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, card: dict[s
 
     The state dict is saved from the CPU so the checkpoint loads on any device.
     """
-    from an8flower.atomic import atomic_writer
+    from an8flower.atomic import atomic_writer, reporting_disk_full
+    from an8flower.errors import DiskFullError
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     try:
-        os.makedirs(folder, exist_ok=True)
-        with atomic_writer(path) as fh:
-            torch.save({"state_dict": state, "model_card": card}, fh)
+        with reporting_disk_full(path, lambda: sum(t.numel() * t.element_size() for t in state.values())):
+            os.makedirs(folder, exist_ok=True)
+            with atomic_writer(path) as fh:
+                torch.save({"state_dict": state, "model_card": card}, fh)
+    except DiskFullError:
+        raise
     except OSError as exc:
         raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
 
 
 def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The model card of a checkpoint; :class:`~an8flower.errors.UsageError` naming ``path`` if none."""
-    from an8flower.eval.models import read_checkpoint
+    from an8flower.eval.models import check_model_card, read_checkpoint
 
     path = os.fspath(path)
     ckpt = read_checkpoint(path)
     card = ckpt.get("model_card") if isinstance(ckpt, dict) else None
     if not isinstance(card, dict):
         raise UsageError(f"weights file {path} has no model card")
+    check_model_card(card, path, ckpt.get("state_dict"))
     return card
 
 

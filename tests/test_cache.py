@@ -15,7 +15,7 @@ import torch
 from an8flower.baselines import base as registry
 from an8flower.eval.cache import CellCache, cell_key, complete_options, explainer_code_identity, validate_cell
 from an8flower.eval.config import RunConfig
-from an8flower.eval.runner import _Run, run_leaderboard
+from an8flower.eval.runner import BoardRun, run_leaderboard
 from an8flower.eval.scoring import explainer_options
 
 from test_leaderboard import ColourDetector, squares
@@ -33,7 +33,7 @@ NO_KEY = {"out", "examples", "plots", "quick", "workers"}
 
 def _key(config: RunConfig, explainer: str = "rise", metric: str = "deletion_auc", ids=(1, 2, 3),
          dataset: str = "d" * 64, model: str = "m" * 64) -> str:
-    run = _Run(config, {"m": ColourDetector()}, False, lambda msg: None)
+    run = BoardRun(config, {"m": ColourDetector()}, False, lambda msg: None)
     data = squares()
     data.hash = dataset
     options = explainer_options(explainer, "m", config, "an8flower")
@@ -262,6 +262,6 @@ def test_adapter_and_quantus_cells_are_keyed_by_library_version(tmp_path) -> Non
     assert identity["library"] == {"library": "captum", "version": captum.__version__, "method": "Saliency"}
     pytest.importorskip("quantus")
     config = RunConfig(out=str(tmp_path), metrics=["quantus:PointingGame"])
-    run = _Run(config, {"m": ColourDetector()}, False, lambda msg: None)
+    run = BoardRun(config, {"m": ColourDetector()}, False, lambda msg: None)
     cfg = run._cell_config(squares(), [1, 2], "m" * 64, "gradient", {}, "quantus:PointingGame")
     assert cfg["metric"]["library"] == __import__("importlib.metadata").metadata.version("quantus")

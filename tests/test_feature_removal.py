@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from an8flower.baselines import VEBI
 from an8flower.errors import UsageError
 from an8flower.eval.data import TensorSplit
-from an8flower.eval.train import _xy
+from an8flower.eval.train import collate_images_labels
 from an8flower.eval.feature_removal import (
     class_performance,
     feature_removal,
@@ -80,7 +80,7 @@ def test_accuracy_counts_ties_fractionally() -> None:
 def test_removing_class_js_feature_drops_class_j_to_chance_and_leaves_the_others() -> None:
     net = channel_net()
     train, test = split(5, 2), split(4, 3)
-    vebi = VEBI(mu=5.0).fit(net, DataLoader(train, batch_size=8, collate_fn=_xy))
+    vebi = VEBI(mu=5.0).fit(net, DataLoader(train, batch_size=8, collate_fn=collate_images_labels))
     relevant = relevant_channels(vebi)
     # VEBI finds channel j (at the ReLU and/or the pooled map) and nothing else for class j.
     for j in range(K):

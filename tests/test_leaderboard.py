@@ -20,7 +20,8 @@ from an8flower.cli import main
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig, load_config, quick_config
 from an8flower.eval.models import build_model, model_hash
-from an8flower.eval.report import RESULT_COLUMNS, leaderboard_markdown, leaderboard_tables, mean_ci
+from an8flower.eval.report import RESULT_COLUMNS, leaderboard_markdown, leaderboard_tables
+from an8flower.eval.stats import mean_ci
 from an8flower.eval.runner import PreparedData, TensorSplit, run_leaderboard
 from an8flower.eval.train import model_card, save_checkpoint
 

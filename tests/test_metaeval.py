@@ -11,14 +11,13 @@ from scipy import stats
 from an8flower.eval.metaeval import (
     TAU_MIN,
     annotate_tables,
-    bootstrap_means,
     coinciding_metrics,
-    kendall_tau_b,
     metric_metaeval,
     rank_stability,
     seed_stability,
 )
 from an8flower.eval.report import leaderboard_markdown, leaderboard_tables, write_report
+from an8flower.eval.stats import bootstrap_means, kendall_tau_b
 
 INFO = {"m": {"label": "M", "higher_is_better": True, "kind": "mask"}}
 

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from an8flower.errors import UsageError
 from an8flower.eval.models import build_model, load_checkpoint, model_hash
-from an8flower.eval.train import TrainConfig, evaluate, model_card, predict, read_model_card, save_checkpoint, train
+from an8flower.eval.config import TrainConfig
+from an8flower.eval.train import evaluate, model_card, predict, read_model_card, save_checkpoint, train
 
 COLOURS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.9]])
 
@@ -136,7 +137,7 @@ def test_results_checkpoints_and_vebi_files_honour_the_umask(tmp_path) -> None:
 
     from an8flower.baselines import VEBI
     from an8flower.eval.models import build_model
-    from an8flower.eval.report import atomic_write
+    from an8flower.atomic import atomic_write
     from an8flower.eval.train import save_checkpoint
     from test_vebi import class_data, class_net
 

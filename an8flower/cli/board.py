@@ -3,7 +3,7 @@
 Parsers only: ``leaderboard`` builds its :class:`~an8flower.eval.config.RunConfig` with
 :func:`an8flower.eval.config.build_run_config` and runs
 :func:`an8flower.eval.runner.run_leaderboard`; ``leaderboard merge`` calls
-:func:`an8flower.eval.shards.merge_shards`. Both are imported when the command runs.
+:func:`an8flower.eval.merge.merge_shards`. Both are imported when the command runs.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _merge(args: argparse.Namespace) -> int:
     from an8flower.eval.results_folder import results_folder
-    from an8flower.eval.shards import merge_shards
+    from an8flower.eval.merge import merge_shards
 
     with results_folder(args.out):
         summary = merge_shards(args.shard_dirs, args.out, command=command_line(), progress=False if args.quiet else None)
