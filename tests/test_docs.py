@@ -91,7 +91,7 @@ def test_the_metric_table_and_the_formulas_come_from_the_code(site: Path) -> Non
 
 
 def test_every_block_runs_or_says_why_not() -> None:
-    found = [p for page in [REPO / "README.md", *PAGES] for p in problems(page)]
+    found = [p for page in [REPO / "README.md", REPO / "CONTRIBUTING.md", *PAGES] for p in problems(page)]
     assert not found, "\n".join(found)
 
 
