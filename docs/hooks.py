@@ -2,11 +2,11 @@
 
 What they do, and why each is generated rather than written:
 
-* **API source tree.** The distribution maps ``an8flower.eval`` to ``eval/``, ``an8flower.baselines``
-  to ``baselines/`` and ``an8flower.data_cards`` to ``data_cards/`` (``package-dir`` in
-  ``pyproject.toml``). mkdocstrings reads sources statically and looks for them under
-  ``an8flower/``, so :func:`on_config` builds the package as installed in a temporary folder (one
-  symbolic link per entry) and points the Python handler at it; nothing is imported.
+* **API source tree.** The distribution maps ``an8flower.eval`` to ``eval/``,
+  ``an8flower.baselines`` to ``baselines/`` and ``an8flower.data_cards`` to ``data_cards/``
+  (``package-dir`` in ``pyproject.toml``). mkdocstrings reads sources statically and looks for
+  them under ``an8flower/``, so :func:`on_config` builds the package as installed in a temporary
+  folder (one symbolic link per entry) and points the Python handler at it; nothing is imported.
 * **Catalogues.** ``<!-- catalogue: explainers -->``, ``<!-- catalogue: adapters -->`` and
   ``<!-- catalogue: metrics -->`` in a page are replaced by tables built from the registries
   (:func:`an8flower.baselines.list_explainers`, the adapters' ``catalogue()``,
@@ -16,6 +16,9 @@ What they do, and why each is generated rather than written:
   in the site for download.
 * **reST in docstrings.** The docstrings cite names with reST roles (``:func:`iou_curve` ``) and
   double backticks; :class:`RestRoles`, a griffe extension, turns both into Markdown code spans.
+* **Pages written by the board's own run.** The published board (``docs/leaderboard/``, written
+  by ``an8flower leaderboard``) and ``docs/security.md`` join the navigation when they exist
+  (:func:`on_config`), and ``<!-- published-board -->`` links to the board's page when it does.
 * **Copies.** ``data_cards/*.md`` become ``data-cards/*.md`` and ``CHANGELOG.md`` becomes
   ``changelog.md``.
 """
@@ -51,10 +54,35 @@ def on_config(config: Any) -> Any:
             (package / entry.name).symlink_to(entry)
     for name, folder in SUBPACKAGES.items():
         (package / name).symlink_to(REPO / folder)
+    _optional_pages(config)
     python = config["plugins"]["mkdocstrings"].config["handlers"].setdefault("python", {})
     python["paths"] = [str(tmp)]
     python.setdefault("options", {})["extensions"] = [f"{Path(__file__).resolve()}:RestRoles"]
     return config
+
+
+#: Pages other parts of the project write, as (navigation title, path in docs/), and the title of
+#: the navigation entry they follow.
+OPTIONAL_PAGES = (("The published board", "leaderboard"), ("Security", "security.md"))
+AFTER = "The leaderboard"
+
+
+def _optional_pages(config: Any) -> None:
+    """Add the optional pages that exist to the navigation, after :data:`AFTER`."""
+    docs = Path(config["docs_dir"])
+    entries: list[dict[str, Any]] = []
+    for title, path in OPTIONAL_PAGES:
+        target = docs / path
+        if target.is_dir():
+            pages = sorted(p.relative_to(docs).as_posix() for p in target.rglob("*.md"))
+            index = [p for p in pages if p.endswith("/index.md")]
+            if pages:
+                entries.append({title: index + [p for p in pages if p not in index]})
+        elif target.is_file():
+            entries.append({title: path})
+    nav = config["nav"]
+    at = next(i for i, item in enumerate(nav) if isinstance(item, dict) and AFTER in item) + 1
+    nav[at:at] = entries
 
 
 def on_shutdown() -> None:
@@ -76,19 +104,31 @@ def tutorial_markdown(script: Path) -> str:
     for cell in notebook.cells:
         cell.metadata = {}
     body = jupytext.writes(notebook, fmt="md")
-    link = (f"\n\n*This page is the script [`{script.name}`]({script.name}), run by the tests "
-            f"(`tests/test_tutorials.py`); download it and run it, or open it as a notebook with "
-            f"Jupytext.*\n")
+    link = (
+        f"\n\n*This page is the script [`{script.name}`]({script.name}), run by the tests "
+        f"(`tests/test_tutorials.py`); download it and run it, or open it as a notebook with "
+        f"Jupytext.*\n"
+    )
     return body.rstrip() + link
 
 
 def on_files(files: Files, config: Any) -> Files:
     docs = Path(config["docs_dir"])
     for script in sorted((docs / "tutorials").glob("[0-9][0-9]-*.py")):
-        files.append(File.generated(config, f"tutorials/{script.stem}.md", content=tutorial_markdown(script)))
+        files.append(
+            File.generated(config, f"tutorials/{script.stem}.md", content=tutorial_markdown(script))
+        )
     for card in sorted((REPO / "data_cards").glob("*.md")):
-        files.append(File.generated(config, f"data-cards/{card.name}", content=card.read_text(encoding="utf-8")))
-    files.append(File.generated(config, "changelog.md", content=(REPO / "CHANGELOG.md").read_text(encoding="utf-8")))
+        files.append(
+            File.generated(
+                config, f"data-cards/{card.name}", content=card.read_text(encoding="utf-8")
+            )
+        )
+    files.append(
+        File.generated(
+            config, "changelog.md", content=(REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+        )
+    )
     return files
 
 
@@ -118,9 +158,12 @@ def plain(docstring: str) -> str:
 
 
 def _options(cls: type) -> str:
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    shown = [f"`{p.name}={p.default!r}`" for p in parameters
-             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is not p.empty]
+    parameters = list(inspect.signature(cls).parameters.values())
+    shown = [
+        f"`{p.name}={p.default!r}`"
+        for p in parameters
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is not p.empty
+    ]
     return ", ".join(shown) or "none"
 
 
@@ -131,8 +174,10 @@ def explainer_table() -> str:
     rows = ["| name | method | options (defaults) | class |", "|---|---|---|---|"]
     for name in list_explainers():
         cls = explainer_class(name)
-        rows.append(f"| `{name}` | {plain(inspect.getdoc(cls) or '')} | {_options(cls)} | "
-                    f"`{cls.__module__}.{cls.__qualname__}` |")
+        rows.append(
+            f"| `{name}` | {plain(inspect.getdoc(cls) or '')} | {_options(cls)} | "
+            f"`{cls.__module__}.{cls.__qualname__}` |"
+        )
     return "\n".join(rows)
 
 
@@ -144,24 +189,37 @@ def adapter_table() -> str:
     rows = ["| library | version at build time | names |", "|---|---|---|"]
     excluded: list[str] = []
     for lib in catalogue():
-        names = ", ".join(f"`{m}`" for m in lib["methods"]) if lib["available"] else f"not installed: `{lib['install']}`"
-        rows.append(f"| `{lib['prefix']}:` ({lib['distribution']}) | {lib['version'] or 'n/a'} | {names} |")
+        names = (
+            ", ".join(f"`{m}`" for m in lib["methods"])
+            if lib["available"]
+            else f"not installed: `{lib['install']}`"
+        )
+        rows.append(
+            f"| `{lib['prefix']}:` ({lib['distribution']}) | {lib['version'] or 'n/a'} | {names} |"
+        )
         excluded += [f"* `{name}`: {why}" for name, why in sorted(lib["excluded"].items())]
     dup = ["| ours | theirs | agreement (each claim is a test) |", "|---|---|---|"]
     dup += [f"| `{ours}` | `{theirs}` | {how} |" for ours, theirs, how in DUPLICATES]
-    return "\n".join(rows + ["", "**Not offered, and why:**", "", *excluded, "", "**Duplicates:**", "", *dup])
+    return "\n".join(
+        rows + ["", "**Not offered, and why:**", "", *excluded, "", "**Duplicates:**", "", *dup]
+    )
 
 
 def metric_table() -> str:
     """Every metric of the board: name, column header, direction, options, what it measures."""
     from an8flower.eval.scoring import METRICS
 
-    rows = ["| name | column | better | board defaults | what it measures |", "|---|---|---|---|---|"]
+    rows = [
+        "| name | column | better | board defaults | what it measures |",
+        "|---|---|---|---|---|",
+    ]
     for spec in METRICS.values():
         defaults = ", ".join(f"`{k}={v!r}`" for k, v in spec.defaults.items()) or ""
         better = "higher" if spec.higher_is_better else "lower"
         label = spec.label.replace("|", "\\|")
-        rows.append(f"| `{spec.name}` | {label} | {better} | {defaults} | {plain(spec.description)} |")
+        rows.append(
+            f"| `{spec.name}` | {label} | {better} | {defaults} | {plain(spec.description)} |"
+        )
     return "\n".join(rows)
 
 
@@ -169,11 +227,22 @@ CATALOGUES = {"explainers": explainer_table, "adapters": adapter_table, "metrics
 _MARKER = re.compile(r"<!-- catalogue: (\w+) -->")
 
 
+def published_board(config: Any) -> str:
+    """A link to the published board's page when the site has one, else where it lives."""
+    if (Path(config["docs_dir"]) / "leaderboard" / "index.md").is_file():
+        return "Its page: [the published board](leaderboard/index.md)."
+    return "It is in the repository (its configuration, results, report and checkpoints)."
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    markdown = markdown.replace("<!-- published-board -->", published_board(config))
+
     def table(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in CATALOGUES:
-            raise ValueError(f"{page.file.src_uri}: unknown catalogue {name!r} (known: {', '.join(CATALOGUES)})")
+            raise ValueError(
+                f"{page.file.src_uri}: unknown catalogue {name!r} (known: {', '.join(CATALOGUES)})"
+            )
         return CATALOGUES[name]()
 
     return _MARKER.sub(table, markdown)

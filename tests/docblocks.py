@@ -13,6 +13,8 @@ marker (an HTML comment on the line before it) saying what to do with it instead
   (for code that must run as a script, such as a worker pool's ``__main__`` guard);
 * ``<!-- test: skip: REASON -->``: not run, for the reason given (installs, data sets we do not
   have, hours of work); the reason is required;
+* ``<!-- test: same as PAGE -->``: the block is also, verbatim, a block of ``PAGE`` (a path from
+  the repository root), where it runs; the tests check that it is;
 * ``<!-- readme-example: NAME -->``: run by its own test in ``tests/test_readme.py``.
 
 A block in any other language (``toml``, ``text``, ``bibtex``) needs a marker. Usage:
@@ -28,11 +30,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 RUNNABLE = ("python", "bash")
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>```+|~~~+)(?P<info>[^\n`]*)$")
-_MARKER = re.compile(r"<!--\s*(?:test:\s*(?P<kind>skip|file|script):\s*(?P<arg>.*?)|readme-example:\s*(?P<example>\S+))\s*-->")
+_MARKER = re.compile(
+    r"<!--\s*(?:test:\s*(?:(?P<kind>skip|file|script):|(?P<same>same as))\s*(?P<arg>.*?)"
+    r"|readme-example:\s*(?P<example>\S+))\s*-->"
+)
 
 
 @dataclass
@@ -42,7 +46,7 @@ class Block:
     language: str
     text: str
     line: int
-    kind: Optional[str] = None  # "skip", "file", "script", "example" or None (run it)
+    kind: str | None = None  # "skip", "file", "script", "same", "example" or None (run it)
     arg: str = ""
 
 
@@ -61,28 +65,42 @@ def blocks(markdown: str) -> list[Block]:
         j = i + 1
         while j < len(lines) and not lines[j].strip().startswith(fence):
             j += 1
-        body = "\n".join(line[len(match["indent"]):] for line in lines[i + 1 : j]) + "\n"
+        body = "\n".join(line[len(match["indent"]) :] for line in lines[i + 1 : j]) + "\n"
         block = Block(language, body, start + 1)
         k = start - 1
         while k >= 0 and not lines[k].strip():
             k -= 1
         marker = _MARKER.fullmatch(lines[k].strip()) if k >= 0 else None
         if marker:
-            block.kind = "example" if marker["example"] else marker["kind"]
+            block.kind = (
+                "example" if marker["example"] else "same" if marker["same"] else marker["kind"]
+            )
             block.arg = (marker["example"] or marker["arg"] or "").strip()
         out.append(block)
         i = j + 1
     return out
 
 
-def problems(page: Path) -> list[str]:
+def problems(page: Path, root: Path | None = None) -> list[str]:
     """What is wrong with the markers of ``page``: unmarked blocks that cannot run, skips without
-    a reason, file names that leave the working folder."""
+    a reason, file names that leave the working folder, "same as" blocks that are not in the page
+    they name (a path from ``root``, default the page's folder)."""
     found = []
     for b in blocks(page.read_text(encoding="utf-8")):
         where = f"{page.name}:{b.line}"
+        if b.kind == "same":
+            other = (root or page.parent) / b.arg
+            twins = (
+                [o for o in blocks(other.read_text(encoding="utf-8")) if o.kind is None]
+                if other.is_file()
+                else []
+            )
+            if (b.language, b.text) not in [(o.language, o.text) for o in twins]:
+                found.append(f"{where}: not a block that runs in {b.arg}")
         if b.kind is None and b.language not in RUNNABLE:
-            found.append(f"{where}: a {b.language or 'plain'} block needs a marker (test: skip/file/script)")
+            found.append(
+                f"{where}: a {b.language or 'plain'} block needs a marker (test: skip/file/script)"
+            )
         if b.kind == "skip" and len(b.arg) < 10:
             found.append(f"{where}: a skipped block needs its reason")
         if b.kind in ("file", "script") and (not b.arg or Path(b.arg).name != b.arg):
@@ -108,13 +126,15 @@ def run_page(page: Path, folder: Path) -> None:
     os.chdir(folder)
     for b in blocks(page.read_text(encoding="utf-8")):
         where = f"{page.name}:{b.line}"
-        if b.kind in ("skip", "example"):
+        if b.kind in ("skip", "same", "example"):
             continue
         if b.kind in ("file", "script"):
             (folder / b.arg).write_text(b.text, encoding="utf-8")
             if b.kind == "file":
                 continue
-            result = subprocess.run([sys.executable, b.arg], env=env, capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, b.arg], env=env, capture_output=True, text=True
+            )
         elif b.language == "python":
             print(f"--- {where} (python)", flush=True)
             try:
@@ -123,13 +143,16 @@ def run_page(page: Path, folder: Path) -> None:
                 raise RuntimeError(f"{where}: the python block failed: {exc!r}") from exc
             continue
         elif b.language == "bash":
-            result = subprocess.run(["bash", "-euo", "pipefail", "-c", b.text], env=env, capture_output=True,
-                                    text=True)
+            result = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", b.text], env=env, capture_output=True, text=True
+            )
         else:
             continue
-        print(f"--- {where} ({b.language}{', ' + b.arg if b.arg else ''})\n{result.stdout}{result.stderr}", flush=True)
+        label = f"{b.language}, {b.arg}" if b.arg else b.language
+        print(f"--- {where} ({label})\n{result.stdout}{result.stderr}", flush=True)
         if result.returncode != 0:
-            raise RuntimeError(f"{where}: exit status {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+            output = f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+            raise RuntimeError(f"{where}: exit status {result.returncode}\n{output}")
 
 
 if __name__ == "__main__":

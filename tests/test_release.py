@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cff(field: str) -> str:
-    match = re.search(rf"^{field}: \"?([^\"\n]+)\"?$", (REPO / "CITATION.cff").read_text(encoding="utf-8"), re.M)
+    match = re.search(
+        rf"^{field}: \"?([^\"\n]+)\"?$", (REPO / "CITATION.cff").read_text(encoding="utf-8"), re.M
+    )
     assert match, field
     return match.group(1)
 

@@ -17,8 +17,8 @@ import numpy as np
 import an8flower
 
 TINY = os.environ.get("AN8FLOWER_TUTORIAL_TINY") == "1"
-SIZE = 64 if TINY else 224           # image side in pixels (64..512)
-PER_CLASS = 10 if TINY else 100      # samples per class over the three splits (70/10/20%)
+SIZE = 64 if TINY else 224  # image side in pixels (64..512)
+PER_CLASS = 10 if TINY else 100  # samples per class over the three splits (70/10/20%)
 
 # %% [markdown]
 # ## A built-in variant
@@ -32,7 +32,7 @@ print(spec.name, "-", spec.description)
 print("parts:", spec.parts)
 print("discriminative:", spec.discriminative)
 for label, name in enumerate(spec.classes[:4]):
-    print(label, name, dict(zip(spec.discriminative, spec.class_colours[label])))
+    print(label, name, dict(zip(spec.discriminative, spec.class_colours[label], strict=True)))
 
 # %% [markdown]
 # Rendering is a pure function of (spec, seed, index): sample `i` has class `i mod K`, and the
@@ -75,7 +75,9 @@ print(sorted(sample.meta)[:6])
 from an8flower.generate import generate
 from an8flower.verify import verify_dataset
 
-result = generate(spec, "data/d12", size=SIZE, per_class=PER_CLASS, seed=0, workers=1, progress=False)
+result = generate(
+    spec, "data/d12", size=SIZE, per_class=PER_CLASS, seed=0, workers=1, progress=False
+)
 report = verify_dataset("data/d12", progress=False)
 print(report.checked, "files checked,", report.rendered, "samples rendered again")
 assert not (report.inconsistent or report.missing or report.changed or report.extra)
@@ -90,7 +92,9 @@ on_the_fly = an8flower.An8FlowerOnTheFly("double-12c", split="test", size=SIZE, 
 image, label, mask = folder[0]
 image2, label2, mask2 = on_the_fly[0]
 print(len(folder), image.shape, label, int(mask.sum()))
-assert label == label2 and bool((mask == mask2).all()) and float((image - image2).abs().max()) == 0.0
+assert (
+    label == label2 and bool((mask == mask2).all()) and float((image - image2).abs().max()) == 0.0
+)
 
 # %% [markdown]
 # ## A variant of your own
@@ -132,7 +136,9 @@ except SpecError as exc:
 with open("single-3c.json", "w", encoding="utf-8") as fh:
     fh.write(mine.to_json())
 assert an8flower.load_spec("single-3c.json") == mine
-generate("single-3c.json", "data/s3", size=SIZE, per_class=PER_CLASS, seed=0, workers=1, progress=False)
+generate(
+    "single-3c.json", "data/s3", size=SIZE, per_class=PER_CLASS, seed=0, workers=1, progress=False
+)
 report = verify_dataset("data/s3", progress=False)
 assert not (report.inconsistent or report.missing or report.changed or report.extra)
 counts = np.bincount([label for _, label, _ in an8flower.An8Flower("data/s3", split="train")])

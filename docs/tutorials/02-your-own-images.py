@@ -22,9 +22,9 @@ from PIL import Image
 from torch import nn
 
 TINY = os.environ.get("AN8FLOWER_TUTORIAL_TINY") == "1"
-N = 60 if TINY else 600        # images
-SIZE = 32                      # image side
-STEPS = 150 if TINY else 600   # training steps
+N = 60 if TINY else 600  # images
+SIZE = 32  # image side
+STEPS = 150 if TINY else 600  # training steps
 torch.manual_seed(0)
 
 # %% [markdown]
@@ -42,7 +42,7 @@ rng = np.random.default_rng(0)
 root = Path("my-images")
 (root / "images").mkdir(parents=True, exist_ok=True)
 (root / "masks").mkdir(exist_ok=True)
-labels = []
+written = []
 for i in range(N):
     label = i % 3
     image = rng.integers(90, 150, (SIZE, SIZE, 3)).astype(np.uint8)
@@ -55,8 +55,8 @@ for i in range(N):
     image[gy : gy + 6, gx : gx + 6][distractor] = 128
     Image.fromarray(image).save(root / "images" / f"{i:04d}.png")
     Image.fromarray(mask).save(root / "masks" / f"{i:04d}.png")
-    labels.append(label)
-(root / "labels.txt").write_text("\n".join(map(str, labels)) + "\n")
+    written.append(label)
+(root / "labels.txt").write_text("\n".join(map(str, written)) + "\n")
 print(len(list((root / "images").iterdir())), "images written")
 
 # %% [markdown]
@@ -72,20 +72,43 @@ print(len(list((root / "images").iterdir())), "images written")
 from an8flower.eval.data import PreparedData, TensorSplit
 
 names = sorted(p.name for p in (root / "images").iterdir())
-labels = [int(line) for line in (root / "labels.txt").read_text().split()]
-images = torch.from_numpy(np.stack([np.asarray(Image.open(root / "images" / n).convert("RGB")) for n in names]))
-masks = torch.from_numpy(np.stack([np.asarray(Image.open(root / "masks" / n)) for n in names])).bool()
-images = images.permute(0, 3, 1, 2).contiguous()     # (N, 3, H, W) uint8
-labels = torch.tensor(labels)
+labels = torch.tensor([int(line) for line in (root / "labels.txt").read_text().split()])
+images = torch.from_numpy(
+    np.stack([np.asarray(Image.open(root / "images" / n).convert("RGB")) for n in names])
+)
+masks = torch.from_numpy(
+    np.stack([np.asarray(Image.open(root / "masks" / n)) for n in names])
+).bool()
+images = images.permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
 
 n_train = N * 2 // 3
-train = TensorSplit(images[:n_train], labels[:n_train], masks[:n_train], masks[:n_train].to(torch.uint8),
-                    ids=range(n_train))
-test = TensorSplit(images[n_train:], labels[n_train:], masks[n_train:], masks[n_train:].to(torch.uint8),
-                   ids=range(n_train, N))
-data = PreparedData(dataset="squares", variant="v1", source=str(root), hash=test.sha256(), classes=CLASSES,
-                    parts=["background", "square"], discriminative=["square"], train=None, val=None,
-                    test=test, size=SIZE)
+train = TensorSplit(
+    images[:n_train],
+    labels[:n_train],
+    masks[:n_train],
+    masks[:n_train].to(torch.uint8),
+    ids=range(n_train),
+)
+test = TensorSplit(
+    images[n_train:],
+    labels[n_train:],
+    masks[n_train:],
+    masks[n_train:].to(torch.uint8),
+    ids=range(n_train, N),
+)
+data = PreparedData(
+    dataset="squares",
+    variant="v1",
+    source=str(root),
+    hash=test.sha256(),
+    classes=CLASSES,
+    parts=["background", "square"],
+    discriminative=["square"],
+    train=None,
+    val=None,
+    test=test,
+    size=SIZE,
+)
 print(len(train), "training images,", len(test), "test images")
 
 # %% [markdown]
@@ -97,14 +120,17 @@ print(len(train), "training images,", len(test), "test images")
 
 # %%
 model = nn.Sequential(
-    nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-    nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+    nn.Conv2d(3, 16, 3, padding=1),
+    nn.ReLU(),
+    nn.Conv2d(16, 16, 3, padding=1),
+    nn.ReLU(),
     nn.Conv2d(16, 3, 1),
-    nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+    nn.AdaptiveMaxPool2d(1),
+    nn.Flatten(),
 )
 optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
 x_train, y_train = train.float_images(slice(None)), train.labels
-for step in range(STEPS):
+for _ in range(STEPS):
     batch = torch.randint(0, len(train), (32,))
     loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
     optimiser.zero_grad()
@@ -112,7 +138,9 @@ for step in range(STEPS):
     optimiser.step()
 model.eval()
 with torch.no_grad():
-    accuracy = (model(test.float_images(slice(None))).argmax(1) == test.labels).float().mean().item()
+    accuracy = (
+        (model(test.float_images(slice(None))).argmax(1) == test.labels).float().mean().item()
+    )
 print(f"test accuracy {accuracy:.1%}")
 
 # %% [markdown]
@@ -126,9 +154,14 @@ print(f"test accuracy {accuracy:.1%}")
 # %%
 from an8flower.eval import RunConfig, run_leaderboard
 
-config = RunConfig(out="my-board", explainers=["oracle", "gradient", "input_x_gradient", "occlusion", "random", "centre"],
-                   metrics=["iou_auc", "pointing_game", "energy_pointing_game", "pixel_auc", "part_attribution"],
-                   explainer_options={"occlusion": {"window": 8, "stride": 4}}, batch_size=16, plots=False)
+config = RunConfig(
+    out="my-board",
+    explainers=["oracle", "gradient", "input_x_gradient", "occlusion", "random", "centre"],
+    metrics=["iou_auc", "pointing_game", "energy_pointing_game", "pixel_auc", "part_attribution"],
+    explainer_options={"occlusion": {"window": 8, "stride": 4}},
+    batch_size=16,
+    plots=False,
+)
 summary = run_leaderboard(config, datasets=[data], models={"my-cnn": model}, progress=False)
 print(summary.markdown.split("## ")[-1])
 
@@ -143,8 +176,10 @@ print(summary.markdown.split("## ")[-1])
 # %%
 cells = {(c["explainer"], c["metric"]): c["value"] for c in summary.cells}
 for explainer in ("oracle", "gradient", "occlusion", "random", "centre"):
-    print(f"{explainer:18s} pointing {cells[explainer, 'pointing_game']:.3f}   "
-          f"pixel AUC {cells[explainer, 'pixel_auc']:.3f}")
+    print(
+        f"{explainer:18s} pointing {cells[explainer, 'pointing_game']:.3f}   "
+        f"pixel AUC {cells[explainer, 'pixel_auc']:.3f}"
+    )
 assert cells["oracle", "pointing_game"] == 1.0
 assert cells["gradient", "pixel_auc"] > cells["random", "pixel_auc"]
 

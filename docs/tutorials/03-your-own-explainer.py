@@ -48,13 +48,20 @@ class Saturation(Explainer):
     def explain(self, model, images, targets):
         saturation = images.amax(1) - images.amin(1)
         if self.blur > 1:
-            saturation = torch.nn.functional.avg_pool2d(saturation[:, None], self.blur, stride=1,
-                                                        padding=self.blur // 2, count_include_pad=False)[:, 0]
+            saturation = torch.nn.functional.avg_pool2d(
+                saturation[:, None],
+                self.blur,
+                stride=1,
+                padding=self.blur // 2,
+                count_include_pad=False,
+            )[:, 0]
         return saturation
 
 
 print("saturation" in list_explainers())
-any_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, 12))   # logits (B, 12)
+any_model = torch.nn.Sequential(
+    torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, 12)
+)  # logits (B, 12)
 images = torch.rand(2, 3, SIZE, SIZE)
 heatmaps = build_explainer("saturation", blur=3)(any_model, images, torch.tensor([0, 1]))
 print(heatmaps.shape, heatmaps.dtype)
@@ -79,8 +86,22 @@ config = RunConfig(
     per_class=PER_CLASS,
     max_images=MAX_IMAGES,
     model_metric_images=min(MAX_IMAGES, 16),
-    explainers=["oracle", "saturation", "saturation[blur=5]", "gradient", "gradcam", "random", "centre"],
-    metrics=["iou_auc", "pointing_game", "energy_pointing_game", "pixel_auc", "reliance_rank_correlation"],
+    explainers=[
+        "oracle",
+        "saturation",
+        "saturation[blur=5]",
+        "gradient",
+        "gradcam",
+        "random",
+        "centre",
+    ],
+    metrics=[
+        "iou_auc",
+        "pointing_game",
+        "energy_pointing_game",
+        "pixel_auc",
+        "reliance_rank_correlation",
+    ],
     train={"epochs": EPOCHS},
     plots=False,
 )
@@ -119,17 +140,23 @@ for metric, facts in table["metaeval"]["metrics"].items():
 # %% [markdown]
 # Where does our baseline stand against the model-based explainers and chance, column by column?
 
+
 # %%
 def place(name: str, metric: str) -> str:
-    ranked = sorted((row for row in scores if row != "oracle" and metric in scores[row]),
-                    key=lambda row: -scores[row][metric]["mean"])
+    ranked = sorted(
+        (row for row in scores if row != "oracle" and metric in scores[row]),
+        key=lambda row: -scores[row][metric]["mean"],
+    )
     return f"{ranked.index(name) + 1} of {len(ranked)}"
 
 
 for metric in ("iou_auc", "energy_pointing_game", "pixel_auc", "reliance_rank_correlation"):
     ours = scores["saturation"][metric]["mean"]
-    print(f"{metric:28s} saturation {ours:.3f} (rank {place('saturation', metric)}), "
-          f"gradient {scores['gradient'][metric]['mean']:.3f}, random {scores['random'][metric]['mean']:.3f}")
+    print(
+        f"{metric:28s} saturation {ours:.3f} (rank {place('saturation', metric)}), "
+        f"gradient {scores['gradient'][metric]['mean']:.3f}, "
+        f"random {scores['random'][metric]['mean']:.3f}"
+    )
 
 # %% [markdown]
 # Read these numbers with the dataset's design in mind: the petals, the clutter and the stem draw
