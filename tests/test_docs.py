@@ -178,6 +178,7 @@ def _hooks():
     pytest.importorskip("mkdocs")
     pytest.importorskip("griffe")
     spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
