@@ -11,9 +11,13 @@ from typing import Optional
 
 from an8flower import __version__
 
-__all__ = ["PAPER_KEY", "paper_bibtex", "dataset_bibtex", "bibtex"]
+__all__ = ["PAPER_KEY", "RELEASE_YEAR", "REPOSITORY", "paper_bibtex", "dataset_bibtex", "bibtex"]
 
 PAPER_KEY = "oramas2019visual"
+#: The year this version was released (``date-released`` of ``CITATION.cff``; a test keeps them equal).
+RELEASE_YEAR = 2026
+#: Where the source code of every version lives (``repository-code`` of ``CITATION.cff``).
+REPOSITORY = "https://github.com/an8flower/an8flower"
 
 _PAPER = """@inproceedings{oramas2019visual,
   title         = {Visual Explanation by Interpretation: Improving Visual Feedback Capabilities of Deep Neural Networks},
@@ -47,7 +51,9 @@ def dataset_bibtex(
     seed: Optional[int] = None,
     dataset: Optional[str | os.PathLike[str]] = None,
 ) -> str:
-    """A ``@software`` entry for this version of the an8Flower generator.
+    """A ``@software`` entry for this version of the an8Flower generator: title, authors, version,
+    release year, repository URL, licence and a note of what was generated (biblatex's
+    ``@software``; BibTeX styles without it read it as ``@misc``).
 
     Args:
         variant: a built-in variant name or spec file: adds its spec SHA-256 to the note.
@@ -88,6 +94,9 @@ def dataset_bibtex(
         f"  title   = {{an8flower: the an8Flower dataset generator and a benchmark of visual explanations}},\n"
         f"  author  = {{{{an8flower developers}}}},\n"
         f"  version = {{{__version__}}},\n"
+        f"  year    = {{{RELEASE_YEAR}}},\n"
+        f"  url     = {{{REPOSITORY}}},\n"
+        f"  license = {{MIT}},\n"
         f"  note    = {{{note}}},\n"
         f"  related = {{{PAPER_KEY}}}\n"
         f"}}\n"
