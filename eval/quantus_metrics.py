@@ -133,7 +133,7 @@ def _quantus() -> Any:
         import quantus
     except ImportError as exc:
         raise UsageError(f'quantus: metrics need the quantus library ({exc}); install it with '
-                         'pip install "an8flower[quantus]"') from None
+                         'pip install "an8flower[quantus]" (in a clone: pip install ".[quantus]")') from None
     return quantus
 
 

@@ -68,7 +68,7 @@ class Library:
 
     @property
     def install(self) -> str:
-        return f'pip install "an8flower[{self.extra}]"'
+        return f'pip install "an8flower[{self.extra}]" (in a clone of the repository: pip install ".[{self.extra}]")'
 
 
 #: The libraries, by explainer-name prefix.
