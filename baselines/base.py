@@ -24,7 +24,8 @@ from __future__ import annotations
 import inspect
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Optional, TypeVar
 
 import torch
 from torch import nn
@@ -44,6 +45,7 @@ __all__ = [
     "CHANNEL_REDUCTIONS",
     "reduce_channels",
     "SelectOutput",
+    "GroundTruth",
 ]
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
@@ -345,6 +347,27 @@ class HookScope:
         return iter(self._handles)
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """What the leaderboard knows of a batch besides its images: handed to reference explainers.
+
+    Attributes:
+        masks: bool (B, H, W) ground-truth masks, or None (a dataset without masks).
+        labels: long (B,) ground-truth classes.
+        changed: bool (B, H, W): the pixels that change when each image is painted as the model's
+            runner-up class (:mod:`an8flower.eval.reliance`), or None where there are none.
+    """
+
+    masks: Optional[torch.Tensor]
+    labels: torch.Tensor
+    changed: Optional[torch.Tensor] = None
+
+    def first(self, k: int) -> "GroundTruth":
+        """The ground truth of the first ``k`` images."""
+        return GroundTruth(None if self.masks is None else self.masks[:k], self.labels[:k],
+                           None if self.changed is None else self.changed[:k])
+
+
 class Explainer:
     """Base class of explainers: callable ``(model, images, targets) -> heatmaps (B, H, W)``.
 
@@ -364,6 +387,18 @@ class Explainer:
     #: True only for methods made of forward passes whose maps are shown equal to float32's within
     #: tolerance (tests/test_explainers.py); the gradient family stays float32.
     amp_safe: bool = False
+    #: A reference row of the leaderboard (the ``oracle`` ceiling, the ``random`` and ``centre``
+    #: chance levels), not an explanation method: reports set it apart.
+    reference: ClassVar[bool] = False
+
+    def given(self, truth: GroundTruth) -> "Explainer":
+        """This explainer for a batch whose ground truth is ``truth``.
+
+        Explainers explain the model, not the annotation: they return themselves. A reference that
+        reads the ground truth (``oracle``) returns a copy bound to ``truth``; the leaderboard calls
+        this before every batch and every metric that calls the explainer again.
+        """
+        return self
 
     def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -284,10 +284,10 @@ def _leaderboard(args: argparse.Namespace) -> int:
     if args.action is not None or args.shard_dirs:
         return _merge(args)
     if args.list:
-        from an8flower.baselines import list_explainers
-        from an8flower.eval.runner import METRICS, ORACLE
+        from an8flower.baselines import default_explainers
+        from an8flower.eval.runner import METRICS
 
-        print("explainers: " + ", ".join([ORACLE] + list_explainers()))
+        print("explainers: " + ", ".join(default_explainers()))
         print("metrics:    " + ", ".join(METRICS))
         print("adapters (captum:, zennit:, gradcam:) and quantus: metrics: `an8flower explainers`")
         return 0
@@ -378,7 +378,9 @@ def _explainers(args: argparse.Namespace) -> int:
 
     builtin = list_explainers()
     if args.board:
-        print(board_config(["oracle"] + builtin), end="")
+        from an8flower.baselines import default_explainers
+
+        print(board_config(default_explainers()), end="")
         return 0
     libraries = catalogue()
     quantus = list_quantus_metrics()
