@@ -8,6 +8,8 @@ from an8flower.baselines.base import (
     SelectOutput,
     build_explainer,
     check_inputs,
+    check_options,
+    complete_options,
     explainer_class,
     list_explainers,
     model_device,
@@ -28,8 +30,6 @@ from an8flower.baselines.reference import ORACLE, CentreGaussian, Oracle, Random
 from an8flower.baselines.rules import backward_rules, modified_gradient
 from an8flower.baselines.spec import (
     ExplainerSpec,
-    check_options,
-    complete_options,
     default_explainers,
     explainer_code_identity,
     resolve_explainers,

@@ -10,8 +10,9 @@ the run record) takes the spec; nothing parses or looks up the name again.
 
 **Options.** A spec's :attr:`~ExplainerSpec.options` are the run's options for ``NAME``, then
 those given for the full variant name, then the variant's own, checked against the explainer's
-constructor when the spec is made (:func:`check_options`: names, and types from the annotations or
-the defaults), so that a typo fails before any data is read or any model trained.
+constructor when the spec is made (:func:`~an8flower.baselines.base.check_options`: names, and types
+from the annotations or the defaults), so that a typo fails before any data is read or any model
+trained.
 
 **Identity.** :func:`explainer_code_identity`: the hash of the explainer's import closure
 (:mod:`an8flower.code_identity`) plus, for adapters, the library and its version.
@@ -21,14 +22,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import types
-import typing
-from collections import abc
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from an8flower.baselines.base import Explainer, explainer_class, list_explainers
+from an8flower.baselines.base import Explainer, check_options, complete_options, explainer_class, list_explainers
 from an8flower.baselines.reference import ORACLE
 
 from an8flower.code_identity import code_identity
@@ -41,8 +39,6 @@ __all__ = [
     "resolve_explainers",
     "default_explainers",
     "explainer_code_identity",
-    "check_options",
-    "complete_options",
 ]
 
 #: Options per explainer name (or variant name), as a run's ``explainer_options`` table holds them.
@@ -89,119 +85,6 @@ def split_explainer_name(name: str) -> tuple[str, dict[str, Any]]:
         except ValueError:
             options[key] = value.strip()
     return base, options
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a JSON-like ``value`` (None, bool, number, string, list, dict) can be of type ``hint``.
-
-    Types this check cannot judge (type variables, unresolved names) accept anything; a class
-    accepts its instances only (a JSON value is never a tensor or a module).
-    """
-    if hint is Any or isinstance(hint, (str, typing.TypeVar)):
-        return True
-    if hint is None or hint is type(None):
-        return value is None
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_matches(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is abc.Callable or hint is abc.Callable:
-        return callable(value)
-    if isinstance(origin, type) and issubclass(origin, abc.Mapping):
-        return isinstance(value, dict)
-    if isinstance(origin, type) and issubclass(origin, (abc.Sequence, abc.Set)) and origin is not str:
-        if not isinstance(value, (list, tuple)):
-            return False
-        items = [a for a in args if a is not Ellipsis]
-        if origin is tuple and items and len(items) == len(args):  # tuple[X, Y]: one type per position
-            return len(value) == len(items) and all(_matches(v, a) for v, a in zip(value, items))
-        return all(_matches(v, items[0]) for v in value) if items else True
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
-def _hint_of(param: inspect.Parameter, hints: Mapping[str, Any]) -> Any:
-    """A parameter's type: its annotation, else the type of a bool/int/float/str default, else Any."""
-    if param.name in hints:
-        return hints[param.name]
-    d = param.default
-    return type(d) if isinstance(d, (bool, int, float, str)) else Any
-
-
-def _type_name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-
-
-def _parameters(function: Callable[..., Any], skip: int) -> tuple[list[inspect.Parameter], Mapping[str, Any]]:
-    """The parameters of ``function`` after ``self`` and ``skip`` more (a class: its constructor's), and
-    their resolved annotations (none when an annotation does not resolve)."""
-    if inspect.isclass(function):
-        function = function.__init__  # type: ignore[misc]
-    try:
-        params = [p for p in inspect.signature(function).parameters.values() if p.name != "self"][skip:]
-    except (TypeError, ValueError):  # a builtin without a signature
-        return [], {}
-    try:
-        hints = typing.get_type_hints(function)
-    except Exception:  # noqa: BLE001 - an annotation naming what this module cannot see
-        hints = {}
-    return params, hints
-
-
-def check_options(owner: str, function: Callable[..., Any], options: Mapping[str, Any], skip: int = 0) -> None:
-    """Check option names and types against the signature of ``function``, before any work.
-
-    Args:
-        owner: how the message names the options' owner (``"explainer 'vebi[k=one]'"``,
-            ``"metric 'insertion_auc'"``).
-        function: the constructor (a class) or function the options go to.
-        options: the keyword options.
-        skip: leading parameters that are data, not options (``self`` is skipped too).
-
-    Raises:
-        UsageError: an option the signature does not take (unless it takes ``**kwargs``), naming the
-            options it takes; a value of a type its annotation (or its bool, number or string
-            default) rules out, naming the expected type.
-    """
-    params, hints = _parameters(function, skip)
-    named = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
-    for name, value in options.items():
-        param = named.get(name)
-        if param is None:
-            if takes_any:
-                continue
-            raise UsageError(f"{owner} has no option {name!r}; options: {', '.join(named) or 'none'}")
-        hint = _hint_of(param, hints)
-        if not _matches(value, hint):
-            raise UsageError(f"{owner}: option {name} must be {_type_name(hint)}, got {value!r}")
-
-
-def complete_options(function: Optional[Callable[..., Any]], options: Mapping[str, Any], skip: int = 0) -> dict[str, Any]:
-    """``options`` over the keyword defaults of ``function``'s signature (after its first ``skip`` parameters).
-
-    So that a cache key does not change when an option is spelt out at its default value, and does
-    change when a default changes.
-    """
-    out: dict[str, Any] = {}
-    if function is not None:
-        try:
-            params = list(inspect.signature(function).parameters.values())[skip:]
-        except (TypeError, ValueError):
-            params = []
-        for p in params:
-            if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                out[p.name] = p.default
-    out.update(options)
-    return out
 
 
 def explainer_code_identity(cls: type) -> dict[str, Any]:
@@ -285,7 +168,7 @@ class ExplainerSpec:
 
     def key(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The explainer's part of a cache key: row, ``options`` completed with the constructor's
-        defaults (:func:`complete_options`), code identity."""
+        defaults (:func:`~an8flower.baselines.base.complete_options`), code identity."""
         return {"name": self.row, "options": complete_options(self.cls.__init__, options, skip=1),
                 "code": dict(self.code_identity)}
 

@@ -508,7 +508,7 @@ class _Run:
         else:
             result = run_explainer(explainer, name, todo_accs, model, data, scored,
                                    my_batches(len(todo), config.batch_size, world), config, self.device, timer,
-                                   n_ex, disc_ids, self.log, counterfactual)
+                                   n_ex, disc_ids, self.log, counterfactual, amp=self._amp(spec))
         shares = world.gather((todo_accs, result["examples"], result["calls"]), f"the scores of {name}")
         if shares is None:  # not rank 0: rank 0 writes
             return
@@ -577,11 +577,15 @@ class _Run:
         ``acc.key()`` (the accumulator that scores the cell); without them, the group's part alone.
         """
         config = self.config
-        amp = bool(config.amp) and spec is not None and spec.amp_safe
         return cell_config(dataset=data.hash, split=config.split, image_ids=image_ids, model=model,
                            explainer={} if spec is None else spec.key(options or {}),
                            metric={} if acc is None else acc.key(), seed=config.seed, batch_size=config.batch_size,
-                           device=self.device.type, amp=amp)
+                           device=self.device.type, amp=spec is not None and self._amp(spec))
+
+    def _amp(self, spec: ExplainerSpec) -> bool:
+        """Whether ``spec``'s explainer runs under mixed precision: the one decision both its
+        scoring and its cells' keys take."""
+        return bool(self.config.amp) and spec.amp_safe
 
     def _cached_extras(self) -> int:
         """Add the cached cells of this run's groups for explainer/metric pairs this run did not ask for.

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from an8flower.baselines.base import Explainer, GroundTruth
-from an8flower.baselines.spec import ExplainerSpec, check_options, complete_options
+from an8flower.baselines.base import Explainer, GroundTruth, check_options, complete_options
+from an8flower.baselines.spec import ExplainerSpec
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig
 from an8flower.eval.data import PreparedData, TensorSplit
@@ -435,7 +435,7 @@ def metric_options(name: str, config: RunConfig) -> dict[str, Any]:
 
 def check_metric_options(name: str, config: RunConfig) -> None:
     """Check the run's options of metric ``name`` against its function's signature and types
-    (:func:`~an8flower.baselines.spec.check_options`); a UsageError names the metric.
+    (:func:`~an8flower.baselines.base.check_options`); a UsageError names the metric.
 
     The metric's data parameters and the ones the board supplies itself (the randomisation's
     ``layers`` and ``seed``) are not options. Quantus metrics check their options when their
@@ -485,7 +485,7 @@ def new_accumulators(missing: Sequence[str], config: RunConfig, n_images: int) -
 def run_explainer(explainer: Explainer, name: str, accs: Sequence[Accumulator], model: nn.Module, data: PreparedData,
                   scored: "TensorSplit", shares: Iterable[slice], config: RunConfig, device: torch.device, timer: Timer,
                   n_ex: int, disc_ids: list[int], log: Callable[[str], None],
-                  counterfactual: Optional[dict[str, torch.Tensor]] = None) -> dict[str, Any]:
+                  counterfactual: Optional[dict[str, torch.Tensor]] = None, *, amp: bool = False) -> dict[str, Any]:
     """Explain the batches ``shares`` (slices of ``scored``, the group's scored images in scoring
     order, already on ``device``) and score them into ``accs``.
 
@@ -493,7 +493,9 @@ def run_explainer(explainer: Explainer, name: str, accs: Sequence[Accumulator], 
     order (``changed`` (N, H, W) bool, ``reliance`` (N, P), ``runner_up`` (N,)); None where there are
     none. Each batch's :class:`~an8flower.baselines.base.GroundTruth` (masks, labels, changed
     pixels) is handed to the explainer with :meth:`~an8flower.baselines.base.Explainer.given`
-    (reference rows such as ``oracle`` read it) and to the metrics that call it again.
+    (reference rows such as ``oracle`` read it) and to the metrics that call it again. ``amp``: run
+    the explainer under autocast (float16 on CUDA, bfloat16 on a CPU); the runner passes the value
+    its cells' keys hold (the run's ``amp`` for an ``amp_safe`` explainer).
 
     Returns:
         ``{"examples": [(position, heatmap float16 (H, W)), ...] for positions < n_ex, "calls": n}``.
@@ -512,7 +514,7 @@ def run_explainer(explainer: Explainer, name: str, accs: Sequence[Accumulator], 
         t0 = time.perf_counter()
         try:
             with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                                enabled=bool(config.amp) and explainer.amp_safe):
+                                enabled=amp):
                 h = explainer.given(truth)(model, images, targets)
             h = h.float()
             if device.type == "cuda":

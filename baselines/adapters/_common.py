@@ -228,7 +228,7 @@ class AdapterExplainer(Explainer):
     @classmethod
     def cache_identity(cls) -> dict[str, Any]:
         """The library and its installed version: part of the leaderboard's cache key
-        (:func:`an8flower.eval.cache.explainer_code_identity`), so that upgrading the library
+        (:func:`an8flower.baselines.spec.explainer_code_identity`), so that upgrading the library
         recomputes its cells."""
         lib = LIBRARIES[cls.library]
         return {"library": lib.distribution, "version": library_version(lib), "method": cls.method}
