@@ -177,7 +177,8 @@ def test_a_builtin_explainer_is_keyed_by_the_modules_it_imports_only() -> None:
     assert "an8flower.baselines.base" in gradient
     # the CLI, the report, the runner and the other explainers are not in it
     for unrelated in ("an8flower.cli", "an8flower.eval.commands", "an8flower.eval.report", "an8flower.eval.runner",
-                      "an8flower.baselines.cam", "an8flower.baselines.vebi", "an8flower.baselines.perturbation"):
+                      "an8flower.baselines.cam", "an8flower.baselines.vebi", "an8flower.baselines.perturbation",
+                      "an8flower.baselines.adapters.catalogue", "an8flower.baselines.adapters.captum"):
         assert unrelated not in gradient
     vebi = explainer_code_identity(VEBI)["modules"]
     assert {"an8flower.baselines.lasso", "an8flower.baselines.features"} <= set(vebi)
