@@ -262,7 +262,8 @@ def import_closure(roots: list[tuple[str, Optional[str]]], also: Sequence[str] =
         seen[node.path] = node
         source = _read(node.path)
         files[node.label] = source
-        if node.scope is None and os.path.basename(node.path) == "__init__.py" and node.module not in (r[1] for r in roots):
+        reexports = node.scope is None and os.path.basename(node.path) == "__init__.py"
+        if reexports and node.module not in (r[1] for r in roots):
             continue  # a re-exporting package __init__ of this package (see the module docstring)
         for level, module, names in _imports(node.path, source):
             todo.extend(t for t in _targets(node, level, module, names) if t.path not in seen)

@@ -179,7 +179,8 @@ def default_explainers() -> list[str]:
     return sorted(list_explainers(), key=lambda n: n != ORACLE)
 
 
-def resolve_explainers(rows: Optional[Sequence[str]], run_options: RunOptions = MappingProxyType({})) -> list[ExplainerSpec]:
+def resolve_explainers(rows: Optional[Sequence[str]],
+                       run_options: RunOptions = MappingProxyType({})) -> list[ExplainerSpec]:
     """The specs of the requested ``rows`` (duplicates dropped), checking every table of ``run_options``.
 
     ``rows=None`` means :func:`default_explainers`. A table of

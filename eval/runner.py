@@ -32,8 +32,10 @@ Each requested explainer name is resolved once, when the run starts, into an
 takes the spec only. Every explainer and metric option is checked against its constructor or
 function before any data is read or any model trained. Reference rows (``oracle``: the mask itself
 as heatmap, the ceiling of every mask metric; ``random`` and ``centre``: chance) are explainers
-like the others (:mod:`an8flower.baselines.reference`). Outputs (see :mod:`an8flower.eval.report`): ``results.csv``,
-``per_image.csv.gz``, ``leaderboard.md``, ``leaderboard.json``, PNG plots and ``run.json`` (the
+like the others (:mod:`an8flower.baselines.reference`).
+
+Outputs (see :mod:`an8flower.eval.report`): ``results.csv``, ``per_image.csv.gz``,
+``leaderboard.md``, ``leaderboard.json``, PNG plots and ``run.json`` (the
 command, configuration, versions, seeds, dataset and model hashes, accuracies, errors, and the
 wall time split into data, training, explainers, metrics and I/O).
 """

@@ -126,7 +126,8 @@ def test_metric_option_typos_name_the_metric(tmp_path) -> None:
                        metric_options={"insertion_auc": {"baselin": "blur"}})
     with pytest.raises(UsageError, match="metric 'insertion_auc' has no option 'baselin'; options: steps, baseline"):
         run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False)
-    wrong = RunConfig(out=str(tmp_path / "r"), metrics=["deletion_auc"], metric_options={"deletion_auc": {"steps": "x"}})
+    wrong = RunConfig(out=str(tmp_path / "r"), metrics=["deletion_auc"],
+                      metric_options={"deletion_auc": {"steps": "x"}})
     with pytest.raises(UsageError, match="metric 'deletion_auc': option steps must be int, got 'x'"):
         run_leaderboard(wrong, datasets=[squares()], models={"m": ColourDetector()}, progress=False)
     assert not (tmp_path / "r").exists()  # refused before the results folder is made
