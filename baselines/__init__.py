@@ -3,10 +3,13 @@
 from an8flower.baselines.base import (
     CHANNEL_REDUCTIONS,
     Explainer,
+    GroundTruth,
     HookScope,
     SelectOutput,
     build_explainer,
     check_inputs,
+    check_options,
+    complete_options,
     explainer_class,
     list_explainers,
     model_device,
@@ -23,13 +26,21 @@ from an8flower.baselines.gradient import (
     SmoothGrad,
 )
 from an8flower.baselines.perturbation import RISE, Occlusion
-from an8flower.baselines.reference import CentreGaussian, RandomMap
+from an8flower.baselines.reference import ORACLE, CentreGaussian, Oracle, RandomMap
 from an8flower.baselines.rules import backward_rules, modified_gradient
+from an8flower.baselines.spec import (
+    ExplainerSpec,
+    default_explainers,
+    explainer_code_identity,
+    resolve_explainers,
+    split_explainer_name,
+)
 from an8flower.baselines.vebi import VEBI, FeatureMaps, RelevantFeature
 
 __all__ = [
     "CHANNEL_REDUCTIONS",
     "Explainer",
+    "GroundTruth",
     "HookScope",
     "SelectOutput",
     "build_explainer",
@@ -54,8 +65,17 @@ __all__ = [
     "UpsampledActivation",
     "Occlusion",
     "RISE",
+    "ORACLE",
+    "Oracle",
     "RandomMap",
     "CentreGaussian",
+    "ExplainerSpec",
+    "resolve_explainers",
+    "default_explainers",
+    "split_explainer_name",
+    "explainer_code_identity",
+    "check_options",
+    "complete_options",
     "VEBI",
     "FeatureMaps",
     "RelevantFeature",

@@ -22,9 +22,13 @@ imported only when such a name is built, so each library stays optional.
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 import weakref
+from collections import abc
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +42,8 @@ __all__ = [
     "build_explainer",
     "list_explainers",
     "explainer_class",
+    "check_options",
+    "complete_options",
     "ADAPTER_SEPARATOR",
     "RESERVED_NAMES",
     "check_inputs",
@@ -45,6 +51,7 @@ __all__ = [
     "CHANNEL_REDUCTIONS",
     "reduce_channels",
     "SelectOutput",
+    "GroundTruth",
 ]
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
@@ -136,17 +143,125 @@ def explainer_class(name: str) -> type["Explainer"]:
 def build_explainer(name: str, **options: Any) -> "Explainer":
     """Build the explainer registered as ``name`` with keyword ``options``.
 
-    Unknown option names raise :class:`~an8flower.errors.UsageError` naming the option.
+    An option the constructor does not take, or of a type its annotation rules out, raises
+    :class:`~an8flower.errors.UsageError` naming the option (:func:`check_options`).
     """
     cls = explainer_class(name)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not accepts_any:
-        unknown = sorted(set(options) - set(params) - {"self"})
-        if unknown:
-            valid = sorted(set(params) - {"self"})
-            raise UsageError(f"explainer {name!r} has no option {unknown[0]!r}; options: {', '.join(valid) or 'none'}")
+    check_options(f"explainer {name!r}", cls, options)
     return cls(**options)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON-like ``value`` (None, bool, number, string, list, dict) can be of type ``hint``.
+
+    Types this check cannot judge (type variables, unresolved names) accept anything; a class
+    accepts its instances only (a JSON value is never a tensor or a module).
+    """
+    if hint is Any or isinstance(hint, (str, typing.TypeVar)):
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is abc.Callable or hint is abc.Callable:
+        return callable(value)
+    if isinstance(origin, type) and issubclass(origin, abc.Mapping):
+        return isinstance(value, dict)
+    if isinstance(origin, type) and issubclass(origin, (abc.Sequence, abc.Set)) and origin is not str:
+        if not isinstance(value, (list, tuple)):
+            return False
+        items = [a for a in args if a is not Ellipsis]
+        if origin is tuple and items and len(items) == len(args):  # tuple[X, Y]: one type per position
+            return len(value) == len(items) and all(_matches(v, a) for v, a in zip(value, items))
+        return all(_matches(v, items[0]) for v in value) if items else True
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _hint_of(param: inspect.Parameter, hints: Mapping[str, Any]) -> Any:
+    """A parameter's type: its annotation, else the type of a bool/int/float/str default, else Any."""
+    if param.name in hints:
+        return hints[param.name]
+    d = param.default
+    return type(d) if isinstance(d, (bool, int, float, str)) else Any
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _parameters(function: Callable[..., Any], skip: int) -> tuple[list[inspect.Parameter], Mapping[str, Any]]:
+    """The parameters of ``function`` after ``self`` and ``skip`` more (a class: its constructor's), and
+    their resolved annotations (none when an annotation does not resolve)."""
+    if inspect.isclass(function):
+        function = function.__init__  # type: ignore[misc]
+    try:
+        params = [p for p in inspect.signature(function).parameters.values() if p.name != "self"][skip:]
+    except (TypeError, ValueError):  # a builtin without a signature
+        return [], {}
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - an annotation naming what this module cannot see
+        hints = {}
+    return params, hints
+
+
+def check_options(owner: str, function: Callable[..., Any], options: Mapping[str, Any], skip: int = 0) -> None:
+    """Check option names and types against the signature of ``function``, before any work.
+
+    Args:
+        owner: how the message names the options' owner (``"explainer 'vebi[k=one]'"``,
+            ``"metric 'insertion_auc'"``).
+        function: the constructor (a class) or function the options go to.
+        options: the keyword options.
+        skip: leading parameters that are data, not options (``self`` is skipped too).
+
+    Raises:
+        UsageError: an option the signature does not take (unless it takes ``**kwargs``), naming the
+            options it takes; a value of a type its annotation (or its bool, number or string
+            default) rules out, naming the expected type.
+    """
+    params, hints = _parameters(function, skip)
+    named = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    for name, value in options.items():
+        param = named.get(name)
+        if param is None:
+            if takes_any:
+                continue
+            raise UsageError(f"{owner} has no option {name!r}; options: {', '.join(named) or 'none'}")
+        hint = _hint_of(param, hints)
+        if not _matches(value, hint):
+            raise UsageError(f"{owner}: option {name} must be {_type_name(hint)}, got {value!r}")
+
+
+def complete_options(function: Optional[Callable[..., Any]], options: Mapping[str, Any], skip: int = 0) -> dict[str, Any]:
+    """``options`` over the keyword defaults of ``function``'s signature (after its first ``skip`` parameters).
+
+    So that a cache key does not change when an option is spelt out at its default value, and does
+    change when a default changes.
+    """
+    out: dict[str, Any] = {}
+    if function is not None:
+        try:
+            params = list(inspect.signature(function).parameters.values())[skip:]
+        except (TypeError, ValueError):
+            params = []
+        for p in params:
+            if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                out[p.name] = p.default
+    out.update(options)
+    return out
 
 
 @contextmanager
@@ -352,6 +467,27 @@ class HookScope:
         return iter(self._handles)
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """What the leaderboard knows of a batch besides its images: handed to reference explainers.
+
+    Attributes:
+        masks: bool (B, H, W) ground-truth masks, or None (a dataset without masks).
+        labels: long (B,) ground-truth classes.
+        changed: bool (B, H, W): the pixels that change when each image is painted as the model's
+            runner-up class (:mod:`an8flower.eval.reliance`), or None where there are none.
+    """
+
+    masks: Optional[torch.Tensor]
+    labels: torch.Tensor
+    changed: Optional[torch.Tensor] = None
+
+    def first(self, k: int) -> "GroundTruth":
+        """The ground truth of the first ``k`` images."""
+        return GroundTruth(None if self.masks is None else self.masks[:k], self.labels[:k],
+                           None if self.changed is None else self.changed[:k])
+
+
 class Explainer:
     """Base class of explainers: callable ``(model, images, targets) -> heatmaps (B, H, W)``.
 
@@ -371,6 +507,18 @@ class Explainer:
     #: True only for methods made of forward passes whose maps are shown equal to float32's within
     #: tolerance (tests/test_explainers.py); the gradient family stays float32.
     amp_safe: bool = False
+    #: A reference row of the leaderboard (the ``oracle`` ceiling, the ``random`` and ``centre``
+    #: chance levels), not an explanation method: reports set it apart.
+    reference: ClassVar[bool] = False
+
+    def given(self, truth: GroundTruth) -> "Explainer":
+        """This explainer for a batch whose ground truth is ``truth``.
+
+        Explainers explain the model, not the annotation: they return themselves. A reference that
+        reads the ground truth (``oracle``) returns a copy bound to ``truth``; the leaderboard calls
+        this before every batch and every metric that calls the explainer again.
+        """
+        return self
 
     def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -1,20 +1,62 @@
-"""Reference rows of the leaderboard: ``random`` and ``centre`` heatmaps, which ignore the model.
+"""Reference rows of the leaderboard: the ``oracle`` ceiling and the ``random`` and ``centre`` chance levels.
 
-An explainer that does not beat them on a localisation metric says nothing about the image.
+None of them looks at the model. ``oracle`` returns the ground-truth mask (the best a heatmap can
+do on the mask metrics); an explainer that does not beat ``random`` and ``centre`` on a
+localisation metric says nothing about the image.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from an8flower.baselines.base import Explainer, register_explainer
+from an8flower.baselines.base import Explainer, GroundTruth, register_explainer
 from an8flower.errors import UsageError
 
-__all__ = ["RandomMap", "CentreGaussian", "centre_gaussian"]
+__all__ = ["ORACLE", "Oracle", "RandomMap", "CentreGaussian", "centre_gaussian"]
+
+#: The registry name of :class:`Oracle`.
+ORACLE = "oracle"
+
+
+@register_explainer(ORACLE)
+class Oracle(Explainer):
+    """The ground-truth mask as the heatmap: the ceiling of every mask metric.
+
+    It reads the batch's :class:`~an8flower.baselines.base.GroundTruth` (bound by :meth:`given`,
+    as the leaderboard does before each batch). For the labelled class the map is the mask M; for
+    another class b (the contrastivity metric explains the model's runner-up) it is ``M & ~C``,
+    with C the pixels that change when the image is painted as b: the parts the image shares with
+    class b. Called outside the leaderboard, without a ground truth, it raises a UsageError.
+    """
+
+    reference = True
+
+    def __init__(self) -> None:
+        self.truth: Optional[GroundTruth] = None
+
+    def given(self, truth: GroundTruth) -> "Oracle":
+        bound = Oracle()
+        bound.truth = truth
+        return bound
+
+    def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        truth = self.truth
+        if truth is None or truth.masks is None:
+            raise UsageError("oracle: no ground-truth masks for this batch (the oracle runs on datasets with masks)")
+        if truth.masks.shape[0] != images.shape[0]:
+            raise RuntimeError(f"oracle: {truth.masks.shape[0]} masks for {images.shape[0]} images")
+        masks = truth.masks.to(images.device)
+        same = targets == truth.labels.to(images.device)
+        if bool(same.all()):
+            return masks.float()
+        if truth.changed is None:
+            raise UsageError("oracle: a map for a class other than the label needs the counterfactual renders")
+        shared = masks & ~truth.changed.to(images.device)
+        return torch.where(same[:, None, None], masks, shared).float()
 
 
 @register_explainer("random")
@@ -29,6 +71,8 @@ class RandomMap(Explainer):
     Args:
         seed: mixed into every image's generator seed.
     """
+
+    reference = True
 
     def __init__(self, seed: int = 0) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -70,6 +114,8 @@ class CentreGaussian(Explainer):
     See :func:`centre_gaussian`; ``sigma`` is the standard deviation as a fraction of the side
     (default 0.25).
     """
+
+    reference = True
 
     def __init__(self, sigma: float = 0.25) -> None:
         if not sigma > 0:

@@ -6,15 +6,24 @@ every setting that can change one of its numbers:
 
 * the data: the dataset hash, the scored split and the ids of the scored images (which follow
   from ``max_images``, ``all_images`` and the model's predictions);
-* the model: the SHA-256 of its weights;
-* the explainer: its name, its options completed with the defaults of its constructor, and the
-  identity of its code (:func:`explainer_code_identity`: a hash of the package's numeric source for
-  built-in explainers, of the user's source file for explainers registered elsewhere);
-* the metric: its name, its options completed with the metric function's defaults, and the number
-  of images model-based metrics score (``model_metric_images``);
+* the model: the SHA-256 of its weights and the identity of its class's code
+  (:func:`model_code_identity`);
+* the explainer (:meth:`an8flower.baselines.spec.ExplainerSpec.key`): its name, its options
+  completed with the defaults of its constructor, and the identity of its code
+  (:func:`an8flower.baselines.spec.explainer_code_identity`);
+* the metric (:meth:`an8flower.eval.scoring.Accumulator.key`, from the accumulator that scores the
+  cell): its name, its options completed with the metric function's defaults, the number of images
+  it scores (model-based metrics: ``model_metric_images``) and the identity of its code
+  (:func:`metric_code_identity`);
 * the run: the seed (explainer noise, randomisation draws), the batch size (explainers that draw
   noise per call, and floating-point summation order), the device type, mixed precision (for the
   explainers that use it), and the versions of an8flower and torch.
+
+**Code identity** is the SHA-256 of the source of the modules the code imports, its *import
+closure* (:mod:`an8flower.code_identity`): within this package, and within the user's own folder or
+package for user code; libraries outside (Captum, Zennit, pytorch-grad-cam, Quantus) count by their
+version. A change to the command line, the report or an explainer a cell does not use re-keys
+nothing; a change to a module the cell's explainer, metric or model imports re-keys its cells.
 
 Settings that change no number (``out``, ``plots``, ``examples``, ``workers``, ``quick``) are not
 in the key. ``tests/test_cache.py`` enumerates the fields of
@@ -33,11 +42,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
+import importlib.metadata
 import io
 import json
 import math
 import os
+import sys
 import time
 import warnings
 import zipfile
@@ -46,13 +56,15 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from an8flower.atomic import atomic_write
+from an8flower.code_identity import code_identity, in_library
 
 __all__ = [
     "CACHE_FORMAT",
     "canonical",
     "package_code_sha256",
-    "explainer_code_identity",
-    "complete_options",
+    "distribution_version",
+    "metric_code_identity",
+    "model_code_identity",
     "cell_config",
     "cell_key",
     "CellCache",
@@ -117,82 +129,64 @@ def package_code_sha256() -> str:
     return digest.hexdigest()
 
 
-def explainer_code_identity(cls: type) -> dict[str, Any]:
-    """What identifies the code of an explainer class in a cache key.
+@functools.lru_cache(maxsize=None)
+def distribution_version(name: str) -> Optional[str]:
+    """The installed version of a distribution (None if absent): recorded in keys and ``run.json``."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
-    * a class of the package (module under ``an8flower.``): :func:`package_code_sha256`;
-    * any other class (a user's ``@register_explainer``): the SHA-256 of the source files that
-      define its methods (and those of its base classes outside the package), or of the methods'
-      code objects when a file cannot be read (a class typed into a notebook);
-    * plus whatever the class's optional ``cache_identity()`` classmethod returns (adapters to
-      other libraries give the library's name and version).
+
+#: The board's module that turns a metric's per-batch values into a cell (accumulation, means,
+#: curves): part of every metric's code identity.
+_SCORING_MODULE = "an8flower.eval.scoring"
+
+
+@functools.lru_cache(maxsize=None)
+def metric_code_identity(function: Optional[Callable[..., Any]]) -> dict[str, Any]:
+    """What identifies the code of a metric in a cache key (computed once per process).
+
+    The import closure of the function that computes it (:func:`an8flower.code_identity.code_identity`;
+    a Quantus metric, whose function is None: of :mod:`an8flower.eval.quantus_metrics`), with the
+    source of :mod:`an8flower.eval.scoring`, which accumulates every metric, hashed alongside.
     """
-    module = getattr(cls, "__module__", "") or ""
-    identity: dict[str, Any] = {"class": f"{module}.{getattr(cls, '__qualname__', repr(cls))}"}
-    if module == "an8flower" or module.startswith("an8flower."):
-        identity["source_sha256"] = package_code_sha256()
-    else:
-        identity["source_sha256"] = _user_source_sha256(cls)
-    extra = getattr(cls, "cache_identity", None)
-    if callable(extra):
-        identity["library"] = extra()
-    return identity
+    import importlib
+
+    root = function if function is not None else importlib.import_module("an8flower.eval.quantus_metrics")
+    identity = code_identity(root, also=(_SCORING_MODULE,))
+    return {"function": getattr(root, "__qualname__", getattr(root, "__name__", "")), **identity}
 
 
-def _user_source_sha256(cls: type) -> str:
-    """SHA-256 of the files that define ``cls``'s methods (their code objects' file names), or of the
-    code objects themselves when a file cannot be read (a class typed into a notebook)."""
-    import marshal
+def model_code_identity(model: Any) -> dict[str, Any]:
+    """What identifies the code of a model's class in a cache key (its weights are keyed by hash).
 
-    functions = [v for _, v in sorted(vars(cls).items()) if inspect.isfunction(v)]
-    for base in cls.__mro__[1:]:
-        if (base.__module__ or "").startswith("an8flower."):
-            break
-        functions += [v for _, v in sorted(vars(base).items()) if inspect.isfunction(v)]
-    digest = hashlib.sha256()
-    files = sorted({f.__code__.co_filename for f in functions})
-    if files and all(os.path.isfile(path) for path in files):
-        for path in files:
-            with open(path, "rb") as fh:
-                digest.update(path.encode() + b"\0" + fh.read() + b"\0")
-        return digest.hexdigest()
-    if not functions:
-        warnings.warn(f"explainer class {cls.__qualname__} defines no method whose code can be hashed: its "
-                      "leaderboard cells are recomputed on every run", stacklevel=3)
-        return "uncacheable-" + os.urandom(16).hex()
-    for f in functions:
-        digest.update(marshal.dumps(f.__code__))
-    return digest.hexdigest()
-
-
-def complete_options(function: Optional[Callable[..., Any]], options: dict[str, Any], skip: int = 0) -> dict[str, Any]:
-    """``options`` over the keyword defaults of ``function``'s signature (after its first ``skip`` parameters).
-
-    So that a key does not change when an option is spelt out at its default value, and does change
-    when a default changes.
+    A class of this package or of the user's code: :func:`an8flower.code_identity.code_identity`;
+    a class of an installed library (torchvision, timm): the library's name and version.
     """
-    out: dict[str, Any] = {}
-    if function is not None:
-        try:
-            params = list(inspect.signature(function).parameters.values())[skip:]
-        except (TypeError, ValueError):
-            params = []
-        for p in params:
-            if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                out[p.name] = p.default
-    out.update(options)
-    return out
+    cls = type(model)
+    identity: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if path is not None and in_library(path):
+        top = cls.__module__.partition(".")[0]
+        dists = importlib.metadata.packages_distributions().get(top, [top])
+        identity["library"] = {d: distribution_version(d) for d in dists}
+        return identity
+    return {**identity, **code_identity(cls)}
 
 
-def cell_config(*, dataset: str, split: str, image_ids: Sequence[int], model: str, explainer: dict[str, Any],
-                metric: dict[str, Any], seed: int, batch_size: int, device: str, amp: bool = False) -> dict[str, Any]:
+def cell_config(*, dataset: str, split: str, image_ids: Sequence[int], model: dict[str, Any],
+                explainer: dict[str, Any], metric: dict[str, Any], seed: int, batch_size: int, device: str,
+                amp: bool = False) -> dict[str, Any]:
     """The complete configuration of a cell (see the module docstring), JSON-ready.
 
     Args:
         dataset: the dataset hash. split: the scored split. image_ids: the scored images' ids.
-        model: the model hash.
-        explainer: ``{"name", "options" (complete), "code" (:func:`explainer_code_identity`)}``.
-        metric: ``{"name", "options" (complete), "limit" (images scored, or None for all)}``.
+        model: ``{"hash" (of the weights), "code" (:func:`model_code_identity`)}``.
+        explainer: :meth:`an8flower.baselines.spec.ExplainerSpec.key` (``{}`` for a record of
+            the group, such as the model's reliance).
+        metric: :meth:`an8flower.eval.scoring.Accumulator.key` (or ``{"name": ...}`` for the
+            group's other records: example heatmaps, reliance).
         seed, batch_size: the run's. device: the device type (``"cpu"``, ``"cuda"``). amp: whether
             the explainer ran under mixed precision (only explainers that allow it do).
     """

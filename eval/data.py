@@ -193,7 +193,14 @@ def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, 
     """Load (``config.data[variant]``, a generated folder) or render in memory an an8Flower variant.
 
     Rendered in memory, the splits are exactly those ``an8flower generate VARIANT --size SIZE
-    --per-class PER_CLASS --seed SEED`` writes.
+    --per-class PER_CLASS --seed SEED`` writes. Read from a folder, the dataset's hash (part of
+    every cell's cache key) is its manifest's SHA-256, so every file is read with ``verify=True``:
+    its bytes are checked against the manifest's SHA-256 as they are read, and a file that differs
+    (a PNG replaced, the manifest left alone) is refused, naming it, rather than scored under the
+    manifest's hash (stale cells).
+
+    Raises:
+        DatasetFormatError: a file whose bytes differ from the manifest's hash, naming the file.
     """
     from an8flower.datasets.generated import An8Flower, An8FlowerOnTheFly
 
@@ -203,7 +210,7 @@ def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, 
     loaded: dict[str, TensorSplit] = {}
     if folder is not None:
         for split in splits:
-            ds = An8Flower(folder, split, return_parts=True)
+            ds = An8Flower(folder, split, return_parts=True, verify=True)
             loaded[split] = materialise(ds, config.workers, f"{variant} {split}", progress)
         info = ds.info
         name = info.get("variant", variant)

@@ -5,7 +5,7 @@ heatmaps with the ground-truth masks over a range of thresholds, against upsampl
 deconvnet, guided backprop and Grad-CAM, and ablate its stride fix. This module runs that protocol
 **on the leaderboard runner** (:func:`an8flower.eval.runner.run_leaderboard`): the ablations are
 rows of the same board, named explainer variants (``vebi[k=1]``, see
-:func:`an8flower.eval.scoring.split_explainer_name`), so every row is cached, resumable and
+:func:`an8flower.baselines.spec.split_explainer_name`), so every row is cached, resumable and
 meta-evaluated like any other. Then, on the classifiers the run trained:
 
 1. **The main table** (:data:`EXPLAINERS` x :data:`METRICS`), per variant and model: IoU-AUC, the

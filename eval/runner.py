@@ -27,9 +27,15 @@ kept under ``<out>/models``):
    NaN, ``n`` 0, the message in ``leaderboard.json`` and ``leaderboard.md``) and goes on; a metric
    that raises fails only its own cell.
 
-Reference rows: ``oracle`` (the mask itself as heatmap: the ceiling of every mask metric),
-``random`` and ``centre`` (chance). Outputs (see :mod:`an8flower.eval.report`): ``results.csv``,
-``per_image.csv.gz``, ``leaderboard.md``, ``leaderboard.json``, PNG plots and ``run.json`` (the
+Each requested explainer name is resolved once, when the run starts, into an
+:class:`~an8flower.baselines.spec.ExplainerSpec` (its class, options, code identity): the run then
+takes the spec only. Every explainer and metric option is checked against its constructor or
+function before any data is read or any model trained. Reference rows (``oracle``: the mask itself
+as heatmap, the ceiling of every mask metric; ``random`` and ``centre``: chance) are explainers
+like the others (:mod:`an8flower.baselines.reference`).
+
+Outputs (see :mod:`an8flower.eval.report`): ``results.csv``, ``per_image.csv.gz``,
+``leaderboard.md``, ``leaderboard.json``, PNG plots and ``run.json`` (the
 command, configuration, versions, seeds, dataset and model hashes, accuracies, errors, and the
 wall time split into data, training, explainers, metrics and I/O).
 """
@@ -53,15 +59,16 @@ import torch
 from torch import nn
 
 from an8flower.atomic import atomic_write
+from an8flower.baselines.spec import ExplainerSpec, resolve_explainers
 from an8flower.errors import UsageError
 from an8flower.eval.cache import (
     CellCache,
     canonical,
     cell_config,
     cell_key,
-    complete_options,
-    explainer_code_identity,
+    distribution_version,
     group_part,
+    model_code_identity,
 )
 from an8flower.eval.config import RunConfig
 from an8flower.eval.data import (
@@ -79,12 +86,11 @@ from an8flower.eval.scoring import (
     DEFAULT_METRICS,
     IMAGENET_METRICS,
     METRICS,
-    ORACLE,
-    SUBSET_KINDS,
+    Accumulator,
     MetricSpec,
     Timer,
-    build,
     build_and_fit,
+    check_metric_options,
     error_text,
     explainer_options,
     finish_cell,
@@ -93,7 +99,6 @@ from an8flower.eval.scoring import (
     metric_options,
     new_accumulators,
     run_explainer,
-    split_explainer_name,
 )
 from an8flower.eval.shards import ShardStore
 from an8flower.eval.train import resolve_device
@@ -103,7 +108,6 @@ __all__ = [
     "METRICS",
     "DEFAULT_METRICS",
     "IMAGENET_METRICS",
-    "ORACLE",
     "TensorSplit",
     "PreparedData",
     "RunSummary",
@@ -211,39 +215,26 @@ class RunSummary:
     explainer_calls: int
 
 
-def _check_adapter(name: str) -> bool:
-    """Whether ``name`` is a library adapter's name; resolving it raises the adapter's UsageError
-    (library not installed, naming the extra; no such method)."""
-    from an8flower.baselines import explainer_class
-    from an8flower.baselines.adapters import is_adapter_name
+def _resolve(config: RunConfig) -> tuple[list[ExplainerSpec], list[str]]:
+    """The run's explainer specs and metric names, every option checked: before any work.
 
-    return is_adapter_name(name) and explainer_class(name) is not None
-
-
-def _resolve_lists(config: RunConfig) -> tuple[list[str], list[str]]:
-    from an8flower.baselines import list_explainers
-
-    registered = list_explainers()
-    if config.explainers is None:
-        explainers = [ORACLE] + registered
-    else:
-        explainers = list(dict.fromkeys(config.explainers))
-        for name in explainers:
-            base = split_explainer_name(name)[0]
-            if name != ORACLE and base not in registered and not _check_adapter(base):
-                raise UsageError(f"unknown explainer {base!r}; registered: {', '.join([ORACLE] + registered)}")
+    Raises:
+        UsageError: an unknown explainer or metric, or an option (of a requested one, or in the
+            run's option tables) that its constructor or function does not take or of the wrong
+            type, naming the option and its owner.
+    """
+    specs = resolve_explainers(config.explainers, config.explainer_options)
     default = IMAGENET_METRICS if config.imagenet else DEFAULT_METRICS
     metrics = list(dict.fromkeys(config.metrics)) if config.metrics is not None else list(default)
     for name in metrics:
         if name not in METRICS:
             raise UsageError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")
-    for name in config.explainer_options:
-        if name != ORACLE and split_explainer_name(name)[0] not in registered and not _check_adapter(split_explainer_name(name)[0]):
-            raise UsageError(f"explainer_options: unknown explainer {name!r}")
     for name in config.metric_options:
         if name not in METRICS:
             raise UsageError(f"metric_options: unknown metric {name!r}")
-    return explainers, metrics
+    for name in dict.fromkeys(metrics + list(config.metric_options)):
+        check_metric_options(name, config)
+    return specs, metrics
 
 
 def run_leaderboard(
@@ -312,7 +303,6 @@ class BoardRun:
     def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
                  log: Optional[Callable[[str], None]], fresh: bool = False, datasets_given: bool = False,
                  world: World = SINGLE) -> None:
-        from an8flower.baselines import explainer_class
         from an8flower.eval.models import list_models
 
         self.start = time.perf_counter()
@@ -325,7 +315,8 @@ class BoardRun:
                 if progress is not False:
                     print(msg, file=sys.stderr, flush=True)
         self.log = log
-        self.explainers, self.metrics = _resolve_lists(config)
+        self.specs, self.metrics = _resolve(config)
+        self.explainers = [spec.row for spec in self.specs]
         self.given = dict(models or {})
         self.model_names = list(dict.fromkeys(list(config.models) if models is None else list(self.given)))
         for name in self.model_names:
@@ -334,7 +325,7 @@ class BoardRun:
             if config.model_seeds > 1 and (name in self.given or any(k.split(":")[-1] == name for k in config.weights)):
                 raise UsageError(f"model_seeds = {config.model_seeds} needs models the run trains; {name} is given")
         self.model_seeds = [config.seed + i for i in range(config.model_seeds)]
-        self.any_fit = any(e != ORACLE and explainer_class(split_explainer_name(e)[0]).requires_fit for e in self.explainers)
+        self.any_fit = any(spec.needs_fit for spec in self.specs)
         if not config.imagenet and not datasets_given:
             from an8flower.spec import load_spec
 
@@ -353,8 +344,7 @@ class BoardRun:
         self.shards = ShardStore(config.out, world) if world.shard and world.is_main else None
         self.shard_cells: list[str] = []
         self.fresh = fresh
-        self.group_configs: dict[tuple, str] = {}
-        self.identities: dict[str, dict[str, Any]] = {}
+        self.group_configs: dict[tuple, dict[str, Any]] = {}
         self.timer = Timer()
         self.cells: list[dict[str, Any]] = []
         self.group_meta: dict[tuple, dict[str, Any]] = {}
@@ -407,6 +397,7 @@ class BoardRun:
         mhash = model_hash(model)
         if world.broadcast(mhash, "the model hash") != mhash:
             raise RuntimeError(f"{world.label()}: the {model_name} model differs from rank 0's")
+        mkey = {"hash": mhash, "code": model_code_identity(model)}
         t0 = time.perf_counter()
         test = data.test
         decided = None
@@ -442,19 +433,19 @@ class BoardRun:
               "masks": test.masks[keep[:n_ex]].numpy() if test.masks is not None else np.zeros((n_ex, data.size, data.size), bool),
               "heatmaps": {}}
         self.examples[group] = ex
-        self.group_configs[group] = {"_config": self._cell_config(data, image_ids, mhash, ORACLE, {}, None),
+        self.group_configs[group] = {"_config": self._cell_config(data, image_ids, mkey),
                                      "image_ids": image_ids, "n_ex": n_ex, "size": data.size,
                                      "parts": list(data.parts), "examples": {}}
         disc_ids = [data.parts.index(p) for p in data.discriminative]
-        counterfactual = self._reliance(data, model, mhash, keep, image_ids, group)
+        counterfactual = self._reliance(data, model, mkey, keep, image_ids, group)
         base_meta = {"dataset": data.dataset, "variant": data.variant, "model": model_name, "split": config.split,
                      "seed": seed}
         bar = tqdm(total=len(self.explainers), desc=f"{data.variant or data.dataset}/{model_name}", unit="explainer",
                    disable=None if self.progress is None else not self.progress)
         before = (self.cached, self.computed)
-        for name in self.explainers:
-            bar.set_postfix_str(name)
-            self._score_explainer(name, data, model, model_name, mhash, keep, image_ids, n_ex, ex, disc_ids, base_meta,
+        for spec in self.specs:
+            bar.set_postfix_str(spec.row)
+            self._score_explainer(spec, data, model, model_name, mkey, keep, image_ids, n_ex, ex, disc_ids, base_meta,
                                   counterfactual)
             bar.update(1)
         bar.close()
@@ -465,7 +456,8 @@ class BoardRun:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _score_explainer(self, name: str, data: PreparedData, model: nn.Module, model_name: str, mhash: str,
+    def _score_explainer(self, spec: ExplainerSpec, data: PreparedData, model: nn.Module, model_name: str,
+                         mkey: dict[str, Any],
                          keep: torch.Tensor, image_ids: list[int], n_ex: int, ex: dict[str, Any], disc_ids: list[int],
                          base_meta: dict[str, Any], counterfactual: Optional[dict[str, torch.Tensor]] = None) -> None:
         """The cells of one explainer in one group: read the cached ones, compute the missing ones.
@@ -475,15 +467,17 @@ class BoardRun:
         the complete cells. A shard stores its accumulators uncombined instead.
         """
         config, cache, timer, world = self.config, self.cache, self.timer, self.world
-        options = explainer_options(name, model_name, config, data.dataset)
+        name = spec.row
+        options = explainer_options(spec, model_name, config, data.dataset)
         base = {**base_meta, "explainer": name, "options": options}
         wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)
                   and not (METRICS[m].kind in ("counterfactual", "contrast") and counterfactual is None)]
-        configs = {m: self._cell_config(data, image_ids, mhash, name, options, m) for m in wanted}
+        # The accumulators that score the cells are the ones their keys are taken from.
+        accs = dict(zip(wanted, new_accumulators(wanted, config, len(keep))))
+        configs = {m: self._cell_config(data, image_ids, mkey, spec, options, acc) for m, acc in accs.items()}
         keys = {m: cell_key(c) for m, c in configs.items()}
-        ex_config = {**self._cell_config(data, image_ids[:n_ex], mhash, name, options, None),
-                     "metric": {"name": "examples"}}
-        ex_key = cell_key(ex_config)
+        ex_key = cell_key({**self._cell_config(data, image_ids[:n_ex], mkey, spec, options),
+                           "metric": {"name": "examples"}})
         decision = None
         if world.is_main:
             t0 = time.perf_counter()
@@ -512,26 +506,26 @@ class BoardRun:
         # With every cell cached, only the example heatmaps are missing: explain those images only.
         todo = keep if missing else keep[:n_ex]
         scored = self._scored(data, todo)
-        accs = new_accumulators(missing, config, len(todo))
-        explainer, error = self._fitted_explainer(name, options, model, data)
+        todo_accs = [accs[m] for m in missing]
+        explainer, error = self._fitted_explainer(spec, options, model, data)
         if error is not None:
             self.log(f"  {name}: failed to build/fit: {error}")
-            for acc in accs:
+            for acc in todo_accs:
                 acc.error = error
             result: dict[str, Any] = {"examples": [], "calls": 0}
         else:
-            result = run_explainer(explainer, name, accs, model, data, scored,
+            result = run_explainer(explainer, name, todo_accs, model, data, scored,
                                    my_batches(len(todo), config.batch_size, world), config, self.device, timer,
-                                   n_ex, disc_ids, self.log, counterfactual)
-        shares = world.gather((accs, result["examples"], result["calls"]), f"the scores of {name}")
+                                   n_ex, disc_ids, self.log, counterfactual, amp=self._amp(spec))
+        shares = world.gather((todo_accs, result["examples"], result["calls"]), f"the scores of {name}")
         if shares is None:  # not rank 0: rank 0 writes
             return
         if self.shards is not None:
-            self.shards.put_explainer(keys, configs, base, accs, ex_key, result["examples"], n_ex)
+            self.shards.put_explainer(keys, configs, base, todo_accs, ex_key, result["examples"], n_ex)
             self.calls += result["calls"]
-            self.computed += len(accs)
+            self.computed += len(todo_accs)
             return
-        merged = [merge_accumulators([share[0][i] for share in shares]) for i in range(len(accs))]
+        merged = [merge_accumulators([share[0][i] for share in shares]) for i in range(len(todo_accs))]
         examples = sorted((p, h) for share in shares for p, h in share[1])
         self.calls += sum(share[2] for share in shares)
         if examples and len(examples) == n_ex and (not merged or any(a.error is None for a in merged)):
@@ -560,7 +554,7 @@ class BoardRun:
             self._scored_split, self._scored_key = data.test.select(keep, device), key
         return self._scored_split
 
-    def _fitted_explainer(self, name: str, options: dict[str, Any], model: nn.Module,
+    def _fitted_explainer(self, spec: ExplainerSpec, options: dict[str, Any], model: nn.Module,
                           data: PreparedData) -> tuple[Any, Optional[str]]:
         """The explainer, built and (rank 0 only) fitted; its fitted state broadcast to the other ranks.
 
@@ -570,57 +564,36 @@ class BoardRun:
         explainer, error, state = None, None, None
         if world.rank == 0 or world.shard:
             try:
-                explainer = build_and_fit(name, options, model, data, self.config, self.timer, self.progress)
+                explainer = build_and_fit(spec, options, model, data, self.config, self.timer, self.progress)
                 state = explainer_state(explainer) if world.distributed else None
             except Exception as exc:  # noqa: BLE001 - any failure of an explainer is recorded, the run goes on
                 error = error_text(exc)
-        error, state = world.broadcast((error, state), f"the fitted {name}")
+        error, state = world.broadcast((error, state), f"the fitted {spec.row}")
         if error is None and explainer is None:
             try:
-                explainer = load_explainer_state(build(name, options), state)
+                explainer = load_explainer_state(spec.build(options), state)
             except Exception as exc:  # noqa: BLE001
                 error = error_text(exc)
         return explainer, error
 
-    def _cell_config(self, data: PreparedData, image_ids: Sequence[int], mhash: str, name: str,
-                     options: dict[str, Any], metric: Optional[str]) -> dict[str, Any]:
-        """The complete configuration of a cell (:func:`an8flower.eval.cache.cell_config`)."""
+    def _cell_config(self, data: PreparedData, image_ids: Sequence[int], model: dict[str, Any],
+                     spec: Optional[ExplainerSpec] = None, options: Optional[dict[str, Any]] = None,
+                     acc: Optional[Accumulator] = None) -> dict[str, Any]:
+        """The complete configuration of a cell (:func:`an8flower.eval.cache.cell_config`).
+
+        ``model``: ``{"hash", "code"}``; the explainer part is ``spec.key(options)``, the metric part
+        ``acc.key()`` (the accumulator that scores the cell); without them, the group's part alone.
+        """
         config = self.config
-        if name not in self.identities:
-            if name == ORACLE:
-                self.identities[name] = {"class": ORACLE}
-            else:
-                from an8flower.baselines import explainer_class
+        return cell_config(dataset=data.hash, split=config.split, image_ids=image_ids, model=model,
+                           explainer={} if spec is None else spec.key(options or {}),
+                           metric={} if acc is None else acc.key(), seed=config.seed, batch_size=config.batch_size,
+                           device=self.device.type, amp=spec is not None and self._amp(spec))
 
-                self.identities[name] = explainer_code_identity(explainer_class(split_explainer_name(name)[0]))
-        if name == ORACLE:
-            explainer = {"name": name, "options": options, "code": self.identities[name]}
-        else:
-            from an8flower.baselines import explainer_class
-
-            explainer = {"name": name, "options": complete_options(explainer_class(split_explainer_name(name)[0]).__init__,
-                                                                   options, skip=1),
-                         "code": self.identities[name]}
-        if metric is None:
-            metric_part: dict[str, Any] = {}
-        else:
-            spec = METRICS[metric]
-            limited = spec.kind in SUBSET_KINDS
-            metric_part = {"name": metric, "options": complete_options(spec.callable(), metric_options(metric, config),
-                                                                       skip=spec.skip),
-                           "limit": min(config.model_metric_images, len(image_ids)) if limited else None}
-            if metric.startswith("quantus:"):
-                metric_part["library"] = _distribution_version("quantus")
-        amp = bool(config.amp) and name != ORACLE and bool(getattr(self._explainer_class(name), "amp_safe", False))
-        return cell_config(dataset=data.hash, split=config.split, image_ids=image_ids, model=mhash, explainer=explainer,
-                           metric=metric_part, seed=config.seed, batch_size=config.batch_size,
-                           device=self.device.type, amp=amp)
-
-    @staticmethod
-    def _explainer_class(name: str) -> type:
-        from an8flower.baselines import explainer_class
-
-        return explainer_class(split_explainer_name(name)[0])
+    def _amp(self, spec: ExplainerSpec) -> bool:
+        """Whether ``spec``'s explainer runs under mixed precision: the one decision both its
+        scoring and its cells' keys take."""
+        return bool(self.config.amp) and spec.amp_safe
 
     def _cached_extras(self) -> int:
         """Add the cached cells of this run's groups for explainer/metric pairs this run did not ask for.
@@ -634,7 +607,7 @@ class BoardRun:
         extra: dict[tuple, dict[str, Any]] = {}
         for cell in self.cache.cells():
             cfg = cell["_config"]
-            if group_part(cfg) not in groups or cfg.get("metric", {}).get("name") not in METRICS:
+            if group_part(cfg) not in groups or not _known_metric(cfg.get("metric", {}).get("name")):
                 continue
             ident = (cell["dataset"], cell["variant"], cell["model"], cell["explainer"], cell["metric"])
             if ident in have:
@@ -649,14 +622,15 @@ class BoardRun:
                 continue
             ids = info["image_ids"][: info["n_ex"]]
             ex_config = {**cell["_config"], "images": cell_config(
-                dataset="", split="", image_ids=ids, model="", explainer={}, metric={}, seed=0, batch_size=1,
+                dataset="", split="", image_ids=ids, model={}, explainer={}, metric={}, seed=0, batch_size=1,
                 device="")["images"], "n_images": len(ids), "metric": {"name": "examples"}}
             arrays = self.cache.get_arrays(cell_key(ex_config), {"heatmaps": (len(ids), info["size"], info["size"])})
             if arrays is not None:
                 ex["heatmaps"][cell["explainer"]] = arrays["heatmaps"]
         return len(extra)
 
-    def _reliance(self, data: PreparedData, model: nn.Module, mhash: str, keep: torch.Tensor, image_ids: list[int],
+    def _reliance(self, data: PreparedData, model: nn.Module, mkey: dict[str, Any], keep: torch.Tensor,
+                  image_ids: list[int],
                   group: tuple) -> Optional[dict[str, torch.Tensor]]:
         """Model reliance on the scored images (:mod:`an8flower.eval.reliance`), cached like a cell.
 
@@ -673,7 +647,7 @@ class BoardRun:
         t0 = time.perf_counter()
         arrays = None
         if self.world.rank == 0 or self.world.shard:
-            key = cell_key({**self._cell_config(data, image_ids, mhash, ORACLE, {}, None), "explainer": {},
+            key = cell_key({**self._cell_config(data, image_ids, mkey),
                             "metric": {"name": "reliance", "renderer": code_sha256()}})
             shapes = Reliance.array_shapes(len(image_ids), len(data.spec.parts), data.spec.num_classes,
                                            *data.test.images.shape[-2:])
@@ -721,8 +695,12 @@ class BoardRun:
         return RunSummary(config.out, [], "", _jsonable(manifest), self.computed, self.cached, self.calls)
 
     def finish(self, command: Optional[Sequence[str]], imagenet: bool) -> RunSummary:
-        """Write the report and ``run.json``; the summary (an empty one on ranks other than 0)."""
-        from an8flower.baselines import explainer_class
+        """Write the report and ``run.json``; the summary (an empty one on ranks other than 0).
+
+        Cells of earlier runs (:meth:`_cached_extras`) may belong to explainers this run did not
+        resolve (a user's explainer an earlier run imported): ``run.json`` records them with the options their
+        cells hold, without resolving their names.
+        """
         from an8flower.eval.train import software_versions
 
         config, timer, device = self.config, self.timer, self.device
@@ -756,7 +734,7 @@ class BoardRun:
         record = {
             "command": list(command) if command is not None else list(sys.argv),
             "config": config.to_dict(),
-            "versions": {**software_versions(), **{lib: _distribution_version(lib) for lib in
+            "versions": {**software_versions(), **{lib: distribution_version(lib) for lib in
                                                     ("captum", "zennit", "grad-cam", "quantus", "numpy")}},
             "platform": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
@@ -765,10 +743,7 @@ class BoardRun:
                       **({"models": self.model_seeds} if len(self.model_seeds) > 1 else {})},
             "datasets": self.datasets_rec,
             "models": self.models_rec,
-            "explainers": {e: {"options": explainer_options(e, self.model_names[0], config,
-                                                            "ilsvrc12" if imagenet else "an8flower"),
-                               "requires_fit": e != ORACLE and bool(explainer_class(split_explainer_name(e)[0]).requires_fit)}
-                           for e in explainers},
+            "explainers": self._explainer_record(explainers, imagenet),
             "metrics": metric_info,
             "processes": {"world_size": self.world.size, "backend": _backend(self.world)},
             "cells": {"computed": self.computed, "cached": self.cached, "from_earlier_runs": added,
@@ -780,6 +755,32 @@ class BoardRun:
         record = portable_record(record, config.out)
         atomic_write(os.path.join(config.out, "run.json"), json.dumps(_jsonable(record), indent=1, allow_nan=False) + "\n")
         return RunSummary(config.out, cells, report["markdown"], record, self.computed, self.cached, self.calls)
+
+
+    def _explainer_record(self, rows: Sequence[str], imagenet: bool) -> dict[str, dict[str, Any]]:
+        """``run.json``'s ``explainers``: per row, its options and kind; rows of earlier runs' cells
+        (not resolved by this run) with the options their cells hold."""
+        specs = {spec.row: spec for spec in self.specs}
+        earlier = {c["explainer"]: c["options"] for c in self.cells if c["explainer"] not in specs}
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            spec = specs.get(row)
+            if spec is None:
+                out[row] = {"options": earlier.get(row, {}), "from_earlier_run": True}
+            else:
+                out[row] = {"options": explainer_options(spec, self.model_names[0], self.config,
+                                                         "ilsvrc12" if imagenet else "an8flower"),
+                            "requires_fit": spec.needs_fit, "reference": spec.reference}
+        return out
+
+
+def _known_metric(name: Any) -> bool:
+    """Whether ``name`` is a metric this installation scores (a cached ``quantus:`` cell of an
+    installation with Quantus is not one where Quantus is missing)."""
+    try:
+        return isinstance(name, str) and name in METRICS
+    except UsageError:
+        return False
 
 
 def _backend(world: World) -> Optional[str]:
@@ -813,17 +814,6 @@ def _remove_stale(out: str, previous: Sequence[str], written: set[str]) -> None:
                 os.unlink(os.path.join(out, name))
             except FileNotFoundError:
                 pass
-
-
-@functools.lru_cache(maxsize=None)
-def _distribution_version(name: str) -> Optional[str]:
-    """The installed version of a distribution (None if absent): recorded in keys and ``run.json``."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 @functools.lru_cache(maxsize=None)

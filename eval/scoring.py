@@ -18,20 +18,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from an8flower.baselines.base import Explainer, GroundTruth, check_options, complete_options
+from an8flower.baselines.spec import ExplainerSpec
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig
 from an8flower.eval.data import PreparedData, TensorSplit
 
 __all__ = [
-    "ORACLE", "MetricSpec", "METRICS", "SUBSET_KINDS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer", "Oracle",
-    "split_explainer_name", "explainer_options", "build", "error_text", "Accumulator", "score_batch", "finish_cell",
-    "for_json", "randomisation_layers", "metric_options", "batches", "merge_accumulators", "build_and_fit",
-    "new_accumulators", "run_explainer",
+    "MetricSpec", "METRICS", "SUBSET_KINDS", "DEFAULT_METRICS", "IMAGENET_METRICS", "Timer",
+    "explainer_options", "error_text", "Accumulator", "score_batch", "finish_cell", "for_json", "randomisation_layers",
+    "metric_options", "check_metric_options", "batches", "merge_accumulators", "build_and_fit", "new_accumulators",
+    "run_explainer",
 ]
-
-
-#: Name of the reference row whose heatmap is the ground-truth mask itself.
-ORACLE = "oracle"
 
 
 @dataclass(frozen=True)
@@ -194,105 +192,26 @@ class Timer:
         return {"seconds": dict(self.total), "explainers": per, "metrics": dict(self.metrics)}
 
 
-class Oracle:
-    """The ``oracle`` reference row: the ground-truth mask of each image as its heatmap."""
-
-    name = ORACLE
-    requires_fit = False
-
-    def __init__(self) -> None:
-        self.masks: Optional[torch.Tensor] = None
-
-    def options(self) -> dict[str, Any]:
-        return {}
-
-    def __call__(self, model: nn.Module, images: torch.Tensor, targets: Any = None) -> torch.Tensor:
-        if self.masks is None or self.masks.shape[0] != images.shape[0]:
-            raise RuntimeError("oracle: no masks for this batch")
-        return self.masks.to(images.device).float()
-
-
 #: Options the runner gives an explainer on an8Flower unless the run sets them: VEBI's lasso radius
 #: mu = 5, the value Oramas et al. used on an8Flower (their code's default, 10, is for ImageNet).
 AN8FLOWER_EXPLAINER_DEFAULTS: dict[str, dict[str, Any]] = {"vebi": {"mu": 5.0}}
 
 
-def split_explainer_name(name: str) -> tuple[str, dict[str, Any]]:
-    """A row name and its explainer: ``"vebi[k=1,stride_fix=false]"`` -> ``("vebi", {"k": 1, "stride_fix": False})``.
+def explainer_options(spec: ExplainerSpec | str, model_name: str, config: RunConfig,
+                      dataset: str = "an8flower") -> dict[str, Any]:
+    """The options an explainer is built with in a group: the spec's, over the dataset's defaults
+    (:data:`AN8FLOWER_EXPLAINER_DEFAULTS` on an8Flower), plus the model's CAM layer and the run's
+    seed where the constructor takes them and no option sets them (:meth:`ExplainerSpec.completed`).
 
-    A *named variant* ``NAME[KEY=VALUE,...]`` is the explainer ``NAME`` with those options on top
-    of the run's options for ``NAME``; the leaderboard shows it as its own row, under the full
-    name. Values are read as JSON when they parse (``1``, ``5.0``, ``false``, ``["a", "b"]``),
-    as strings otherwise (``labels=predicted``); commas inside brackets or quotes do not split.
-    A plain name gives ``(name, {})``.
-
-    Raises:
-        UsageError: a malformed variant (no closing bracket, an item without ``=``, a repeated key).
+    ``spec`` may be a name, resolved first under ``config.explainer_options``
+    (:meth:`ExplainerSpec.resolve`).
     """
-    import json
-
-    if "[" not in name:
-        return name, {}
-    base, _, rest = name.partition("[")
-    if not base or not rest.endswith("]"):
-        raise UsageError(f"explainer {name!r}: a variant is written NAME[KEY=VALUE,...]")
-    items, depth, quoted, current = [], 0, False, ""
-    for ch in rest[:-1]:
-        if ch == '"':
-            quoted = not quoted
-        elif not quoted and ch in "[{":
-            depth += 1
-        elif not quoted and ch in "]}":
-            depth -= 1
-        if ch == "," and depth == 0 and not quoted:
-            items.append(current)
-            current = ""
-        else:
-            current += ch
-    items.append(current)
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or key in options:
-            raise UsageError(f"explainer {name!r}: expected distinct KEY=VALUE items, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value.strip()
-    return base, options
-
-
-def explainer_options(name: str, model_name: str, config: RunConfig, dataset: str = "an8flower") -> dict[str, Any]:
-    """The options an explainer is built with: the run's, plus the CAM layer, seed and an8Flower defaults.
-
-    For a named variant ``NAME[...]`` (:func:`split_explainer_name`): the run's options for
-    ``NAME``, then those given for the full variant name, then the variant's own.
-    """
-    from an8flower.baselines import explainer_class
     from an8flower.eval.models import DEFAULT_CAM_LAYER
 
-    base, variant = split_explainer_name(name)
-    options = {**config.explainer_options.get(base, {}), **(config.explainer_options.get(name, {}) if variant else {}),
-               **variant}
-    if name == ORACLE:
-        return options
-    if dataset == "an8flower":
-        options = {**AN8FLOWER_EXPLAINER_DEFAULTS.get(base, {}), **options}
-    params = inspect.signature(explainer_class(base).__init__).parameters
-    if "layer" in params and "layer" not in options and model_name in DEFAULT_CAM_LAYER:
-        options["layer"] = DEFAULT_CAM_LAYER[model_name]
-    if "seed" in params and "seed" not in options:
-        options["seed"] = config.seed
-    return options
-
-
-def build(name: str, options: dict[str, Any]) -> Any:
-    if name == ORACLE:
-        return Oracle()
-    from an8flower.baselines import build_explainer
-
-    return build_explainer(split_explainer_name(name)[0], **options)
+    if isinstance(spec, str):
+        spec = ExplainerSpec.resolve(spec, config.explainer_options)
+    defaults = AN8FLOWER_EXPLAINER_DEFAULTS.get(spec.base, {}) if dataset == "an8flower" else {}
+    return spec.completed(defaults, layer=DEFAULT_CAM_LAYER.get(model_name), seed=config.seed)
 
 
 def error_text(exc: BaseException) -> str:
@@ -326,6 +245,20 @@ class Accumulator:
     @property
     def n_images(self) -> int:
         return len(self.positions)
+
+    def key(self) -> dict[str, Any]:
+        """The metric's part of its cell's cache key, from the very object that scores the cell:
+        name, options completed with the metric function's defaults, the image limit, the code
+        identity (:func:`an8flower.eval.cache.metric_code_identity`) and, for a Quantus metric, the
+        library's version."""
+        from an8flower.eval.cache import distribution_version, metric_code_identity
+
+        fn = self.spec.callable()
+        part = {"name": self.spec.name, "options": complete_options(fn, self.options, skip=self.spec.skip),
+                "limit": self.limit, "code": metric_code_identity(fn)}
+        if self.spec.kind.startswith("quantus"):
+            part["library"] = distribution_version("quantus")
+        return part
 
     def wants(self, start: int, n: int) -> int:
         """How many images of a batch of ``n`` starting at position ``start`` this cell scores."""
@@ -404,20 +337,13 @@ def score_batch(acc: Accumulator, ctx: dict[str, Any], h: torch.Tensor, k: int, 
     elif spec.kind in ("counterfactual", "contrast"):
         values = _counterfactual_values(spec, opts, ctx, h, k)
     elif spec.kind == "explainer":
-        explainer = ctx["explainer"]
-        if isinstance(explainer, Oracle):
-            oracle = Oracle()
-            oracle.masks = masks
-            explainer = oracle
+        explainer = ctx["explainer"].given(ctx["truth"].first(k))
         options = {"layers": ctx["random_layers"], "seed": ctx["seed"], **opts}
         values = M.randomisation_similarity(ctx["model"], explainer, ctx["images"][:k], ctx["targets"][:k], **options)[:, -1]
     elif spec.kind in ("quantus", "quantus_model"):
         from an8flower.eval.quantus_metrics import quantus_scores
 
-        explainer = ctx["explainer"]
-        if isinstance(explainer, Oracle):
-            explainer = Oracle()
-            explainer.masks = masks
+        explainer = ctx["explainer"].given(ctx["truth"].first(k))
         values = quantus_scores(spec.name, opts, ctx["model"], ctx["images"][:k], ctx["targets"][:k], h, masks,
                                 explainer, seed=ctx["seed"])
     else:  # pragma: no cover - METRICS is fixed
@@ -440,11 +366,8 @@ def _counterfactual_values(spec: MetricSpec, opts: dict[str, Any], ctx: dict[str
         return M.counterfactual_mass(h, changed, **opts)
     if spec.name == "reliance_rank_correlation":
         return M.reliance_rank_correlation(h, ctx["parts"][:k], cf["reliance"][:k], **opts)
-    explainer = ctx["explainer"]
-    if isinstance(explainer, Oracle):  # the parts the image shares with the runner-up
-        other = (ctx["masks"][:k] & ~changed).float()
-    else:
-        other = explainer(ctx["model"], ctx["images"][:k], cf["runner_up"][:k])
+    explainer = ctx["explainer"].given(ctx["truth"].first(k))
+    other = explainer(ctx["model"], ctx["images"][:k], cf["runner_up"][:k])
     return M.contrastivity(h, other, changed, **opts)
 
 
@@ -506,7 +429,21 @@ def randomisation_layers(model: nn.Module) -> list[str]:
 
 
 def metric_options(name: str, config: RunConfig) -> dict[str, Any]:
+    """The options a metric is scored with: its leaderboard defaults, then the run's."""
     return {**METRICS[name].defaults, **config.metric_options.get(name, {})}
+
+
+def check_metric_options(name: str, config: RunConfig) -> None:
+    """Check the run's options of metric ``name`` against its function's signature and types
+    (:func:`~an8flower.baselines.base.check_options`); a UsageError names the metric.
+
+    The metric's data parameters and the ones the board supplies itself (the randomisation's
+    ``layers`` and ``seed``) are not options. Quantus metrics check their options when their
+    name is resolved (:mod:`an8flower.eval.quantus_metrics`)."""
+    spec = METRICS[name]
+    fn = spec.callable()
+    if fn is not None:
+        check_options(f"metric {name!r}", fn, metric_options(name, config), skip=spec.skip)
 
 
 def batches(n: int, size: int) -> Iterator[slice]:
@@ -514,11 +451,12 @@ def batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def build_and_fit(name: str, options: dict[str, Any], model: nn.Module, data: PreparedData, config: RunConfig,
-                  timer: Timer, progress: Optional[bool] = None) -> Any:
-    """The explainer ``name`` built with ``options`` and, if it needs it, fitted on the training split."""
-    explainer = build(name, options)
-    if getattr(explainer, "requires_fit", False):
+def build_and_fit(spec: ExplainerSpec, options: dict[str, Any], model: nn.Module, data: PreparedData,
+                  config: RunConfig, timer: Timer, progress: Optional[bool] = None) -> Explainer:
+    """The explainer of ``spec`` built with ``options`` and, if it needs it, fitted on the training split."""
+    explainer = spec.build(options)
+    name = spec.row
+    if spec.needs_fit:
         if data.train is None:
             raise UsageError(f"{name} must be fitted on a training split, and {data.dataset} has none here")
         t0 = time.perf_counter()
@@ -534,22 +472,30 @@ def build_and_fit(name: str, options: dict[str, Any], model: nn.Module, data: Pr
 
 
 def new_accumulators(missing: Sequence[str], config: RunConfig, n_images: int) -> list[Accumulator]:
-    """One empty accumulator per missing metric; model-based ones limited to ``model_metric_images``."""
+    """One empty accumulator per metric of ``missing``, for ``n_images`` scored images.
+
+    The one place the image limit of a cell is decided: the metrics of :data:`SUBSET_KINDS` score
+    the first ``min(model_metric_images, n_images)`` images, the others all. The cache key of a
+    cell is taken from its accumulator (:meth:`Accumulator.key`)."""
     return [Accumulator(METRICS[m], metric_options(m, config),
                         min(config.model_metric_images, n_images) if METRICS[m].kind in SUBSET_KINDS else None)
             for m in missing]
 
 
-def run_explainer(explainer: Any, name: str, accs: Sequence[Accumulator], model: nn.Module, data: PreparedData,
+def run_explainer(explainer: Explainer, name: str, accs: Sequence[Accumulator], model: nn.Module, data: PreparedData,
                   scored: "TensorSplit", shares: Iterable[slice], config: RunConfig, device: torch.device, timer: Timer,
                   n_ex: int, disc_ids: list[int], log: Callable[[str], None],
-                  counterfactual: Optional[dict[str, torch.Tensor]] = None) -> dict[str, Any]:
+                  counterfactual: Optional[dict[str, torch.Tensor]] = None, *, amp: bool = False) -> dict[str, Any]:
     """Explain the batches ``shares`` (slices of ``scored``, the group's scored images in scoring
     order, already on ``device``) and score them into ``accs``.
 
     ``counterfactual``: the inputs of the model-aware metrics, one row per scored image in the same
     order (``changed`` (N, H, W) bool, ``reliance`` (N, P), ``runner_up`` (N,)); None where there are
-    none.
+    none. Each batch's :class:`~an8flower.baselines.base.GroundTruth` (masks, labels, changed
+    pixels) is handed to the explainer with :meth:`~an8flower.baselines.base.Explainer.given`
+    (reference rows such as ``oracle`` read it) and to the metrics that call it again. ``amp``: run
+    the explainer under autocast (float16 on CUDA, bfloat16 on a CPU); the runner passes the value
+    its cells' keys hold (the run's ``amp`` for an ``amp_safe`` explainer).
 
     Returns:
         ``{"examples": [(position, heatmap float16 (H, W)), ...] for positions < n_ex, "calls": n}``.
@@ -563,13 +509,13 @@ def run_explainer(explainer: Any, name: str, accs: Sequence[Accumulator], model:
         targets = scored.labels[sl].to(device)
         masks = scored.masks[sl].to(device) if scored.masks is not None else None
         parts = scored.parts[sl].to(device) if scored.parts is not None else None
-        if isinstance(explainer, Oracle):
-            explainer.masks = masks
+        cf = None if counterfactual is None else {key: v[sl].to(device) for key, v in counterfactual.items()}
+        truth = GroundTruth(masks, targets, None if cf is None else cf["changed"])
         t0 = time.perf_counter()
         try:
             with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                                enabled=bool(config.amp) and getattr(explainer, "amp_safe", False)):
-                h = explainer(model, images, targets)
+                                enabled=amp):
+                h = explainer.given(truth)(model, images, targets)
             h = h.float()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -589,10 +535,8 @@ def run_explainer(explainer: Any, name: str, accs: Sequence[Accumulator], model:
         for j in range(max(0, min(len(idx), n_ex - sl.start))):
             out["examples"].append((sl.start + j, h[j].float().cpu().numpy().astype(np.float16)))
         ctx = {"masks": masks, "parts": parts, "model": model, "images": images, "targets": targets,
-               "explainer": explainer, "part_names": data.parts, "disc_ids": disc_ids,
-               "random_layers": random_layers, "seed": config.seed,
-               "counterfactual": None if counterfactual is None else
-               {key: v[sl].to(device) for key, v in counterfactual.items()}}
+               "explainer": explainer, "truth": truth, "part_names": data.parts, "disc_ids": disc_ids,
+               "random_layers": random_layers, "seed": config.seed, "counterfactual": cf}
         for acc in accs:
             k = acc.wants(sl.start, len(idx))
             if k == 0:

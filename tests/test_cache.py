@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from an8flower.baselines import base as registry
-from an8flower.eval.cache import CellCache, cell_key, complete_options, explainer_code_identity, validate_cell
+from an8flower.baselines import ExplainerSpec, complete_options, explainer_code_identity
+from an8flower.eval.cache import CellCache, cell_key, validate_cell
 from an8flower.eval.config import RunConfig
 from an8flower.eval.runner import BoardRun, run_leaderboard
-from an8flower.eval.scoring import explainer_options
+from an8flower.eval.scoring import explainer_options, new_accumulators
 
 from test_leaderboard import ColourDetector, squares
 
@@ -36,8 +37,10 @@ def _key(config: RunConfig, explainer: str = "rise", metric: str = "deletion_auc
     run = BoardRun(config, {"m": ColourDetector()}, False, lambda msg: None)
     data = squares()
     data.hash = dataset
-    options = explainer_options(explainer, "m", config, "an8flower")
-    return cell_key(run._cell_config(data, list(ids), model, explainer, options, metric))
+    spec = ExplainerSpec.resolve(explainer, config.explainer_options)
+    options = explainer_options(spec, "m", config, "an8flower")
+    [acc] = new_accumulators([metric], config, len(ids))
+    return cell_key(run._cell_config(data, list(ids), {"hash": model, "code": {}}, spec, options, acc))
 
 
 def test_every_run_setting_is_classified() -> None:
@@ -265,5 +268,6 @@ def test_adapter_and_quantus_cells_are_keyed_by_library_version(tmp_path) -> Non
     pytest.importorskip("quantus")
     config = RunConfig(out=str(tmp_path), metrics=["quantus:PointingGame"])
     run = BoardRun(config, {"m": ColourDetector()}, False, lambda msg: None)
-    cfg = run._cell_config(squares(), [1, 2], "m" * 64, "gradient", {}, "quantus:PointingGame")
+    [acc] = new_accumulators(["quantus:PointingGame"], config, 2)
+    cfg = run._cell_config(squares(), [1, 2], {"hash": "m" * 64}, ExplainerSpec.resolve("gradient"), {}, acc)
     assert cfg["metric"]["library"] == __import__("importlib.metadata").metadata.version("quantus")

@@ -143,8 +143,7 @@ KNOWN_CYCLES = [
      "an8flower.baselines.adapters._common", "an8flower.baselines.adapters.catalogue", "an8flower.baselines.base",
      "an8flower.baselines.cam", "an8flower.baselines.features", "an8flower.baselines.gradient",
      "an8flower.baselines.perturbation", "an8flower.baselines.reference", "an8flower.baselines.rules",
-     "an8flower.baselines.vebi"],
-    ["an8flower.croissant", "an8flower.datacard", "an8flower.generate"],
+     "an8flower.baselines.spec", "an8flower.baselines.vebi"],
     ["an8flower.eval.quantus_metrics", "an8flower.eval.scoring"],
 ]
 #: Private names still imported across modules: the command line (being moved to an8flower/cli/),

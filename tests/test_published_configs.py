@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from an8flower.baselines import explainer_class, list_explainers
 from an8flower.eval.config import load_config
-from an8flower.eval.scoring import METRICS, ORACLE
+from an8flower.baselines.reference import ORACLE
+from an8flower.eval.scoring import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -154,10 +154,10 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _list() -> int:
-    from an8flower.baselines import list_explainers
-    from an8flower.eval.scoring import METRICS, ORACLE
+    from an8flower.baselines import default_explainers
+    from an8flower.eval.scoring import METRICS
 
-    print("explainers: " + ", ".join([ORACLE] + list_explainers()))
+    print("explainers: " + ", ".join(default_explainers()))
     print("metrics:    " + ", ".join(METRICS))
     print("adapters (captum:, zennit:, gradcam:) and quantus: metrics: `an8flower explainers`")
     return 0

@@ -125,13 +125,13 @@ def _explainers(args: argparse.Namespace) -> int:
     import textwrap
 
     from an8flower import __version__
-    from an8flower.baselines import list_explainers
+    from an8flower.baselines import default_explainers, list_explainers
     from an8flower.baselines.adapters import board_config, catalogue
     from an8flower.eval.quantus_metrics import list_quantus_metrics
 
     builtin = list_explainers()
     if args.board:
-        print(board_config(["oracle"] + builtin), end="")
+        print(board_config(default_explainers()), end="")
         return 0
     libraries = catalogue()
     quantus = list_quantus_metrics()

@@ -11,16 +11,22 @@ are its library's, passed through, plus what the adapter supplies (layer, baseli
 masks, channel reduction, seed), listed in each class's docstring and signature.
 """
 
-from an8flower.baselines.adapters._common import LIBRARIES, AdapterExplainer, Library, library_call, seeded
+from an8flower.baselines.adapters._common import (
+    LIBRARIES,
+    AdapterExplainer,
+    Library,
+    adapter_class,
+    is_adapter_name,
+    library_call,
+    list_adapter_explainers,
+    seeded,
+)
 from an8flower.baselines.adapters.catalogue import (
     BOARD_ADAPTERS,
     BOARD_OPTIONS,
     DUPLICATES,
-    adapter_class,
     board_config,
     catalogue,
-    is_adapter_name,
-    list_adapter_explainers,
 )
 
 __all__ = [

@@ -45,6 +45,9 @@ __all__ = [
     "seeded",
     "library_call",
     "split_name",
+    "is_adapter_name",
+    "adapter_class",
+    "list_adapter_explainers",
 ]
 
 
@@ -108,6 +111,37 @@ def import_library(lib: Library) -> ModuleType:
         raise UsageError(
             f"{lib.prefix}: explainers need the {lib.distribution} library ({exc}); install it with {lib.install}"
         ) from None
+
+
+def is_adapter_name(name: str) -> bool:
+    """Whether ``name`` has a library prefix (``captum:``, ``zennit:``, ``gradcam:``)."""
+    prefix, sep, _ = name.partition(":")
+    return bool(sep) and prefix in LIBRARIES
+
+
+def adapter_class(name: str) -> type:
+    """The explainer class of an adapter name such as ``"captum:IntegratedGradients"``.
+
+    Raises:
+        UsageError: an unknown prefix, the library is not installed (the message names the extra,
+        e.g. ``pip install "an8flower[zennit]"``), or it offers no such method (the message
+        lists the available ones, or says why a method is left out).
+    """
+    lib, method = split_name(name)
+    import_library(lib)
+    return importlib.import_module(lib.module).adapter_class(method)
+
+
+def list_adapter_explainers() -> list[str]:
+    """Every adapter name available in this installation (libraries that are not installed are skipped)."""
+    names: list[str] = []
+    for lib in LIBRARIES.values():
+        try:
+            import_library(lib)
+        except UsageError:
+            continue
+        names += [f"{lib.prefix}:{m}" for m in importlib.import_module(lib.module).methods()]
+    return names
 
 
 def library_version(lib: Library) -> Optional[str]:
@@ -228,7 +262,7 @@ class AdapterExplainer(Explainer):
     @classmethod
     def cache_identity(cls) -> dict[str, Any]:
         """The library and its installed version: part of the leaderboard's cache key
-        (:func:`an8flower.eval.cache.explainer_code_identity`), so that upgrading the library
+        (:func:`an8flower.baselines.spec.explainer_code_identity`), so that upgrading the library
         recomputes its cells."""
         lib = LIBRARIES[cls.library]
         return {"library": lib.distribution, "version": library_version(lib), "method": cls.method}

@@ -1,54 +1,21 @@
-"""Adapter names: resolution, listing, the recommended set for the board, and known duplicates."""
+"""Adapter names: the catalogue of libraries, the recommended set for the board, and known duplicates
+(resolving and listing names: :mod:`an8flower.baselines.adapters._common`)."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from an8flower.baselines.adapters._common import LIBRARIES, import_library, library_version, split_name
+from an8flower.baselines.adapters._common import LIBRARIES, import_library, library_version, list_adapter_explainers
 from an8flower.errors import UsageError
 
 __all__ = [
-    "adapter_class",
-    "is_adapter_name",
-    "list_adapter_explainers",
     "catalogue",
     "BOARD_ADAPTERS",
     "BOARD_OPTIONS",
     "DUPLICATES",
     "board_config",
 ]
-
-
-def is_adapter_name(name: str) -> bool:
-    """Whether ``name`` has a library prefix (``captum:``, ``zennit:``, ``gradcam:``)."""
-    prefix, sep, _ = name.partition(":")
-    return bool(sep) and prefix in LIBRARIES
-
-
-def adapter_class(name: str) -> type:
-    """The explainer class of an adapter name such as ``"captum:IntegratedGradients"``.
-
-    Raises:
-        UsageError: an unknown prefix, the library is not installed (the message names the extra,
-        e.g. ``pip install "an8flower[zennit]"``), or it offers no such method (the message
-        lists the available ones, or says why a method is left out).
-    """
-    lib, method = split_name(name)
-    import_library(lib)
-    return importlib.import_module(lib.module).adapter_class(method)
-
-
-def list_adapter_explainers() -> list[str]:
-    """Every adapter name available in this installation (libraries that are not installed are skipped)."""
-    names: list[str] = []
-    for lib in LIBRARIES.values():
-        try:
-            import_library(lib)
-        except UsageError:
-            continue
-        names += [f"{lib.prefix}:{m}" for m in importlib.import_module(lib.module).methods()]
-    return names
 
 
 def catalogue() -> list[dict[str, Any]]:
