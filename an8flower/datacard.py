@@ -57,7 +57,7 @@ def spec_tables(spec: VariantSpec) -> str:
     lines = [BEGIN, "", "**Classes** (label = position; RGB before jitter and lighting):", ""]
     lines.append("| label | class | folder | " + " | ".join(f"{p} colour (RGB)" for p in disc) + " |")
     lines.append("|---|---|---|" + "---|" * len(disc))
-    for label, (name, cols) in enumerate(zip(spec.classes, spec.class_colours)):
+    for label, (name, cols) in enumerate(zip(spec.classes, spec.class_colours, strict=True)):
         cells = " | ".join(f"{c} {spec.rgb(c)}" for c in cols)
         lines.append(f"| {label} | {name} | {class_folder(spec, label)} | {cells} |")
     lines += ["", "**Parts** (the part map stores the id):", "", "| id | part | role |", "|---|---|---|"]
@@ -140,7 +140,7 @@ def refresh_cards(folder: str | Path) -> list[Path]:
         spec = load_spec(variant)
         path = Path(folder) / card_name(variant)
         text = path.read_text(encoding="utf-8")
-        new = pattern.sub(lambda _: spec_tables(spec), text)
+        new = pattern.sub(lambda _, spec=spec: spec_tables(spec), text)
         if new != text:
             path.write_text(new, encoding="utf-8")
             changed.append(path)

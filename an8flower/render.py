@@ -54,8 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Optional
+from functools import cache
 
 import cv2
 import numpy as np
@@ -100,7 +99,7 @@ def class_of(spec: VariantSpec, index: int) -> int:
 # Shape templates (unit size, computed once)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _circle(n: int = 40) -> np.ndarray:
     t = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
     out = np.stack([np.cos(t), np.sin(t)], axis=1)
@@ -108,7 +107,7 @@ def _circle(n: int = 40) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _seeds(n: int = 13) -> np.ndarray:
     """(n, 12, 2) small discs in a sunflower (golden-angle) pattern inside the unit disc."""
     k = np.arange(1, n + 1)
@@ -120,7 +119,7 @@ def _seeds(n: int = 13) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _petal_template(shape: str, n: int = 14) -> np.ndarray:
     """Closed outline of a petal of length 1 along +x from the origin, maximal width 1."""
     th = np.linspace(0.0, 1.0, n)
@@ -143,7 +142,7 @@ def _petal_template(shape: str, n: int = 14) -> np.ndarray:
     return pts
 
 
-@lru_cache(maxsize=None)
+@cache
 def _leaf_template(n: int = 12) -> np.ndarray:
     """Closed lens-shaped leaf of length 1 along +x, maximal width 1, pointed, slightly lopsided."""
     th = np.linspace(0.0, 1.0, n)
@@ -246,7 +245,7 @@ def _rot(angle: float) -> np.ndarray:
 _SUM3 = np.ones((1, 3), np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _constant(size: int, value: int) -> np.ndarray:
     """A read-only (size, size) uint8 image filled with ``value``."""
     out = np.full((size, size), value, np.uint8)
@@ -254,7 +253,7 @@ def _constant(size: int, value: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _extremes(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Black and white (size, size, 3) uint8 images (read-only)."""
     black, white = np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)
@@ -299,7 +298,7 @@ class _Painter:
         self.removed = removed
         #: Outline width in pixels: about 1/256 of the side (at least 1 px).
         self.line = max(1, round(size / 256))
-        self.bounds: Optional[np.ndarray] = None  # (2, H, W, 3): lo, hi
+        self.bounds: np.ndarray | None = None  # (2, H, W, 3): lo, hi
         #: The bounds' box [x0, y0, x1, y1) in pixels, and in fixed point widened by a shape's reach.
         self.box = [size, size, 0, 0]
         self.fbox = self.box
@@ -445,7 +444,7 @@ class _Painter:
 
 
 def _background(p: _Painter, d: _Draws, spec: VariantSpec, kind: str, meta: dict,
-                base: Optional[tuple[str, tuple[int, int, int]]] = None) -> None:
+                base: tuple[str, tuple[int, int, int]] | None = None) -> None:
     """Paint ``plain``, ``gradient`` or two-octave value-``noise`` background into ``p.image``.
 
     ``base``: an intervention's (name, RGB) replacing both background colours (drawn all the same).
@@ -502,7 +501,7 @@ def _clutter_shape(d: _Draws) -> np.ndarray:
     return pts + np.array([cx, cy])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit_steps(n: int) -> np.ndarray:
     out = np.linspace(0.0, 1.0, n)[:, None]
     out.setflags(write=False)
@@ -543,7 +542,7 @@ class _Change:
     colours: tuple[tuple[str, str, tuple[int, int, int]], ...] = ()
     removed: frozenset[str] = frozenset()
 
-    def base(self, part: str) -> Optional[tuple[str, tuple[int, int, int]]]:
+    def base(self, part: str) -> tuple[str, tuple[int, int, int]] | None:
         for p, name, rgb in self.colours:
             if p == part:
                 return name, rgb
@@ -780,7 +779,7 @@ def _render_sample(spec: VariantSpec, seed: int, index: int, size: int, label: i
             f"(sample {index}); relax nuisance.min_visible_fraction / min_visible_area"
         )
     mask, counts = painter.finish()
-    visible = {part: counts[k] for part, k in zip(spec.discriminative, spec.discriminative_ids)}
+    visible = {part: counts[k] for part, k in zip(spec.discriminative, spec.discriminative_ids, strict=True)}
     meta = {"index": index, "seed": seed, "size": size, "label": label,
             "class": spec.classes[label], "attempt": attempt,
             **meta, **{f"{part}_visible_px": v for part, v in visible.items()}}
