@@ -215,7 +215,7 @@ class _Shard:
 
 def _plan_shards(rows: Sequence[ManifestRow], splits: Sequence[str], shard_size: int) -> list[_Shard]:
     """Each split's rows (index order) cut into consecutive runs of ``shard_size``; empty splits have none."""
-    shards = []
+    shards: list[_Shard] = []
     for split in splits:
         mine = [r for r in rows if r.split == split]
         n = math.ceil(len(mine) / shard_size)

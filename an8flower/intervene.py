@@ -145,11 +145,11 @@ def _resolve_colour(spec: VariantSpec, part: str, value: Colour) -> tuple[str, t
     if len(rgb) != 3 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255
                                 for v in rgb):
         raise UsageError(f"recolour {part}: an RGB colour is three integers in 0..255, got {value!r}")
-    rgb = tuple(int(v) for v in rgb)
+    r, g, b = (int(v) for v in rgb)
     for name, named in spec.colours:
-        if named == rgb:
-            return name, rgb
-    return "rgb({},{},{})".format(*rgb), rgb
+        if named == (r, g, b):
+            return name, (r, g, b)
+    return f"rgb({r},{g},{b})", (r, g, b)
 
 
 def _resolve_label(spec: VariantSpec, label: int | str) -> int:
@@ -193,7 +193,7 @@ def _plan(spec: VariantSpec, index: int, label: int | str | None, recolour: Mapp
             raise UsageError(f"remove {part!r}: {part} is a discriminative part of {spec.name}; without it the "
                              "class is undefined (pass allow_invisible=True to render it anyway)")
     paint = class_of(spec, index) if label is None else _resolve_label(spec, label)
-    final = dict(zip(spec.discriminative, spec.class_colours[paint], strict=True))
+    final: dict[str, str | None] = dict(zip(spec.discriminative, spec.class_colours[paint], strict=True))
     for part, name, _ in colours:
         if part in final:
             final[part] = name

@@ -7,6 +7,7 @@ and writes original | counterfactual | difference as a PNG (:func:`intervention_
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def intervention_sheet(original: Any, changed: Any, classes: Any, what: str) -> 
     captions = [f"original: {cls(original)}", f"{what}: {cls(changed)}",
                 f"|difference| (sqrt scale, max {peak}): {n_changed} px" if peak else "no difference"]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_h = max(probe.textbbox((0, 0), c, font=font)[3] for c in captions) + pad
+    text_h = math.ceil(max(probe.textbbox((0, 0), c, font=font)[3] for c in captions)) + pad
     width = max(3 * side + 4 * pad, sum(int(probe.textlength(c, font=font)) for c in captions) + 4 * pad)
     sheet = Image.new("RGB", (width, side + text_h + 2 * pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)

@@ -278,6 +278,7 @@ def code_sha256() -> str:
 
     h = hashlib.sha256()
     for name in CODE_MODULES:
-        module = importlib.import_module(name)
-        h.update(name.encode() + b"\0" + Path(module.__file__).read_bytes() + b"\0")
+        source = importlib.import_module(name).__file__
+        assert source is not None, f"{name} has no source file"  # CODE_MODULES are this package's .py modules
+        h.update(name.encode() + b"\0" + Path(source).read_bytes() + b"\0")
     return h.hexdigest()

@@ -469,8 +469,8 @@ def _background(p: _Painter, d: _Draws, spec: VariantSpec, kind: str, meta: dict
     else:  # noise: a coarse octave (3..8 cells) and a fine one (24 cells)
         g1, g = 3 + int(d.u() * 6), 24
         t1 = d.vec(g1 * g1).astype(np.float32).reshape(g1, g1)
-        t2 = d.vec(g * g).astype(np.float32).reshape(g, g)
-        t2 = cv2.GaussianBlur(t2, (3, 3), 0.8, borderType=cv2.BORDER_REFLECT)
+        t2 = cv2.GaussianBlur(d.vec(g * g).astype(np.float32).reshape(g, g), (3, 3), 0.8,
+                              borderType=cv2.BORDER_REFLECT)
         t = 0.7 * cv2.resize(t1, (g, g), interpolation=cv2.INTER_CUBIC) + 0.3 * t2
     low = c1 + np.clip(t, 0.0, 1.0)[:, :, None] * (c2 - c1)
     low = np.clip(low + 0.5, 0, 255).astype(np.uint8)
@@ -677,9 +677,9 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int,
         # petal i: template scaled (length, length * width), pushed out from the centre, rotated
         local = tmpl[None] * np.stack([lengths, lengths * pwid], axis=1)[:, None, :]
         local[:, :, 0] += 0.35 * rc
-        c, si = np.cos(angles)[:, None], np.sin(angles)[:, None]
-        x = local[:, :, 0] * c - local[:, :, 1] * si
-        y = local[:, :, 0] * si + local[:, :, 1] * c
+        ca, sa = np.cos(angles)[:, None], np.sin(angles)[:, None]
+        x = local[:, :, 0] * ca - local[:, :, 1] * sa
+        y = local[:, :, 0] * sa + local[:, :, 1] * ca
         polys = p.fix(np.stack([x, y], axis=2) @ head_m + head)
         for i in range(n_pet):
             col = _shade(petal_rgb, shade0 * (0.9 + 0.12 * shade_j[i]))

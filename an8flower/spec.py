@@ -57,6 +57,7 @@ import numbers
 import os
 import re
 import reprlib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -442,7 +443,7 @@ class VariantSpec:
         colours_in = d["colours"]
         if not isinstance(colours_in, Mapping) or not colours_in:
             raise _fail("colours", "expected a non-empty {name: [r, g, b]} table")
-        colours = []
+        colours: list[tuple[str, tuple[int, int, int]]] = []
         for cname, rgb in colours_in.items():
             field = f"colours.{cname}"
             if not isinstance(cname, str) or not _SAFE_NAME.match(cname):
@@ -451,7 +452,8 @@ class VariantSpec:
                     or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255
                            for v in rgb)):
                 raise _fail(field, f"expected [r, g, b] integers in 0..255, got {_show(rgb)}")
-            colours.append((cname, tuple(int(v) for v in rgb)))
+            r, g, b = rgb
+            colours.append((cname, (int(r), int(g), int(b))))
         colours_t = tuple(sorted(colours))
         colour_names = {c for c, _ in colours_t}
 
@@ -470,7 +472,7 @@ class VariantSpec:
         extra = sorted(set(rule) - set(classes))
         if extra:
             raise _fail(f"class_colours.{extra[0]}", "not a class listed in 'classes'")
-        class_colours = []
+        class_colours: list[tuple[str, ...]] = []
         seen: dict[tuple[str, ...], str] = {}
         for c in classes:
             field = f"class_colours.{c}"
@@ -488,12 +490,12 @@ class VariantSpec:
                 if not isinstance(col, str) or col not in colour_names:
                     raise _fail(f"{field}.{p}", f"unknown colour {_show(col)}")
                 cols.append(col)
-            key = tuple(cols)
-            if key in seen:
-                raise _fail(field, f"same part colours as class {_show(seen[key])}: the class rule "
+            combination = tuple(cols)
+            if combination in seen:
+                raise _fail(field, f"same part colours as class {_show(seen[combination])}: the class rule "
                                    "must map each combination of colours to one class")
-            seen[key] = c
-            class_colours.append(key)
+            seen[combination] = c
+            class_colours.append(combination)
 
         pal_in = d["palettes"]
         if not isinstance(pal_in, Mapping):
@@ -617,10 +619,10 @@ def _read_spec_file(path: Path) -> Any:
         if suffix == ".json":
             return json.loads(raw.decode("utf-8"))
         if suffix == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib  # type: ignore[no-redef]
+            else:
+                import tomli as tomllib
             return tomllib.loads(raw.decode("utf-8"))
     except RecursionError:
         raise SpecError(f"{path}: not a spec: {suffix[1:].upper()} nested too deeply") from None

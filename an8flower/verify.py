@@ -108,9 +108,9 @@ def plan_problems(info: dict[str, Any]) -> tuple[VariantSpec | None, list[str]]:
         spec = VariantSpec.from_dict(info.get("spec"))
     except SpecError as exc:
         return None, [f"{DATASET_JSON}: spec: {exc}"]
-    seed, per_class = info.get("seed"), info.get("per_class")
+    per_class: Any = info.get("per_class")  # untrusted: check_counts raises UsageError unless an int in range
     try:
-        check_seed(seed)
+        seed = check_seed(info.get("seed"))
     except UsageError as exc:
         return None, [f"{DATASET_JSON}: {exc}"]
     try:

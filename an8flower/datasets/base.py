@@ -108,7 +108,7 @@ def collate_with_masks(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tenso
     """
     images = torch.stack([b[0] for b in batch])
     labels = torch.tensor([b[1] for b in batch], dtype=torch.long)
-    masks = [b[2] for b in batch]
-    if any(m is None for m in masks):
+    masks = [b[2] for b in batch if b[2] is not None]
+    if len(masks) < len(batch):
         return images, labels, None
     return images, labels, torch.stack(masks)

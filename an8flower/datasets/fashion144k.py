@@ -109,8 +109,8 @@ def read_photos_txt(path: str | os.PathLike[str]) -> list[str]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DatasetFormatError(f"{path}, line {line}: invalid UTF-8 ({exc.reason})") from exc
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise DatasetFormatError(f"{path}, line {line_no}: invalid UTF-8 ({exc.reason})") from exc
     lines = [line.rstrip("\r") for line in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()

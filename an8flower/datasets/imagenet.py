@@ -358,7 +358,7 @@ def scale_boxes(boxes: Sequence[Box], from_size: tuple[int, int], to_size: tuple
     ]
 
 
-def boxes_to_mask(boxes: Sequence[Sequence[float]] | np.ndarray, height: int, width: int) -> np.ndarray:
+def boxes_to_mask(boxes: Sequence[Box | Sequence[float]] | np.ndarray, height: int, width: int) -> np.ndarray:
     """Union of boxes as a bool (height, width) mask.
 
     Args:
@@ -480,10 +480,11 @@ class ILSVRC12(ExplanationDataset):
 
         self.skipped: list[str] = []
         if skip_broken:
-            kept = []
+            kept: list[tuple[str, int]] = []
+            broken: list[tuple[str, int]] = []
             for path, label in tqdm(self.samples, desc="checking images", disable=None):
-                (kept if is_readable_image(path, self.max_pixels) else self.skipped).append((path, label))
-            self.skipped = [p for p, _ in self.skipped]
+                (kept if is_readable_image(path, self.max_pixels) else broken).append((path, label))
+            self.skipped = [p for p, _ in broken]
             self.samples = kept
         self.targets = [label for _, label in self.samples]
 
@@ -638,7 +639,7 @@ class ILSVRC12(ExplanationDataset):
         path, label = self.samples[index]
         stem = os.path.splitext(os.path.basename(path))[0]
         wnid = self.wnids[label]
-        if self.box_source == "xml":
+        if self.annotations_dir is not None:  # set exactly when box_source == "xml"
             size, found = parse_voc_xml(os.path.join(self.annotations_dir, stem + ".xml"))
             found = [b for b in found if b.wnid == wnid]
             if size is not None and image_size is not None:

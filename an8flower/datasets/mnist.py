@@ -157,7 +157,7 @@ def _parse_idx(stream, raw, gzipped: bool, path: str, expected_magic: int | None
         raise DatasetFormatError(f"{path}: header declares dims {shape} of type {dtype.str[1:]} ({n} bytes), "
                                  f"more than max_bytes={max_bytes}")
     data = np.empty(n, np.uint8)
-    view, got = memoryview(data), 0
+    view, got = data.data, 0
     while got < n:
         k = stream.readinto(view[got:got + _READ_CHUNK])
         if not k:
