@@ -20,9 +20,10 @@ import errno
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import BinaryIO
 
 from an8flower.errors import DiskFullError
 
@@ -107,7 +108,7 @@ def block_size(path: str | os.PathLike[str]) -> int:
     return max(1, *sizes)
 
 
-def free_bytes(path: str | os.PathLike[str]) -> Optional[int]:
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
     """Bytes free to this user on the file system holding ``path`` (or where it will be created),
     ``f_bavail * f_frsize`` as :func:`shutil.disk_usage` gives it; None when it cannot be read."""
     try:
@@ -150,7 +151,7 @@ def check_free_space(path: str | os.PathLike[str], nbytes: int, nfiles: int, wha
                             f"there ({nfiles:,} files in whole {block:,}-byte blocks take about {format_bytes(disk)})")
 
 
-def disk_full_error(where: str | os.PathLike[str], needed: int, exc: Optional[OSError] = None) -> DiskFullError:
+def disk_full_error(where: str | os.PathLike[str], needed: int, exc: OSError | None = None) -> DiskFullError:
     """The one-line error for a disk that filled up while writing to ``where``.
 
     ``"WHERE: the disk is full (writing FILE): about X more is needed (N still to write, F free

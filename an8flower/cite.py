@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from an8flower import __version__
 
@@ -47,9 +46,9 @@ def _escape(text: str) -> str:
 
 
 def dataset_bibtex(
-    variant: Optional[str] = None,
-    seed: Optional[int] = None,
-    dataset: Optional[str | os.PathLike[str]] = None,
+    variant: str | None = None,
+    seed: int | None = None,
+    dataset: str | os.PathLike[str] | None = None,
 ) -> str:
     """A ``@software`` entry for this version of the an8Flower generator: title, authors, version,
     release year, repository URL, licence and a note of what was generated (biblatex's
@@ -103,7 +102,7 @@ def dataset_bibtex(
     )
 
 
-def bibtex(variant: Optional[str] = None, seed: Optional[int] = None,
-           dataset: Optional[str | os.PathLike[str]] = None) -> str:
+def bibtex(variant: str | None = None, seed: int | None = None,
+           dataset: str | os.PathLike[str] | None = None) -> str:
     """Both entries, the paper first, separated by a blank line."""
     return paper_bibtex() + "\n" + dataset_bibtex(variant, seed, dataset)

@@ -13,7 +13,7 @@ Reference: Croissant format specification 1.0, http://mlcommons.org/croissant/1.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from an8flower import __version__
 from an8flower.cite import paper_bibtex
@@ -90,8 +90,8 @@ def croissant_metadata(
     spec: VariantSpec,
     per_class: int,
     seed: int,
-    manifest_sha256: Optional[str] = None,
-    num_samples: Optional[int] = None,
+    manifest_sha256: str | None = None,
+    num_samples: int | None = None,
 ) -> dict[str, Any]:
     """Croissant 1.0 JSON-LD (as a dict) of the dataset ``an8flower generate`` makes.
 

@@ -24,6 +24,7 @@ __all__ = ["BEGIN", "END", "spec_tables", "card_name", "is_builtin", "data_card_
 
 BEGIN = "<!-- BEGIN SPEC TABLES: written by an8flower.datacard.spec_tables, do not edit by hand -->"
 END = "<!-- END SPEC TABLES -->"
+_TABLES_BLOCK = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
 
 
 def card_name(variant: str) -> str:
@@ -57,7 +58,7 @@ def spec_tables(spec: VariantSpec) -> str:
     lines = [BEGIN, "", "**Classes** (label = position; RGB before jitter and lighting):", ""]
     lines.append("| label | class | folder | " + " | ".join(f"{p} colour (RGB)" for p in disc) + " |")
     lines.append("|---|---|---|" + "---|" * len(disc))
-    for label, (name, cols) in enumerate(zip(spec.classes, spec.class_colours)):
+    for label, (name, cols) in enumerate(zip(spec.classes, spec.class_colours, strict=True)):
         cells = " | ".join(f"{c} {spec.rgb(c)}" for c in cols)
         lines.append(f"| {label} | {name} | {class_folder(spec, label)} | {cells} |")
     lines += ["", "**Parts** (the part map stores the id):", "", "| id | part | role |", "|---|---|---|"]
@@ -125,6 +126,11 @@ def data_card_text(spec: VariantSpec) -> str:
     return generated_card(spec)
 
 
+def _with_tables(text: str, tables: str) -> str:
+    """``text`` with its :data:`BEGIN` ... :data:`END` block replaced by ``tables``, taken literally."""
+    return _TABLES_BLOCK.sub(lambda _: tables, text)
+
+
 def refresh_cards(folder: str | Path) -> list[Path]:
     """Rewrite the spec tables of the built-in cards and their Croissant templates in ``folder``.
 
@@ -135,12 +141,11 @@ def refresh_cards(folder: str | Path) -> list[Path]:
     from an8flower.manifest import canonical_json
 
     changed = []
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
     for variant in builtin_variants():
         spec = load_spec(variant)
         path = Path(folder) / card_name(variant)
         text = path.read_text(encoding="utf-8")
-        new = pattern.sub(lambda _: spec_tables(spec), text)
+        new = _with_tables(text, spec_tables(spec))
         if new != text:
             path.write_text(new, encoding="utf-8")
             changed.append(path)

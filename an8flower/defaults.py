@@ -16,7 +16,8 @@ Two sizes of an8Flower appear, on purpose:
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "DATASET_PER_CLASS", "DEFAULT_PER_CLASS", "MAX_PER_CLASS", "BOARD_PER_CLASS", "BOARD_SIZE",
@@ -67,7 +68,7 @@ INTERPRET_DEFAULTS: dict[str, Any] = {"mu": 5.0, "k": 3, "top_n": 10, "max_featu
 MAX_DEFAULT_THREADS = 4
 
 
-def default_threads(environ: Optional[Mapping[str, str]] = None, cpus: Optional[int] = None) -> Optional[int]:
+def default_threads(environ: Mapping[str, str] | None = None, cpus: int | None = None) -> int | None:
     """The intra-op thread count torch gets when ``--threads`` is not given.
 
     ``None`` when ``OMP_NUM_THREADS`` is set (the user chose; torch honours it). Otherwise

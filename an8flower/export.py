@@ -65,17 +65,24 @@ import re
 import secrets
 import shutil
 import tarfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 from an8flower import __version__
 from an8flower.atomic import reporting_disk_full
 from an8flower.defaults import EXPORT_SHARD_SIZE as DEFAULT_SHARD_SIZE
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
-from an8flower.layout import SPLITS
-from an8flower.layout import DATACARD_NAME, MANIFEST_NAME
-from an8flower.manifest import DOCUMENT_MAX_BYTES, MANIFEST_COLUMNS, ManifestRow, canonical_json, sha256_bytes, sha256_file
+from an8flower.layout import DATACARD_NAME, MANIFEST_NAME, SPLITS
+from an8flower.manifest import (
+    DOCUMENT_MAX_BYTES,
+    MANIFEST_COLUMNS,
+    ManifestRow,
+    canonical_json,
+    sha256_bytes,
+    sha256_file,
+)
 from an8flower.png import KINDS
 
 __all__ = [
@@ -159,7 +166,7 @@ class _Source:
             raise DatasetNotFoundError(f"{self.paths[row.index, kind]}: missing (sample {row.index} of "
                                        f"{self.manifest})") from None
 
-    def data_card(self) -> Optional[str]:
+    def data_card(self) -> str | None:
         """The folder's data card (the layout's name), checked against ``data_card_sha256``."""
         from an8flower.untrusted import read_bounded
 
@@ -208,7 +215,7 @@ class _Shard:
 
 def _plan_shards(rows: Sequence[ManifestRow], splits: Sequence[str], shard_size: int) -> list[_Shard]:
     """Each split's rows (index order) cut into consecutive runs of ``shard_size``; empty splits have none."""
-    shards = []
+    shards: list[_Shard] = []
     for split in splits:
         mine = [r for r in rows if r.split == split]
         n = math.ceil(len(mine) / shard_size)
@@ -519,7 +526,7 @@ def remove_stale_temporaries(out: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def _first_missing(path: Path) -> Optional[Path]:
+def _first_missing(path: Path) -> Path | None:
     """The highest ancestor of ``path`` (itself included) that does not exist, or None."""
     missing = None
     for p in (path, *path.parents):
@@ -540,7 +547,7 @@ def _publish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old)
 
 
-def _resolve_splits(splits: Optional[Iterable[str]]) -> list[str]:
+def _resolve_splits(splits: Iterable[str] | None) -> list[str]:
     if splits is None:
         return list(SPLITS)
     wanted = list(dict.fromkeys(splits))
@@ -554,10 +561,10 @@ def export_dataset(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
     format: str = "parquet",
-    splits: Optional[Iterable[str]] = None,
+    splits: Iterable[str] | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
 ) -> ExportResult:
     """Export a generated dataset folder to Parquet or WebDataset (see the module docstring).
 
@@ -616,7 +623,7 @@ def export_dataset(
 
 
 def _write_export(source: _Source, shards: Sequence[_Shard], format: str, shard_size: int, out_p: Path, tmp: Path,
-                  created: Optional[Path], progress: Optional[bool]) -> ExportResult:
+                  created: Path | None, progress: bool | None) -> ExportResult:
     """Write the shards, the card and ``manifest.json`` into ``tmp``, then publish it as ``out_p``."""
     from tqdm import tqdm
 

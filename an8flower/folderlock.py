@@ -31,7 +31,6 @@ import socket
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 from an8flower.errors import UsageError
 
@@ -124,7 +123,7 @@ class Lock:
     """A held lock (see :func:`acquire`); :meth:`release` it, or use it as a context manager."""
 
     path: str
-    fd: Optional[int]
+    fd: int | None
     shared: bool
 
     def upgrade(self) -> bool:
@@ -161,7 +160,7 @@ class Lock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -42,16 +42,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from an8flower import __version__
 from an8flower.atomic import DISK_FULL_ERRNOS, check_free_space, format_bytes, reporting_disk_full
+from an8flower.datacard import dataset_documents
 from an8flower.errors import An8FlowerError, DatasetFormatError, DatasetNotFoundError, SpecError, UsageError
 from an8flower.folderlock import Lock, acquire, check_lock_path, holder_text, read_holder
-from an8flower.datacard import dataset_documents
 from an8flower.layout import (
     CROISSANT_NAME,
     DATACARD_NAME,
@@ -118,7 +119,7 @@ MANIFEST_BYTES_PER_SAMPLE = 2048
 DOCUMENT_BYTES = 100_000
 
 
-def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: Optional[int] = None) -> int:
+def estimate_dataset_bytes(spec: VariantSpec, per_class: int, size: int | None = None) -> int:
     """An upper estimate of the bytes ``generate`` writes for ``spec`` at ``per_class``.
 
     ``K * N * (s^2 * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE) + DOCUMENT_BYTES`` for
@@ -222,14 +223,14 @@ class _ChunkWriter:
             if [int(r["index"]) for r in records] != list(self.indices(chunk_id)):
                 return False
             expected = [expected_row(self.spec, self.plan, i)["files"] for i in self.indices(chunk_id)]
-            if any(r[k] != files[k] for r, files in zip(records, expected) for k in KINDS):
+            if any(r[k] != files[k] for r, files in zip(records, expected, strict=True) for k in KINDS):
                 return False
             return all(os.path.isfile(os.path.join(self.root, r[k])) for r in records for k in KINDS)
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
 
-_WORKER: Optional[_ChunkWriter] = None
+_WORKER: _ChunkWriter | None = None
 #: Linux ``prctl`` option: the signal a process receives when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -410,7 +411,7 @@ def _make_folders(root: Path, spec: VariantSpec, record: dict[str, Any]) -> None
         raise UsageError(f"output folder {root}: cannot create ({exc.strerror}: {exc.filename})") from None
 
 
-def _first_missing(path: Path) -> Optional[Path]:
+def _first_missing(path: Path) -> Path | None:
     """The outermost folder of ``path`` (``path`` itself included) that does not exist yet, or None."""
     missing = None
     for folder in (path, *path.parents):
@@ -420,7 +421,7 @@ def _first_missing(path: Path) -> Optional[Path]:
     return missing
 
 
-def _undo_new_folder(root: Path, created: Optional[Path]) -> None:
+def _undo_new_folder(root: Path, created: Path | None) -> None:
     """Leave the file system as it was before a fresh generation into ``root`` started.
 
     ``created`` is what :func:`_first_missing` returned before anything was written: that folder
@@ -498,7 +499,7 @@ def _finalise(root: Path, spec: VariantSpec, writer: _ChunkWriter, record: dict[
 
 
 def _render_chunks(writer: _ChunkWriter, todo: Sequence[int], workers: int, n_mine: int, n_todo: int,
-                   shard: Optional[tuple[int, int]], progress: Optional[bool]) -> None:
+                   shard: tuple[int, int] | None, progress: bool | None) -> None:
     """Render and write the chunks ``todo``, in this process or in a spawned pool of ``workers``."""
     from tqdm import tqdm
 
@@ -544,20 +545,20 @@ class GenerateResult:
     chunks_done: int
     chunks_total: int
     num_samples: int
-    manifest_sha256: Optional[str] = None
-    content_sha256: Optional[str] = None
+    manifest_sha256: str | None = None
+    content_sha256: str | None = None
 
 
 def generate(
     variant: str | os.PathLike[str] | VariantSpec,
     out: str | os.PathLike[str],
     *,
-    size: Optional[int] = None,
+    size: int | None = None,
     per_class: int = DEFAULT_PER_CLASS,
     seed: int = 0,
-    workers: Optional[int] = None,
-    shard: Optional[tuple[int, int] | str] = None,
-    progress: Optional[bool] = None,
+    workers: int | None = None,
+    shard: tuple[int, int] | str | None = None,
+    progress: bool | None = None,
 ) -> GenerateResult:
     """Generate (or resume, or finish) a dataset folder.
 
@@ -681,7 +682,7 @@ def _complete_result(root: Path, n_chunks: int, total: int, rendered: int, skipp
                           info.get("manifest_sha256"), info.get("content_sha256"))
 
 
-def _lock_folder(root: Path, what: str, shard: Optional[tuple[int, int]]) -> Lock:
+def _lock_folder(root: Path, what: str, shard: tuple[int, int] | None) -> Lock:
     """The folder lock: exclusive for an unsharded run, shared for a shard (see :func:`generate`)."""
     path = root / LOCK_NAME
     try:

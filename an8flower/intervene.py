@@ -47,9 +47,10 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ __all__ = ["Intervention", "intervene", "intervene_many", "class_for_colours", "
 #: ``Sample.label`` of an intervened sample whose class the spec's rule does not define.
 UNDEFINED = -1
 
-Colour = Union[str, Sequence[int]]
+Colour = str | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,9 @@ class Intervention:
     """
 
     index: int
-    label: Optional[Union[int, str]] = None
-    recolour: Optional[Mapping[str, Colour]] = None
-    remove: Optional[Sequence[str]] = None
+    label: int | str | None = None
+    recolour: Mapping[str, Colour] | None = None
+    remove: Sequence[str] | None = None
     allow_invisible: bool = False
 
     def kwargs(self) -> dict[str, Any]:
@@ -89,7 +90,7 @@ class Intervention:
                 "allow_invisible": self.allow_invisible}
 
 
-def class_for_colours(spec: VariantSpec, colours: Mapping[str, Optional[str]]) -> Optional[int]:
+def class_for_colours(spec: VariantSpec, colours: Mapping[str, str | None]) -> int | None:
     """The class the spec's rule gives to these discriminative colours, or None if none does.
 
     Args:
@@ -144,14 +145,14 @@ def _resolve_colour(spec: VariantSpec, part: str, value: Colour) -> tuple[str, t
     if len(rgb) != 3 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255
                                 for v in rgb):
         raise UsageError(f"recolour {part}: an RGB colour is three integers in 0..255, got {value!r}")
-    rgb = tuple(int(v) for v in rgb)
+    r, g, b = (int(v) for v in rgb)
     for name, named in spec.colours:
-        if named == rgb:
-            return name, rgb
-    return "rgb({},{},{})".format(*rgb), rgb
+        if named == (r, g, b):
+            return name, (r, g, b)
+    return f"rgb({r},{g},{b})", (r, g, b)
 
 
-def _resolve_label(spec: VariantSpec, label: Union[int, str]) -> int:
+def _resolve_label(spec: VariantSpec, label: int | str) -> int:
     if isinstance(label, str):
         if label in spec.classes:
             return spec.classes.index(label)
@@ -171,8 +172,8 @@ def _check_part(spec: VariantSpec, part: Any, what: str) -> str:
     return part
 
 
-def _plan(spec: VariantSpec, index: int, label: Optional[Union[int, str]], recolour: Optional[Mapping[str, Colour]],
-          remove: Optional[Iterable[str]], allow_invisible: bool) -> tuple[int, _Change, Optional[int], dict]:
+def _plan(spec: VariantSpec, index: int, label: int | str | None, recolour: Mapping[str, Colour] | None,
+          remove: Iterable[str] | None, allow_invisible: bool) -> tuple[int, _Change, int | None, dict]:
     """Check an intervention; ``(label to paint, change, resulting label or None, meta record)``."""
     if recolour is not None and not isinstance(recolour, Mapping):
         raise UsageError(f"recolour must map part names to colours, got {type(recolour).__name__}")
@@ -192,7 +193,7 @@ def _plan(spec: VariantSpec, index: int, label: Optional[Union[int, str]], recol
             raise UsageError(f"remove {part!r}: {part} is a discriminative part of {spec.name}; without it the "
                              "class is undefined (pass allow_invisible=True to render it anyway)")
     paint = class_of(spec, index) if label is None else _resolve_label(spec, label)
-    final = dict(zip(spec.discriminative, spec.class_colours[paint]))
+    final: dict[str, str | None] = dict(zip(spec.discriminative, spec.class_colours[paint], strict=True))
     for part, name, _ in colours:
         if part in final:
             final[part] = name
@@ -213,9 +214,9 @@ def _check_args(seed: Any, index: Any, size: Any, spec: VariantSpec) -> tuple[in
     return check_seed(seed), int(index), int(size)
 
 
-def intervene(spec: VariantSpec, seed: int, index: int, size: Optional[int] = None, *,
-              label: Optional[Union[int, str]] = None, recolour: Optional[Mapping[str, Colour]] = None,
-              remove: Optional[Iterable[str]] = None, allow_invisible: bool = False) -> Sample:
+def intervene(spec: VariantSpec, seed: int, index: int, size: int | None = None, *,
+              label: int | str | None = None, recolour: Mapping[str, Colour] | None = None,
+              remove: Iterable[str] | None = None, allow_invisible: bool = False) -> Sample:
     """Sample ``index`` of ``(spec, seed)`` re-rendered with the given changes (see the module docstring).
 
     With no change it is ``render(spec, seed, index, size)``, byte for byte.
@@ -252,15 +253,15 @@ def intervene(spec: VariantSpec, seed: int, index: int, size: Optional[int] = No
 # --------------------------------------------------------------------------------------------
 # many at once
 
-_POOL_SPEC: Optional[tuple[VariantSpec, int, Optional[int]]] = None
+_POOL_SPEC: tuple[VariantSpec, int, int | None] | None = None
 
 
-def _init_pool(spec: VariantSpec, seed: int, size: Optional[int]) -> None:
+def _init_pool(spec: VariantSpec, seed: int, size: int | None) -> None:
     global _POOL_SPEC
     _POOL_SPEC = (spec, seed, size)
 
 
-def _render_all(spec: VariantSpec, seed: int, size: Optional[int], items: Sequence[Intervention]) -> list[Sample]:
+def _render_all(spec: VariantSpec, seed: int, size: int | None, items: Sequence[Intervention]) -> list[Sample]:
     return [intervene(spec, seed, it.index, size, **it.kwargs()) for it in items]
 
 
@@ -281,8 +282,8 @@ def _as_intervention(item: Any) -> Intervention:
     raise UsageError(f"expected an Intervention or an (index, {{change}}) pair, got {item!r}")
 
 
-def intervene_many(spec: VariantSpec, seed: int, items: Iterable[Any], size: Optional[int] = None,
-                   workers: Optional[int] = None) -> list[Sample]:
+def intervene_many(spec: VariantSpec, seed: int, items: Iterable[Any], size: int | None = None,
+                   workers: int | None = None) -> list[Sample]:
     """:func:`intervene` for many ``(index, change)`` pairs, with a worker pool; results in input order.
 
     Args:

@@ -7,9 +7,11 @@ and writes original | counterfactual | difference as a PNG (:func:`intervention_
 from __future__ import annotations
 
 import io
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -69,12 +71,12 @@ def intervention_sheet(original: Any, changed: Any, classes: Any, what: str) -> 
     captions = [f"original: {cls(original)}", f"{what}: {cls(changed)}",
                 f"|difference| (sqrt scale, max {peak}): {n_changed} px" if peak else "no difference"]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_h = max(probe.textbbox((0, 0), c, font=font)[3] for c in captions) + pad
+    text_h = math.ceil(max(probe.textbbox((0, 0), c, font=font)[3] for c in captions)) + pad
     width = max(3 * side + 4 * pad, sum(int(probe.textlength(c, font=font)) for c in captions) + 4 * pad)
     sheet = Image.new("RGB", (width, side + text_h + 2 * pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     x = pad
-    for caption, panel in zip(captions, (a, b, diff_img)):
+    for caption, panel in zip(captions, (a, b, diff_img), strict=True):
         draw.text((x, pad), caption, fill=(0, 0, 0), font=font)
         big = Image.fromarray(panel).resize((side, side), Image.Resampling.NEAREST)
         sheet.paste(big, (x, pad + text_h))
@@ -109,9 +111,9 @@ class InterventionResult:
     label_after: int
 
 
-def write_intervention(variant: Any, index: int, out: str, *, seed: int = 0, size: Optional[int] = None,
-                       label: Any = None, recolour: Optional[dict[str, Any]] = None,
-                       remove: Optional[Sequence[str]] = None, allow_invisible: bool = False) -> InterventionResult:
+def write_intervention(variant: Any, index: int, out: str, *, seed: int = 0, size: int | None = None,
+                       label: Any = None, recolour: dict[str, Any] | None = None,
+                       remove: Sequence[str] | None = None, allow_invisible: bool = False) -> InterventionResult:
     """Render sample ``index`` of ``variant`` and its counterfactual; write :func:`intervention_sheet` to ``out``.
 
     Args:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from an8flower.defaults import DEFAULT_PER_CLASS, MAX_PER_CLASS  # defined once, there
 from an8flower.errors import UsageError
@@ -205,7 +205,7 @@ def expected_row(spec: VariantSpec, plan: IndexPlan, index: int) -> dict[str, An
             "files": sample_paths(spec, index, split, label)}
 
 
-def parse_shard(text: str | None) -> Optional[tuple[int, int]]:
+def parse_shard(text: str | None) -> tuple[int, int] | None:
     """Parse ``"I/N"`` (1-based: shard I of N) into ``(I, N)``; None stays None.
 
     Raises:
@@ -278,6 +278,7 @@ def code_sha256() -> str:
 
     h = hashlib.sha256()
     for name in CODE_MODULES:
-        module = importlib.import_module(name)
-        h.update(name.encode() + b"\0" + Path(module.__file__).read_bytes() + b"\0")
+        source = importlib.import_module(name).__file__
+        assert source is not None, f"{name} has no source file"  # CODE_MODULES are this package's .py modules
+        h.update(name.encode() + b"\0" + Path(source).read_bytes() + b"\0")
     return h.hexdigest()

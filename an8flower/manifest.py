@@ -43,16 +43,16 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 from an8flower.atomic import atomic_write_bytes, is_temp_name
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
 from an8flower.layout import (
-    MAX_SAMPLES,
     CROISSANT_NAME,
     DATACARD_NAME,
     DATASET_JSON,
@@ -61,6 +61,7 @@ from an8flower.layout import (
     KINDS,
     LOCK_NAME,
     MANIFEST_NAME,
+    MAX_SAMPLES,
     WORK_DIR,
 )
 from an8flower.png import PNG_COMPRESS_LEVEL, decode_png, encode_png, png_encoder_info
@@ -195,7 +196,7 @@ class ManifestRow:
         return rec
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, str]) -> "ManifestRow":
+    def from_record(cls, rec: Mapping[str, str]) -> ManifestRow:
         """Inverse of :meth:`to_record`; raises ``KeyError``/``ValueError`` on a malformed record."""
         return cls(
             index=int(rec["index"]),
@@ -239,7 +240,7 @@ def content_sha256(rows: Sequence[ManifestRow]) -> str:
     return sha256_bytes(_csv_bytes((r.to_record() for r in sorted(rows, key=lambda r: r.index)), columns))
 
 
-def read_manifest(path: str | os.PathLike[str], data: Optional[bytes] = None, *,
+def read_manifest(path: str | os.PathLike[str], data: bytes | None = None, *,
                   max_rows: int = MAX_SAMPLES) -> list[ManifestRow]:
     """Parse a manifest file (or its bytes ``data``, already read from ``path``).
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -134,15 +134,15 @@ def max_png_bytes(kind: str, side: int) -> int:
     return 8 + 25 + 780 + 12 + (n + (n >> 12) + (n >> 14) + (n >> 25) + 13) + 12
 
 
-def png_size(data: bytes) -> Optional[tuple[int, int]]:
+def png_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` from a PNG's ``IHDR`` (bytes 16-23), None when ``data`` is no PNG."""
     if len(data) < 24 or data[:8] != _SIGNATURE or data[12:16] != b"IHDR":
         return None
     return struct.unpack(">II", data[16:24])
 
 
-def decode_png(source: str | os.PathLike[str] | bytes, kind: str, size: Optional[int] = None,
-               max_pixels: int = SAMPLE_MAX_PIXELS, name: Optional[str] = None) -> np.ndarray:
+def decode_png(source: str | os.PathLike[str] | bytes, kind: str, size: int | None = None,
+               max_pixels: int = SAMPLE_MAX_PIXELS, name: str | None = None) -> np.ndarray:
     """Read a sample file back as the array it was written from (decoded by Pillow).
 
     The header is checked before anything is decoded (:func:`an8flower.untrusted.open_image`): a

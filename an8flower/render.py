@@ -54,8 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Optional
+from functools import cache
 
 import cv2
 import numpy as np
@@ -100,7 +99,7 @@ def class_of(spec: VariantSpec, index: int) -> int:
 # Shape templates (unit size, computed once)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _circle(n: int = 40) -> np.ndarray:
     t = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
     out = np.stack([np.cos(t), np.sin(t)], axis=1)
@@ -108,7 +107,7 @@ def _circle(n: int = 40) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _seeds(n: int = 13) -> np.ndarray:
     """(n, 12, 2) small discs in a sunflower (golden-angle) pattern inside the unit disc."""
     k = np.arange(1, n + 1)
@@ -120,7 +119,7 @@ def _seeds(n: int = 13) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _petal_template(shape: str, n: int = 14) -> np.ndarray:
     """Closed outline of a petal of length 1 along +x from the origin, maximal width 1."""
     th = np.linspace(0.0, 1.0, n)
@@ -143,7 +142,7 @@ def _petal_template(shape: str, n: int = 14) -> np.ndarray:
     return pts
 
 
-@lru_cache(maxsize=None)
+@cache
 def _leaf_template(n: int = 12) -> np.ndarray:
     """Closed lens-shaped leaf of length 1 along +x, maximal width 1, pointed, slightly lopsided."""
     th = np.linspace(0.0, 1.0, n)
@@ -246,7 +245,7 @@ def _rot(angle: float) -> np.ndarray:
 _SUM3 = np.ones((1, 3), np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _constant(size: int, value: int) -> np.ndarray:
     """A read-only (size, size) uint8 image filled with ``value``."""
     out = np.full((size, size), value, np.uint8)
@@ -254,7 +253,7 @@ def _constant(size: int, value: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _extremes(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Black and white (size, size, 3) uint8 images (read-only)."""
     black, white = np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)
@@ -299,7 +298,7 @@ class _Painter:
         self.removed = removed
         #: Outline width in pixels: about 1/256 of the side (at least 1 px).
         self.line = max(1, round(size / 256))
-        self.bounds: Optional[np.ndarray] = None  # (2, H, W, 3): lo, hi
+        self.bounds: np.ndarray | None = None  # (2, H, W, 3): lo, hi
         #: The bounds' box [x0, y0, x1, y1) in pixels, and in fixed point widened by a shape's reach.
         self.box = [size, size, 0, 0]
         self.fbox = self.box
@@ -445,7 +444,7 @@ class _Painter:
 
 
 def _background(p: _Painter, d: _Draws, spec: VariantSpec, kind: str, meta: dict,
-                base: Optional[tuple[str, tuple[int, int, int]]] = None) -> None:
+                base: tuple[str, tuple[int, int, int]] | None = None) -> None:
     """Paint ``plain``, ``gradient`` or two-octave value-``noise`` background into ``p.image``.
 
     ``base``: an intervention's (name, RGB) replacing both background colours (drawn all the same).
@@ -470,8 +469,8 @@ def _background(p: _Painter, d: _Draws, spec: VariantSpec, kind: str, meta: dict
     else:  # noise: a coarse octave (3..8 cells) and a fine one (24 cells)
         g1, g = 3 + int(d.u() * 6), 24
         t1 = d.vec(g1 * g1).astype(np.float32).reshape(g1, g1)
-        t2 = d.vec(g * g).astype(np.float32).reshape(g, g)
-        t2 = cv2.GaussianBlur(t2, (3, 3), 0.8, borderType=cv2.BORDER_REFLECT)
+        t2 = cv2.GaussianBlur(d.vec(g * g).astype(np.float32).reshape(g, g), (3, 3), 0.8,
+                              borderType=cv2.BORDER_REFLECT)
         t = 0.7 * cv2.resize(t1, (g, g), interpolation=cv2.INTER_CUBIC) + 0.3 * t2
     low = c1 + np.clip(t, 0.0, 1.0)[:, :, None] * (c2 - c1)
     low = np.clip(low + 0.5, 0, 255).astype(np.uint8)
@@ -502,7 +501,7 @@ def _clutter_shape(d: _Draws) -> np.ndarray:
     return pts + np.array([cx, cy])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit_steps(n: int) -> np.ndarray:
     out = np.linspace(0.0, 1.0, n)[:, None]
     out.setflags(write=False)
@@ -543,7 +542,7 @@ class _Change:
     colours: tuple[tuple[str, str, tuple[int, int, int]], ...] = ()
     removed: frozenset[str] = frozenset()
 
-    def base(self, part: str) -> Optional[tuple[str, tuple[int, int, int]]]:
+    def base(self, part: str) -> tuple[str, tuple[int, int, int]] | None:
         for p, name, rgb in self.colours:
             if p == part:
                 return name, rgb
@@ -678,9 +677,9 @@ def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int,
         # petal i: template scaled (length, length * width), pushed out from the centre, rotated
         local = tmpl[None] * np.stack([lengths, lengths * pwid], axis=1)[:, None, :]
         local[:, :, 0] += 0.35 * rc
-        c, si = np.cos(angles)[:, None], np.sin(angles)[:, None]
-        x = local[:, :, 0] * c - local[:, :, 1] * si
-        y = local[:, :, 0] * si + local[:, :, 1] * c
+        ca, sa = np.cos(angles)[:, None], np.sin(angles)[:, None]
+        x = local[:, :, 0] * ca - local[:, :, 1] * sa
+        y = local[:, :, 0] * sa + local[:, :, 1] * ca
         polys = p.fix(np.stack([x, y], axis=2) @ head_m + head)
         for i in range(n_pet):
             col = _shade(petal_rgb, shade0 * (0.9 + 0.12 * shade_j[i]))
@@ -780,7 +779,7 @@ def _render_sample(spec: VariantSpec, seed: int, index: int, size: int, label: i
             f"(sample {index}); relax nuisance.min_visible_fraction / min_visible_area"
         )
     mask, counts = painter.finish()
-    visible = {part: counts[k] for part, k in zip(spec.discriminative, spec.discriminative_ids)}
+    visible = {part: counts[k] for part, k in zip(spec.discriminative, spec.discriminative_ids, strict=True)}
     meta = {"index": index, "seed": seed, "size": size, "label": label,
             "class": spec.classes[label], "attempt": attempt,
             **meta, **{f"{part}_visible_px": v for part, v in visible.items()}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 from pathlib import Path
@@ -44,7 +45,7 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, dim: float = 0.25) -> np.n
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def label_font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the bitmap font
@@ -100,8 +101,8 @@ def contact_sheet(root: str | os.PathLike[str], per_class: int = SHOW_PER_CLASS,
              f"{'all splits' if split == ALL_SPLITS else f'split {split}'}\n"
              f"image | mask (outside dimmed, outline white)")
     left, top, right, bottom = probe.multiline_textbbox((_PAD, _PAD), title, font=title_font)
-    title_h = bottom + _PAD
-    width = max(label_w + n_cols * (cell + 2 * _PAD), right + _PAD)
+    title_h = math.ceil(bottom) + _PAD
+    width = max(label_w + n_cols * (cell + 2 * _PAD), math.ceil(right) + _PAD)
     height = title_h + len(classes) * (thumb + _PAD) + _PAD
     if width * height > SHEET_MAX_PIXELS:
         raise UsageError(f"per-class {per_class}, thumb {thumb}: the sheet would be {width:,} x {height:,} = "

@@ -57,10 +57,12 @@ import numbers
 import os
 import re
 import reprlib
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, SpecError, UsageError
 from an8flower.untrusted import read_bounded
@@ -278,7 +280,7 @@ class Nuisance:
         return d
 
     @classmethod
-    def from_dict(cls, d: Any, prefix: str = "nuisance") -> "Nuisance":
+    def from_dict(cls, d: Any, prefix: str = "nuisance") -> Nuisance:
         if not isinstance(d, Mapping):
             raise _fail(prefix, f"expected a table, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -366,7 +368,7 @@ class VariantSpec:
         """``{discriminative part: RGB}`` of class ``label`` (before jitter and lighting)."""
         names = self.class_colours[label]
         table = dict(self.colours)
-        return {p: table[c] for p, c in zip(self.discriminative, names)}
+        return {p: table[c] for p, c in zip(self.discriminative, names, strict=True)}
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
@@ -379,8 +381,8 @@ class VariantSpec:
             "discriminative": list(self.discriminative),
             "colours": {k: list(v) for k, v in self.colours},
             "class_colours": {
-                c: dict(zip(self.discriminative, cols))
-                for c, cols in zip(self.classes, self.class_colours)
+                c: dict(zip(self.discriminative, cols, strict=True))
+                for c, cols in zip(self.classes, self.class_colours, strict=True)
             },
             "palettes": {p: {k: w for k, w in pal} for p, pal in self.palettes},
             "nuisance": self.nuisance.to_dict(),
@@ -388,7 +390,7 @@ class VariantSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: Any) -> "VariantSpec":
+    def from_dict(cls, d: Any) -> VariantSpec:
         """Validate a dict (as :meth:`to_dict` makes, or as read from a spec file).
 
         ``class_colours`` maps each class name to ``{discriminative part: colour name}``; the order
@@ -441,7 +443,7 @@ class VariantSpec:
         colours_in = d["colours"]
         if not isinstance(colours_in, Mapping) or not colours_in:
             raise _fail("colours", "expected a non-empty {name: [r, g, b]} table")
-        colours = []
+        colours: list[tuple[str, tuple[int, int, int]]] = []
         for cname, rgb in colours_in.items():
             field = f"colours.{cname}"
             if not isinstance(cname, str) or not _SAFE_NAME.match(cname):
@@ -450,7 +452,8 @@ class VariantSpec:
                     or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255
                            for v in rgb)):
                 raise _fail(field, f"expected [r, g, b] integers in 0..255, got {_show(rgb)}")
-            colours.append((cname, tuple(int(v) for v in rgb)))
+            r, g, b = rgb
+            colours.append((cname, (int(r), int(g), int(b))))
         colours_t = tuple(sorted(colours))
         colour_names = {c for c, _ in colours_t}
 
@@ -469,7 +472,7 @@ class VariantSpec:
         extra = sorted(set(rule) - set(classes))
         if extra:
             raise _fail(f"class_colours.{extra[0]}", "not a class listed in 'classes'")
-        class_colours = []
+        class_colours: list[tuple[str, ...]] = []
         seen: dict[tuple[str, ...], str] = {}
         for c in classes:
             field = f"class_colours.{c}"
@@ -487,12 +490,12 @@ class VariantSpec:
                 if not isinstance(col, str) or col not in colour_names:
                     raise _fail(f"{field}.{p}", f"unknown colour {_show(col)}")
                 cols.append(col)
-            key = tuple(cols)
-            if key in seen:
-                raise _fail(field, f"same part colours as class {_show(seen[key])}: the class rule "
+            combination = tuple(cols)
+            if combination in seen:
+                raise _fail(field, f"same part colours as class {_show(seen[combination])}: the class rule "
                                    "must map each combination of colours to one class")
-            seen[key] = c
-            class_colours.append(key)
+            seen[combination] = c
+            class_colours.append(combination)
 
         pal_in = d["palettes"]
         if not isinstance(pal_in, Mapping):
@@ -541,7 +544,7 @@ class VariantSpec:
         """Hex SHA-256 of :meth:`to_json` (UTF-8)."""
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
-    def with_size(self, size: int) -> "VariantSpec":
+    def with_size(self, size: int) -> VariantSpec:
         """The same spec with another default image side.
 
         Raises:
@@ -554,7 +557,7 @@ class VariantSpec:
         return dataclasses.replace(self, size=int(size))
 
 
-def class_colour_range(rgb: tuple[int, int, int], nuisance: "Nuisance") -> tuple[tuple[float, float], ...]:
+def class_colour_range(rgb: tuple[int, int, int], nuisance: Nuisance) -> tuple[tuple[float, float], ...]:
     """Per channel, the ``(lowest, highest)`` value a class colour can be rendered with.
 
     ``[max(0, c - J) * (1 - a)(1 - t), min(255, c + J) * (1 + a)(1 + t)]`` with ``J``, ``a`` and
@@ -565,15 +568,15 @@ def class_colour_range(rgb: tuple[int, int, int], nuisance: "Nuisance") -> tuple
     return tuple((max(0, c - jitter) * low, min(255, c + jitter) * high) for c in rgb)
 
 
-def class_colour_gap(rgb1: tuple[int, int, int], rgb2: tuple[int, int, int], nuisance: "Nuisance") -> float:
+def class_colour_gap(rgb1: tuple[int, int, int], rgb2: tuple[int, int, int], nuisance: Nuisance) -> float:
     """The largest gap, over the channels, between the ranges of :func:`class_colour_range`
     (negative when the ranges overlap in every channel)."""
     return max(max(lo2 - hi1, lo1 - hi2) for (lo1, hi1), (lo2, hi2)
-               in zip(class_colour_range(rgb1, nuisance), class_colour_range(rgb2, nuisance)))
+               in zip(class_colour_range(rgb1, nuisance), class_colour_range(rgb2, nuisance), strict=True))
 
 
 def _check_class_colours_apart(disc: tuple[str, ...], class_colours: list[tuple[str, ...]],
-                               table: dict[str, tuple[int, int, int]], nuisance: "Nuisance") -> None:
+                               table: dict[str, tuple[int, int, int]], nuisance: Nuisance) -> None:
     for j, part in enumerate(disc):
         used = sorted({cols[j] for cols in class_colours})
         for k, c1 in enumerate(used):
@@ -616,10 +619,10 @@ def _read_spec_file(path: Path) -> Any:
         if suffix == ".json":
             return json.loads(raw.decode("utf-8"))
         if suffix == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib  # type: ignore[no-redef]
+            else:
+                import tomli as tomllib
             return tomllib.loads(raw.decode("utf-8"))
     except RecursionError:
         raise SpecError(f"{path}: not a spec: {suffix[1:].upper()} nested too deeply") from None

@@ -50,8 +50,9 @@ import os
 import posixpath
 import stat
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError
 
@@ -207,8 +208,8 @@ def parse_json(data: bytes | str, what: str, error: type[Exception] = DatasetFor
 
 
 @contextmanager
-def _checked_header(source: Source, max_pixels: int, size: Optional[tuple[int, int]],
-                    name: Optional[str]) -> Iterator["PIL.Image.Image"]:
+def _checked_header(source: Source, max_pixels: int, size: tuple[int, int] | None,
+                    name: str | None) -> Iterator[PIL.Image.Image]:
     """The opened, not yet decoded image, after the header checks of :func:`open_image`."""
     from PIL import Image, UnidentifiedImageError
 
@@ -234,8 +235,8 @@ def _checked_header(source: Source, max_pixels: int, size: Optional[tuple[int, i
         yield img
 
 
-def check_image_header(source: Source, max_pixels: int, size: Optional[tuple[int, int]] = None,
-                       name: Optional[str] = None) -> tuple[int, int]:
+def check_image_header(source: Source, max_pixels: int, size: tuple[int, int] | None = None,
+                       name: str | None = None) -> tuple[int, int]:
     """The header checks of :func:`open_image`, without decoding: returns ``(width, height)``.
 
     For readers that pass the file on without decoding it (``export``).
@@ -248,8 +249,8 @@ def check_image_header(source: Source, max_pixels: int, size: Optional[tuple[int
 
 
 @contextmanager
-def open_image(source: Source, max_pixels: int, size: Optional[tuple[int, int]] = None,
-               name: Optional[str] = None) -> Iterator["PIL.Image.Image"]:
+def open_image(source: Source, max_pixels: int, size: tuple[int, int] | None = None,
+               name: str | None = None) -> Iterator[PIL.Image.Image]:
     """Open an image, check its size from the header, then decode it (a context manager).
 
     ``with open_image(path, max_pixels) as img:`` gives a fully decoded ``PIL.Image.Image``, closed

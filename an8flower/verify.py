@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 from an8flower import __version__
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, SpecError, UsageError
@@ -93,7 +94,7 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def plan_problems(info: dict[str, Any]) -> tuple[Optional[VariantSpec], list[str]]:
+def plan_problems(info: dict[str, Any]) -> tuple[VariantSpec | None, list[str]]:
     """Check ``dataset.json`` against what generate writes for its own spec, seed and per_class.
 
     Returns:
@@ -107,9 +108,9 @@ def plan_problems(info: dict[str, Any]) -> tuple[Optional[VariantSpec], list[str
         spec = VariantSpec.from_dict(info.get("spec"))
     except SpecError as exc:
         return None, [f"{DATASET_JSON}: spec: {exc}"]
-    seed, per_class = info.get("seed"), info.get("per_class")
+    per_class: Any = info.get("per_class")  # untrusted: check_counts raises UsageError unless an int in range
     try:
-        check_seed(seed)
+        seed = check_seed(info.get("seed"))
     except UsageError as exc:
         return None, [f"{DATASET_JSON}: {exc}"]
     try:
@@ -187,7 +188,7 @@ def read_dataset(root: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes, l
 
 
 def dataset_problems(info: dict[str, Any], data: bytes,
-                     rows: Sequence[ManifestRow]) -> tuple[Optional[VariantSpec], list[str]]:
+                     rows: Sequence[ManifestRow]) -> tuple[VariantSpec | None, list[str]]:
     """Every check of a folder's ``dataset.json`` and manifest against the index plan (steps 1, 2).
 
     ``dataset.json`` against what generate writes for its spec, seed and per-class
@@ -311,7 +312,7 @@ def _max_rows(info: dict[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_SAMPLES else MAX_SAMPLES
 
 
-def _extra_entries(root: Path, expected: set[str], spec: Optional[VariantSpec]) -> list[str]:
+def _extra_entries(root: Path, expected: set[str], spec: VariantSpec | None) -> list[str]:
     """Every entry under ``root`` that generate would not write, in walk order: files not in
     ``expected``, folders that are neither a sample folder of ``spec``'s layout nor hold an
     ``expected`` file (empty ones too, listed once with a trailing ``/``, not descended into) and
@@ -344,7 +345,7 @@ def _extra_entries(root: Path, expected: set[str], spec: Optional[VariantSpec]) 
     return extra
 
 
-def _render_indices(spec: VariantSpec, per_class: int, render: Union[int, str, None]) -> list[int]:
+def _render_indices(spec: VariantSpec, per_class: int, render: int | str | None) -> list[int]:
     """The samples verify renders again: ``"all"``, the first ``render`` of the plan's spread, or
     by default (None) the first sample of each class in each split."""
     from an8flower.layout import IndexPlan
@@ -357,7 +358,7 @@ def _render_indices(spec: VariantSpec, per_class: int, render: Union[int, str, N
 
 
 def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress: bool | None = None,
-                   render: Union[int, str, None] = None) -> VerifyReport:
+                   render: int | str | None = None) -> VerifyReport:
     """Check a dataset folder against what generate writes (see the module docstring).
 
     Args:
@@ -442,7 +443,7 @@ def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress:
                 report.changed.append(rel)
             elif size is not None and png_size(data) != (size, size):
                 found = png_size(data)
-                report.changed.append(f"{rel} ({'not a PNG' if found is None else '%dx%d' % found}, "
+                report.changed.append(f"{rel} ({'not a PNG' if found is None else f'{found[0]}x{found[1]}'}, "
                                       f"{DATASET_JSON} says {size}x{size})")
     bar.close()
     if spec is not None and render != 0:
@@ -451,7 +452,7 @@ def verify_dataset(root: str | os.PathLike[str], pixels: bool = False, progress:
     return report
 
 
-def _check_documents(root: Path, info: dict[str, Any], spec: Optional[VariantSpec], report: VerifyReport,
+def _check_documents(root: Path, info: dict[str, Any], spec: VariantSpec | None, report: VerifyReport,
                      expected: set[str]) -> None:
     """Step 3: the data card and croissant.json against their hashes and generate's bytes."""
     from an8flower.datacard import dataset_documents
@@ -483,7 +484,7 @@ def _check_documents(root: Path, info: dict[str, Any], spec: Optional[VariantSpe
 
 
 def _check_rendering(root: Path, spec: VariantSpec, info: dict[str, Any], rows: Sequence[ManifestRow],
-                     render: Union[int, str, None], report: VerifyReport) -> None:
+                     render: int | str | None, report: VerifyReport) -> None:
     """Step 5: render samples again; compare them with the manifest's pixel hashes and sampled
     parameters, and with the files' decoded pixels."""
     from an8flower.layout import code_sha256

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from an8flower import __version__
 from an8flower.cli import board, dataset, interpret, models

@@ -127,8 +127,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from an8flower.eval.results_folder import results_folder
     from an8flower.eval.merge import merge_shards
+    from an8flower.eval.results_folder import results_folder
 
     with results_folder(args.out):
         summary = merge_shards(args.shard_dirs, args.out, command=command_line(), progress=False if args.quiet else None)

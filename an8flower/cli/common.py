@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence, overload
+from collections.abc import Sequence
+from typing import overload
 
 from an8flower.defaults import default_threads
 from an8flower.errors import UsageError
@@ -27,10 +28,10 @@ def int_arg(text: str, option: str, minimum: int) -> int: ...
 @overload
 def int_arg(text: None, option: str, minimum: int) -> None: ...
 @overload
-def int_arg(text: Optional[str], option: str, minimum: int) -> Optional[int]: ...
+def int_arg(text: str | None, option: str, minimum: int) -> int | None: ...
 
 
-def int_arg(text: Optional[str], option: str, minimum: int) -> Optional[int]:
+def int_arg(text: str | None, option: str, minimum: int) -> int | None:
     """Parse an integer option in the handler, so a bad value is a one-line :class:`UsageError`."""
     if text is None:
         return None
@@ -43,7 +44,7 @@ def int_arg(text: Optional[str], option: str, minimum: int) -> Optional[int]:
     return value
 
 
-def command_line() -> Optional[list[str]]:
+def command_line() -> list[str] | None:
     """The command as typed (``an8flower`` and its arguments), recorded in ``run.json`` and reports."""
     return ["an8flower"] + sys.argv[1:] if sys.argv else None
 
@@ -78,7 +79,7 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
                              "is not oversubscribed; when OMP_NUM_THREADS is set, torch's own choice)")
 
 
-def apply_threads(args: argparse.Namespace) -> Optional[int]:
+def apply_threads(args: argparse.Namespace) -> int | None:
     """Set torch's intra-op thread count from ``--threads`` or the default; return what was set.
 
     Called first in a handler, before any tensor work (torch reads the setting when its pool starts).
@@ -93,7 +94,7 @@ def apply_threads(args: argparse.Namespace) -> Optional[int]:
     return threads
 
 
-def positive(values: Sequence[tuple[str, Optional[int], int]]) -> None:
+def positive(values: Sequence[tuple[str, int | None, int]]) -> None:
     """Refuse any ``(flag, value, minimum)`` whose value is below its minimum."""
     for flag, value, low in values:
         if value is not None and value < low:

@@ -16,13 +16,14 @@ optional ``transform`` applied to the image, ``classes`` (class names, index = l
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-Item = tuple[Any, int, Optional[torch.Tensor]]
+Item = tuple[Any, int, torch.Tensor | None]
 
 
 def to_image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -44,8 +45,8 @@ class ExplanationDataset(Dataset):
         self,
         root: str | os.PathLike[str],
         split: str,
-        transform: Optional[Callable[[Any], Any]] = None,
-        mask_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable[[Any], Any] | None = None,
+        mask_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.root = os.fspath(root)
         self.split = split
@@ -62,7 +63,7 @@ class ExplanationDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def _finish(self, image: Any, label: int, mask: Optional[np.ndarray | torch.Tensor]) -> Item:
+    def _finish(self, image: Any, label: int, mask: np.ndarray | torch.Tensor | None) -> Item:
         """Apply ``transform``/``mask_transform``; ``image`` is a PIL image or a uint8 HxWx3 array."""
         if mask is not None and not isinstance(mask, torch.Tensor):
             mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
@@ -99,7 +100,7 @@ class ExplanationDataset(Dataset):
         return f"{type(self).__name__}\n" + "\n".join("    " + line for line in lines)
 
 
-def collate_with_masks(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def collate_with_masks(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``DataLoader`` collate function for ``(image, label, mask)`` items.
 
     Stacks images and labels; masks are stacked when every item has one and ``None`` otherwise
@@ -107,7 +108,7 @@ def collate_with_masks(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tenso
     """
     images = torch.stack([b[0] for b in batch])
     labels = torch.tensor([b[1] for b in batch], dtype=torch.long)
-    masks = [b[2] for b in batch]
-    if any(m is None for m in masks):
+    masks = [b[2] for b in batch if b[2] is not None]
+    if len(masks) < len(batch):
         return images, labels, None
     return images, labels, torch.stack(masks)

@@ -36,7 +36,7 @@ No localisation masks: items are ``(image, label, None)``.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ SPLIT_KEYS = {
     "test": ("testids", "test_ids", "test"),
 }
 
-IndexBase = Union[str, int]
+IndexBase = str | int
 
 
 def _loadmat(path: str) -> dict:
@@ -109,8 +109,8 @@ def read_photos_txt(path: str | os.PathLike[str]) -> list[str]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DatasetFormatError(f"{path}, line {line}: invalid UTF-8 ({exc.reason})") from exc
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise DatasetFormatError(f"{path}, line {line_no}: invalid UTF-8 ({exc.reason})") from exc
     lines = [line.rstrip("\r") for line in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
@@ -176,7 +176,7 @@ def read_split_mat(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def detect_index_base(ids: np.ndarray, n: int) -> Optional[int]:
+def detect_index_base(ids: np.ndarray, n: int) -> int | None:
     """Whether ``ids`` (indices of ``n`` items) count from 0 or 1.
 
     Returns:
@@ -242,7 +242,7 @@ def dominant_tag_labels(matrix, class_tags: Sequence[int]) -> np.ndarray:
     return np.where((best > 0) & unique, labels, -1).astype(np.int64)
 
 
-def _read_names(tag_names: Union[Sequence[str], str, os.PathLike[str], None]) -> Optional[list[str]]:
+def _read_names(tag_names: Sequence[str] | str | os.PathLike[str] | None) -> list[str] | None:
     if tag_names is None:
         return None
     if isinstance(tag_names, (str, os.PathLike)):
@@ -292,14 +292,14 @@ class Fashion144k(ExplanationDataset):
         self,
         root: str | os.PathLike[str],
         split: str = "train",
-        transform: Optional[Callable] = None,
-        mask_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable | None = None,
+        mask_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
         label_source: str = "colour",
         num_classes: int = 12,
-        class_tags: Optional[Sequence[Union[int, str]]] = None,
-        tag_names: Union[Sequence[str], str, os.PathLike[str], None] = None,
-        tag_file: Optional[str | os.PathLike[str]] = None,
+        class_tags: Sequence[int | str] | None = None,
+        tag_names: Sequence[str] | str | os.PathLike[str] | None = None,
+        tag_file: str | os.PathLike[str] | None = None,
         split_index_base: IndexBase = "auto",
         tag_index_base: IndexBase = "auto",
         max_pixels: int = PHOTO_MAX_PIXELS,
@@ -371,7 +371,7 @@ class Fashion144k(ExplanationDataset):
         return _resolve_base(rows, n, base, self.tag_file, "post rows", "tag_index_base")
 
     def _class_tags(self, matrix, train_ids: np.ndarray, class_tags, num_classes: int,
-                    names: Optional[list[str]], num_tags: int) -> list[int]:
+                    names: list[str] | None, num_tags: int) -> list[int]:
         if class_tags is None:
             if not isinstance(num_classes, int) or num_classes < 1:
                 raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")

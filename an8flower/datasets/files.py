@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from an8flower.errors import DatasetFormatError, DatasetNotFoundError, UsageError
 from an8flower.untrusted import PHOTO_MAX_PIXELS, load_image, open_image

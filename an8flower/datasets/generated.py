@@ -23,7 +23,8 @@ any class colour. The part map follows: a pixel that a discriminative part cover
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def _check_split(split: str) -> str:
     return split
 
 
-def _check_resize(resize: Optional[int]) -> Optional[int]:
+def _check_resize(resize: int | None) -> int | None:
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
         raise UsageError(f"resize {resize!r}: expected None or a side in pixels >= 1")
     return resize
@@ -121,12 +122,12 @@ class An8Flower(ExplanationDataset):
         self,
         root: str | os.PathLike[str],
         split: str = "train",
-        transform: Optional[Callable[[Any], Any]] = None,
-        mask_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable[[Any], Any] | None = None,
+        mask_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         return_parts: bool = False,
         *,
         verify: bool = False,
-        resize: Optional[int] = None,
+        resize: int | None = None,
     ) -> None:
         from an8flower.verify import open_dataset
 
@@ -215,14 +216,14 @@ class An8FlowerOnTheFly(ExplanationDataset):
         self,
         variant_or_spec: str | os.PathLike[str] | VariantSpec,
         split: str = "train",
-        size: Optional[int] = None,
+        size: int | None = None,
         per_class: int = DEFAULT_PER_CLASS,
         seed: int = 0,
-        transform: Optional[Callable[[Any], Any]] = None,
-        mask_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable[[Any], Any] | None = None,
+        mask_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         return_parts: bool = False,
         *,
-        resize: Optional[int] = None,
+        resize: int | None = None,
     ) -> None:
         spec = resolve_spec(variant_or_spec, size)
         check_counts(spec.num_classes, per_class)

@@ -36,7 +36,8 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from typing import Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -301,7 +302,7 @@ def _finite(text: str, what: str) -> float:
     return value
 
 
-def parse_voc_xml(path: str | os.PathLike[str]) -> tuple[Optional[tuple[int, int]], list[Box]]:
+def parse_voc_xml(path: str | os.PathLike[str]) -> tuple[tuple[int, int] | None, list[Box]]:
     """Parse one PASCAL-VOC-style annotation file of ImageNet.
 
     Returns:
@@ -357,7 +358,7 @@ def scale_boxes(boxes: Sequence[Box], from_size: tuple[int, int], to_size: tuple
     ]
 
 
-def boxes_to_mask(boxes: Sequence[Sequence[float]] | np.ndarray, height: int, width: int) -> np.ndarray:
+def boxes_to_mask(boxes: Sequence[Box | Sequence[float]] | np.ndarray, height: int, width: int) -> np.ndarray:
     """Union of boxes as a bool (height, width) mask.
 
     Args:
@@ -424,14 +425,14 @@ class ILSVRC12(ExplanationDataset):
         self,
         root: str | os.PathLike[str],
         split: str = "train",
-        transform: Optional[Callable] = None,
-        mask_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable | None = None,
+        mask_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
         val_labels: str = "auto",
         boxes: str = "auto",
-        devkit: Optional[str | os.PathLike[str]] = None,
-        annotations: Optional[str | os.PathLike[str]] = None,
-        num_classes: Optional[int] = 1000,
+        devkit: str | os.PathLike[str] | None = None,
+        annotations: str | os.PathLike[str] | None = None,
+        num_classes: int | None = 1000,
         skip_broken: bool = False,
         max_pixels: int = PHOTO_MAX_PIXELS,
     ) -> None:
@@ -448,7 +449,7 @@ class ILSVRC12(ExplanationDataset):
         self.loc_solution_file = os.path.join(self.root, LOC_VAL_SOLUTION)
         self.images_dir = require_dir(os.path.join(data_root, split), f"ILSVRC12 {split} folder")
 
-        self._synsets: Optional[list[Synset]] = None
+        self._synsets: list[Synset] | None = None
         self.wnids, self.classes, self.class_source = self._class_list(data_root)
         if num_classes is not None and len(self.wnids) != num_classes:
             raise DatasetFormatError(
@@ -457,7 +458,7 @@ class ILSVRC12(ExplanationDataset):
             )
         self.class_to_idx = {w: i for i, w in enumerate(self.wnids)}
 
-        self._loc_solution: Optional[dict[str, list[Box]]] = None
+        self._loc_solution: dict[str, list[Box]] | None = None
         self.label_source = "folders"
         if split == "train" or list_subdirs(self.images_dir):
             if split == "val" and val_labels in ("devkit", "loc_csv"):
@@ -472,17 +473,18 @@ class ILSVRC12(ExplanationDataset):
             raise DatasetFormatError(f"no images found in {self.images_dir}")
 
         self.box_source = "none"
-        self.annotations_dir: Optional[str] = None
+        self.annotations_dir: str | None = None
         if split == "val" and boxes != "none":
             self._choose_boxes(boxes, annotations)
         self.has_masks = self.box_source != "none"
 
         self.skipped: list[str] = []
         if skip_broken:
-            kept = []
+            kept: list[tuple[str, int]] = []
+            broken: list[tuple[str, int]] = []
             for path, label in tqdm(self.samples, desc="checking images", disable=None):
-                (kept if is_readable_image(path, self.max_pixels) else self.skipped).append((path, label))
-            self.skipped = [p for p, _ in self.skipped]
+                (kept if is_readable_image(path, self.max_pixels) else broken).append((path, label))
+            self.skipped = [p for p, _ in broken]
             self.samples = kept
         self.targets = [label for _, label in self.samples]
 
@@ -604,7 +606,7 @@ class ILSVRC12(ExplanationDataset):
 
     # -- boxes ------------------------------------------------------------------------------
 
-    def _choose_boxes(self, boxes: str, annotations: Optional[str | os.PathLike[str]]) -> None:
+    def _choose_boxes(self, boxes: str, annotations: str | os.PathLike[str] | None) -> None:
         if annotations is not None:
             candidates = [os.fspath(annotations)]
         else:
@@ -627,7 +629,7 @@ class ILSVRC12(ExplanationDataset):
         elif boxes == "loc_csv":
             raise DatasetNotFoundError(f"LOC validation solution not found: {self.loc_solution_file}")
 
-    def boxes_for(self, index: int, image_size: Optional[tuple[int, int]] = None) -> list[Box]:
+    def boxes_for(self, index: int, image_size: tuple[int, int] | None = None) -> list[Box]:
         """Boxes of the labelled class of item ``index``, in pixels of an image of ``image_size``.
 
         ``image_size`` (W, H) is the size of the image on disk; XML boxes are rescaled when it
@@ -637,7 +639,7 @@ class ILSVRC12(ExplanationDataset):
         path, label = self.samples[index]
         stem = os.path.splitext(os.path.basename(path))[0]
         wnid = self.wnids[label]
-        if self.box_source == "xml":
+        if self.annotations_dir is not None:  # set exactly when box_source == "xml"
             size, found = parse_voc_xml(os.path.join(self.annotations_dir, stem + ".xml"))
             found = [b for b in found if b.wnid == wnid]
             if size is not None and image_size is not None:

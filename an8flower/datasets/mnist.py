@@ -17,7 +17,7 @@ import math
 import os
 import struct
 import zlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ def _open_idx(path: str):
     return raw, raw, False
 
 
-def read_idx(path: str | os.PathLike[str], expected_magic: Optional[int] = None,
+def read_idx(path: str | os.PathLike[str], expected_magic: int | None = None,
              max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (plain or gzipped) into a native-byte-order numpy array.
 
@@ -125,7 +125,7 @@ def read_idx(path: str | os.PathLike[str], expected_magic: Optional[int] = None,
         raise DatasetFormatError(f"corrupt or truncated {'gzip ' if gzipped else ''}file {path}: {exc}") from exc
 
 
-def _parse_idx(stream, raw, gzipped: bool, path: str, expected_magic: Optional[int], max_bytes: int) -> np.ndarray:
+def _parse_idx(stream, raw, gzipped: bool, path: str, expected_magic: int | None, max_bytes: int) -> np.ndarray:
     head = stream.read(4)
     if len(head) < 4:
         raise DatasetFormatError(f"{path}: too short for an IDX header ({len(head)} bytes)")
@@ -157,7 +157,7 @@ def _parse_idx(stream, raw, gzipped: bool, path: str, expected_magic: Optional[i
         raise DatasetFormatError(f"{path}: header declares dims {shape} of type {dtype.str[1:]} ({n} bytes), "
                                  f"more than max_bytes={max_bytes}")
     data = np.empty(n, np.uint8)
-    view, got = memoryview(data), 0
+    view, got = data.data, 0
     while got < n:
         k = stream.readinto(view[got:got + _READ_CHUNK])
         if not k:
@@ -224,8 +224,8 @@ class MNIST(ExplanationDataset):
         self,
         root: str | os.PathLike[str],
         split: str = "train",
-        transform: Optional[Callable] = None,
-        mask_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable | None = None,
+        mask_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(root, check_split(split, tuple(MNIST_FILES)), transform, mask_transform)
         images_name, labels_name = MNIST_FILES[split]

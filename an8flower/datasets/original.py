@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,9 @@ def split_members(names: Sequence[str], class_name: str, fractions: Sequence[flo
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``, each in hash order.
     """
-    key = lambda name: hashlib.sha256(f"{seed}/{class_name}/{name}".encode("utf-8")).digest()
+    def key(name: str) -> bytes:
+        return hashlib.sha256(f"{seed}/{class_name}/{name}".encode()).digest()
+
     ordered = sorted(names, key=key)
     n_train = round(fractions[0] * len(ordered))
     n_val = round(fractions[1] * len(ordered))
@@ -112,8 +114,8 @@ class An8FlowerOriginal(ExplanationDataset):
         root: str | os.PathLike[str],
         variant: str = "single_6c",
         split: str = "all",
-        transform: Optional[Callable] = None,
-        mask_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        transform: Callable | None = None,
+        mask_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
         mask_polarity: str = "dark",
         threshold: int = 128,
