@@ -42,8 +42,9 @@ import marshal
 import os
 import sys
 import sysconfig
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 __all__ = ["PACKAGE", "Scope", "in_library", "import_closure", "closure_sha256", "code_identity"]
 
@@ -80,7 +81,7 @@ class Scope:
 
     root: str
     folder: str
-    only: Optional[str] = None
+    only: str | None = None
 
     def holds(self, path: str) -> bool:
         if self.only is not None:
@@ -92,7 +93,7 @@ class Scope:
         return os.path.relpath(path, self.root).replace(os.sep, "/")
 
     @classmethod
-    def of(cls, path: str, module: Optional[str]) -> "Scope":
+    def of(cls, path: str, module: str | None) -> Scope:
         """The scope of the file ``path`` holding the module ``module`` (None: unknown, a top-level file)."""
         folder = os.path.dirname(path)
         is_init = os.path.basename(path) == "__init__.py"
@@ -109,8 +110,8 @@ class _Node:
     """A file of the closure, with its module name when known and the scope it was reached in."""
 
     path: str
-    module: Optional[str]
-    scope: Optional[Scope]  # None: a module of this package
+    module: str | None
+    scope: Scope | None  # None: a module of this package
 
     @property
     def label(self) -> str:
@@ -144,8 +145,8 @@ def _read(path: str) -> bytes:
         return fh.read()
 
 
-@functools.lru_cache(maxsize=None)
-def _package_file(name: str) -> Optional[str]:
+@functools.cache
+def _package_file(name: str) -> str | None:
     """The file of the module ``name`` of this package, or None when there is no such module."""
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None) if module is not None else None
@@ -162,7 +163,7 @@ def _is_package_name(name: str) -> bool:
     return name == PACKAGE or name.startswith(PACKAGE + ".")
 
 
-def _module_file(name: str, scope: Optional[Scope]) -> Optional[_Node]:
+def _module_file(name: str, scope: Scope | None) -> _Node | None:
     """The node of the absolute module ``name``: in this package, or in ``scope``'s folder; None otherwise.
 
     Both are found without looking at what is imported now (this package by its import spec, user
@@ -180,7 +181,7 @@ def _module_file(name: str, scope: Optional[Scope]) -> Optional[_Node]:
     return None
 
 
-def _absolute(node: _Node, level: int, module: str) -> Optional[str]:
+def _absolute(node: _Node, level: int, module: str) -> str | None:
     """The absolute name of a relative import in ``node`` (None when ``node``'s module is unknown)."""
     if not level:
         return module
@@ -238,7 +239,7 @@ def _targets(node: _Node, level: int, module: str, names: tuple[tuple[str, str],
             yield _source_of(package, name, depth) if name != "*" else package
 
 
-def import_closure(roots: list[tuple[str, Optional[str]]], also: Sequence[str] = ()) -> dict[str, bytes]:
+def import_closure(roots: list[tuple[str, str | None]], also: Sequence[str] = ()) -> dict[str, bytes]:
     """The source files ``roots`` import, directly or not, within their scopes, by label.
 
     Args:
@@ -289,12 +290,12 @@ def _installed(cls: type) -> bool:
     return path is None or in_library(path)
 
 
-def _roots(obj: Any) -> tuple[list[tuple[str, Optional[str]]], list[Callable[..., Any]]]:
+def _roots(obj: Any) -> tuple[list[tuple[str, str | None]], list[Callable[..., Any]]]:
     """The files that define ``obj`` (a module: itself; a class: its methods and those of its
     bases up to the first one of this package or of an installed library; a function: itself),
     and the functions found there."""
     functions: list[Callable[..., Any]] = []
-    modules: list[Optional[str]]
+    modules: list[str | None]
     if inspect.ismodule(obj):
         return ([(os.path.realpath(obj.__file__), obj.__name__)] if obj.__file__ else []), []
     if inspect.isclass(obj):
@@ -305,7 +306,7 @@ def _roots(obj: Any) -> tuple[list[tuple[str, Optional[str]]], list[Callable[...
         modules = [obj.__module__]
     else:
         functions, modules = [obj], [getattr(obj, "__module__", None)]
-    roots: dict[str, Optional[str]] = {}
+    roots: dict[str, str | None] = {}
     for name in modules:
         path = getattr(sys.modules.get(name or ""), "__file__", None)
         if path and path.endswith(".py") and os.path.isfile(path):
@@ -334,7 +335,7 @@ def code_identity(obj: Any, also: Sequence[str] = ()) -> dict[str, Any]:
         return {"source_sha256": closure_sha256(files), "modules": sorted(files)}
     digest = hashlib.sha256()
     for f in functions:
-        digest.update(marshal.dumps(getattr(f, "__code__")))
+        digest.update(marshal.dumps(f.__code__))
     if not functions:
         raise ValueError(f"{getattr(obj, '__qualname__', obj)!r} has no source file and no method to hash")
     return {"source_sha256": digest.hexdigest(), "modules": []}
