@@ -271,7 +271,10 @@ def leaderboard_markdown(
     """
     from an8flower.eval.metaeval import flag_suffix, hidden_metrics, metaeval_markdown, seed_markdown, seed_stability
 
-    lines = [f"# {title}", ""] + legend_markdown(metric_info, [m for t in tables for m in t["metrics"]])
+    from an8flower.eval.verdict import summary_markdown
+
+    lines = [f"# {title}", ""] + summary_markdown(tables, md_cell)
+    lines += legend_markdown(metric_info, [m for t in tables for m in t["metrics"]], verdict=any("verdict" in t for t in tables))
     for t in tables:
         shown = [m for m in t["metrics"] if m not in hidden_metrics(t)]
         meta = t.get("meta", {})
@@ -292,6 +295,12 @@ def leaderboard_markdown(
             lines += ["; ".join(facts) + ".", ""]
         if meta.get("warning"):
             lines += [f"**Warning:** {meta['warning']}.", ""]
+        if meta.get("leakage"):
+            lines += [f"**Leakage:** {meta['leakage']}.", ""]
+        verdict = t.get("verdict") or {}
+        if verdict and not verdict["meaningful"]:
+            lines += [f"**Not meaningful**: {verdict['reason']}.", ""]
+        marks = {r["explainer"]: r["marks"] for r in verdict.get("rows", [])}
         counts = {}
         for m in shown:
             ns = [r["scores"][m]["n"] for r in t["rows"] if m in r["scores"] and not r["scores"][m].get("error")]
@@ -310,6 +319,8 @@ def leaderboard_markdown(
         for r in t["rows"]:
             name = r["explainer"]
             label = f"*{md_cell(name)}*" if name in REFERENCE_ROWS else md_cell(name)
+            if marks.get(name):
+                label += f" ({md_cell(', '.join(marks[name]))})"
             cells = [label]
             for m in shown:
                 s = r["scores"].get(m)
@@ -386,18 +397,25 @@ def _duplicate_markdown(duplicates: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequence[str]) -> list[str]:
-    """The legend of ``leaderboard.md``: how to read a table, and one line per metric shown."""
+def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequence[str], verdict: bool = False) -> list[str]:
+    """The legend of ``leaderboard.md`` as lists: how to read a table (with ``verdict``, how the
+    summary ranks: :func:`an8flower.eval.verdict.aggregation_lines`), and one line per metric shown."""
     lines = [
-        "How to read the tables: each cell is the mean over the scored images ± the half-width of its 95% "
-        "Student-t confidence interval (no ± for set-level metrics and for fewer than 2 images); ↑ / ↓: higher / "
-        "lower is better; **bold**: the best explainer of the column (reference rows excluded); *italic* rows are "
-        "references: *oracle* is the ground-truth mask used as the heatmap (the ceiling of the mask metrics), "
-        "*random* (uniform noise) and *centre* (a centred Gaussian) are chance levels; (n=...): the column was "
-        "scored on that many images only; n/a: undefined on every image (see the metric's definition); error [k]: "
-        "the explainer failed, note k under the table.",
+        "How to read the tables:",
+        "",
+        "* each cell is the mean over the scored images ± the half-width of its 95% Student-t confidence interval "
+        "(no ± for set-level metrics and for fewer than 2 images);",
+        "* ↑ / ↓: higher / lower is better; **bold**: the best explainer of the column (reference rows excluded);",
+        "* *italic* rows are references: *oracle* is the ground-truth mask used as the heatmap (the ceiling of the "
+        "mask metrics), *random* (uniform noise) and *centre* (a centred Gaussian) are chance levels;",
+        "* (n=...): the column was scored on that many images only; n/a: undefined on every image (see the metric's "
+        "definition); error [k]: the explainer failed, note k under the table.",
         "",
     ]
+    if verdict:
+        from an8flower.eval.verdict import aggregation_lines
+
+        lines += ["How the summary ranks (rows of every table follow it):", ""] + aggregation_lines() + [""]
     seen = [m for m in dict.fromkeys(shown) if m in metric_info]
     described = [m for m in seen if metric_info[m].get("description")]
     if described:
@@ -720,6 +738,9 @@ def write_report(
     from an8flower.eval.metaeval import annotate_tables, seed_stability
 
     annotate_tables(tables, table_cells, metric_info)
+    from an8flower.eval.verdict import annotate_verdicts
+
+    annotate_verdicts(tables, table_cells, metric_info)
     for t in tables:
         t["duplicates"] = duplicate_agreement(t, table_cells)
         if "part_table" in t["meta"]:
