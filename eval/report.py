@@ -704,7 +704,8 @@ def write_report(
     title: str = "an8flower leaderboard",
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Write ``results.csv``, ``per_image.csv.gz``, ``leaderboard.md``, ``leaderboard.json`` and plots.
+    """Write ``results.csv``, ``per_image.csv.gz``, ``leaderboard.md``, ``leaderboard.json``,
+    ``leaderboard.html`` (:mod:`an8flower.eval.html`) and plots.
 
     Args:
         out_dir: the results folder.
@@ -756,6 +757,10 @@ def write_report(
     doc = {"title": title, "metrics": {m: dict(v) for m, v in metric_info.items()}, "tables": tables,
            "model_seeds": seed_stability(tables, metric_info)}
     atomic_write(os.path.join(out_dir, "leaderboard.json"), json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    from an8flower.eval.html import leaderboard_html
+
+    atomic_write(os.path.join(out_dir, "leaderboard.html"), leaderboard_html(tables, metric_info, examples, title))
+    files.append("leaderboard.html")
     files += _write_reliance_csv(out_dir, tables)
     if plots:
         files += _write_plots(out_dir, cells, tables, examples or {})

@@ -212,7 +212,7 @@ def _sanity(cells: Sequence[Mapping[str, Any]], names: Sequence[str], n_boot: in
     """Per candidate: ``{"sanity": "passes" | "fails" | "untested", "randomisation", "randomisation_ci"}``."""
     means, boot = _metric_scores(cells, _SANITY_METRIC, names, n_boot, seed)
     lo, hi = _percentiles(boot)
-    out = []
+    out: list[dict[str, Any]] = []
     for j in range(len(names)):
         if not math.isfinite(means[j]):
             out.append({"sanity": "untested", "randomisation": None, "randomisation_ci": None})
@@ -267,7 +267,7 @@ def table_verdict(table: Mapping[str, Any], cells: Sequence[Mapping[str, Any]],
     names = [r["explainer"] for r in table["rows"] if r["explainer"] != ORACLE_ROW]
     excluded = excluded_metrics(table)
     counted = [m for m in table["metrics"] if m not in excluded]
-    accuracy = (table.get("meta") or {}).get("accuracy")
+    accuracy: Any = (table.get("meta") or {}).get("accuracy")
     meaningful = accuracy is None or (math.isfinite(float(accuracy)) and float(accuracy) >= accuracy_threshold)
     reason = None if meaningful else (
         f"{table.get('split', 'test')} accuracy {100 * float(accuracy):.1f}% is below {100 * accuracy_threshold:.0f}%: "
@@ -308,10 +308,10 @@ def row_marks(row: Mapping[str, Any]) -> list[str]:
     return marks
 
 
-def order_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def order_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Verdict rows in ranking order: explainers that do not fail sanity first, each part by
     overall rank (undefined last), then by name."""
-    def key(r: Mapping[str, Any]) -> tuple:
+    def key(r: dict[str, Any]) -> tuple:
         rank = r.get("rank")
         return (r.get("sanity") == "fails", math.inf if rank is None else rank, r["explainer"])
 

@@ -7,15 +7,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_leaderboard import ColourDetector, squares
-
 from an8flower.baselines import Explainer
 from an8flower.baselines import base as registry
+from an8flower.eval.config import RunConfig
 from an8flower.eval.metaeval import annotate_tables, bootstrap_means
 from an8flower.eval.report import leaderboard_markdown, leaderboard_tables, write_report
 from an8flower.eval.runner import run_leaderboard
-from an8flower.eval.config import RunConfig
-from an8flower.eval.verdict import annotate_verdicts, excluded_metrics, rank_rows, summary_markdown
+from an8flower.eval.verdict import (
+    annotate_verdicts,
+    excluded_metrics,
+    rank_rows,
+    summary_markdown,
+)
+from test_leaderboard import ColourDetector, squares
 
 INFO = {
     "iou_auc": {"label": "IoU-AUC", "higher_is_better": True, "kind": "mask"},
@@ -140,11 +144,11 @@ def test_summary_comes_first_and_the_report_is_deterministic(tmp_path) -> None:
     cells = cells_from(MEANS, noise=0.05)
     key = ("toy", "v", "net", "test", 0)
     a = write_report(tmp_path / "a", cells, INFO, {key: {"accuracy": 1.0}}, plots=False)
-    b = write_report(tmp_path / "b", cells, INFO, {key: {"accuracy": 1.0}}, plots=False)
+    write_report(tmp_path / "b", cells, INFO, {key: {"accuracy": 1.0}}, plots=False)
     for name in ("leaderboard.md", "leaderboard.json", "leaderboard.html"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     md = a["markdown"]
-    assert md.index("## Summary") < md.index("How to read") < md.index("## toy `v`")
+    assert md.index("## Summary") < md.index("### toy `v`") < md.index("How to read") < md.index("\n## toy `v`")
     assert "| 1 | a |" in md
     doc = json.loads((tmp_path / "a" / "leaderboard.json").read_text())
     assert doc["tables"][0]["verdict"]["rows"][0]["explainer"] == "a"

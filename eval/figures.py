@@ -1,0 +1,300 @@
+"""The leaderboard's figures: one overlay, one palette, pages and small multiples that stay readable.
+
+* :func:`overlay`: an image with a heatmap over it and the mask outlined, as uint8 RGB (the PNG
+  figures and the HTML page both use it).
+* :data:`PALETTE`: eight series styles, each a colour *and* a dash pattern of its own (Paul Tol's
+  "bright" scheme plus black; colour-blind safe, and the dashes tell lines apart in grey print).
+  A panel never holds more than :data:`MAX_SERIES` series: longer lists are split into panels
+  (:func:`panels`).
+* :func:`plot_examples`: pages of at most :data:`MAX_SERIES` explainers; per image its class and
+  the model's prediction, per page a colour bar of the normalised relevance.
+* :func:`plot_curves` and :func:`plot_part_bars`: small multiples, explainers in the order given
+  (the report passes the overall ranking), at most :data:`MAX_SERIES` per panel, the reference rows
+  (``oracle``, ``random``) repeated in each panel as grey context.
+
+Every figure is written with :func:`an8flower.eval.report.atomic_write` from PNG bytes without a
+timestamp (same data, same bytes).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "MAX_SERIES",
+    "PALETTE",
+    "REFERENCE_STYLES",
+    "CMAP",
+    "overlay",
+    "panels",
+    "series_styles",
+    "plot_examples",
+    "plot_curves",
+    "plot_part_bars",
+]
+
+#: At most this many series in one panel, and explainers on one page of examples.
+MAX_SERIES = 8
+#: Eight series styles: (colour, matplotlib dash pattern). Colours: Paul Tol's "bright" (7) and black.
+PALETTE: tuple[tuple[str, Any], ...] = (
+    ("#4477AA", "-"), ("#EE6677", (0, (5, 2))), ("#228833", (0, (1, 1.5))), ("#CCBB44", (0, (6, 2, 1, 2))),
+    ("#66CCEE", (0, (3, 1, 1, 1, 1, 1))), ("#AA3377", (0, (8, 3))), ("#000000", (0, (2, 2))),
+    ("#BBBBBB", (0, (4, 1, 1, 1))),
+)
+#: Reference rows in every panel: the ceiling and chance, in greys.
+REFERENCE_STYLES: dict[str, tuple[str, Any]] = {"oracle": ("#555555", (0, (1, 1))), "random": ("#999999", (0, (4, 2)))}
+#: The colour map of heatmaps (perceptually ordered, dark = low).
+CMAP = "inferno"
+_REFERENCES = ("oracle", "random", "centre")
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, mask: Optional[np.ndarray] = None, alpha: float = 0.6) -> np.ndarray:
+    """The image with the min-max normalised heatmap over it in :data:`CMAP`, the mask outlined in white.
+
+    ``out = (1 - alpha * h) * image + alpha * h * cmap(h)`` per pixel, ``h`` the heatmap scaled to
+    [0, 1] (a constant map: 0, the image shows through): relevant pixels take the map's colour,
+    irrelevant ones keep the image. The outline is the mask's pixels with a 4-neighbour outside it.
+
+    Args:
+        image: uint8 (H, W, 3). heatmap: float (H, W). mask: bool (H, W) or None.
+        alpha: the heatmap's opacity at its maximum.
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    from matplotlib import colormaps
+
+    h = np.asarray(heatmap, dtype=np.float64)
+    h = np.where(np.isfinite(h), h, np.nan)
+    lo, hi = np.nanmin(h) if np.isfinite(h).any() else 0.0, np.nanmax(h) if np.isfinite(h).any() else 0.0
+    h = np.nan_to_num((h - lo) / (hi - lo)) if hi > lo else np.zeros_like(h)
+    colour = colormaps[CMAP](h)[..., :3]
+    w = alpha * h[..., None]
+    out = (1.0 - w) * (np.asarray(image, dtype=np.float64) / 255.0) + w * colour
+    if mask is not None and np.asarray(mask).any():
+        m = np.asarray(mask, dtype=bool)
+        inner = m.copy()
+        inner[1:] &= m[:-1]
+        inner[:-1] &= m[1:]
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        out[m & ~inner] = 1.0
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def panels(names: Sequence[str], size: int = MAX_SERIES) -> list[list[str]]:
+    """``names`` without the reference rows, in order, cut into panels of at most ``size`` series."""
+    own = [n for n in names if n not in _REFERENCES]
+    return [own[i : i + size] for i in range(0, len(own), size)] or [[]]
+
+
+def series_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per name ``color`` and ``linestyle``: references their greys, the others :data:`PALETTE` in order
+    (a panel holds at most :data:`MAX_SERIES`, so within a panel no two series share a style)."""
+    out, i = {}, 0
+    for name in names:
+        if name in REFERENCE_STYLES:
+            color, dash = REFERENCE_STYLES[name]
+        else:
+            color, dash = PALETTE[i % len(PALETTE)]
+            i += 1
+        out[name] = {"color": color, "linestyle": dash}
+    return out
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    from an8flower.eval.report import atomic_write
+
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def plot_examples(
+    path: str | os.PathLike[str],
+    images: np.ndarray,
+    masks: np.ndarray,
+    heatmaps: Mapping[str, np.ndarray],
+    labels: Optional[Sequence[str]] = None,
+    predictions: Optional[Sequence[str]] = None,
+    title: str = "",
+) -> list[str]:
+    """Example heatmaps, in pages of at most :data:`MAX_SERIES` explainers.
+
+    A page is a grid: one row per image (its class and the model's prediction on the left), one
+    column per explainer (its name on top), each panel :func:`overlay`; a colour bar of the
+    normalised relevance on the right. Page 1 is written to ``path``, page k > 1 beside it with
+    ``_k`` before the extension.
+
+    Args:
+        path: the first page's PNG.
+        images: uint8 (K, H, W, 3). masks: bool (K, H, W).
+        heatmaps: explainer -> float (K, H, W), in the order to show.
+        labels, predictions: per image, the class and the predicted class (names).
+        title: the figure title (the page number is added when there are several).
+
+    Returns:
+        The file names written (base names), page order.
+    """
+    plt = _pyplot()
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    names = list(heatmaps)
+    pages = [names[i : i + MAX_SERIES] for i in range(0, len(names), MAX_SERIES)] or [[]]
+    base, ext = os.path.splitext(os.fspath(path))
+    k = images.shape[0]
+    written = []
+    for p, page in enumerate(pages, 1):
+        cols = 1 + len(page)
+        fig, axes = plt.subplots(k, cols, figsize=(1.55 * cols + 0.9, 1.55 * k + 0.7), dpi=100, squeeze=False)
+        for i in range(k):
+            for j in range(cols):
+                ax = axes[i, j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    ax.imshow(overlay(images[i], np.zeros(images.shape[1:3]), masks[i]))
+                    text = []
+                    if labels is not None:
+                        text.append(f"class {labels[i]}")
+                    if predictions is not None:
+                        text.append(f"pred. {predictions[i]}")
+                    ax.set_ylabel("\n".join(text), fontsize=7)
+                else:
+                    ax.imshow(overlay(images[i], heatmaps[page[j - 1]][i], masks[i]))
+                if i == 0:
+                    ax.set_title("image" if j == 0 else _wrap(page[j - 1]), fontsize=7)
+        fig.subplots_adjust(left=0.06, right=0.9, top=1 - 0.55 / (1.55 * k + 0.7), bottom=0.02, wspace=0.05,
+                            hspace=0.05)
+        cax = fig.add_axes((0.92, 0.15, 0.015, 0.6))
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[CMAP]), cax=cax)
+        bar.set_label("relevance (min-max per map)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+        head = title + (f"  (page {p} of {len(pages)})" if len(pages) > 1 else "")
+        if head:
+            fig.suptitle(head, fontsize=9, y=0.995, va="top")
+        out = os.fspath(path) if p == 1 else f"{base}_{p}{ext}"
+        _save(fig, out)
+        written.append(os.path.basename(out))
+    return written
+
+
+def _wrap(name: str, width: int = 16) -> str:
+    """A long explainer name on two lines, cut after its library prefix when it has one."""
+    if len(name) <= width:
+        return name
+    if ":" in name:
+        lib, rest = name.split(":", 1)
+        return f"{lib}:\n{rest}"
+    return name[:width] + "\n" + name[width:]
+
+
+def _grid(n: int, plt: Any, width: float = 4.2, height: float = 3.0) -> tuple[Any, np.ndarray]:
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 0.4, height * rows + 0.5), dpi=100, squeeze=False,
+                             sharey=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def plot_curves(
+    path: str | os.PathLike[str],
+    curves: Mapping[str, tuple[Sequence[float], Sequence[Optional[float]]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] = (0.0, 1.03),
+) -> None:
+    """Small multiples of curves: at most :data:`MAX_SERIES` explainers per panel, in the order given,
+    ``oracle`` and ``random`` repeated in each panel in grey; each panel with its own legend.
+
+    Args:
+        path: the PNG. curves: explainer -> (x, y) (None in y: a gap).
+        xlabel, ylabel, title: the labels. ylim: the shared y range.
+    """
+    plt = _pyplot()
+    groups = panels(list(curves))
+    fig, axes = _grid(len(groups), plt)
+    refs = [r for r in REFERENCE_STYLES if r in curves]
+    for ax, group in zip(axes.flat, groups):
+        styles = series_styles(refs + group)
+        for name in refs + group:
+            x, y = curves[name]
+            st = styles[name]
+            ax.plot(x, [np.nan if v is None else v for v in y], color=st["color"], linestyle=st["linestyle"],
+                    linewidth=1.2 if name in refs else 1.8, label=name)
+        ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6.5, loc="upper right", frameon=False, handlelength=3.2)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_part_bars(
+    path: str | os.PathLike[str],
+    parts: Sequence[str],
+    normalised: Mapping[str, Sequence[Optional[float]]],
+    discriminative: Sequence[str] = (),
+    title: str = "",
+) -> None:
+    """Small multiples of bars on a log axis: per part, each explainer's chance-normalised share of
+    positive attribution (1 = chance, dashed), at most :data:`MAX_SERIES` explainers per panel,
+    discriminative parts starred and shaded; values clipped to [0.01, 100] for display.
+
+    Args:
+        path: the PNG. parts: part names. normalised: explainer -> value per part (None: undefined).
+        discriminative: the parts whose colour decides the class. title: the figure title.
+    """
+    plt = _pyplot()
+    groups = panels([n for n in normalised if n != "oracle"])
+    fig, axes = _grid(len(groups), plt, width=max(4.2, 0.75 * len(parts) + 1.2))
+    x = np.arange(len(parts))
+    for ax, group in zip(axes.flat, groups):
+        styles = series_styles(group)
+        width = 0.8 / max(len(group), 1)
+        for i, name in enumerate(group):
+            vals = np.array([np.nan if v is None else v for v in normalised[name]], dtype=np.float64)
+            ax.bar(x - 0.4 + (i + 0.5) * width, np.clip(vals, 0.01, 100), width, color=styles[name]["color"],
+                   edgecolor="black", linewidth=0.3, label=name)
+        for j, p in enumerate(parts):
+            if p in discriminative:
+                ax.axvspan(j - 0.5, j + 0.5, color="#EEEEEE", zorder=0)
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylim(0.01, 100)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{p}*" if p in discriminative else p for p in parts], fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=6.5, loc="upper left", frameon=False, ncol=2)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("attribution share / area share", fontsize=8)
+    fig.suptitle(title + ("  (* = discriminative part, shaded; 1 = chance)" if discriminative else "  (1 = chance)"),
+                 fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
