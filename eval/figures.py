@@ -11,6 +11,7 @@
 * :func:`plot_curves` and :func:`plot_part_bars`: small multiples, explainers in the order given
   (the report passes the overall ranking), at most :data:`MAX_SERIES` per panel, the reference rows
   (``oracle``, ``random``) repeated in each panel as grey context.
+* :func:`plot_reliance`: the model's reliance per part and intervention.
 
 Every figure is written with :func:`an8flower.eval.report.atomic_write` from PNG bytes without a
 timestamp (same data, same bytes).
@@ -35,6 +36,7 @@ __all__ = [
     "plot_examples",
     "plot_curves",
     "plot_part_bars",
+    "plot_reliance",
 ]
 
 #: At most this many series in one panel, and explainers on one page of examples.
@@ -296,5 +298,39 @@ def plot_part_bars(
         ax.set_ylabel("attribution share / area share", fontsize=8)
     fig.suptitle(title + ("  (* = discriminative part, shaded; 1 = chance)" if discriminative else "  (1 = chance)"),
                  fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_reliance(path: str | os.PathLike[str], rel: Mapping[str, Any], title: str = "") -> None:
+    """Grouped bars: per part, the mean drop of the target probability (95% CI) under each intervention
+    (recolour, remove, repaint as another class), in the first three :data:`PALETTE` colours.
+
+    Args:
+        path: the PNG to write.
+        rel: a :meth:`an8flower.eval.reliance.Reliance.summary`.
+        title: the figure title.
+    """
+    plt = _pyplot()
+    by = {(r["part"], r["intervention"]): r for r in rel["rows"]}
+    parts = list(dict.fromkeys([p for p, _ in by]))
+    kinds = [("recolour", f"recolour ({rel['colour']})"), ("remove", "remove"), ("repaint", "repaint as another class")]
+    x = np.arange(len(parts))
+    width = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(parts) + 2), 3.8), dpi=100)
+    for i, (kind, label) in enumerate(kinds):
+        vals = [by.get((p, kind), {}).get("drop") for p in parts]
+        errs = [by.get((p, kind), {}).get("ci95") for p in parts]
+        ax.bar(x - 0.4 + (i + 0.5) * width, [np.nan if v is None else v for v in vals], width,
+               yerr=[0 if e is None else e for e in errs], label=label, capsize=2, color=PALETTE[i][0])
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x)
+    disc = set(rel.get("discriminative", []))
+    ax.set_xticklabels([f"{p}*" if p in disc else p for p in parts], fontsize=8)
+    ax.set_ylabel("drop of the target probability")
+    ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{title}  (* = discriminative; n = {rel['n_images']})", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.tight_layout()
     _save(fig, path)

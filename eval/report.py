@@ -15,9 +15,11 @@ split, seed) with the per-image scores, their mean ``value`` and count ``n``, an
   meta-evaluation of its metrics (:mod:`an8flower.eval.metaeval`): columns that cannot rank
   explainers on these images are flagged (no bold, the reason in a note), metrics that coincide
   are shown once, and with several model seeds a section of ranks across seeds;
-* PNG plots (matplotlib, Agg backend): IoU against the binarisation threshold per explainer,
-  a grid of example heatmaps over their images with the mask outlined, and the chance-normalised
-  share of positive attribution per part of the an8Flower part map;
+* PNG plots (:mod:`an8flower.eval.figures`): IoU against the binarisation threshold, pages of
+  example heatmaps over their images with the mask outlined, and the chance-normalised share of
+  positive attribution per part of the an8Flower part map, explainers in the verdict's order
+  (:mod:`an8flower.eval.verdict`), at most 8 per panel or page;
+* ``leaderboard.html`` (:mod:`an8flower.eval.html`): the same tables as one web page;
 * where the runner measured model reliance (an8Flower, :mod:`an8flower.eval.reliance`):
   ``reliance.csv`` (one row per group, part and intervention), a bar plot per group and a table
   in ``leaderboard.md``.
@@ -50,11 +52,6 @@ __all__ = [
     "duplicate_agreement",
     "md_cell",
     "write_report",
-    "plot_iou_curves",
-    "plot_examples",
-    "plot_part_attribution",
-    "series_styles",
-    "plot_reliance",
     "reliance_markdown",
     "atomic_write",
 ]
@@ -270,7 +267,6 @@ def leaderboard_markdown(
     (:func:`legend_markdown`).
     """
     from an8flower.eval.metaeval import flag_suffix, hidden_metrics, metaeval_markdown, seed_markdown, seed_stability
-
     from an8flower.eval.verdict import summary_markdown
 
     lines = [f"# {title}", ""] + summary_markdown(tables, md_cell)
@@ -481,218 +477,8 @@ def reliance_markdown(rel: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def plot_reliance(path: str | os.PathLike[str], rel: Mapping[str, Any], title: str = "") -> None:
-    """Grouped bars: per part, the mean drop of the target probability (95% CI) under each intervention.
-
-    Args:
-        path: the PNG to write.
-        rel: a :meth:`an8flower.eval.reliance.Reliance.summary`.
-        title: the figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    by = {(r["part"], r["intervention"]): r for r in rel["rows"]}
-    parts = list(dict.fromkeys([p for p, _ in by]))
-    kinds = [("recolour", f"recolour ({rel['colour']})"), ("remove", "remove"), ("repaint", "repaint as another class")]
-    x = np.arange(len(parts))
-    width = 0.8 / len(kinds)
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(parts) + 2), 3.8), dpi=90)
-    for i, (kind, label) in enumerate(kinds):
-        vals = [by.get((p, kind), {}).get("drop") for p in parts]
-        errs = [by.get((p, kind), {}).get("ci95") for p in parts]
-        ax.bar(x - 0.4 + (i + 0.5) * width, [np.nan if v is None else v for v in vals], width,
-               yerr=[0 if e is None else e for e in errs], label=label, capsize=2)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(x)
-    disc = set(rel.get("discriminative", []))
-    ax.set_xticklabels([f"{p}*" if p in disc else p for p in parts], fontsize=8)
-    ax.set_ylabel("drop of the target probability")
-    ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{title}  (* = discriminative; n = {rel['n_images']})", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
-    fig.tight_layout()
-    _save(fig, path)
-
-
 def _slug(*parts: str) -> str:
     return "_".join(str(p).replace("/", "-").replace(" ", "-") for p in parts if p)
-
-
-#: Twelve colours that stay apart from each other (Paul Tol's "muted" and "bright" schemes, merged);
-#: explainers cycle through them, then through the line styles and markers, so no two of the first
-#: 12 x 4 series share a colour-style pair. Reference rows are drawn in greys with dashes.
-_SERIES_COLOURS: tuple[str, ...] = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77",
-                                    "#CC6677", "#882255", "#AA4499", "#EE6677", "#4477AA", "#EE7733")
-_SERIES_STYLES: tuple[tuple[str, str, str], ...] = (("-", "o", ""), ("-.", "s", "//"), (":", "^", ".."),
-                                                    ("--", "D", "xx"))
-_REFERENCE_STYLE: dict[str, tuple[str, str, str, str]] = {
-    "oracle": ("#000000", "--", "", ""), "random": ("#777777", "--", "", "\\\\"), "centre": ("#BBBBBB", "--", "", "--"),
-}
-
-
-def series_styles(names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Per explainer name: ``color``, ``linestyle``, ``marker`` and ``hatch`` for lines and bars.
-
-    Reference rows get fixed greys; the others take :data:`_SERIES_COLOURS` in order, then the next
-    line style, marker and hatch of :data:`_SERIES_STYLES`.
-    """
-    out, i = {}, 0
-    for name in names:
-        if name in _REFERENCE_STYLE:
-            color, ls, marker, hatch = _REFERENCE_STYLE[name]
-        else:
-            color = _SERIES_COLOURS[i % len(_SERIES_COLOURS)]
-            ls, marker, hatch = _SERIES_STYLES[(i // len(_SERIES_COLOURS)) % len(_SERIES_STYLES)]
-            if i >= len(_SERIES_COLOURS) * len(_SERIES_STYLES):
-                marker = ""
-            i += 1
-        out[name] = {"color": color, "linestyle": ls, "marker": marker, "hatch": hatch}
-    return out
-
-
-def plot_iou_curves(
-    path: str | os.PathLike[str],
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    title: str = "",
-) -> None:
-    """Mean IoU with the mask against the binarisation threshold, one line per explainer.
-
-    Args:
-        path: the PNG to write.
-        curves: explainer -> (thresholds, mean IoU at each threshold).
-        title: the figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.4, 4.4), dpi=100)
-    styles = series_styles(list(curves))
-    for expl, (thr, iou) in curves.items():
-        st = styles[expl]
-        iou = [np.nan if v is None else v for v in iou]
-        ax.plot(thr, iou, linestyle=st["linestyle"], color=st["color"], marker=st["marker"] or None, markersize=4,
-                markevery=3, label=expl, linewidth=1.6)
-    ax.set_xlabel("threshold on the min-max normalised heatmap")
-    ax.set_ylabel("mean IoU with the mask")
-    ax.set_ylim(0, 1.03)
-    ax.set_xlim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def plot_examples(
-    path: str | os.PathLike[str],
-    images: np.ndarray,
-    masks: np.ndarray,
-    heatmaps: Mapping[str, np.ndarray],
-    title: str = "",
-) -> None:
-    """A grid: one row per image, its picture then each explainer's heatmap over it, mask outlined.
-
-    Args:
-        path: the PNG to write.
-        images: uint8 (K, H, W, 3).
-        masks: bool (K, H, W).
-        heatmaps: explainer -> float (K, H, W); each map is min-max normalised for display.
-        title: the figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    names = list(heatmaps)
-    k = images.shape[0]
-    cols = 1 + len(names)
-    head = 0.45 if title else 0.2  # inches above the panels: the figure title, then the column titles
-    fig, axes = plt.subplots(k, cols, figsize=(1.1 * cols, 1.15 * k + head), dpi=80, squeeze=False)
-    for i in range(k):
-        for j in range(cols):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(images[i])
-            if j > 0:
-                h = np.asarray(heatmaps[names[j - 1]][i], dtype=np.float32)
-                lo, hi = np.nanmin(h), np.nanmax(h)
-                h = (h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)
-                ax.imshow(h, cmap="jet", alpha=0.55, vmin=0, vmax=1)
-            if masks[i].any():
-                ax.contour(masks[i].astype(np.float32), levels=[0.5], colors="white", linewidths=0.7)
-            if i == 0:
-                ax.set_title("image" if j == 0 else names[j - 1], fontsize=7)
-    height = 1.15 * k + head
-    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - (head - 0.2) / height))
-    if title:
-        fig.suptitle(title, fontsize=9, y=1 - 0.06 / height, va="top")
-    _save(fig, path)
-
-
-def plot_part_attribution(
-    path: str | os.PathLike[str],
-    parts: Sequence[str],
-    normalised: Mapping[str, Sequence[Optional[float]]],
-    discriminative: Sequence[str] = (),
-    title: str = "",
-) -> None:
-    """Grouped bars on a log axis: per part, each explainer's chance-normalised attribution.
-
-    The value of a part is its mean share of positive attribution divided by its share of the image
-    area (:func:`an8flower.eval.metrics.part_attribution`): 1 (the dashed line) is what a uniform
-    heatmap gets; a faithful explainer rises above it on the discriminative parts only. Values
-    are clipped to [0.01, 100] for display.
-
-    Args:
-        path: the PNG to write.
-        parts: part names (x axis).
-        normalised: explainer -> mean normalised share per part (None where undefined).
-        discriminative: parts whose colour decides the class (their labels are starred).
-        title: the figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    names = list(normalised)
-    x = np.arange(len(parts))
-    width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(7.2, 1.1 * len(parts) + 3), 4.4), dpi=100)
-    styles = series_styles(names)
-    for i, expl in enumerate(names):
-        vals = np.array([np.nan if v is None else v for v in normalised[expl]], dtype=np.float64)
-        st = styles[expl]
-        ax.bar(x - 0.4 + (i + 0.5) * width, np.clip(vals, 0.01, 100), width, label=expl, color=st["color"],
-               hatch=st["hatch"] or None, edgecolor="white", linewidth=0.3)
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylim(0.01, 100)
-    ax.set_xticks(x)
-    ax.set_xticklabels([f"{p}*" if p in discriminative else p for p in parts], fontsize=8)
-    ax.set_ylabel("attribution share / area share")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title + ("  (* = discriminative part; 1 = chance)" if discriminative else "  (1 = chance)"), fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig: Any, path: str | os.PathLike[str]) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 def write_report(
@@ -783,6 +569,8 @@ def _write_reliance_csv(out_dir: str, tables: Sequence[Mapping[str, Any]]) -> li
 
 def _write_plots(out_dir: str, cells: Sequence[Mapping[str, Any]], tables: Sequence[Mapping[str, Any]],
                  examples: Mapping[tuple, Mapping[str, Any]]) -> list[str]:
+    from an8flower.eval import figures
+
     files = []
     for t in tables:
         key = tuple(t[k] for k in GROUP_KEYS)
@@ -794,22 +582,23 @@ def _write_plots(out_dir: str, cells: Sequence[Mapping[str, Any]], tables: Seque
                   for c in group if c["metric"] == "iou_auc" and (c.get("extra") or {}).get("curve")}
         if curves:
             name = f"iou_curves_{slug}.png"
-            plot_iou_curves(os.path.join(out_dir, name), {e: curves[e] for e in order if e in curves}, what)
+            figures.plot_curves(os.path.join(out_dir, name), {e: curves[e] for e in order if e in curves},
+                                "threshold on the min-max normalised heatmap", "mean IoU with the mask", what)
             files.append(name)
         pt = t["meta"].get("part_table")
         if pt and pt["normalised"]:
             name = f"part_attribution_{slug}.png"
-            plot_part_attribution(os.path.join(out_dir, name), pt["parts"], pt["normalised"], pt.get("discriminative", []), what)
+            figures.plot_part_bars(os.path.join(out_dir, name), pt["parts"], pt["normalised"],
+                                   pt.get("discriminative", []), what)
             files.append(name)
         if t["meta"].get("reliance"):
             name = f"reliance_{slug}.png"
-            plot_reliance(os.path.join(out_dir, name), t["meta"]["reliance"], what)
+            figures.plot_reliance(os.path.join(out_dir, name), t["meta"]["reliance"], what)
             files.append(name)
         ex = examples.get(key)
         if ex and ex.get("heatmaps"):
             hm = ex["heatmaps"]
-            name = f"examples_{slug}.png"
-            plot_examples(os.path.join(out_dir, name), np.asarray(ex["images"]), np.asarray(ex["masks"]),
-                          {e: hm[e] for e in order if e in hm}, what)
-            files.append(name)
+            files += figures.plot_examples(os.path.join(out_dir, f"examples_{slug}.png"), np.asarray(ex["images"]),
+                                           np.asarray(ex["masks"]), {e: hm[e] for e in order if e in hm},
+                                           ex.get("labels"), ex.get("predictions"), what)
     return files

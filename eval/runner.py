@@ -410,8 +410,8 @@ class _Run:
             keep = torch.arange(len(test)) if config.all_images else (pred == labels).nonzero().flatten()
             if config.max_images is not None:
                 keep = keep[: config.max_images]
-            decided = (accuracy, keep.tolist())
-        accuracy, kept = world.broadcast(decided, "the scored images")
+            decided = (accuracy, keep.tolist(), pred[keep].tolist())
+        accuracy, kept, predicted = world.broadcast(decided, "the scored images")
         keep = torch.tensor(kept, dtype=torch.long)
         self.timer.add("metrics", time.perf_counter() - t0)
         image_ids = [test.ids[i] for i in keep.tolist()]
@@ -434,7 +434,8 @@ class _Run:
         n_ex = min(config.examples, len(keep))
         ex = {"images": test.images[keep[:n_ex]].permute(0, 2, 3, 1).numpy(),
               "masks": test.masks[keep[:n_ex]].numpy() if test.masks is not None else np.zeros((n_ex, data.size, data.size), bool),
-              "heatmaps": {}}
+              "labels": [data.classes[i] for i in test.labels[keep[:n_ex]].tolist()],
+              "predictions": [data.classes[i] for i in predicted[:n_ex]], "heatmaps": {}}
         self.examples[group] = ex
         self.group_configs[group] = {"_config": self._cell_config(data, image_ids, mhash, ORACLE, {}, None),
                                      "image_ids": image_ids, "n_ex": n_ex, "size": data.size,

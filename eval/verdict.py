@@ -380,14 +380,17 @@ def summary_markdown(tables: Sequence[Mapping[str, Any]], md_cell: Any = str) ->
             lines += [f"**Not meaningful**: {v['reason']}.", ""]
             continue
         fams = list(v["families"])
-        lines.append("| # | explainer | overall rank [95%] | " + " | ".join(fams) + " | marks |")
-        lines.append("|--:|:--|--:|" + "|".join(["--:"] * len(fams)) + "|:--|")
+        if not fams:
+            lines += ["No counted column (each is flagged, hidden or in no family): no ranking.", ""]
+        head = ["#", "explainer", "overall rank [95%]"] + fams + ["marks"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["--:", ":--", "--:"] + ["--:"] * len(fams) + [":--"]) + "|")
         for r in v["rows"]:
             ci = r["rank_ci"] or [None, None]
             rank = _fmt_rank(r["rank"]) + ("" if ci[0] is None else f" [{ci[0]:.1f}, {ci[1]:.1f}]")
-            lines.append(f"| {r['position']} | {md_cell(r['explainer'])} | {rank} | "
-                         + " | ".join(_fmt_rank(r["families"].get(f)) for f in fams)
-                         + f" | {md_cell(', '.join(r['marks']))} |")
+            cells = [str(r["position"]), md_cell(r["explainer"]), rank]
+            cells += [_fmt_rank(r["families"].get(f)) for f in fams] + [md_cell(", ".join(r["marks"]))]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if v["excluded"]:
             lines += ["Not counted: " + "; ".join(f"`{md_cell(m)}` ({why})" for m, why in v["excluded"].items()) + ".",
