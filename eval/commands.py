@@ -188,6 +188,9 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="I/N",
                    help="compute only shard I of N (1-based) of every cell into --out, for schedulers without "
                         "torch.distributed; then `an8flower leaderboard merge` the N folders")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="score images that a checkpoint's model card says were in its training or validation split "
+                        "(refused otherwise; every report says so)")
     p.add_argument("--fresh", action="store_true",
                    help="recompute every requested cell instead of reading the cache in --out (trained models are reused)")
     p.add_argument("--list", action="store_true", help="list the explainers and metrics, then exit")
@@ -335,7 +338,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
     try:
         summary = run_leaderboard(config, command=["an8flower"] + sys.argv[1:] if sys.argv else None,
                                   progress=False if args.quiet else None, fresh=args.fresh,
-                                  shard=parse_shard(args.shard))
+                                  shard=parse_shard(args.shard), allow_overlap=args.allow_overlap)
     except RankLost as exc:
         print(f"an8flower: error: {exc}; rerun the same command to resume from the cache", file=sys.stderr)
         return 3
