@@ -382,8 +382,8 @@ def summary_markdown(tables: Sequence[Mapping[str, Any]], md_cell: Any = str) ->
         fams = list(v["families"])
         if not fams:
             lines += ["No counted column (each is flagged, hidden or in no family): no ranking.", ""]
-        head = ["#", "explainer", "overall rank [95%]"] + fams + ["marks"]
-        lines.append("| " + " | ".join(head) + " |")
+        columns = ["#", "explainer", "overall rank [95%]"] + fams + ["marks"]
+        lines.append("| " + " | ".join(columns) + " |")
         lines.append("|" + "|".join(["--:", ":--", "--:"] + ["--:"] * len(fams) + [":--"]) + "|")
         for r in v["rows"]:
             ci = r["rank_ci"] or [None, None]
