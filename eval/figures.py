@@ -2,8 +2,8 @@
 
 * :func:`overlay`: an image with a heatmap over it and the mask outlined, as uint8 RGB (the PNG
   figures and the HTML page both use it).
-* :data:`PALETTE`: eight series styles, each a colour *and* a dash pattern of its own (Paul Tol's
-  "bright" scheme plus black; colour-blind safe, and the dashes tell lines apart in grey print).
+* :data:`PALETTE`: eight series styles, each a colour *and* a dash pattern of its own (after Paul
+  Tol's colour-blind safe schemes; the dashes tell lines apart in grey print).
   A panel never holds more than :data:`MAX_SERIES` series: longer lists are split into panels
   (:func:`panels`).
 * :func:`plot_examples`: pages of at most :data:`MAX_SERIES` explainers; per image its class and
@@ -41,29 +41,33 @@ __all__ = [
 
 #: At most this many series in one panel, and explainers on one page of examples.
 MAX_SERIES = 8
-#: Eight series styles: (colour, matplotlib dash pattern). Colours: Paul Tol's "bright" (7) and black.
+#: Eight series styles: (colour, matplotlib dash pattern). Colours: Paul Tol's "bright" scheme without
+#: its grey (greys are the reference rows'), his "vibrant" orange, and black.
 PALETTE: tuple[tuple[str, Any], ...] = (
     ("#4477AA", "-"), ("#EE6677", (0, (5, 2))), ("#228833", (0, (1, 1.5))), ("#CCBB44", (0, (6, 2, 1, 2))),
-    ("#66CCEE", (0, (3, 1, 1, 1, 1, 1))), ("#AA3377", (0, (8, 3))), ("#000000", (0, (2, 2))),
-    ("#BBBBBB", (0, (4, 1, 1, 1))),
+    ("#66CCEE", (0, (3, 1, 1, 1, 1, 1))), ("#AA3377", (0, (8, 3))), ("#EE7733", (0, (4, 1, 1, 1))),
+    ("#000000", (0, (2, 2))),
 )
 #: Reference rows in every panel: the ceiling and chance, in greys.
-REFERENCE_STYLES: dict[str, tuple[str, Any]] = {"oracle": ("#555555", (0, (1, 1))), "random": ("#999999", (0, (4, 2)))}
+REFERENCE_STYLES: dict[str, tuple[str, Any]] = {"oracle": ("#888888", (0, (1, 1))), "random": ("#AAAAAA", (0, (4, 2)))}
 #: The colour map of heatmaps (perceptually ordered, dark = low).
 CMAP = "inferno"
 _REFERENCES = ("oracle", "random", "centre")
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, mask: Optional[np.ndarray] = None, alpha: float = 0.6) -> np.ndarray:
-    """The image with the min-max normalised heatmap over it in :data:`CMAP`, the mask outlined in white.
+def overlay(image: np.ndarray, heatmap: np.ndarray, mask: Optional[np.ndarray] = None, alpha: float = 0.85) -> np.ndarray:
+    """The heatmap in :data:`CMAP` over a faded grey copy of the image, the mask outlined in white.
 
-    ``out = (1 - alpha * h) * image + alpha * h * cmap(h)`` per pixel, ``h`` the heatmap scaled to
-    [0, 1] (a constant map: 0, the image shows through): relevant pixels take the map's colour,
-    irrelevant ones keep the image. The outline is the mask's pixels with a 4-neighbour outside it.
+    ``h`` is the heatmap scaled to [0, 1] by its minimum and its 99th percentile (clipped: one
+    extreme pixel does not make the rest of a sparse gradient map invisible; a constant map is 0);
+    the image is shown as ``g = 0.4 + 0.5 * luminance`` (Rec. 601 weights) so that the map's colours
+    stand out on any flower; per pixel ``out = (1 - alpha * h) * g + alpha * h * cmap(h)``: relevant
+    pixels take the map's colour, irrelevant ones keep the faded image. The outline is the mask's
+    pixels with a 4-neighbour outside it. A heatmap of zeros gives the faded image alone.
 
     Args:
         image: uint8 (H, W, 3). heatmap: float (H, W). mask: bool (H, W) or None.
-        alpha: the heatmap's opacity at its maximum.
+        alpha: the heatmap's opacity where it is most relevant.
 
     Returns:
         uint8 (H, W, 3).
@@ -71,12 +75,18 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, mask: Optional[np.ndarray] =
     from matplotlib import colormaps
 
     h = np.asarray(heatmap, dtype=np.float64)
-    h = np.where(np.isfinite(h), h, np.nan)
-    lo, hi = np.nanmin(h) if np.isfinite(h).any() else 0.0, np.nanmax(h) if np.isfinite(h).any() else 0.0
-    h = np.nan_to_num((h - lo) / (hi - lo)) if hi > lo else np.zeros_like(h)
+    finite = np.isfinite(h)
+    if finite.any():
+        lo, hi = float(h[finite].min()), float(np.percentile(h[finite], 99))
+        hi = hi if hi > lo else float(h[finite].max())
+        h = np.clip(np.nan_to_num((h - lo) / (hi - lo)), 0.0, 1.0) if hi > lo else np.zeros_like(h)
+    else:
+        h = np.zeros_like(h)
     colour = colormaps[CMAP](h)[..., :3]
+    rgb = np.asarray(image, dtype=np.float64) / 255.0
+    grey = 0.4 + 0.5 * (rgb @ np.array([0.299, 0.587, 0.114]))[..., None]
     w = alpha * h[..., None]
-    out = (1.0 - w) * (np.asarray(image, dtype=np.float64) / 255.0) + w * colour
+    out = (1.0 - w) * grey + w * colour
     if mask is not None and np.asarray(mask).any():
         m = np.asarray(mask, dtype=bool)
         inner = m.copy()
@@ -172,22 +182,23 @@ def plot_examples(
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if j == 0:
-                    ax.imshow(overlay(images[i], np.zeros(images.shape[1:3]), masks[i]))
-                    text = []
-                    if labels is not None:
-                        text.append(f"class {labels[i]}")
+                    ax.imshow(images[i])
+                    if masks[i].any():
+                        ax.contour(masks[i].astype(np.float32), levels=[0.5], colors="white", linewidths=0.8)
+                    text = [] if labels is None else ["class", _wrap(labels[i])]
+                    wrong = predictions is not None and labels is not None and predictions[i] != labels[i]
                     if predictions is not None:
-                        text.append(f"pred. {predictions[i]}")
-                    ax.set_ylabel("\n".join(text), fontsize=7)
+                        text += ["predicted", _wrap(predictions[i])]
+                    ax.set_ylabel("\n".join(text), fontsize=6.5, color="#B00000" if wrong else "black")
                 else:
                     ax.imshow(overlay(images[i], heatmaps[page[j - 1]][i], masks[i]))
                 if i == 0:
                     ax.set_title("image" if j == 0 else _wrap(page[j - 1]), fontsize=7)
-        fig.subplots_adjust(left=0.06, right=0.9, top=1 - 0.55 / (1.55 * k + 0.7), bottom=0.02, wspace=0.05,
+        fig.subplots_adjust(left=0.07, right=0.9, top=1 - 0.55 / (1.55 * k + 0.7), bottom=0.02, wspace=0.05,
                             hspace=0.05)
         cax = fig.add_axes((0.92, 0.15, 0.015, 0.6))
         bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps[CMAP]), cax=cax)
-        bar.set_label("relevance (min-max per map)", fontsize=7)
+        bar.set_label("relevance (per map: min to 99th percentile)", fontsize=7)
         bar.ax.tick_params(labelsize=6)
         head = title + (f"  (page {p} of {len(pages)})" if len(pages) > 1 else "")
         if head:
@@ -199,13 +210,18 @@ def plot_examples(
 
 
 def _wrap(name: str, width: int = 16) -> str:
-    """A long explainer name on two lines, cut after its library prefix when it has one."""
+    """``name`` on two lines when longer than ``width``: cut after its library prefix (``lib:``) or
+    after the ``_`` nearest its middle."""
     if len(name) <= width:
         return name
     if ":" in name:
         lib, rest = name.split(":", 1)
         return f"{lib}:\n{rest}"
-    return name[:width] + "\n" + name[width:]
+    cuts = [i for i, c in enumerate(name) if c == "_"]
+    if not cuts:
+        return name
+    at = min(cuts, key=lambda i: abs(i - len(name) / 2))
+    return name[: at + 1] + "\n" + name[at + 1 :]
 
 
 def _grid(n: int, plt: Any, width: float = 4.2, height: float = 3.0) -> tuple[Any, np.ndarray]:
@@ -237,7 +253,11 @@ def plot_curves(
     groups = panels(list(curves))
     fig, axes = _grid(len(groups), plt)
     refs = [r for r in REFERENCE_STYLES if r in curves]
+    start = 1
     for ax, group in zip(axes.flat, groups):
+        if len(groups) > 1:
+            ax.set_title(f"explainers {start}-{start + len(group) - 1} in table order", fontsize=8)
+            start += len(group)
         styles = series_styles(refs + group)
         for name in refs + group:
             x, y = curves[name]
@@ -276,7 +296,11 @@ def plot_part_bars(
     groups = panels([n for n in normalised if n != "oracle"])
     fig, axes = _grid(len(groups), plt, width=max(4.2, 0.75 * len(parts) + 1.2))
     x = np.arange(len(parts))
+    start = 1
     for ax, group in zip(axes.flat, groups):
+        if len(groups) > 1:
+            ax.set_title(f"explainers {start}-{start + len(group) - 1} in table order", fontsize=8)
+            start += len(group)
         styles = series_styles(group)
         width = 0.8 / max(len(group), 1)
         for i, name in enumerate(group):

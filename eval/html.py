@@ -91,7 +91,7 @@ def _summary(t: Mapping[str, Any]) -> list[str]:
             '<th data-type="num" data-hib="0" title="mean of the family ranks; lower is better">overall rank</th>']
     head += [f'<th data-type="num" data-hib="0" data-family="{_e(f)}" title="mean rank over the {_e(f)} columns: '
              f'{_e(", ".join(v["families"][f]))}">{_e(f)}</th>' for f in fams]
-    head.append('<th data-type="text">marks</th>')
+    head.append('<th data-type="text" class="marks">marks</th>')
     out += ['<table class="sortable summary">', "<thead><tr>" + "".join(head) + "</tr></thead>", "<tbody>"]
     for r in v["rows"]:
         lo, hi = r["rank_ci"] or (None, None)
@@ -275,7 +275,7 @@ th{background:#f0f0f0;cursor:pointer;position:sticky;top:0;user-select:none;font
 th[aria-sort=descending]::after{content:" \\25BC";font-size:10px}th[aria-sort=ascending]::after{content:" \\25B2";font-size:10px}
 td.name,th:first-child{text-align:left;position:sticky;left:0;background:#fff;z-index:1}
 th:first-child{background:#f0f0f0}
-table.summary td:nth-child(2),table.summary th:nth-child(2),td.marks{text-align:left}
+table.summary td:nth-child(2),table.summary th:nth-child(2),.marks{text-align:left}
 td.ref{font-style:italic;color:#555}td.best{font-weight:700}td.muted{color:#999}td.err{color:#b00}
 th.flagged{color:#8a5a00}.ci{color:#777;font-size:12px}
 .mark{display:inline-block;font-size:11px;padding:0 5px;border-radius:8px;background:#eee;color:#333;margin-left:3px;

@@ -20,25 +20,29 @@ from an8flower.eval.figures import (
 )
 
 
-def test_overlay_blends_by_relevance_and_outlines_the_mask() -> None:
+def test_overlay_blends_by_relevance_over_the_faded_image_and_outlines_the_mask() -> None:
     image = np.full((5, 5, 3), 100, np.uint8)
     heat = np.zeros((5, 5))
-    heat[0, 0] = 2.0  # the maximum: normalised to 1
-    heat[0, 1] = 1.0  # half
+    heat[0, 0] = 2.0  # above the 99th percentile: clipped to 1
+    heat[0, 1] = 1.0
     mask = np.zeros((5, 5), bool)
     mask[1:4, 1:4] = True
-    out = overlay(image, heat, mask, alpha=0.6)
-    top = np.array(colormaps[CMAP](1.0)[:3])
-    half = np.array(colormaps[CMAP](0.5)[:3])
-    np.testing.assert_array_equal(out[0, 0], np.round(255 * (0.4 * 100 / 255 + 0.6 * top)).astype(np.uint8))
-    np.testing.assert_array_equal(out[0, 1], np.round(255 * (0.7 * 100 / 255 + 0.3 * half)).astype(np.uint8))
-    # zero relevance: the image shows through; the outline is the mask's border ring, the centre untouched
-    assert (out[4, 4] == 100).all() and (out[2, 2] == 100).all()
+    out = overlay(image, heat, mask, alpha=0.8)
+    grey = 0.4 + 0.5 * 100 / 255  # luminance of a grey pixel is its value
+    q99 = np.percentile(heat, 99)  # 1.76 for 23 zeros, a 1 and a 2
+    h01 = 1.0 / q99
+    expect00 = 0.2 * grey + 0.8 * np.array(colormaps[CMAP](1.0)[:3])
+    expect01 = (1 - 0.8 * h01) * grey + 0.8 * h01 * np.array(colormaps[CMAP](h01)[:3])
+    np.testing.assert_array_equal(out[0, 0], np.round(255 * expect00).astype(np.uint8))
+    np.testing.assert_array_equal(out[0, 1], np.round(255 * expect01).astype(np.uint8))
+    # zero relevance: the faded image; the outline is the mask's border ring, the centre untouched
+    faded = round(255 * grey)
+    assert (out[4, 4] == faded).all() and (out[2, 2] == faded).all()
     ring = mask.copy()
     ring[2, 2] = False
-    assert (out[ring] == 255).all() and out[~mask & (heat == 0)].max() == 100
-    # a constant map carries no relevance: the image alone
-    np.testing.assert_array_equal(overlay(image, np.ones((5, 5))), image)
+    assert (out[ring] == 255).all()
+    # a constant map carries no relevance: the faded image alone
+    np.testing.assert_array_equal(overlay(image, np.ones((5, 5))), np.full((5, 5, 3), faded, np.uint8))
 
 
 def test_panels_hold_at_most_eight_series_with_distinct_colour_and_dash() -> None:
