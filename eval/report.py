@@ -335,7 +335,7 @@ def leaderboard_markdown(
         lines += _duplicate_markdown(t.get("duplicates", []))
         parts = meta.get("part_table")
         if parts:
-            lines += _part_markdown(parts) + [""]
+            lines += _part_markdown(parts, marks) + [""]
         if meta.get("reliance"):
             lines += reliance_markdown(meta["reliance"]) + [""]
     lines += seed_markdown(seed_stability(tables, metric_info), metric_info,
@@ -422,7 +422,7 @@ def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequenc
     return lines
 
 
-def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
+def _part_markdown(parts: Mapping[str, Any], marks: Optional[Mapping[str, Sequence[str]]] = None) -> list[str]:
     names = parts["parts"]
     disc = set(parts.get("discriminative", []))
     head = [f"**{md_cell(p)}**" if p in disc else md_cell(p) for p in names]
@@ -434,7 +434,8 @@ def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
         "|:--|" + "|".join(["--:"] * len(names)) + "|",
     ]
     for expl, values in parts["normalised"].items():
-        lines.append(f"| {md_cell(expl)} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in values) + " |")
+        label = md_cell(expl) + (f" ({md_cell(', '.join(marks[expl]))})" if marks and marks.get(expl) else "")
+        lines.append(f"| {label} | " + " | ".join("n/a" if v is None else f"{v:.2f}" for v in values) + " |")
     return lines
 
 

@@ -171,7 +171,8 @@ def colour_range():
 def test_maps_that_ignore_the_model_fail_the_sanity_gate(tmp_path, colour_range) -> None:
     torch.manual_seed(0)
     config = RunConfig(out=str(tmp_path / "r"), explainers=["oracle", "gradient", colour_range, "centre", "random"],
-                       metrics=["iou_auc", "randomisation"], batch_size=9, plots=False, model_metric_images=9)
+                       metrics=["iou_auc", "randomisation", "part_attribution"], batch_size=9, plots=False,
+                       model_metric_images=9)
     summary = run_leaderboard(config, datasets=[squares()], models={"detector": ColourDetector()}, progress=False)
     table = json.loads((tmp_path / "r" / "leaderboard.json").read_text())["tables"][0]
     rows = {r["explainer"]: r for r in table["verdict"]["rows"]}
@@ -181,4 +182,7 @@ def test_maps_that_ignore_the_model_fail_the_sanity_gate(tmp_path, colour_range)
     # the colour range follows the squares well, yet it is ranked after gradient
     order = [r["explainer"] for r in table["verdict"]["rows"]]
     assert order[0] == "gradient" and set(order[1:]) == {colour_range, "centre", "random"}
-    assert f"{colour_range} (fails sanity)" in summary.markdown
+    # marked in the summary, the full table and the part table
+    assert f"| {colour_range} (fails sanity) |" in summary.markdown
+    assert summary.markdown.count(f"| {colour_range} (fails sanity) |") == 2
+    assert f"| {colour_range} | " in summary.markdown and "| fails sanity |" in summary.markdown
