@@ -136,6 +136,8 @@ def _full(t: Mapping[str, Any], metric_info: Mapping[str, Mapping[str, Any]]) ->
     for key, label in (("warning", "Warning"), ("leakage", "Leakage")):
         if facts.get(key):
             out.append(f'<p class="notice"><b>{label}</b>: {_e(facts[key])}.</p>')
+    if t.get("verdict") and not t["verdict"]["meaningful"]:
+        out.append(f'<p class="notice"><b>Not meaningful</b>: {_e(t["verdict"]["reason"])}.</p>')
     head = ['<th data-type="text">explainer</th>']
     for m in shown:
         info = metric_info.get(m, {})

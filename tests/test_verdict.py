@@ -10,6 +10,7 @@ import torch
 from an8flower.baselines import Explainer
 from an8flower.baselines import base as registry
 from an8flower.eval.config import RunConfig
+from an8flower.eval.html import leaderboard_html
 from an8flower.eval.metaeval import annotate_tables, bootstrap_means
 from an8flower.eval.report import leaderboard_markdown, leaderboard_tables, write_report
 from an8flower.eval.runner import run_leaderboard
@@ -126,6 +127,9 @@ def test_not_meaningful_board_gets_no_ranking_but_keeps_its_marks() -> None:
     full = leaderboard_markdown([t], INFO)
     meta_rows = [line for line in full.splitlines() if line.startswith("| IoU-AUC |")]
     assert meta_rows and all("not meaningful" in line for line in meta_rows)
+    assert full.count("**Not meaningful**: test accuracy 25.0%") == 2  # the summary and the table
+    page = leaderboard_html([t], INFO)
+    assert page.count("<b>Not meaningful</b>: test accuracy 25.0%") == 2 and 'sortable summary' not in page
 
 
 def test_class_blind_is_marked_when_contrastivity_is_undefined_on_every_image() -> None:
