@@ -10,8 +10,8 @@ verdict, :mod:`an8flower.eval.verdict`):
   explainer library; the confidence interval, ``n`` and any flag of a cell in its tooltip (the
   ``title`` attribute);
 * the legend beside the tables (how the summary ranks, what each column measures);
-* per explainer its example maps (:func:`an8flower.eval.figures.overlay`, PNG inline as base64),
-  shown at twice their size up to 128 px.
+* per explainer its example maps on the first three images (:func:`an8flower.eval.figures.overlay`,
+  PNG inline as base64), shown at twice their size up to 128 px.
 
 Nothing is fetched from the network; the bytes depend only on the tables and examples.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 import re
 from typing import Any, Mapping, Optional, Sequence
@@ -41,16 +42,20 @@ def library_of(explainer: str) -> str:
 
 def example_strip(images: np.ndarray, masks: np.ndarray, heatmaps: np.ndarray, gap: int = 2) -> bytes:
     """PNG bytes of one explainer's example maps side by side (:func:`an8flower.eval.figures.overlay`),
-    ``gap`` white pixels apart."""
-    from an8flower.eval.figures import overlay
+    ``gap`` white pixels apart, reduced to a 128-colour palette (median cut, no dithering: the
+    same pixels give the same bytes) so that a page of 50 explainers stays a few megabytes."""
+    from PIL import Image
 
-    from an8flower.png import encode_png
+    from an8flower.eval.figures import overlay
 
     k, h, w = heatmaps.shape
     strip = np.full((h, k * w + (k - 1) * gap, 3), 255, np.uint8)
     for i in range(k):
         strip[:, i * (w + gap) : i * (w + gap) + w] = overlay(images[i], heatmaps[i], masks[i])
-    return encode_png(strip, "image")
+    buf = io.BytesIO()
+    Image.fromarray(strip).quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        buf, format="PNG", optimize=True)
+    return buf.getvalue()
 
 
 def _e(text: Any) -> str:
@@ -182,7 +187,7 @@ def _examples(t: Mapping[str, Any], ex: Optional[Mapping[str, Any]]) -> list[str
     if not ex or not ex.get("heatmaps"):
         return []
     images, masks = np.asarray(ex["images"]), np.asarray(ex["masks"])
-    k = min(4, images.shape[0])
+    k = min(3, images.shape[0])
     side = int(images.shape[1])
     shown = min(128, 2 * side)
     marks = {r["explainer"]: r["marks"] for r in (t.get("verdict") or {}).get("rows", [])}
@@ -193,7 +198,7 @@ def _examples(t: Mapping[str, Any], ex: Optional[Mapping[str, Any]]) -> list[str
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         badge = "".join(f' <span class="mark">{_e(m)}</span>' for m in marks.get(name, []))
         out.append(f'<figure data-library="{_e(library_of(name))}"><img src="{uri}" alt="{_e(name)} example maps" '
-                   f'height="{shown}" width="{k * shown + (k - 1) * 2}"><figcaption>{_e(name)}{badge}</figcaption></figure>')
+                   f'height="{shown}" width="{round((k * side + (k - 1) * 2) * shown / side)}"><figcaption>{_e(name)}{badge}</figcaption></figure>')
     return out + ["</div>", "</div>"]
 
 
@@ -252,8 +257,9 @@ def leaderboard_html(
     ex_parts = [line for t in tables for line in _examples(t, examples.get(tuple(t[k] for k in keys)))]
     if ex_parts:
         body += ['<section id="examples"><h2>Example maps</h2>',
-                 '<p class="small">The first images scored, each map min-max normalised, over the image '
-                 '(dark = low, bright = high relevance); the mask outlined in white.</p>'] + ex_parts + ["</section>"]
+                 '<p class="small">The first images scored. Each map is scaled from its minimum to its 99th '
+                 'percentile and drawn over a faded grey copy of the image (dark red = low, bright yellow = '
+                 'high relevance); the mask is outlined in white.</p>'] + ex_parts + ["</section>"]
     body += ["</main>", '<aside class="legend"><h2>Legend</h2>', "<h3>How the summary ranks</h3>",
              "<ul>" + "".join(legend) + "</ul>", "<h3>Columns</h3>", '<ul id="columns">' + "".join(columns) + "</ul>",
              "</aside></div>", f"<script>{_JS}</script>", "</body>", "</html>"]
@@ -263,6 +269,7 @@ def leaderboard_html(
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fff}
 header{padding:10px 16px;border-bottom:1px solid #ddd;position:sticky;top:0;background:#fafafa;z-index:2}
+section{scroll-margin-top:110px}
 h1{font-size:20px;margin:0 0 6px}h2{font-size:17px;margin:18px 0 6px}h3{font-size:14px;margin:14px 0 4px}
 .filters{display:flex;flex-wrap:wrap;gap:12px;align-items:center}.filters select{font:inherit}
 .layout{display:flex;gap:16px;padding:0 16px;align-items:flex-start}

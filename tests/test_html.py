@@ -49,6 +49,7 @@ def test_page_is_self_contained_and_deterministic(tmp_path) -> None:
     for needle in ("http://", "https://", "<link rel=\"stylesheet\"", "<script src"):
         assert needle not in page
     assert page.count("data:image/png;base64,") == 2 * 7  # one strip per explainer and board
+    assert page.count('height="64" width="200"') == 2 * 7  # three 32 px maps, 2 px apart, at twice their size
     assert page.index('id="summary"') < page.index('id="tables"') < page.index('id="examples"')
 
 
