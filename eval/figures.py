@@ -32,6 +32,7 @@ __all__ = [
     "CMAP",
     "overlay",
     "panels",
+    "save_figure",
     "series_styles",
     "plot_examples",
     "plot_curves",
@@ -66,7 +67,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, mask: Optional[np.ndarray] =
     pixels with a 4-neighbour outside it. A heatmap of zeros gives the faded image alone.
 
     Args:
-        image: uint8 (H, W, 3). heatmap: float (H, W). mask: bool (H, W) or None.
+        image: uint8 (H, W, 3), or (H, W, 1) / (H, W) grey. heatmap: float (H, W). mask: bool (H, W) or None.
         alpha: the heatmap's opacity where it is most relevant.
 
     Returns:
@@ -84,7 +85,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, mask: Optional[np.ndarray] =
         h = np.zeros_like(h)
     colour = colormaps[CMAP](h)[..., :3]
     rgb = np.asarray(image, dtype=np.float64) / 255.0
-    grey = 0.4 + 0.5 * (rgb @ np.array([0.299, 0.587, 0.114]))[..., None]
+    lum = rgb @ np.array([0.299, 0.587, 0.114]) if rgb.ndim == 3 and rgb.shape[-1] == 3 else rgb.reshape(h.shape)
+    grey = 0.4 + 0.5 * lum[..., None]
     w = alpha * h[..., None]
     out = (1.0 - w) * grey + w * colour
     if mask is not None and np.asarray(mask).any():
@@ -127,7 +129,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write a matplotlib figure as PNG to ``path`` atomically, without a timestamp, and close it."""
     from an8flower.eval.report import atomic_write
 
     plt = _pyplot()
@@ -135,6 +138,11 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> None:
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     atomic_write(path, buf.getvalue())
+
+
+def _show(image: np.ndarray) -> tuple[np.ndarray, Optional[str]]:
+    """An image for ``imshow`` and its colour map: a one-channel image as grey."""
+    return (image[..., 0], "gray") if image.ndim == 3 and image.shape[-1] == 1 else (image, None)
 
 
 def plot_examples(
@@ -182,7 +190,8 @@ def plot_examples(
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if j == 0:
-                    ax.imshow(images[i])
+                    picture, cmap = _show(images[i])
+                    ax.imshow(picture, cmap=cmap)
                     if masks[i].any():
                         ax.contour(masks[i].astype(np.float32), levels=[0.5], colors="white", linewidths=0.8)
                     text = [] if labels is None else ["class", _wrap(labels[i])]
@@ -204,7 +213,7 @@ def plot_examples(
         if head:
             fig.suptitle(head, fontsize=9, y=0.995, va="top")
         out = os.fspath(path) if p == 1 else f"{base}_{p}{ext}"
-        _save(fig, out)
+        save_figure(fig, out)
         written.append(os.path.basename(out))
     return written
 
@@ -274,7 +283,7 @@ def plot_curves(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_part_bars(
@@ -323,7 +332,7 @@ def plot_part_bars(
     fig.suptitle(title + ("  (* = discriminative part, shaded; 1 = chance)" if discriminative else "  (1 = chance)"),
                  fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_reliance(path: str | os.PathLike[str], rel: Mapping[str, Any], title: str = "") -> None:
@@ -357,4 +366,4 @@ def plot_reliance(path: str | os.PathLike[str], rel: Mapping[str, Any], title: s
     ax.set_title(f"{title}  (* = discriminative; n = {rel['n_images']})", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -43,6 +43,8 @@ def test_overlay_blends_by_relevance_over_the_faded_image_and_outlines_the_mask(
     assert (out[ring] == 255).all()
     # a constant map carries no relevance: the faded image alone
     np.testing.assert_array_equal(overlay(image, np.ones((5, 5))), np.full((5, 5, 3), faded, np.uint8))
+    # a one-channel image (MNIST) is its own luminance
+    np.testing.assert_array_equal(overlay(image[..., :1], heat, mask, alpha=0.8), out)
 
 
 def test_panels_hold_at_most_eight_series_with_distinct_colour_and_dash() -> None:
