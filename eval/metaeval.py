@@ -343,6 +343,8 @@ def metaeval_markdown(table: Mapping[str, Any], metric_info: Mapping[str, Mappin
         tau = "n/a" if e.get("tau") is None else f"{e['tau']:.2f} [{e['tau_ci'][0]:.2f}, {e['tau_ci'][1]:.2f}]"
         sig = "n/a" if e.get("significant_pairs") is None else f"{100 * e['significant_pairs']:.0f}% of {e['pairs']}"
         verdict = f"**flagged**: {e['flag']}" if e.get("flag") else ("n/a" if e.get("tau") is None and e.get("range") is None else "ok")
+        if (table.get("verdict") or {}).get("meaningful") is False:
+            verdict = "not meaningful (model accuracy)" + ("" if verdict in ("ok", "n/a") else f"; {verdict}")
         lines.append(md_row([md_cell(label[m]), rng, tau, sig, md_cell(verdict)]))
     lines.append("")
     return lines

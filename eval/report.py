@@ -15,9 +15,11 @@ split, seed) with the per-image scores, their mean ``value`` and count ``n``, an
   meta-evaluation of its metrics (:mod:`an8flower.eval.metaeval`): columns that cannot rank
   explainers on these images are flagged (no bold, the reason in a note), metrics that coincide
   are shown once, and with several model seeds a section of ranks across seeds;
-* PNG plots (matplotlib, Agg backend): IoU against the binarisation threshold per explainer,
-  a grid of example heatmaps over their images with the mask outlined, and the chance-normalised
-  share of positive attribution per part of the an8Flower part map;
+* PNG plots (:mod:`an8flower.eval.figures`): IoU against the binarisation threshold, pages of
+  example heatmaps over their images with the mask outlined, and the chance-normalised share of
+  positive attribution per part of the an8Flower part map, explainers in the verdict's order
+  (:mod:`an8flower.eval.verdict`), at most 8 per panel or page;
+* ``leaderboard.html`` (:mod:`an8flower.eval.html`): the same tables as one web page;
 * where the runner measured model reliance (an8Flower, :mod:`an8flower.eval.reliance`):
   ``reliance.csv`` (one row per group, part and intervention), a bar plot per group and a table
   in ``leaderboard.md``.
@@ -52,11 +54,6 @@ __all__ = [
     "legend_markdown",
     "duplicate_agreement",
     "write_report",
-    "plot_iou_curves",
-    "plot_examples",
-    "plot_part_attribution",
-    "series_styles",
-    "plot_reliance",
     "reliance_markdown",
 ]
 
@@ -237,8 +234,10 @@ def leaderboard_markdown(
     (:func:`legend_markdown`).
     """
     from an8flower.eval.metaeval import flag_suffix, hidden_metrics, metaeval_markdown, seed_markdown, seed_stability
+    from an8flower.eval.verdict import summary_markdown
 
-    lines = [f"# {title}", ""] + legend_markdown(metric_info, [m for t in tables for m in t["metrics"]])
+    lines = [f"# {title}", ""] + summary_markdown(tables, md_cell)
+    lines += legend_markdown(metric_info, [m for t in tables for m in t["metrics"]], verdict=any("verdict" in t for t in tables))
     for t in tables:
         shown = [m for m in t["metrics"] if m not in hidden_metrics(t)]
         meta = t.get("meta", {})
@@ -259,6 +258,12 @@ def leaderboard_markdown(
             lines += ["; ".join(facts) + ".", ""]
         if meta.get("warning"):
             lines += [f"**Warning:** {meta['warning']}.", ""]
+        if meta.get("leakage"):
+            lines += [f"**Leakage:** {meta['leakage']}.", ""]
+        verdict = t.get("verdict") or {}
+        if verdict and not verdict["meaningful"]:
+            lines += [f"**Not meaningful**: {verdict['reason']}.", ""]
+        marks = {r["explainer"]: r["marks"] for r in verdict.get("rows", [])}
         counts = {}
         for m in shown:
             ns = [r["scores"][m]["n"] for r in t["rows"] if m in r["scores"] and not r["scores"][m].get("error")]
@@ -277,6 +282,8 @@ def leaderboard_markdown(
         for r in t["rows"]:
             name = r["explainer"]
             label = f"*{md_cell(name)}*" if name in REFERENCE_ROWS else md_cell(name)
+            if marks.get(name):
+                label += f" ({md_cell(', '.join(marks[name]))})"
             cells = [label]
             for m in shown:
                 s = r["scores"].get(m)
@@ -295,7 +302,7 @@ def leaderboard_markdown(
         lines += _duplicate_markdown(t.get("duplicates", []))
         parts = meta.get("part_table")
         if parts:
-            lines += _part_markdown(parts) + [""]
+            lines += _part_markdown(parts, marks) + [""]
         if meta.get("reliance"):
             lines += reliance_markdown(meta["reliance"]) + [""]
     lines += seed_markdown(seed_stability(tables, metric_info), metric_info,
@@ -353,18 +360,25 @@ def _duplicate_markdown(duplicates: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequence[str]) -> list[str]:
-    """The legend of ``leaderboard.md``: how to read a table, and one line per metric shown."""
+def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequence[str], verdict: bool = False) -> list[str]:
+    """The legend of ``leaderboard.md`` as lists: how to read a table (with ``verdict``, how the
+    summary ranks: :func:`an8flower.eval.verdict.aggregation_lines`), and one line per metric shown."""
     lines = [
-        "How to read the tables: each cell is the mean over the scored images ± the half-width of its 95% "
-        "Student-t confidence interval (no ± for set-level metrics and for fewer than 2 images); ↑ / ↓: higher / "
-        "lower is better; **bold**: the best explainer of the column (reference rows excluded); *italic* rows are "
-        "references: *oracle* is the ground-truth mask used as the heatmap (the ceiling of the mask metrics), "
-        "*random* (uniform noise) and *centre* (a centred Gaussian) are chance levels; (n=...): the column was "
-        "scored on that many images only; n/a: undefined on every image (see the metric's definition); error [k]: "
-        "the explainer failed, note k under the table.",
+        "How to read the tables:",
+        "",
+        "* each cell is the mean over the scored images ± the half-width of its 95% Student-t confidence interval "
+        "(no ± for set-level metrics and for fewer than 2 images);",
+        "* ↑ / ↓: higher / lower is better; **bold**: the best explainer of the column (reference rows excluded);",
+        "* *italic* rows are references: *oracle* is the ground-truth mask used as the heatmap (the ceiling of the "
+        "mask metrics), *random* (uniform noise) and *centre* (a centred Gaussian) are chance levels;",
+        "* (n=...): the column was scored on that many images only; n/a: undefined on every image (see the metric's "
+        "definition); error [k]: the explainer failed, note k under the table.",
         "",
     ]
+    if verdict:
+        from an8flower.eval.verdict import aggregation_lines
+
+        lines += ["How the summary ranks (rows of every table follow it):", ""] + aggregation_lines() + [""]
     seen = [m for m in dict.fromkeys(shown) if m in metric_info]
     described = [m for m in seen if metric_info[m].get("description")]
     if described:
@@ -375,7 +389,7 @@ def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequenc
     return lines
 
 
-def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
+def _part_markdown(parts: Mapping[str, Any], marks: Optional[Mapping[str, Sequence[str]]] = None) -> list[str]:
     names = parts["parts"]
     disc = set(parts.get("discriminative", []))
     head = [f"**{md_cell(p)}**" if p in disc else md_cell(p) for p in names]
@@ -387,7 +401,8 @@ def _part_markdown(parts: Mapping[str, Any]) -> list[str]:
         md_rule(1, len(names)),
     ]
     for expl, values in parts["normalised"].items():
-        lines.append(md_row([md_cell(expl), *("n/a" if v is None else f"{v:.2f}" for v in values)]))
+        label = md_cell(expl) + (f" ({md_cell(', '.join(marks[expl]))})" if marks and marks.get(expl) else "")
+        lines.append(md_row([label, *("n/a" if v is None else f"{v:.2f}" for v in values)]))
     return lines
 
 
@@ -430,216 +445,6 @@ def reliance_markdown(rel: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def plot_reliance(path: str | os.PathLike[str], rel: Mapping[str, Any], title: str = "") -> None:
-    """Grouped bars: per part, the mean drop of the target probability (95% CI) under each intervention.
-
-    Args:
-        path: the PNG to write.
-        rel: a :meth:`an8flower.eval.reliance.Reliance.summary`.
-        title: the figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    by = {(r["part"], r["intervention"]): r for r in rel["rows"]}
-    parts = list(dict.fromkeys([p for p, _ in by]))
-    kinds = [("recolour", f"recolour ({rel['colour']})"), ("remove", "remove"), ("repaint", "repaint as another class")]
-    x = np.arange(len(parts))
-    width = 0.8 / len(kinds)
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(parts) + 2), 3.8), dpi=90)
-    for i, (kind, label) in enumerate(kinds):
-        vals = [by.get((p, kind), {}).get("drop") for p in parts]
-        errs = [by.get((p, kind), {}).get("ci95") for p in parts]
-        ax.bar(x - 0.4 + (i + 0.5) * width, [np.nan if v is None else v for v in vals], width,
-               yerr=[0 if e is None else e for e in errs], label=label, capsize=2)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(x)
-    disc = set(rel.get("discriminative", []))
-    ax.set_xticklabels([f"{p}*" if p in disc else p for p in parts], fontsize=8)
-    ax.set_ylabel("drop of the target probability")
-    ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{title}  (* = discriminative; n = {rel['n_images']})", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
-    fig.tight_layout()
-    _save(fig, path)
-
-
-#: Twelve colours that stay apart from each other (Paul Tol's "muted" and "bright" schemes, merged);
-#: explainers cycle through them, then through the line styles and markers, so no two of the first
-#: 12 x 4 series share a colour-style pair. Reference rows are drawn in greys with dashes.
-_SERIES_COLOURS: tuple[str, ...] = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77",
-                                    "#CC6677", "#882255", "#AA4499", "#EE6677", "#4477AA", "#EE7733")
-_SERIES_STYLES: tuple[tuple[str, str, str], ...] = (("-", "o", ""), ("-.", "s", "//"), (":", "^", ".."),
-                                                    ("--", "D", "xx"))
-_REFERENCE_STYLE: dict[str, tuple[str, str, str, str]] = {
-    "oracle": ("#000000", "--", "", ""), "random": ("#777777", "--", "", "\\\\"), "centre": ("#BBBBBB", "--", "", "--"),
-}
-
-
-def series_styles(names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Per explainer name: ``color``, ``linestyle``, ``marker`` and ``hatch`` for lines and bars.
-
-    Reference rows get fixed greys; the others take :data:`_SERIES_COLOURS` in order, then the next
-    line style, marker and hatch of :data:`_SERIES_STYLES`.
-    """
-    out, i = {}, 0
-    for name in names:
-        if name in _REFERENCE_STYLE:
-            color, ls, marker, hatch = _REFERENCE_STYLE[name]
-        else:
-            color = _SERIES_COLOURS[i % len(_SERIES_COLOURS)]
-            ls, marker, hatch = _SERIES_STYLES[(i // len(_SERIES_COLOURS)) % len(_SERIES_STYLES)]
-            if i >= len(_SERIES_COLOURS) * len(_SERIES_STYLES):
-                marker = ""
-            i += 1
-        out[name] = {"color": color, "linestyle": ls, "marker": marker, "hatch": hatch}
-    return out
-
-
-def plot_iou_curves(
-    path: str | os.PathLike[str],
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    title: str = "",
-) -> None:
-    """Mean IoU with the mask against the binarisation threshold, one line per explainer.
-
-    Args:
-        path: the PNG to write.
-        curves: explainer -> (thresholds, mean IoU at each threshold).
-        title: the figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.4, 4.4), dpi=100)
-    styles = series_styles(list(curves))
-    for expl, (thr, iou) in curves.items():
-        st = styles[expl]
-        iou = [np.nan if v is None else v for v in iou]
-        ax.plot(thr, iou, linestyle=st["linestyle"], color=st["color"], marker=st["marker"] or None, markersize=4,
-                markevery=3, label=expl, linewidth=1.6)
-    ax.set_xlabel("threshold on the min-max normalised heatmap")
-    ax.set_ylabel("mean IoU with the mask")
-    ax.set_ylim(0, 1.03)
-    ax.set_xlim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def plot_examples(
-    path: str | os.PathLike[str],
-    images: np.ndarray,
-    masks: np.ndarray,
-    heatmaps: Mapping[str, np.ndarray],
-    title: str = "",
-) -> None:
-    """A grid: one row per image, its picture then each explainer's heatmap over it, mask outlined.
-
-    Args:
-        path: the PNG to write.
-        images: uint8 (K, H, W, 3).
-        masks: bool (K, H, W).
-        heatmaps: explainer -> float (K, H, W); each map is min-max normalised for display.
-        title: the figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    names = list(heatmaps)
-    k = images.shape[0]
-    cols = 1 + len(names)
-    head = 0.45 if title else 0.2  # inches above the panels: the figure title, then the column titles
-    fig, axes = plt.subplots(k, cols, figsize=(1.1 * cols, 1.15 * k + head), dpi=80, squeeze=False)
-    for i in range(k):
-        for j in range(cols):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(images[i])
-            if j > 0:
-                h = np.asarray(heatmaps[names[j - 1]][i], dtype=np.float32)
-                lo, hi = np.nanmin(h), np.nanmax(h)
-                h = (h - lo) / (hi - lo) if hi > lo else np.zeros_like(h)
-                ax.imshow(h, cmap="jet", alpha=0.55, vmin=0, vmax=1)
-            if masks[i].any():
-                ax.contour(masks[i].astype(np.float32), levels=[0.5], colors="white", linewidths=0.7)
-            if i == 0:
-                ax.set_title("image" if j == 0 else names[j - 1], fontsize=7)
-    height = 1.15 * k + head
-    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - (head - 0.2) / height))
-    if title:
-        fig.suptitle(title, fontsize=9, y=1 - 0.06 / height, va="top")
-    _save(fig, path)
-
-
-def plot_part_attribution(
-    path: str | os.PathLike[str],
-    parts: Sequence[str],
-    normalised: Mapping[str, Sequence[Optional[float]]],
-    discriminative: Sequence[str] = (),
-    title: str = "",
-) -> None:
-    """Grouped bars on a log axis: per part, each explainer's chance-normalised attribution.
-
-    The value of a part is its mean share of positive attribution divided by its share of the image
-    area (:func:`an8flower.eval.metrics.part_attribution`): 1 (the dashed line) is what a uniform
-    heatmap gets; a faithful explainer rises above it on the discriminative parts only. Values
-    are clipped to [0.01, 100] for display.
-
-    Args:
-        path: the PNG to write.
-        parts: part names (x axis).
-        normalised: explainer -> mean normalised share per part (None where undefined).
-        discriminative: parts whose colour decides the class (their labels are starred).
-        title: the figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    names = list(normalised)
-    x = np.arange(len(parts))
-    width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(7.2, 1.1 * len(parts) + 3), 4.4), dpi=100)
-    styles = series_styles(names)
-    for i, expl in enumerate(names):
-        vals = np.array([np.nan if v is None else v for v in normalised[expl]], dtype=np.float64)
-        st = styles[expl]
-        ax.bar(x - 0.4 + (i + 0.5) * width, np.clip(vals, 0.01, 100), width, label=expl, color=st["color"],
-               hatch=st["hatch"] or None, edgecolor="white", linewidth=0.3)
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_ylim(0.01, 100)
-    ax.set_xticks(x)
-    ax.set_xticklabels([f"{p}*" if p in discriminative else p for p in parts], fontsize=8)
-    ax.set_ylabel("attribution share / area share")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title + ("  (* = discriminative part; 1 = chance)" if discriminative else "  (1 = chance)"), fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig: Any, path: str | os.PathLike[str]) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-
-
 def write_report(
     out_dir: str | os.PathLike[str],
     cells: Sequence[Mapping[str, Any]],
@@ -649,7 +454,8 @@ def write_report(
     title: str = "an8flower leaderboard",
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Write ``results.csv``, ``per_image.csv.gz``, ``leaderboard.md``, ``leaderboard.json`` and plots.
+    """Write ``results.csv``, ``per_image.csv.gz``, ``leaderboard.md``, ``leaderboard.json``,
+    ``leaderboard.html`` (:mod:`an8flower.eval.html`) and plots.
 
     Args:
         out_dir: the results folder.
@@ -683,6 +489,9 @@ def write_report(
     from an8flower.eval.metaeval import annotate_tables, seed_stability
 
     annotate_tables(tables, table_cells, metric_info)
+    from an8flower.eval.verdict import annotate_verdicts
+
+    annotate_verdicts(tables, table_cells, metric_info)
     for t in tables:
         t["duplicates"] = duplicate_agreement(t, table_cells)
         if "part_table" in t["meta"]:
@@ -698,6 +507,10 @@ def write_report(
     doc = {"title": title, "metrics": {m: dict(v) for m, v in metric_info.items()}, "tables": tables,
            "model_seeds": seed_stability(tables, metric_info)}
     atomic_write(os.path.join(out_dir, "leaderboard.json"), json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    from an8flower.eval.html import leaderboard_html
+
+    atomic_write(os.path.join(out_dir, "leaderboard.html"), leaderboard_html(tables, metric_info, examples, title))
+    files.append("leaderboard.html")
     files += _write_reliance_csv(out_dir, tables)
     if plots:
         files += _write_plots(out_dir, cells, tables, examples or {})
@@ -720,6 +533,8 @@ def _write_reliance_csv(out_dir: str, tables: Sequence[Mapping[str, Any]]) -> li
 
 def _write_plots(out_dir: str, cells: Sequence[Mapping[str, Any]], tables: Sequence[Mapping[str, Any]],
                  examples: Mapping[tuple, Mapping[str, Any]]) -> list[str]:
+    from an8flower.eval import figures
+
     files = []
     for t in tables:
         key = tuple(t[k] for k in GROUP_KEYS)
@@ -731,22 +546,23 @@ def _write_plots(out_dir: str, cells: Sequence[Mapping[str, Any]], tables: Seque
                   for c in group if c["metric"] == "iou_auc" and (c.get("extra") or {}).get("curve")}
         if curves:
             name = f"iou_curves_{stem}.png"
-            plot_iou_curves(os.path.join(out_dir, name), {e: curves[e] for e in order if e in curves}, what)
+            figures.plot_curves(os.path.join(out_dir, name), {e: curves[e] for e in order if e in curves},
+                                "threshold on the min-max normalised heatmap", "mean IoU with the mask", what)
             files.append(name)
         pt = t["meta"].get("part_table")
         if pt and pt["normalised"]:
             name = f"part_attribution_{stem}.png"
-            plot_part_attribution(os.path.join(out_dir, name), pt["parts"], pt["normalised"], pt.get("discriminative", []), what)
+            figures.plot_part_bars(os.path.join(out_dir, name), pt["parts"], pt["normalised"],
+                                   pt.get("discriminative", []), what)
             files.append(name)
         if t["meta"].get("reliance"):
             name = f"reliance_{stem}.png"
-            plot_reliance(os.path.join(out_dir, name), t["meta"]["reliance"], what)
+            figures.plot_reliance(os.path.join(out_dir, name), t["meta"]["reliance"], what)
             files.append(name)
         ex = examples.get(key)
         if ex and ex.get("heatmaps"):
             hm = ex["heatmaps"]
-            name = f"examples_{stem}.png"
-            plot_examples(os.path.join(out_dir, name), np.asarray(ex["images"]), np.asarray(ex["masks"]),
-                          {e: hm[e] for e in order if e in hm}, what)
-            files.append(name)
+            files += figures.plot_examples(os.path.join(out_dir, f"examples_{stem}.png"), np.asarray(ex["images"]),
+                                           np.asarray(ex["masks"]), {e: hm[e] for e in order if e in hm},
+                                           ex.get("labels"), ex.get("predictions"), what)
     return files

@@ -299,7 +299,7 @@ def _plot_maps(path: str, images: Any, maps: Mapping[str, Any]) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from an8flower.eval.report import _save
+    from an8flower.eval.figures import save_figure
 
     names = list(maps)
     k = images.shape[0]
@@ -318,7 +318,7 @@ def _plot_maps(path: str, images: Any, maps: Mapping[str, Any]) -> None:
             if i == 0:
                 ax.set_title("image" if j == 0 else names[j - 1], fontsize=7)
     fig.tight_layout(pad=0.2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _sheets(model: Any, vebi: Any, data: Any, settings: ReproSettings, files: str, slug: str,

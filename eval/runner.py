@@ -248,6 +248,7 @@ def run_leaderboard(
     fresh: bool = False,
     shard: Optional[tuple[int, int]] = None,
     world: Optional[World] = None,
+    allow_overlap: bool = False,
 ) -> RunSummary:
     """Run the leaderboard that ``config`` describes; write its results folder; return a summary.
 
@@ -268,6 +269,9 @@ def run_leaderboard(
             :func:`an8flower.eval.merge.merge_shards` (no report is written).
         world: the processes of the run (default: :func:`an8flower.eval.distributed.setup`, which
             reads ``torchrun``'s environment); see :mod:`an8flower.eval.distributed`.
+        allow_overlap: score images a loaded checkpoint's model card says it was trained or
+            validated on (:func:`an8flower.eval.leakage.check_leakage`; refused otherwise), and say
+            so in every report.
 
     Returns:
         A :class:`RunSummary`. The report covers the requested cells and, for the same groups,
@@ -279,7 +283,8 @@ def run_leaderboard(
     """
     owned = world is None
     world = world if world is not None else setup(config.device, shard)
-    run = BoardRun(config, models, progress, log, fresh, datasets_given=datasets is not None, world=world)
+    run = BoardRun(config, models, progress, log, fresh, datasets_given=datasets is not None, world=world,
+                   allow_overlap=allow_overlap)
     sources: list[Any] = list(datasets) if datasets is not None else ([None] if config.imagenet else list(config.variants))
     for source in sources:
         data = run.prepare(source)
@@ -302,7 +307,7 @@ class BoardRun:
 
     def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
                  log: Optional[Callable[[str], None]], fresh: bool = False, datasets_given: bool = False,
-                 world: World = SINGLE) -> None:
+                 world: World = SINGLE, allow_overlap: bool = False) -> None:
         from an8flower.eval.models import list_models
 
         self.start = time.perf_counter()
@@ -353,6 +358,7 @@ class BoardRun:
         self.models_rec: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.computed = self.cached = self.calls = 0
+        self.allow_overlap = allow_overlap
 
     def prepare(self, source: Any) -> PreparedData:
         """A prepared dataset: given, ILSVRC12 (``None``) or an an8Flower variant name."""
@@ -407,8 +413,8 @@ class BoardRun:
             keep = torch.arange(len(test)) if config.all_images else (pred == labels).nonzero().flatten()
             if config.max_images is not None:
                 keep = keep[: config.max_images]
-            decided = (accuracy, keep.tolist())
-        accuracy, kept = world.broadcast(decided, "the scored images")
+            decided = (accuracy, keep.tolist(), pred[keep].tolist())
+        accuracy, kept, predicted = world.broadcast(decided, "the scored images")
         keep = torch.tensor(kept, dtype=torch.long)
         self.timer.add("metrics", time.perf_counter() - t0)
         image_ids = [test.ids[i] for i in keep.tolist()]
@@ -421,17 +427,27 @@ class BoardRun:
         warning = accuracy_warning(accuracy, config.split)
         if warning:
             self.log(f"warning: {data.variant or data.dataset} / {model_name}: {warning}")
+        leakage = None
+        if model_name not in self.given and data.dataset == "an8flower" and data.seed is not None:
+            from an8flower.eval.leakage import check_leakage
+
+            leakage = check_leakage(minfo["card"], data.variant, data.seed,
+                                    len(data.classes), image_ids, minfo["source"], self.allow_overlap)
+            if leakage:
+                self.log(f"warning: {data.variant} / {model_name}: {leakage}")
+                self.models_rec[-1]["leakage"] = leakage
         group = (data.dataset, data.variant, model_name, config.split, seed)
         self.group_meta[group] = {"accuracy": accuracy, "n_images": len(keep), "all_images": config.all_images,
                                   "image_size": data.size, "discriminative": data.discriminative,
-                                  "warning": warning}
+                                  "warning": warning, "leakage": leakage}
         if len(keep) == 0:
             self.log(f"{data.variant} / {model_name}: no image to score")
             return
         n_ex = min(config.examples, len(keep))
         ex = {"images": test.images[keep[:n_ex]].permute(0, 2, 3, 1).numpy(),
               "masks": test.masks[keep[:n_ex]].numpy() if test.masks is not None else np.zeros((n_ex, data.size, data.size), bool),
-              "heatmaps": {}}
+              "labels": [data.classes[i] for i in test.labels[keep[:n_ex]].tolist()],
+              "predictions": [data.classes[i] for i in predicted[:n_ex]], "heatmaps": {}}
         self.examples[group] = ex
         self.group_configs[group] = {"_config": self._cell_config(data, image_ids, mkey),
                                      "image_ids": image_ids, "n_ex": n_ex, "size": data.size,

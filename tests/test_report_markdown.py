@@ -76,7 +76,8 @@ def test_every_generated_table_parses_with_its_cell_counts(tmp_path, piped_error
         assert len(block) == 2 + len(table["rows"])
         for row in table["rows"]:
             assert len(row) == len(table["header"])
-    main = tables[0]
+    main = tables[1]  # after the summary (issue 20: the summary comes first)
+    assert tables[0]["header"][:3] == ["#", "explainer", "overall rank [95%]"]
     assert main["header"][0] == "explainer" and any(h.startswith("IoU@|M| ↑") for h in main["header"])
     # relevance mass accuracy gives the energy pointing game's numbers: shown once, with a note
     assert len(main["header"]) == 1 + len(config.metrics) - 1 and not any(h.startswith("rel. mass") for h in main["header"])

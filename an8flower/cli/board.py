@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a run configuration file, or `published` / `published-gpu` (the packaged published "
                         "board's); flags override it")
     p.add_argument("--out", metavar="DIR", help=f"results folder (default: ./{RESULTS_DIR})")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="score images that a checkpoint's model card says were in its training or validation split "
+                        "(refused otherwise; every report says so)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into --out even when it is a non-empty folder that an8flower did not create "
                         "(files of the same names are replaced)")
@@ -182,7 +185,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
     try:
         with results_folder(config.out, overwrite=args.overwrite):
             summary = run_leaderboard(config, command=command_line(), progress=False if args.quiet else None,
-                                      fresh=args.fresh, shard=shard)
+                                      fresh=args.fresh, shard=shard, allow_overlap=args.allow_overlap)
     except RankLost as exc:
         print(f"an8flower: error: {exc}; rerun the same command to resume from the cache", file=sys.stderr)
         return 3
