@@ -58,6 +58,7 @@ __all__ = [
     "series_styles",
     "plot_reliance",
     "reliance_markdown",
+    "save_figure",
 ]
 
 #: Columns of ``results.csv``, in order.
@@ -464,7 +465,7 @@ def plot_reliance(path: str | os.PathLike[str], rel: Mapping[str, Any], title: s
     ax.set_title(f"{title}  (* = discriminative; n = {rel['n_images']})", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 #: Twelve colours that stay apart from each other (Paul Tol's "muted" and "bright" schemes, merged);
@@ -531,7 +532,7 @@ def plot_iou_curves(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_examples(
@@ -579,7 +580,7 @@ def plot_examples(
     fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - (head - 0.2) / height))
     if title:
         fig.suptitle(title, fontsize=9, y=1 - 0.06 / height, va="top")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_part_attribution(
@@ -628,10 +629,11 @@ def plot_part_attribution(
     ax.set_title(title + ("  (* = discriminative part; 1 = chance)" if discriminative else "  (1 = chance)"), fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write a Matplotlib figure to ``path`` as PNG (no software tag, so the bytes are reproducible), atomically, and close it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
