@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from an8flower.baselines._options import check_choice
-from an8flower.baselines.base import Explainer, HookScope, register_explainer
+from an8flower.baselines.base import Explainer, HookScope
+from an8flower.baselines.registry import register_explainer
 from an8flower.errors import UsageError
 
 __all__ = [
