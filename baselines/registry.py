@@ -15,7 +15,8 @@ lookup.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from an8flower.baselines.adapters import adapter_class, list_adapter_explainers
 from an8flower.baselines.base import Explainer, check_options
@@ -62,8 +63,9 @@ def register_explainer(name: str) -> Callable[[E], E]:
             raise UsageError(f"an explainer named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
         if not (isinstance(cls, type) and issubclass(cls, Explainer)):
             raise UsageError(f"register_explainer({name!r}) decorates Explainer subclasses, got {cls!r}")
-        cls.name = name
-        _REGISTRY[name] = cls
+        explainer: type[Explainer] = cls
+        explainer.name = name
+        _REGISTRY[name] = explainer
         return cls
 
     return decorate

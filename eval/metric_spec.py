@@ -7,8 +7,9 @@ the other's module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 __all__ = ["MetricSpec"]
 
@@ -41,11 +42,11 @@ class MetricSpec:
     kind: str
     higher_is_better: bool = True
     defaults: dict[str, Any] = field(default_factory=dict)
-    function: Optional[str] = None
+    function: str | None = None
     skip: int = 2
     description: str = ""
 
-    def callable(self) -> Optional[Callable[..., Any]]:
+    def callable(self) -> Callable[..., Any] | None:
         """The function that computes the metric, or None when it is not in :mod:`an8flower.eval.metrics`."""
         from an8flower.eval import metrics as M
 
