@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from an8flower.errors import UsageError
-from an8flower.render import Sample, _Change, _render_sample, class_of, render
+from an8flower.render import Sample, SceneChange, class_of, render, render_as
 from an8flower.spec import MAX_SIZE, MIN_SIZE, VariantSpec, check_seed
 
 __all__ = ["Intervention", "intervene", "intervene_many", "class_for_colours", "farthest_nonclass_colour",
@@ -173,7 +173,7 @@ def _check_part(spec: VariantSpec, part: Any, what: str) -> str:
 
 
 def _plan(spec: VariantSpec, index: int, label: int | str | None, recolour: Mapping[str, Colour] | None,
-          remove: Iterable[str] | None, allow_invisible: bool) -> tuple[int, _Change, int | None, dict]:
+          remove: Iterable[str] | None, allow_invisible: bool) -> tuple[int, SceneChange, int | None, dict]:
     """Check an intervention; ``(label to paint, change, resulting label or None, meta record)``."""
     if recolour is not None and not isinstance(recolour, Mapping):
         raise UsageError(f"recolour must map part names to colours, got {type(recolour).__name__}")
@@ -202,7 +202,7 @@ def _plan(spec: VariantSpec, index: int, label: int | str | None, recolour: Mapp
     result = class_for_colours(spec, final)
     record = {"label": None if label is None else paint,
               "recolour": {part: name for part, name, _ in sorted(colours)}, "remove": removed}
-    return paint, _Change(colours=tuple(sorted(colours)), removed=frozenset(removed)), result, record
+    return paint, SceneChange(colours=tuple(sorted(colours)), removed=frozenset(removed)), result, record
 
 
 def _check_args(seed: Any, index: Any, size: Any, spec: VariantSpec) -> tuple[int, int, int]:
@@ -242,9 +242,9 @@ def intervene(spec: VariantSpec, seed: int, index: int, size: int | None = None,
     paint, change, result, record = _plan(spec, index, label, recolour, remove, allow_invisible)
     if not change.colours and not change.removed:
         sample = render(spec, seed, index, size) if paint == class_of(spec, index) else \
-            _render_sample(spec, seed, index, size, paint)
+            render_as(spec, seed, index, size, paint)
     else:
-        sample = _render_sample(spec, seed, index, size, paint, change)
+        sample = render_as(spec, seed, index, size, paint, change)
     meta = {**sample.meta, "label": result, "class": None if result is None else spec.classes[result],
             "original_label": class_of(spec, index), "intervention": record}
     return dataclasses.replace(sample, label=UNDEFINED if result is None else result, meta=meta)

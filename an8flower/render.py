@@ -62,7 +62,7 @@ import numpy as np
 from an8flower.errors import SpecError, UsageError
 from an8flower.spec import MAX_SIZE, MIN_SIZE, VariantSpec
 
-__all__ = ["Sample", "class_of", "render", "MAX_ATTEMPTS"]
+__all__ = ["Sample", "SceneChange", "class_of", "render", "render_as", "MAX_ATTEMPTS"]
 
 #: Fractional bits of the fixed-point coordinates passed to OpenCV.
 _SHIFT = 4
@@ -530,7 +530,7 @@ def _blade(d: _Draws) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Change:
+class SceneChange:
     """An intervention on a scene (built and checked by :mod:`an8flower.intervene`).
 
     Attributes:
@@ -549,11 +549,11 @@ class _Change:
         return None
 
 
-_NO_CHANGE = _Change()
+_NO_CHANGE = SceneChange()
 
 
 def _draw_scene(spec: VariantSpec, d: _Draws, label: int, size: int,
-                change: _Change = _NO_CHANGE) -> tuple[_Painter, dict, dict[int, int]]:
+                change: SceneChange = _NO_CHANGE) -> tuple[_Painter, dict, dict[int, int]]:
     """Draw one scene; ``label`` is read only to pick the discriminative parts' colours.
 
     ``change`` substitutes base colours and leaves parts out; it never changes which random draws
@@ -752,11 +752,11 @@ def render(spec: VariantSpec, seed: int, index: int, size: int | None = None) ->
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise UsageError(f"{name} must be a non-negative integer, got {v!r}")
     size, seed, index = int(size), int(seed), int(index)
-    return _render_sample(spec, seed, index, size, class_of(spec, index))
+    return render_as(spec, seed, index, size, class_of(spec, index))
 
 
-def _render_sample(spec: VariantSpec, seed: int, index: int, size: int, label: int,
-                   change: _Change = _NO_CHANGE) -> Sample:
+def render_as(spec: VariantSpec, seed: int, index: int, size: int, label: int,
+              change: SceneChange = _NO_CHANGE) -> Sample:
     """:func:`render` with the label given: sample ``index``'s nuisance, painted as class ``label``.
 
     Rendering one ``(seed, index)`` with every label is the counterfactual the tests use to prove

@@ -1,4 +1,9 @@
-"""Explainers: the protocol, the registry, the paper's method (VEBI) and baseline explainers."""
+"""Explainers: the protocol, the registry, the paper's method (VEBI) and baseline explainers.
+
+Importing this package registers the built-in explainers: each explainer module registers its
+classes (:func:`~an8flower.baselines.registry.register_explainer`) when imported, and this
+``__init__`` imports every one of them. A new explainer module is imported here.
+"""
 
 from an8flower.baselines.base import (
     CHANNEL_REDUCTIONS,
@@ -6,15 +11,11 @@ from an8flower.baselines.base import (
     GroundTruth,
     HookScope,
     SelectOutput,
-    build_explainer,
     check_inputs,
     check_options,
     complete_options,
-    explainer_class,
-    list_explainers,
     model_device,
     reduce_channels,
-    register_explainer,
 )
 from an8flower.baselines.cam import GradCAM, GradCAMPlusPlus, UpsampledActivation, default_cam_layer, resolve_layer
 from an8flower.baselines.gradient import (
@@ -27,6 +28,7 @@ from an8flower.baselines.gradient import (
 )
 from an8flower.baselines.perturbation import RISE, Occlusion
 from an8flower.baselines.reference import ORACLE, CentreGaussian, Oracle, RandomMap
+from an8flower.baselines.registry import build_explainer, explainer_class, list_explainers, register_explainer
 from an8flower.baselines.rules import backward_rules, modified_gradient
 from an8flower.baselines.spec import (
     ExplainerSpec,

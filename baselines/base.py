@@ -1,4 +1,4 @@
-"""The explainer protocol, the registry, input checks and the hook scope.
+"""The explainer protocol, option and input checks, channel reductions and the hook scope.
 
 An explainer is called as ``explainer(model, images, targets) -> heatmaps``:
 
@@ -12,11 +12,8 @@ No hook outlives a call: explainers register module hooks only inside :class:`Ho
 removes them on exit, exceptions included. Explainers that need fitting (VEBI) also implement
 ``fit(model, loader)``, ``save(path)`` and ``load(path)``.
 
-Explainers are registered by name with :func:`register_explainer` and built with
-:func:`build_explainer`; :func:`list_explainers` lists them. Names with a library prefix
-(``captum:Saliency``, ``zennit:EpsilonPlusFlat``, ``gradcam:ScoreCAM``) are adapters to other
-libraries' explainers (:mod:`an8flower.baselines.adapters`), resolved on demand: the library is
-imported only when such a name is built, so each library stays optional.
+Explainers are registered and looked up by name in :mod:`an8flower.baselines.registry`; this
+module knows no explainer and no registry, so every explainer and adapter module can import it.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ import weakref
 from collections import abc
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
@@ -38,14 +35,8 @@ from an8flower.errors import UsageError
 __all__ = [
     "Explainer",
     "HookScope",
-    "register_explainer",
-    "build_explainer",
-    "list_explainers",
-    "explainer_class",
     "check_options",
     "complete_options",
-    "ADAPTER_SEPARATOR",
-    "RESERVED_NAMES",
     "check_inputs",
     "model_device",
     "CHANNEL_REDUCTIONS",
@@ -53,103 +44,6 @@ __all__ = [
     "SelectOutput",
     "GroundTruth",
 ]
-
-_REGISTRY: dict[str, type["Explainer"]] = {}
-#: Separates a library prefix from the library's method name in adapter names (``captum:Saliency``).
-ADAPTER_SEPARATOR = ":"
-#: Names of the reference explainers: the oracle (the board's own) and the package's ``random`` and
-#: ``centre``; no other code may register them (in any letter case).
-RESERVED_NAMES: frozenset[str] = frozenset({"oracle", "random", "centre"})
-
-E = TypeVar("E", bound=type)
-
-
-def register_explainer(name: str) -> Callable[[E], E]:
-    """Class decorator adding an :class:`Explainer` subclass to the registry under ``name``.
-
-    A user registers their own explainer the same way::
-
-        @register_explainer("my_method")
-        class MyMethod(Explainer):
-            def explain(self, model, images, targets):
-                ...
-    """
-
-    def decorate(cls: E) -> E:
-        if ADAPTER_SEPARATOR in name:
-            raise UsageError(f"explainer names with {ADAPTER_SEPARATOR!r} are reserved for library adapters, got {name!r}")
-        if name.casefold() in RESERVED_NAMES and not (getattr(cls, "__module__", "") or "").startswith("an8flower."):
-            raise UsageError(f"explainer name {name!r} is reserved for the package's reference explainers "
-                             f"({', '.join(sorted(RESERVED_NAMES))})")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise UsageError(f"an explainer named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
-        if not (isinstance(cls, type) and issubclass(cls, Explainer)):
-            raise UsageError(f"register_explainer({name!r}) decorates Explainer subclasses, got {cls!r}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def _load_builtins() -> None:
-    # Importing the package registers the built-in explainers; installed plugins register theirs.
-    import an8flower.baselines  # noqa: F401
-    from an8flower.baselines.plugins import load_entry_points
-
-    load_entry_points()
-
-
-def list_explainers(include_adapters: bool = False) -> list[str]:
-    """Names of the registered explainers (built-in and user-registered), sorted.
-
-    Args:
-        include_adapters: also list every adapter name available in this installation
-            (``captum:...``, ``zennit:...``, ``gradcam:...`` for the libraries that are installed),
-            after the registered ones. Off by default, so that "every registered explainer" (the
-            leaderboard's default) stays the package's own set; the recommended adapter set for
-            the board is :data:`an8flower.baselines.adapters.BOARD_ADAPTERS`.
-    """
-    _load_builtins()
-    names = sorted(_REGISTRY)
-    if include_adapters:
-        from an8flower.baselines.adapters import list_adapter_explainers
-
-        names += list_adapter_explainers()
-    return names
-
-
-def explainer_class(name: str) -> type["Explainer"]:
-    """The class registered as ``name``, or the adapter class of a prefixed name.
-
-    Raises:
-        UsageError: an unknown name; for adapter names also a library that is not installed
-        (naming the extra that installs it) or a method the library does not offer.
-    """
-    if ADAPTER_SEPARATOR in name:
-        from an8flower.baselines.adapters import adapter_class
-
-        return adapter_class(name)
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown explainer {name!r}; registered: {', '.join(sorted(_REGISTRY))}; library adapters: "
-            "captum:<Name>, zennit:<Name>, gradcam:<Name> (`an8flower explainers` lists them)"
-        ) from None
-
-
-def build_explainer(name: str, **options: Any) -> "Explainer":
-    """Build the explainer registered as ``name`` with keyword ``options``.
-
-    An option the constructor does not take, or of a type its annotation rules out, raises
-    :class:`~an8flower.errors.UsageError` naming the option (:func:`check_options`).
-    """
-    cls = explainer_class(name)
-    check_options(f"explainer {name!r}", cls, options)
-    return cls(**options)
-
 
 def _matches(value: Any, hint: Any) -> bool:
     """Whether a JSON-like ``value`` (None, bool, number, string, list, dict) can be of type ``hint``.

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from an8flower.baselines._options import check_choice
-from an8flower.baselines.base import Explainer, HookScope, register_explainer
+from an8flower.baselines.base import Explainer, HookScope
+from an8flower.baselines.registry import register_explainer
 from an8flower.errors import UsageError
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "resolve_layer",
     "layer_activation_and_gradient",
     "gradcam_plus_plus_map",
+    "upsample",
 ]
 
 
@@ -127,7 +129,7 @@ def layer_activation_and_gradient(
     return acts[0].detach(), grad.detach()
 
 
-def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, h, w) -> (B, H, W) by bilinear interpolation (align_corners=False)."""
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
@@ -185,7 +187,7 @@ class GradCAM(_LayerExplainer):
             cam = LayerGradCam(model, module).attribute(x, target=targets, relu_attributions=True)
         if cam.dim() != 4:
             raise UsageError(f"layer={self.layer!r} does not output a (B, K, h, w) feature map")
-        return _upsample(cam.detach().sum(dim=1), (images.shape[2], images.shape[3]))
+        return upsample(cam.detach().sum(dim=1), (images.shape[2], images.shape[3]))
 
 
 @register_explainer("gradcam_pp")
@@ -195,7 +197,7 @@ class GradCAMPlusPlus(_LayerExplainer):
 
     def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         act, grad = layer_activation_and_gradient(model, self.layer, images, targets)
-        return _upsample(gradcam_plus_plus_map(act, grad), (images.shape[2], images.shape[3]))
+        return upsample(gradcam_plus_plus_map(act, grad), (images.shape[2], images.shape[3]))
 
 
 @register_explainer("upsampled_activation")
@@ -227,7 +229,7 @@ class UpsampledActivation(_LayerExplainer):
         relevance = (act * grad).sum(dim=(2, 3)) if self.select == "contribution" else act.mean(dim=(2, 3))
         unit = relevance.argmax(dim=1)
         maps = act[torch.arange(act.shape[0], device=act.device), unit]
-        return _upsample(maps, (images.shape[2], images.shape[3]))
+        return upsample(maps, (images.shape[2], images.shape[3]))
 
     def options(self) -> dict[str, Any]:
         return {"layer": self.layer, "select": self.select}

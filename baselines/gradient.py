@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from an8flower.baselines._options import check_int, check_reduction
-from an8flower.baselines.base import Explainer, register_explainer
+from an8flower.baselines.base import Explainer
+from an8flower.baselines.registry import register_explainer
 from an8flower.baselines.rules import modified_gradient
 from an8flower.errors import UsageError
 

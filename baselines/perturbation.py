@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from an8flower.baselines._options import check_choice, check_int
-from an8flower.baselines.base import Explainer, register_explainer
+from an8flower.baselines.base import Explainer
+from an8flower.baselines.registry import register_explainer
 from an8flower.errors import UsageError
 
 __all__ = ["Occlusion", "RISE", "rise_masks", "OUTPUTS"]

@@ -13,7 +13,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from an8flower.baselines.base import Explainer, GroundTruth, register_explainer
+from an8flower.baselines.base import Explainer, GroundTruth
+from an8flower.baselines.registry import register_explainer
 from an8flower.errors import UsageError
 
 __all__ = ["ORACLE", "Oracle", "RandomMap", "CentreGaussian", "centre_gaussian"]

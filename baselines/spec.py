@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence
 
-from an8flower.baselines.base import Explainer, check_options, complete_options, explainer_class, list_explainers
+from an8flower.baselines.base import Explainer, check_options, complete_options
 from an8flower.baselines.reference import ORACLE
-
+from an8flower.baselines.registry import explainer_class, list_explainers
 from an8flower.code_identity import code_identity
 from an8flower.errors import UsageError
 

@@ -49,10 +49,10 @@ from an8flower.baselines.base import (
     eval_mode,
     model_device,
     reduce_channels,
-    register_explainer,
 )
 from an8flower.baselines.features import LAYER_PRESETS, LayerRecorder, channel_energy, default_layers, feature_vector
 from an8flower.baselines.lasso import nonneg_l1_lasso
+from an8flower.baselines.registry import register_explainer
 from an8flower.baselines.rules import RELU_RULES, backward_rules
 from an8flower.errors import UsageError
 

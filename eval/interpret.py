@@ -40,7 +40,7 @@ from an8flower.show import label_font
 from an8flower.untrusted import load_image
 
 __all__ = ["heatmap_overlay", "colourise", "interpretation_sheet", "explanation_figure", "interpret_checkpoint",
-           "explain_image"]
+           "explain_image", "png_bytes"]
 
 _BG = (255, 255, 255)
 _PAD = 6
@@ -223,7 +223,8 @@ def explanation_figure(
     return sheet
 
 
-def _png_bytes(img: Image.Image) -> bytes:
+def png_bytes(img: Image.Image) -> bytes:
+    """The PNG encoding of ``img`` (zlib level 6)."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -311,7 +312,7 @@ def interpret_checkpoint(weights: str, out: str, *, data: Optional[str] = None, 
     for c, feats in per_class_features.items():
         name = prepared.classes[c]
         path = os.path.join(out, f"class_{c:02d}_{_slug(name)}.png")
-        _write(path, _png_bytes(interpretation_sheet(f"class {c} ({name})", feats, max_features)), "--out")
+        _write(path, png_bytes(interpretation_sheet(f"class {c} ({name})", feats, max_features)), "--out")
         sheets.append(path)
     summary = {
         "model": {"weights": os.fspath(weights), "architecture": card["architecture"]},
@@ -408,7 +409,7 @@ def explain_image(image: str, weights: str, out: str, *, explainer: str = INTERP
     picture = _to_uint8_image(x[0].cpu().numpy())
     title = (f"{explainer} for class {target} ({classes[target]}); predicted {pred} ({classes[pred]}, "
              f"p={float(probs[pred]):.2f})")
-    _write(out, _png_bytes(explanation_figure(picture, heatmap, title, maps)), "--out")
+    _write(out, png_bytes(explanation_figure(picture, heatmap, title, maps)), "--out")
     return {"out": out, "explainer": explainer, "target": target, "target_name": classes[target],
             "predicted": pred, "predicted_name": classes[pred], "probability": round(float(probs[pred]), 6),
             "features": list(maps)}

@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from an8flower.errors import UsageError
+from an8flower.eval.metric_spec import MetricSpec
 
 __all__ = ["PREFIX", "SUPPORTED", "UNSUPPORTED", "KINDS", "metric_spec", "quantus_scores", "list_quantus_metrics"]
 
@@ -147,9 +148,7 @@ def list_quantus_metrics() -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def _spec(metric: str) -> Any:
-    from an8flower.eval.scoring import MetricSpec
-
+def _spec(metric: str) -> MetricSpec:
     quantus = _quantus()
     cls = getattr(quantus, metric)
     category = getattr(getattr(cls, "evaluation_category", None), "value", "")
@@ -159,8 +158,8 @@ def _spec(metric: str) -> Any:
                       defaults=dict(SUPPORTED[metric]))
 
 
-def metric_spec(name: str) -> Any:
-    """The :class:`~an8flower.eval.scoring.MetricSpec` of ``quantus:<Name>``.
+def metric_spec(name: str) -> MetricSpec:
+    """The :class:`~an8flower.eval.metric_spec.MetricSpec` of ``quantus:<Name>``.
 
     Raises:
         UsageError: Quantus is not installed (naming the extra), the metric is unsupported (with

@@ -325,7 +325,7 @@ def _sheets(model: Any, vebi: Any, data: Any, settings: ReproSettings, files: st
             progress: Optional[bool]) -> list[dict[str, Any]]:
     """Interpretation sheets of the first ``settings.sheets`` classes (only their features are visualised)."""
     from an8flower.baselines import VEBI
-    from an8flower.eval.interpret import _png_bytes, interpretation_sheet
+    from an8flower.eval.interpret import interpretation_sheet, png_bytes
     from an8flower.atomic import atomic_write
 
     classes = list(range(min(settings.sheets, vebi.num_classes)))
@@ -340,7 +340,7 @@ def _sheets(model: Any, vebi: Any, data: Any, settings: ReproSettings, files: st
     for c in classes:
         name = f"sheet_{slug}_class{c:02d}.png"
         title = f"class {c} ({data.classes[c]})" if c < len(data.classes) else f"class {c}"
-        atomic_write(os.path.join(files, name), _png_bytes(interpretation_sheet(title, per_class[c])))
+        atomic_write(os.path.join(files, name), png_bytes(interpretation_sheet(title, per_class[c])))
         out.append({"class": c, "name": data.classes[c] if c < len(data.classes) else str(c), "figure": name,
                     "features": [{"name": f.name, "weight": f.weight} for f in per_class[c]]})
     return out

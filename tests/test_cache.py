@@ -12,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from an8flower.baselines import base as registry
+from an8flower.baselines import registry
 from an8flower.baselines import ExplainerSpec, complete_options, explainer_code_identity
 from an8flower.eval.cache import CellCache, cell_key, validate_cell
 from an8flower.eval.config import RunConfig

@@ -21,7 +21,7 @@ from an8flower.baselines import (
     explainer_code_identity,
     resolve_explainers,
 )
-from an8flower.baselines import base as registry
+from an8flower.baselines import registry
 from an8flower.baselines.plugins import import_explainers
 from an8flower.cli import main
 from an8flower.errors import UsageError

@@ -15,8 +15,6 @@ import functools
 import os
 from collections.abc import Iterator
 
-import pytest
-
 import an8flower
 import an8flower.baselines
 import an8flower.eval
@@ -134,31 +132,10 @@ def test_the_graph_builder_finds_cycles_and_private_imports() -> None:
     assert "an8flower.eval.scoring" in edges["an8flower.eval.shards"]  # one inside a function
 
 
-#: Cycles that remain outside eval/'s helpers, each owned by work in progress elsewhere (issue 19):
-#: the explainer registry, which imports its package and the adapters to list them (baselines, the
-#: resolved-explainer work); the dataset writer read back by the data card and Croissant (the
-#: layout module); the metric registry and Quantus, which build each other's specs (scoring).
-KNOWN_CYCLES = [
-    ["an8flower.baselines", "an8flower.baselines._options", "an8flower.baselines.adapters",
-     "an8flower.baselines.adapters._common", "an8flower.baselines.adapters.catalogue", "an8flower.baselines.base",
-     "an8flower.baselines.cam", "an8flower.baselines.features", "an8flower.baselines.gradient",
-     "an8flower.baselines.perturbation", "an8flower.baselines.reference", "an8flower.baselines.rules",
-     "an8flower.baselines.spec", "an8flower.baselines.vebi"],
-    ["an8flower.eval.quantus_metrics", "an8flower.eval.scoring"],
-]
-#: Private names still imported across modules: the command line (being moved to an8flower/cli/),
-#: the figures (being moved to eval/figures.py), the renderer's internals used by intervene, and one
-#: CAM helper the Captum adapter shares.
-KNOWN_PRIVATE = [
-    "an8flower.baselines.adapters.captum -> an8flower.baselines.cam._upsample",
-    "an8flower.eval.interpret -> an8flower.eval.commands._parse_value",
-    "an8flower.eval.reproduce -> an8flower.eval.interpret._png_bytes",
-    "an8flower.eval.reproduce -> an8flower.eval.report._save",
-    "an8flower.export_cmd -> an8flower.commands._int_arg",
-    "an8flower.intervene -> an8flower.render._Change",
-    "an8flower.intervene -> an8flower.render._render_sample",
-    "an8flower.intervene_cli -> an8flower.commands._int_arg",
-]
+#: Cycles still allowed: none (issue 19 broke the last ones, the explainer registry and the metric specs).
+KNOWN_CYCLES: list[list[str]] = []
+#: Private names still imported across modules: none.
+KNOWN_PRIVATE: list[str] = []
 
 
 def test_no_new_cycle_and_none_among_the_shared_helpers() -> None:
@@ -180,15 +157,11 @@ def test_no_new_private_import() -> None:
     assert [p for p in private if p not in KNOWN_PRIVATE] == []
 
 
-@pytest.mark.xfail(strict=True, reason="cycles owned by the registry, layout and metric-spec work: " + "; ".join(
-    " <-> ".join(c) for c in KNOWN_CYCLES))
 def test_the_import_graph_has_no_cycle() -> None:
     edges, _ = _graph()
     assert _cycles(edges) == []
 
 
-@pytest.mark.xfail(strict=True, reason="private imports owned by the CLI, figures and renderer work: " + "; ".join(
-    KNOWN_PRIVATE))
 def test_no_private_name_is_imported_across_modules() -> None:
     _, private = _graph()
     assert private == []

@@ -786,14 +786,14 @@ def test_resizing_leaks_no_class_colour_outside_the_mask():
     re-rendered as every other class gives identical pixels there. Nearest-neighbour masks fail it."""
     import cv2
 
-    from an8flower.render import _render_sample
+    from an8flower.render import render_as
 
     spec = load_spec("double-12c")
     leaks = 0
     for index in range(4):
-        base = _render_sample(spec, 0, index, 64, index % 12)
+        base = render_as(spec, 0, index, 64, index % 12)
         for other in (5, 10):
-            alt = _render_sample(spec, 0, index, 64, other)
+            alt = render_as(spec, 0, index, 64, other)
             assert np.array_equal(base.mask, alt.mask)
             for side in (32, 40, 100):
                 image, mask, parts = resize_sample(base.image, base.mask, base.parts, side, spec.discriminative_ids)

@@ -299,7 +299,7 @@ def test_model_seeds_is_bounded_like_per_class(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["oracle", "Oracle", "random", "centre", "captum:Saliency", "timm:vit", "lxt:x"])
 def test_a_plugin_cannot_register_a_reserved_name(tmp_path, name) -> None:
-    from an8flower.baselines import base as registry
+    from an8flower.baselines import registry
     from an8flower.baselines.plugins import import_explainers
 
     plugin = tmp_path / "squatter.py"

@@ -17,7 +17,7 @@ from an8flower.intervene import (
     intervene,
     intervene_many,
 )
-from an8flower.render import _render_sample, class_of, render
+from an8flower.render import class_of, render, render_as
 from an8flower.spec import load_spec
 
 #: meta keys that an intervention may change (the others are the nuisance: pose, lighting, ...).
@@ -56,7 +56,7 @@ def test_label_is_the_private_counterfactual(spec):
     index = 5
     for b in (0, spec.num_classes - 1):
         s = intervene(spec, 1, index, 64, label=b)
-        assert _digest(s) == _digest(_render_sample(spec, 1, index, 64, b))
+        assert _digest(s) == _digest(render_as(spec, 1, index, 64, b))
         assert s.label == b and s.meta["class"] == spec.classes[b] and s.meta["original_label"] == class_of(spec, index)
         assert s.meta["intervention"]["label"] == b
     by_name = intervene(spec, 1, index, 64, label=spec.classes[2])

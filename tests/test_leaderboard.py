@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from an8flower.baselines import Explainer
-from an8flower.baselines import base as registry
+from an8flower.baselines import registry
 from an8flower.cli import main
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig, load_config, quick_config

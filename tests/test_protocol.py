@@ -5,15 +5,17 @@ import torch
 from torch import nn
 
 from an8flower.baselines.base import (
-    _REGISTRY,
     CHANNEL_REDUCTIONS,
     Explainer,
     HookScope,
-    build_explainer,
     check_inputs,
+    reduce_channels,
+)
+from an8flower.baselines.registry import (
+    _REGISTRY,
+    build_explainer,
     explainer_class,
     list_explainers,
-    reduce_channels,
     register_explainer,
 )
 from an8flower.errors import UsageError

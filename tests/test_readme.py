@@ -22,7 +22,7 @@ def example(name: str) -> str:
 
 @pytest.mark.slow
 def test_the_run_leaderboard_example_runs(tmp_path, monkeypatch, capsys) -> None:
-    from an8flower.baselines import base as registry
+    from an8flower.baselines import registry
 
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from an8flower.errors import UsageError
-from an8flower.render import Sample, _render_sample, class_of, render
+from an8flower.render import Sample, class_of, render, render_as
 from an8flower.spec import load_spec
 
 VARIANTS = ["single-6c", "double-12c"]
@@ -219,7 +219,7 @@ def test_class_changes_nothing_outside_the_mask(spec, size):
     class_keys = {"label", "class"} | {f"{p}_{x}" for p in spec.discriminative
                                         for x in ("colour", "rgb")}
     for index in range(6):
-        samples = [_render_sample(spec, 3, index, size, label)
+        samples = [render_as(spec, 3, index, size, label)
                    for label in range(spec.num_classes)]
         ref = samples[0]
         assert _digest(samples[class_of(spec, index)]) == _digest(render(spec, 3, index, size))
@@ -249,7 +249,7 @@ def test_user_spec_with_other_discriminative_part():
     spec = _petal_spec()
     pid = spec.part_id("petals")
     for index in range(4):
-        samples = [_render_sample(spec, 0, index, 96, label) for label in range(3)]
+        samples = [render_as(spec, 0, index, 96, label) for label in range(3)]
         ref = samples[0]
         assert np.array_equal(ref.mask, ref.parts == pid) and ref.mask.sum() > 200
         assert "clutter" not in spec.parts and int(ref.parts.max()) < len(spec.parts)
@@ -313,7 +313,7 @@ def _outside_mask_is_label_free(spec, seed, size, indices, labels_of):
         ref = render(spec, seed, index, size)
         outside = ~ref.mask
         for b in labels_of(index):
-            s = _render_sample(spec, seed, index, size, b)
+            s = render_as(spec, seed, index, size, b)
             assert np.array_equal(s.mask, ref.mask) and np.array_equal(s.parts, ref.parts), (index, b)
             assert np.array_equal(s.image[outside], ref.image[outside]), (index, b)
             n += 1

@@ -6,7 +6,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from an8flower.baselines import Explainer
-from an8flower.baselines import base as registry
+from an8flower.baselines import registry
 from an8flower.eval.config import RunConfig
 from an8flower.eval.runner import METRICS, run_leaderboard
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from an8flower.baselines import Explainer
-from an8flower.baselines import base as registry
+from an8flower.baselines import registry
 from an8flower.cli import main
 from an8flower.errors import DatasetFormatError
 from an8flower.eval.config import RunConfig

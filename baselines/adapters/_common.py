@@ -2,7 +2,7 @@
 
 An adapter method is one :class:`AdapterExplainer` subclass per library method, made on demand by
 :func:`make_adapter_class`. Its ``__init__`` carries an explicit signature (the method's options
-and their defaults), so :func:`~an8flower.baselines.base.build_explainer` rejects unknown option
+and their defaults), so :func:`~an8flower.baselines.registry.build_explainer` rejects unknown option
 names and the leaderboard sees whether the method takes a ``layer`` or a ``seed``, as for the
 built-in explainers.
 

@@ -78,7 +78,7 @@ from an8flower.baselines.adapters._common import (
     signature_options,
 )
 from an8flower.baselines.base import CHANNEL_REDUCTIONS, reduce_channels
-from an8flower.baselines.cam import _upsample, resolve_layer
+from an8flower.baselines.cam import resolve_layer, upsample
 from an8flower.errors import UsageError
 
 __all__ = [
@@ -275,7 +275,7 @@ class CaptumExplainer(AdapterExplainer):
             if out.dim() != 4:
                 raise UsageError(f"{self.name}: layer={o['layer']!r} has an attribution of shape {tuple(out.shape)}, "
                                  "not a (B, K, h, w) feature map")
-            return _upsample(reduce_channels(out, self.reduction), (h, w))
+            return upsample(reduce_channels(out, self.reduction), (h, w))
         return out
 
 
