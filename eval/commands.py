@@ -16,10 +16,11 @@ from an8flower.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``leaderboard`` and ``explainers`` to the CLI."""
+    """Add ``train``, ``leaderboard``, ``explainers`` and ``models`` to the CLI."""
     _register_train(subparsers)
     _register_leaderboard(subparsers)
     _register_explainers(subparsers)
+    _register_models(subparsers)
 
 
 # ------------------------------------------------------------------------------------ train
@@ -70,11 +71,18 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=112, metavar="PX", help="image side when rendering (default: 112)")
     p.add_argument("--per-class", type=int, default=500, metavar="N",
                    help="samples per class when rendering, split 70/10/20 (default: 500)")
-    p.add_argument("--epochs", type=int, default=t["epochs"], metavar="N", help=f"maximum epochs (default: {t['epochs']})")
-    p.add_argument("--patience", type=int, default=t["patience"], metavar="N",
-                   help=f"stop after N epochs without a better val accuracy (default: {t['patience']})")
-    p.add_argument("--lr", type=float, default=t["lr"], metavar="LR", help=f"peak learning rate (default: {t['lr']:g})")
-    p.add_argument("--batch-size", type=int, default=t["batch_size"], metavar="N",
+    p.add_argument("--model-option", action="append", dest="model_option", metavar="MODEL.KEY=VALUE",
+                   help="a model option, VALUE parsed as JSON when it can be, e.g. "
+                        "timm:deit_tiny_patch16_224.depth=6 (repeatable; same as MODEL[KEY=VALUE])")
+    p.add_argument("--weights", metavar="FILE",
+                   help="fine-tune from a local state dict, checkpoint or .safetensors file (the classifier head is "
+                        "re-initialised when its shape differs); nothing is downloaded")
+    p.add_argument("--epochs", type=int, metavar="N", help=f"maximum epochs (default: the model family's recipe; "
+                                                          f"CNNs {t['epochs']})")
+    p.add_argument("--patience", type=int, metavar="N",
+                   help=f"stop after N epochs without a better val accuracy (default: recipe; CNNs {t['patience']})")
+    p.add_argument("--lr", type=float, metavar="LR", help=f"peak learning rate (default: recipe; CNNs {t['lr']:g})")
+    p.add_argument("--batch-size", type=int, metavar="N",
                    help=f"images per step (default: {t['batch_size']})")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="dataset, initialisation and shuffling seed (default: 0)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="data-loading worker processes (default: 0)")
@@ -83,32 +91,34 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from an8flower.eval.config import TRAIN_DEFAULTS, RunConfig
-    from an8flower.eval.models import build_model, list_models
+    from an8flower.eval.config import RunConfig
+    from an8flower.eval.models import build_model, fold_model_options, resolve_model
     from an8flower.eval.runner import _device, prepare_an8flower
-    from an8flower.eval.train import TrainConfig, accuracy_warning, evaluate, model_card, save_checkpoint, train
+    from an8flower.eval.train import accuracy_warning, evaluate, model_card, recipe_config, save_checkpoint, train
 
-    if args.model not in list_models():
-        raise UsageError(f"--model: unknown model {args.model!r}; choose from {', '.join(list_models())}")
+    try:
+        spec = resolve_model(fold_model_options([args.model], model_options(args.model_option))[0])
+    except UsageError as exc:
+        raise UsageError(f"--model: {exc}") from None
     variant = args.variant or "data"
+    explicit = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "patience") if getattr(args, k) is not None}
     try:
         config = RunConfig(variants=[variant], data={variant: args.data} if args.data else {}, size=args.size,
                            per_class=args.per_class, seed=args.seed, workers=args.workers, device=args.device)
-        tconf = TrainConfig(**{**TRAIN_DEFAULTS, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                               "patience": args.patience, "seed": args.seed, "workers": args.workers, "hflip": True})
+        tconf = recipe_config(spec, explicit, seed=args.seed, workers=args.workers, hflip=True)
     except UsageError as exc:
         raise UsageError(f"--{str(exc).split(': ', 1)[-1]}") from None
     if args.data is not None and not os.path.isdir(args.data):
         raise UsageError(f"--data: no such folder: {args.data}")
     data = prepare_an8flower(variant, config)
     device = _device(config)
-    model = build_model(args.model, len(data.classes), seed=args.seed)
-    print(f"training {args.model} on {data.variant} ({len(data.train)} train / {len(data.val)} val images, "
+    model = build_model(spec, len(data.classes), seed=args.seed, weights=args.weights, finetune=True)
+    print(f"training {spec.name} on {data.variant} ({len(data.train)} train / {len(data.val)} val images, "
           f"{data.size} px) on {device}", file=sys.stderr)
     result = train(model, data.train, data.val, tconf, device=device)
     test_acc = evaluate(result.model, data.test)
     card = model_card(
-        args.model, len(data.classes), (3, data.size, data.size),
+        spec, len(data.classes), (3, data.size, data.size),
         {"name": data.dataset, "variant": data.variant, "hash": data.hash, "source": data.source, **data.info},
         {"train": result.train_accuracy, "val": result.val_accuracy, "test": test_acc},
         seed=args.seed, config=tconf, history=result.history, classes=data.classes,
@@ -117,7 +127,7 @@ def _train(args: argparse.Namespace) -> int:
     warning = accuracy_warning(test_acc)
     if warning:
         print(f"an8flower: warning: {warning}", file=sys.stderr)
-    print(json.dumps({"checkpoint": args.out, "architecture": args.model, "variant": data.variant,
+    print(json.dumps({"checkpoint": args.out, "architecture": spec.name, "variant": data.variant,
                       "epochs": len(result.history), "best_epoch": result.best_epoch, "accuracy": card["accuracy"],
                       "seconds": round(result.seconds, 1)}, indent=1))
     return 0
@@ -161,7 +171,11 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", action="append", metavar="[VARIANT=]DIR",
                    help="use a generated folder for a variant instead of rendering it (repeatable)")
     p.add_argument("--imagenet", metavar="ROOT", help="score on ILSVRC12 validation boxes (needs --weights)")
-    p.add_argument("--model", action="append", metavar="NAME", help="classifier (repeatable; default: small-cnn)")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="classifier: small-cnn, vit-tiny, timm:NAME, torchvision:NAME, ... (repeatable; default: "
+                        "small-cnn; `an8flower models` lists them)")
+    p.add_argument("--model-option", action="append", dest="model_option", metavar="MODEL.KEY=VALUE",
+                   help="a model's builder option, e.g. timm:deit_tiny_patch16_224.depth=6 (repeatable)")
     p.add_argument("--weights", action="append", metavar="[MODEL=]FILE",
                    help="local checkpoint or state dict for a model (else the model is trained on the variant)")
     p.add_argument("--explainer", action="append", metavar="NAME", help="explainer to run (repeatable; default: all)")
@@ -195,6 +209,19 @@ def _register_leaderboard(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_leaderboard)
 
 
+def model_options(items: Optional[list[str]]) -> dict[str, dict[str, Any]]:
+    """``--model-option MODEL.KEY=VALUE`` flags as ``{MODEL: {KEY: VALUE}}`` (VALUE parsed as JSON
+    when it can be)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        target, sep, value = item.partition("=")
+        name, dot, key = target.rpartition(".")
+        if not sep or not dot or not name or not key:
+            raise UsageError(f"--model-option {item!r}: expected MODEL.KEY=VALUE")
+        out.setdefault(name, {})[key] = _parse_value(value)
+    return out
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -226,6 +253,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o.setdefault("variants", [])
     if args.model:
         o["models"] = list(args.model)
+    if args.model_option:
+        o["model_options"] = model_options(args.model_option)
     if args.explainer:
         o["explainers"] = list(args.explainer)
     if args.metric:
@@ -408,4 +437,43 @@ def _explainers(args: argparse.Namespace) -> int:
         block(f"quantus: metrics ({len(quantus)}):", quantus)
     else:
         print('unavailable: quantus: metrics (quantus is not installed): pip install "an8flower[quantus]"')
+    return 0
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def _register_models(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list every model name available in this installation",
+        description="List the package's classifiers, the named ViT presets, and the model libraries (timm:, "
+        "torchvision:) with their version and number of models, or the extra that installs a missing one. "
+        "Options are written NAME[KEY=VALUE,...] or given with --model-option NAME.KEY=VALUE.",
+    )
+    p.add_argument("--json", action="store_true", help="print the catalogue as JSON")
+    p.add_argument("--library", choices=("timm", "torchvision"), help="print every model name of one library")
+    p.set_defaults(func=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from an8flower.eval.models import MODEL_LIBRARIES, model_catalogue
+
+    if args.library:
+        print("\n".join(f"{args.library}:{b}" for b in MODEL_LIBRARIES[args.library].builders()))
+        return 0
+    cat = model_catalogue()
+    if args.json:
+        print(json.dumps(cat, indent=1))
+        return 0
+    print("an8flower: " + ", ".join(cat["ours"]))
+    for name, preset in cat["presets"].items():
+        state = "" if preset["available"] else f" (needs {preset['library']})"
+        print(f"  {name}: {preset['summary']}{state}")
+    for lib in cat["libraries"]:
+        if lib["available"]:
+            print(f"{lib['prefix']}: {lib['distribution']} {lib['version']} ({lib['models']} models: "
+                  f"`an8flower models --library {lib['prefix']}`)")
+        else:
+            print(f"unavailable: {lib['prefix']}: ({lib['distribution']} is not installed): {lib['install']}")
     return 0

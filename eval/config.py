@@ -19,6 +19,9 @@ top level, plus three tables::
     [metric_options.deletion_auc]                     # keyword options of the metric function
     steps = 20
 
+    [model_options."timm:deit_tiny_patch16_224"]      # options of a model's builder
+    depth = 6
+
     [train]                                           # fields of an8flower.eval.train.TrainConfig
     epochs = 30
 
@@ -68,7 +71,11 @@ class RunConfig:
         data: per variant, a folder written by ``an8flower generate`` to use instead of rendering
             the dataset in memory.
         imagenet: an ILSVRC12 root: score on its validation boxes instead of an8Flower.
-        models: classifier names (see :func:`an8flower.eval.models.list_models`).
+        models: classifier names (see :func:`an8flower.eval.models.resolve_model`: ``small-cnn``,
+            ``vit-tiny``, ``timm:<name>``, ``torchvision:<name>``, with options ``NAME[KEY=VALUE]``).
+        model_options: per model name, options of its builder (``{"timm:deit_tiny_patch16_224":
+            {"depth": 6}}``); folded into ``models`` as canonical names ``NAME[KEY=VALUE,...]``, the
+            names the tables, cache and model cards show.
         weights: per model name, a local checkpoint to load instead of training one (an8Flower:
             trained per variant when absent; ILSVRC12: required).
         explainers: explainer names (``oracle`` is the mask itself); ``None``: all registered,
@@ -109,6 +116,7 @@ class RunConfig:
     data: dict[str, str] = field(default_factory=dict)
     imagenet: Optional[str] = None
     models: list[str] = field(default_factory=lambda: ["small-cnn"])
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
     explainers: Optional[list[str]] = None
     explainer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -133,6 +141,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.model_options:
+            from an8flower.eval.models import fold_model_options
+
+            self.models = fold_model_options(self.models, self.model_options)
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`UsageError` naming the field (and ``source``) for an out-of-range value."""
@@ -169,7 +181,7 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v)):
                 raise UsageError(f"{source}: {name} must be a non-empty list of names, got {v!r}")
-        for name in ("explainer_options", "metric_options"):
+        for name in ("explainer_options", "metric_options", "model_options"):
             v = getattr(self, name)
             if not isinstance(v, dict) or not all(isinstance(o, dict) for o in v.values()):
                 raise UsageError(f"{source}: {name} must map names to tables of options, got {v!r}")
