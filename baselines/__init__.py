@@ -25,6 +25,7 @@ from an8flower.baselines.gradient import (
 from an8flower.baselines.perturbation import RISE, Occlusion
 from an8flower.baselines.reference import CentreGaussian, RandomMap
 from an8flower.baselines.rules import backward_rules, modified_gradient
+from an8flower.baselines.transformer import AttentionRelevance, AttentionRollout
 from an8flower.baselines.vebi import VEBI, FeatureMaps, RelevantFeature
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "UpsampledActivation",
     "Occlusion",
     "RISE",
+    "AttentionRollout",
+    "AttentionRelevance",
     "RandomMap",
     "CentreGaussian",
     "VEBI",

@@ -424,6 +424,8 @@ def _explainers(args: argparse.Namespace) -> int:
         if not lib["available"]:
             continue
         block(f"{lib['prefix']}: {lib['distribution']} {lib['version']} ({len(lib['methods'])}):", lib["methods"])
+        if lib.get("licence"):
+            print(textwrap.fill(f"licence: {lib['licence']}", width=100, initial_indent="  ", subsequent_indent="    "))
         reasons: dict[str, list[str]] = {}
         for name, why in lib["excluded"].items():
             reasons.setdefault(why, []).append(name)

@@ -78,6 +78,7 @@ LIBRARIES: dict[str, Library] = {
         Library("captum", "an8flower.baselines.adapters.captum", "captum", "captum", "captum"),
         Library("zennit", "an8flower.baselines.adapters.zennit", "zennit", "zennit", "zennit"),
         Library("gradcam", "an8flower.baselines.adapters.gradcam", "pytorch_grad_cam", "grad-cam", "gradcam"),
+        Library("lxt", "an8flower.baselines.adapters.lxt", "lxt", "lxt", "lxt"),
     )
 }
 
