@@ -41,8 +41,6 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
-
 from an8flower.baselines.base import (
     Explainer,
     check_inputs,
@@ -51,9 +49,17 @@ from an8flower.baselines.base import (
     reduce_channels,
     register_explainer,
 )
-from an8flower.baselines.features import LAYER_PRESETS, LayerRecorder, channel_energy, default_layers, feature_vector
+from an8flower.baselines.features import (
+    LAYER_PRESETS,
+    LayerRecorder,
+    channel_energy,
+    default_layers,
+    feature_vector,
+)
 from an8flower.baselines.lasso import nonneg_l1_lasso
 from an8flower.baselines.rules import RELU_RULES, backward_rules
+from torch import nn
+
 from an8flower.errors import UsageError
 
 __all__ = ["VEBI", "RelevantFeature", "FeatureMaps", "minmax_normalise", "postprocess_signal"]
@@ -110,6 +116,22 @@ class FeatureMaps:
     n_features: torch.Tensor
     targets: torch.Tensor
     names: list[list[str]] = field(default_factory=list)
+
+
+def refuse_transformers(model: nn.Module) -> None:
+    """UsageError for a model with attention blocks: VEBI is not defined on Vision Transformers.
+
+    Its features are the energies of convolutional channels over spatial positions, and its visual
+    feedback back-propagates a feature through ReLUs (guided or deconvnet rule) with the stride fix
+    of strided convolutions. A ViT's token features mix all positions through attention, its
+    non-linearities are GELUs and its one strided convolution (the patch embedding) has stride =
+    kernel; a generalisation to token features is a different method, not offered.
+    """
+    from an8flower.baselines.transformer import is_transformer
+
+    if is_transformer(model):
+        raise UsageError(f"vebi does not apply to {type(model).__name__}, a transformer: its features are convolutional "
+                         "channel energies and its feedback needs ReLUs and the stride fix (see VEBI.fit)")
 
 
 def minmax_normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -329,8 +351,13 @@ class VEBI(Explainer):
         Returns:
             ``self``, fitted; ``fit_info_`` holds the lasso diagnostics (iterations, max relative
             gap, convergence, number of relevant features per class).
+
+        Raises:
+            UsageError: ``model`` is a transformer (see :func:`refuse_transformers`).
         """
         from tqdm.auto import tqdm
+
+        refuse_transformers(model)
 
         device = model_device(model)
         feats: list[torch.Tensor] = []

@@ -237,3 +237,8 @@ def test_token_grid_finds_the_patch_grid_and_prefix_tokens(vit, x) -> None:
 def test_rollout_options_are_checked(opts, match) -> None:
     with pytest.raises(UsageError, match=match):
         build_explainer("vit_rollout", **opts)
+
+
+def test_vebi_refuses_a_transformer(x) -> None:
+    with pytest.raises(UsageError, match="vebi does not apply to .* a transformer"):
+        build_explainer("vebi").fit(tiny_vit(), [(x, TARGETS)])

@@ -79,6 +79,7 @@ LIBRARIES: dict[str, Library] = {
         Library("zennit", "an8flower.baselines.adapters.zennit", "zennit", "zennit", "zennit"),
         Library("gradcam", "an8flower.baselines.adapters.gradcam", "pytorch_grad_cam", "grad-cam", "gradcam"),
         Library("lxt", "an8flower.baselines.adapters.lxt", "lxt", "lxt", "lxt"),
+        Library("torchcam", "an8flower.baselines.adapters.torchcam", "torchcam", "torchcam", "torchcam"),
     )
 }
 
