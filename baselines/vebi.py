@@ -41,6 +41,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
+
 from an8flower.baselines.base import (
     Explainer,
     check_inputs,
@@ -49,17 +51,9 @@ from an8flower.baselines.base import (
     reduce_channels,
     register_explainer,
 )
-from an8flower.baselines.features import (
-    LAYER_PRESETS,
-    LayerRecorder,
-    channel_energy,
-    default_layers,
-    feature_vector,
-)
+from an8flower.baselines.features import LAYER_PRESETS, LayerRecorder, channel_energy, default_layers, feature_vector
 from an8flower.baselines.lasso import nonneg_l1_lasso
 from an8flower.baselines.rules import RELU_RULES, backward_rules
-from torch import nn
-
 from an8flower.errors import UsageError
 
 __all__ = ["VEBI", "RelevantFeature", "FeatureMaps", "minmax_normalise", "postprocess_signal"]
