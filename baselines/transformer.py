@@ -32,11 +32,12 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from an8flower.baselines._options import check_choice
-from an8flower.baselines.base import Explainer, HookScope, register_explainer
 from torch import nn
 
+from an8flower.baselines._options import check_choice
+from an8flower.baselines.base import Explainer, HookScope, register_explainer
 from an8flower.errors import UsageError
+
 
 __all__ = [
     "attention_modules",

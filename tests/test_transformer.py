@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from an8flower.baselines import build_explainer
 from an8flower.baselines.cam import default_cam_layer
 from an8flower.baselines.transformer import (
@@ -17,11 +19,11 @@ from an8flower.baselines.transformer import (
     rollout,
     token_grid,
 )
-from an8flower.eval.models import build_model
-from test_explainers import assert_no_hooks
-from torch import nn
-
 from an8flower.errors import UsageError
+from an8flower.eval.models import build_model
+
+from test_explainers import assert_no_hooks
+
 
 TV = "vit-tiny[hidden_dim=16,image_size=32,mlp_dim=32,num_heads=2,num_layers=2,patch_size=8]"
 TIMM = "timm:deit_tiny_patch16_224[depth=2,embed_dim=16,img_size=32,num_heads=2,patch_size=8]"

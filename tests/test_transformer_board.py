@@ -8,10 +8,12 @@ import json
 
 import pytest
 import torch
+
 from an8flower.baselines import build_explainer, explainer_class, list_explainers
+from an8flower.errors import UsageError
+
 from test_transformer import TARGETS, tiny_vit
 
-from an8flower.errors import UsageError
 
 #: Explainers that cannot apply to a GELU transformer, and the words of their refusal.
 REFUSED = {"guided_backprop": "ReLU", "deconvnet": "ReLU", "vebi": "transformer"}

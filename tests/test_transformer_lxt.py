@@ -8,12 +8,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from an8flower.baselines import build_explainer
-from test_explainers import assert_no_hooks
-from test_transformer import TARGETS, TIMM, tiny_vit
 from torch import nn
 
+from an8flower.baselines import build_explainer
 from an8flower.errors import UsageError
+
+from test_explainers import assert_no_hooks
+from test_transformer import TARGETS, TIMM, tiny_vit
+
 
 pytest.importorskip("lxt")
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from an8flower.baselines import build_explainer
+from an8flower.errors import UsageError
+
 from test_explainers import assert_no_hooks
 from test_transformer import TARGETS, TIMM, tiny_vit
 
-from an8flower.errors import UsageError
 
 pytest.importorskip("torchcam")
 

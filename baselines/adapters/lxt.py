@@ -45,6 +45,8 @@ import types
 from typing import Callable, Iterator
 
 import torch
+from torch import nn
+
 from an8flower.baselines.adapters._common import (
     LIBRARIES,
     AdapterExplainer,
@@ -54,9 +56,8 @@ from an8flower.baselines.adapters._common import (
     make_adapter_class,
 )
 from an8flower.baselines.base import HookScope
-from torch import nn
-
 from an8flower.errors import UsageError
+
 
 __all__ = ["LxtExplainer", "LICENCE", "OUTPUTS", "methods", "excluded", "adapter_class", "patched"]
 

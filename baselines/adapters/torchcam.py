@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from an8flower.baselines.adapters._common import (
     LIBRARIES,
     AdapterExplainer,
@@ -31,9 +33,8 @@ from an8flower.baselines.adapters._common import (
     library_call,
     make_adapter_class,
 )
-from torch import nn
-
 from an8flower.errors import UsageError
+
 
 __all__ = ["TorchcamExplainer", "EXCLUDED", "methods", "excluded", "adapter_class"]
 
