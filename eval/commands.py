@@ -71,9 +71,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=112, metavar="PX", help="image side when rendering (default: 112)")
     p.add_argument("--per-class", type=int, default=500, metavar="N",
                    help="samples per class when rendering, split 70/10/20 (default: 500)")
-    p.add_argument("--model-option", action="append", dest="model_option", metavar="MODEL.KEY=VALUE",
-                   help="a model option, VALUE parsed as JSON when it can be, e.g. "
-                        "timm:deit_tiny_patch16_224.depth=6 (repeatable; same as MODEL[KEY=VALUE])")
+    p.add_argument("--model-option", action="append", dest="model_option", metavar="OPT",
+                   help="MODEL.KEY=VALUE: a model's builder option, VALUE parsed as JSON when it can be, e.g. "
+                        "timm:deit_tiny_patch16_224.depth=6 (repeatable; same as --model MODEL[KEY=VALUE])")
     p.add_argument("--weights", metavar="FILE",
                    help="fine-tune from a local state dict, checkpoint or .safetensors file (the classifier head is "
                         "re-initialised when its shape differs); nothing is downloaded")
