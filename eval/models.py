@@ -632,7 +632,7 @@ def load_checkpoint(
         wanted = resolve_model(name)
         if not wanted.accepts(spec):
             raise UsageError(f"weights file {path} holds a {arch!r} model, not {wanted.name!r}")
-    state = ckpt.get("state_dict")
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise UsageError(f"weights file {path} holds no state dict")
     _check_card_fits(spec, k, state, path)
@@ -746,7 +746,7 @@ def _head_keys(model: nn.Module) -> tuple[str, ...]:
 
 def _num_outputs(model: nn.Module) -> Optional[int]:
     last = _last_linear(model)
-    return None if last is None else model.get_submodule(last).out_features
+    return None if last is None else int(getattr(model.get_submodule(last), "out_features"))
 
 
 def _load_state(model: nn.Module, state: object, path: str, keep: Sequence[str] = ()) -> None:
