@@ -42,6 +42,8 @@ from an8flower.errors import UsageError
 __all__ = [
     "attention_modules",
     "is_transformer",
+    "require_relu_network",
+    "NON_RELU_ACTIVATIONS",
     "token_grid",
     "tokens_to_grid",
     "capture_attention",
@@ -69,6 +71,22 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def is_transformer(model: nn.Module) -> bool:
     """Whether ``model`` has attention blocks (see :func:`attention_modules`)."""
     return bool(attention_modules(model))
+
+
+#: Activation modules whose presence means a model is not a ReLU network.
+NON_RELU_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.ELU, nn.SELU,
+                                                     nn.CELU, nn.LeakyReLU, nn.PReLU, nn.Softplus)
+
+
+def require_relu_network(model: nn.Module, method: str) -> None:
+    """UsageError naming ``method`` and the reason unless ``model`` is a ReLU network: it has
+    ``nn.ReLU`` modules, no attention blocks and none of :data:`NON_RELU_ACTIVATIONS`."""
+    others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, NON_RELU_ACTIVATIONS)})
+    if is_transformer(model) or others or not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        what = f"{', '.join(others)} activations" if others else "no nn.ReLU modules"
+        kind = "a transformer with " if is_transformer(model) else ""
+        raise UsageError(f"{method} needs a ReLU network (its rule is defined at ReLUs); {type(model).__name__} is {kind}"
+                         f"{what}: refused rather than returning the plain gradient")
 
 
 def token_grid(model: nn.Module, images: torch.Tensor, n_tokens: int) -> tuple[int, int, int]:

@@ -89,3 +89,16 @@ def test_the_board_runs_a_vit_end_to_end(tmp_path) -> None:
 
     model, card = load_checkpoint(trained["source"], name="vit-tiny")
     assert card["model"]["options"]["num_layers"] == 2 and card["training"]["lr"] == 1e-3  # the ViT recipe
+
+
+@pytest.mark.parametrize("name", ["captum:GuidedBackprop", "captum:Deconvolution", "captum:GuidedGradCam",
+                                  "zennit:GuidedBackprop", "zennit:DeconvNet", "zennit:ExcitationBackprop"])
+def test_library_relu_rules_refuse_a_vit_instead_of_returning_the_gradient(name, x) -> None:
+    """Captum's and Zennit's guided backprop and deconvnet apply their rule at ReLU modules only: on a
+    GELU ViT they would return the plain gradient. They are refused, naming the reason."""
+    pytest.importorskip(name.split(":")[0])
+    from an8flower.baselines.adapters import RELU_RULE_ADAPTERS
+
+    assert name in RELU_RULE_ADAPTERS
+    with pytest.raises(UsageError, match=f"{name} needs a ReLU network .* transformer with GELU"):
+        build_explainer(name)(tiny_vit(), x, TARGETS)

@@ -19,6 +19,7 @@ from an8flower.baselines.adapters.catalogue import (
     BOARD_ADAPTERS,
     BOARD_OPTIONS,
     DUPLICATES,
+    RELU_RULE_ADAPTERS,
     adapter_class,
     board_config,
     catalogue,
@@ -39,5 +40,6 @@ __all__ = [
     "BOARD_ADAPTERS",
     "BOARD_OPTIONS",
     "DUPLICATES",
+    "RELU_RULE_ADAPTERS",
     "board_config",
 ]

@@ -211,6 +211,18 @@ class AdapterExplainer(Explainer):
     method: ClassVar[str] = ""
     #: Option name -> spec, in signature order.
     option_specs: ClassVar[dict[str, Option]] = {}
+    #: Whether the method's rule is defined for ReLU networks only (guided backprop, deconvnet,
+    #: excitation backprop: set by :func:`~an8flower.baselines.adapters.catalogue.adapter_class`);
+    #: such a method is refused on other models (:func:`~an8flower.baselines.transformer.require_relu_network`),
+    #: where the library would silently return the plain gradient.
+    relu_only: ClassVar[bool] = False
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, targets: Any = None) -> torch.Tensor:
+        if self.relu_only:
+            from an8flower.baselines.transformer import require_relu_network
+
+            require_relu_network(model, self.name)
+        return super().__call__(model, images, targets)
 
     def __init__(self, **options: Any) -> None:
         owner = f"{self.library}:{self.method}"

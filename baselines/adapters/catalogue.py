@@ -9,6 +9,7 @@ from an8flower.baselines.adapters._common import LIBRARIES, import_library, libr
 from an8flower.errors import UsageError
 
 __all__ = [
+    "RELU_RULE_ADAPTERS",
     "adapter_class",
     "is_adapter_name",
     "list_adapter_explainers",
@@ -18,6 +19,15 @@ __all__ = [
     "DUPLICATES",
     "board_config",
 ]
+
+
+#: Adapter methods whose backward rule is defined at ReLUs only: on a model with other
+#: non-linearities (a GELU ViT) the library applies the rule nowhere and returns the plain gradient
+#: (or, for excitation backprop, a meaningless map), so they are refused there with a usage error.
+RELU_RULE_ADAPTERS: frozenset[str] = frozenset({
+    "captum:GuidedBackprop", "captum:Deconvolution", "captum:GuidedGradCam",
+    "zennit:GuidedBackprop", "zennit:DeconvNet", "zennit:ExcitationBackprop",
+})
 
 
 def is_adapter_name(name: str) -> bool:
@@ -36,7 +46,10 @@ def adapter_class(name: str) -> type:
     """
     lib, method = split_name(name)
     import_library(lib)
-    return importlib.import_module(lib.module).adapter_class(method)
+    cls = importlib.import_module(lib.module).adapter_class(method)
+    if name in RELU_RULE_ADAPTERS:
+        cls.relu_only = True
+    return cls
 
 
 def list_adapter_explainers() -> list[str]:
