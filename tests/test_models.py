@@ -340,3 +340,28 @@ def test_models_command_lists_ours_presets_and_libraries(capsys) -> None:
     assert set(cat) == {"ours", "presets", "libraries"}
     assert main(["models", "--library", "torchvision"]) == 0
     assert "torchvision:vit_b_16" in capsys.readouterr().out.split()
+
+
+def test_train_command_fine_tunes_from_local_weights_with_model_options(tmp_path, capsys) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from an8flower.cli import main
+
+    tiny = {"image_size": 64, "patch_size": 16, "num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 8}
+    name = "vit-tiny[" + ",".join(f"{k}={v}" for k, v in sorted(tiny.items())) + "]"
+    source = build_model(name, 1000, seed=3)
+    weights = tmp_path / "in1k.safetensors"
+    save_file({k: v.contiguous() for k, v in source.net.state_dict().items()}, str(weights))
+    options = [a for k, v in tiny.items() for a in ("--model-option", f"vit-tiny.{k}={v}")]
+    out = tmp_path / "vit.pt"
+    assert main(["train", "--variant", "single-6c", "--model", "vit-tiny", *options, "--weights", str(weights),
+                 "--size", "64", "--per-class", "5", "--epochs", "1", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["architecture"] == name
+    model, card = load_checkpoint(out)
+    assert card["model"]["options"] == tiny and card["training"]["lr"] == 1e-3 and card["training"]["epochs"] == 1
+    # one epoch of fine-tuning from the file's weights: close to them, not to a fresh initialisation
+    fresh = build_model(name, 6, seed=0)
+    w = "net.encoder.layers.encoder_layer_0.mlp.0.weight"
+    assert (model.state_dict()[w] - source.state_dict()[w]).abs().max() < (model.state_dict()[w] - fresh.state_dict()[w]).abs().max()
