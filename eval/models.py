@@ -252,15 +252,16 @@ class ModelLibrary:
             return None
 
     def builders(self) -> list[str]:
-        """Every model name the library builds (UsageError when it is not installed)."""
+        """Every classifier the library builds (UsageError when it is not installed): timm's models,
+        torchvision's classification builders (``torchvision.models``, not its detection,
+        segmentation, video or optical-flow ones)."""
         lib = self.module()
-        return sorted(lib.list_models()) if self.prefix == "timm" else sorted(lib.models.list_models())
+        return sorted(lib.list_models()) if self.prefix == "timm" else sorted(lib.models.list_models(module=lib.models))
 
     def has(self, builder: str) -> bool:
-        lib = self.module()
         if self.prefix == "timm":
-            return bool(lib.is_model(builder))
-        return builder in lib.models.list_models()
+            return bool(self.module().is_model(builder))
+        return builder in self.builders()
 
 
 #: The model libraries, by name prefix; each is imported only when one of its names is resolved.
@@ -444,8 +445,8 @@ def resolve_model(name: "str | ModelSpec", options: Optional[Mapping[str, Any]] 
 
     Names: the package's networks (:data:`MODELS`), the presets (:data:`PRESETS`),
     ``timm:<model>`` (any ``timm.list_models()`` name, built with ``timm.create_model(model,
-    pretrained=False, num_classes=K, **options)``) and ``torchvision:<builder>`` (any
-    ``torchvision.models.list_models()`` builder, built with ``weights=None``). Options are written
+    pretrained=False, num_classes=K, **options)``) and ``torchvision:<builder>`` (any classifier
+    of ``torchvision.models.list_models(module=torchvision.models)``, built with ``weights=None``). Options are written
     ``NAME[KEY=VALUE,...]`` (values as JSON, as explainer variants) and/or passed as ``options``
     (which win); they are the builder's keyword arguments (``timm:vit_small_patch16_224[depth=6,
     img_size=112]``). The package's own networks take none.

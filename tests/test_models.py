@@ -259,6 +259,7 @@ def test_listing_includes_presets_and_library_names() -> None:
     cat = model_catalogue()
     tv = next(e for e in cat["libraries"] if e["prefix"] == "torchvision")
     assert tv["available"] and torchvision.__version__.startswith(tv["version"]) and tv["models"] >= 50
+    assert "torchvision:fasterrcnn_resnet50_fpn" not in names  # classifiers only
     assert cat["ours"]["small-cnn"] == "features.relu4" and "vit-tiny" in cat["presets"]
 
 
