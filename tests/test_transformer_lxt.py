@@ -68,7 +68,7 @@ def test_attn_lrp_equals_the_rules_written_out(x) -> None:
 
 def test_relevance_is_conserved_without_biases(x) -> None:
     """With every bias, the position embedding and the class token at 0, the pixel relevance sums to
-    the target logit (measured gap about 1e-7 relative); with them, it does not."""
+    the target logit (measured gap 6e-8 to 1e-6 relative); with them, it does not."""
     model = tiny_vit()
     with torch.no_grad():
         logits = model(x).gather(1, TARGETS.view(-1, 1)).squeeze(1)
