@@ -37,6 +37,7 @@ from an8flower.baselines.spec import (
     resolve_explainers,
     split_explainer_name,
 )
+from an8flower.baselines.transformer import AttentionRelevance, AttentionRollout
 from an8flower.baselines.vebi import VEBI, FeatureMaps, RelevantFeature
 
 __all__ = [
@@ -69,6 +70,8 @@ __all__ = [
     "RISE",
     "ORACLE",
     "Oracle",
+    "AttentionRollout",
+    "AttentionRelevance",
     "RandomMap",
     "CentreGaussian",
     "ExplainerSpec",

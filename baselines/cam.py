@@ -1,7 +1,8 @@
 """CAM-style explainers: Grad-CAM, Grad-CAM++ and upsampled unit activations, and layer resolution.
 
 Each works on the output ``A`` (B, K, h, w) of one layer, chosen by its module path (``layer="features.relu4"``)
-or by ``layer="auto"`` (:func:`default_cam_layer`). Their maps are computed at the layer's
+or by ``layer="auto"`` (:func:`default_cam_layer`); the (B, N, D) tokens of a Vision Transformer's
+layer are laid out on its patch grid first (B, D, g_h, g_w), the class token dropped. Their maps are computed at the layer's
 resolution and upsampled bilinearly (``align_corners=False``) to the input's H x W; they are
 single-channel by construction, so no colour reduction applies.
 """
@@ -17,6 +18,7 @@ from torch import nn
 from an8flower.baselines._options import check_choice
 from an8flower.baselines.base import Explainer, HookScope
 from an8flower.baselines.registry import register_explainer
+from an8flower.baselines.vit import attention_modules, token_grid, tokens_to_grid
 from an8flower.errors import UsageError
 
 __all__ = [
@@ -36,6 +38,12 @@ def default_cam_layer(model: nn.Module) -> str:
 
     Rules, in order:
 
+    0. a Vision Transformer (:func:`~an8flower.baselines.transformer.attention_modules`): the first
+       ``LayerNorm`` of the block holding the last attention module (``norm1`` of timm's last
+       block, ``ln_1`` of torchvision's): the layer pytorch-grad-cam documents for ViTs. The last
+       block's output will not do: only its class token reaches the classifier, so the gradient
+       at its patch tokens is 0; ``norm1``'s patch tokens feed the last attention, whose class-token
+       row mixes them;
     1. a module named ``layer4`` (the last stage of torchvision ResNets: ``layer4`` bare,
        ``net.layer4`` in the package's wrapper); the shortest such path;
     2. otherwise the first ``nn.ReLU`` registered after the last ``nn.Conv2d`` (the rectified
@@ -46,6 +54,13 @@ def default_cam_layer(model: nn.Module) -> str:
     Raises:
         UsageError: the model has no ``nn.Conv2d``.
     """
+    attention = attention_modules(model)
+    if attention:
+        block = attention[-1][0].rpartition(".")[0]
+        norms = [n for n, m in model.get_submodule(block).named_children() if isinstance(m, nn.LayerNorm)]
+        if norms:
+            return f"{block}.{norms[0]}"
+        raise UsageError(f"layer='auto': the last attention block {block!r} has no LayerNorm; name a layer with layer=")
     named = list(model.named_modules())
     stages = [name for name, _ in named if name.split(".")[-1] == "layer4"]
     if stages:
@@ -87,19 +102,21 @@ def layer_activation_and_gradient(
         targets: (B,) class indices.
 
     Returns:
-        ``(A, G)``, both (B, K, h, w), detached.
+        ``(A, G)``, both (B, K, h, w), detached. A transformer layer's tokens (B, N, D) are laid out
+        on the patch grid as (B, D, g_h, g_w), the class (and other prefix) tokens dropped
+        (:func:`~an8flower.baselines.transformer.tokens_to_grid`).
 
     Raises:
-        UsageError: the layer's output is not a 4-D tensor, the layer runs more than once per forward,
-            or the target scores do not depend on it.
+        UsageError: the layer's output is neither a 4-D feature map nor (B, N, D) tokens of a ViT,
+            the layer runs more than once per forward, or the target scores do not depend on it.
     """
     name, module = resolve_layer(model, layer)
     acts: list[torch.Tensor] = []
 
     def capture(m: nn.Module, inputs: Any, out: Any) -> Any:
-        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise UsageError(f"layer={name!r} outputs {shape}, not a (B, K, h, w) feature map")
+            raise UsageError(f"layer={name!r} outputs {shape}, not a (B, K, h, w) feature map or (B, N, D) tokens")
         # A leaf from here on: autograd records only the part of the network after the layer. The
         # clone keeps the leaf intact if a later in-place op modifies the layer's output.
         leaf = out.detach().requires_grad_(True)
@@ -126,7 +143,11 @@ def layer_activation_and_gradient(
             p.requires_grad_(flag)
     if grad is None:
         raise UsageError(f"layer={name!r}: the class scores do not depend on this layer's output")
-    return acts[0].detach(), grad.detach()
+    act, grad = acts[0].detach(), grad.detach()
+    if act.dim() == 3:
+        layout = token_grid(model, images, act.shape[1])
+        act, grad = tokens_to_grid(act, *layout), tokens_to_grid(grad, *layout)
+    return act, grad
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -172,22 +193,20 @@ class _LayerExplainer(Explainer):
 
 @register_explainer("gradcam")
 class GradCAM(_LayerExplainer):
-    """Grad-CAM (Selvaraju et al., ICCV 2017), computed by Captum's ``LayerGradCam``.
+    """Grad-CAM (Selvaraju et al., ICCV 2017).
 
     ``w_k = (1/hw) sum_ij dS_t / dA^k_ij``, ``L = relu(sum_k w_k A^k)``, upsampled bilinearly to the
-    input size. ``layer``: a module path or ``"auto"`` (:func:`default_cam_layer`).
+    input size; equal to Captum's ``LayerGradCam`` with ``relu_attributions=True`` on feature maps
+    (``tests/test_adapters_captum.py``). ``layer``: a module path or ``"auto"``
+    (:func:`default_cam_layer`). On a ViT the layer's patch tokens are laid out on the patch grid
+    (the class token dropped, see :func:`layer_activation_and_gradient`), as pytorch-grad-cam's
+    ``reshape_transform`` does.
     """
 
     def explain(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        from captum.attr import LayerGradCam
-
-        _, module = resolve_layer(model, self.layer)
-        x = images.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            cam = LayerGradCam(model, module).attribute(x, target=targets, relu_attributions=True)
-        if cam.dim() != 4:
-            raise UsageError(f"layer={self.layer!r} does not output a (B, K, h, w) feature map")
-        return upsample(cam.detach().sum(dim=1), (images.shape[2], images.shape[3]))
+        act, grad = layer_activation_and_gradient(model, self.layer, images, targets)
+        cam = (grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1).clamp(min=0)
+        return upsample(cam, (images.shape[2], images.shape[3]))
 
 
 @register_explainer("gradcam_pp")

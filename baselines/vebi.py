@@ -112,6 +112,22 @@ class FeatureMaps:
     names: list[list[str]] = field(default_factory=list)
 
 
+def refuse_transformers(model: nn.Module) -> None:
+    """UsageError for a model with attention blocks: VEBI is not defined on Vision Transformers.
+
+    Its features are the energies of convolutional channels over spatial positions, and its visual
+    feedback back-propagates a feature through ReLUs (guided or deconvnet rule) with the stride fix
+    of strided convolutions. A ViT's token features mix all positions through attention, its
+    non-linearities are GELUs and its one strided convolution (the patch embedding) has stride =
+    kernel; a generalisation to token features is a different method, not offered.
+    """
+    from an8flower.baselines.vit import is_transformer
+
+    if is_transformer(model):
+        raise UsageError(f"vebi does not apply to {type(model).__name__}, a transformer: its features are convolutional "
+                         "channel energies and its feedback needs ReLUs and the stride fix (see VEBI.fit)")
+
+
 def minmax_normalise(maps: torch.Tensor) -> torch.Tensor:
     """Min-max each map of (..., H, W) to [0, 1]; a constant map becomes all zeros."""
     flat = maps.flatten(-2)
@@ -329,8 +345,13 @@ class VEBI(Explainer):
         Returns:
             ``self``, fitted; ``fit_info_`` holds the lasso diagnostics (iterations, max relative
             gap, convergence, number of relevant features per class).
+
+        Raises:
+            UsageError: ``model`` is a transformer (see :func:`refuse_transformers`).
         """
         from tqdm.auto import tqdm
+
+        refuse_transformers(model)
 
         device = model_device(model)
         feats: list[torch.Tensor] = []

@@ -13,6 +13,8 @@ _EXPORTS = {
     "DEFAULT_CAM_LAYER": ("an8flower.eval.models", "DEFAULT_CAM_LAYER"),
     "build_model": ("an8flower.eval.models", "build_model"),
     "list_models": ("an8flower.eval.models", "list_models"),
+    "ModelSpec": ("an8flower.eval.models", "ModelSpec"),
+    "resolve_model": ("an8flower.eval.models", "resolve_model"),
     "load_weights": ("an8flower.eval.models", "load_weights"),
     "load_checkpoint": ("an8flower.eval.models", "load_checkpoint"),
     "run_leaderboard": ("an8flower.eval.runner", "run_leaderboard"),

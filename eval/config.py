@@ -19,6 +19,9 @@ top level, plus three tables::
     [metric_options.deletion_auc]                     # keyword options of the metric function
     steps = 20
 
+    [model_options."timm:deit_tiny_patch16_224"]      # options of a model's builder
+    depth = 6
+
     [train]                                           # fields of an8flower.eval.config.TrainConfig
     epochs = 30
 
@@ -53,7 +56,7 @@ from an8flower.errors import UsageError
 
 __all__ = [
     "RunConfig", "ConfigFieldError", "quick_config", "load_config", "build_run_config", "resolve_config_path",
-    "parse_value", "parse_pairs", "PUBLISHED_CONFIGS", "QUICK", "TRAIN_DEFAULTS", "TrainConfig", "MAX_MODEL_SEEDS",
+    "parse_value", "parse_model_options", "parse_pairs", "PUBLISHED_CONFIGS", "QUICK", "TRAIN_DEFAULTS", "TrainConfig", "MAX_MODEL_SEEDS",
 ]
 
 #: Largest ``model_seeds`` a run accepts: each seed trains and scores one more classifier per
@@ -85,6 +88,13 @@ class TrainConfig:
         patience: stop after this many epochs without a better validation accuracy.
         stop_at: stop as soon as validation accuracy reaches this value (``None``: never).
         hflip: flip each training image horizontally with probability 1/2.
+        translate: shift each training image by up to this fraction of its side (uniform, per
+            image and axis; edge pixels repeated), 0 = off.
+        scale: zoom each training image by a factor drawn uniformly in ``[1 - scale, 1 + scale]``
+            about its centre, 0 = off. Shifts and zooms are one batched ``affine_grid`` /
+            ``grid_sample`` (bilinear) per batch; they keep an8Flower's labels (classes are
+            colours of parts), so no colour augmentation is offered.
+        label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016).
         seed: seeds the shuffling and the flips (the initialisation is seeded by the caller).
         workers: ``DataLoader`` worker processes.
         amp: use float16 autocast and gradient scaling when the model is on CUDA (ignored on CPU).
@@ -97,6 +107,9 @@ class TrainConfig:
     patience: int = TRAIN_DEFAULTS["patience"]
     stop_at: Optional[float] = TRAIN_DEFAULTS["stop_at"]
     hflip: bool = False
+    translate: float = 0.0
+    scale: float = 0.0
+    label_smoothing: float = 0.0
     seed: int = 0
     workers: int = 0
     amp: bool = True
@@ -111,6 +124,9 @@ class TrainConfig:
             raise UsageError(f"lr must be positive, got {self.lr}")
         if self.patience < 1:
             raise UsageError(f"patience must be >= 1, got {self.patience}")
+        for name in ("translate", "scale", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -123,7 +139,11 @@ class RunConfig:
         data: per variant, a folder written by ``an8flower generate`` to use instead of rendering
             the dataset in memory.
         imagenet: an ILSVRC12 root: score on its validation boxes instead of an8Flower.
-        models: classifier names (see :func:`an8flower.eval.models.list_models`).
+        models: classifier names (see :func:`an8flower.eval.models.resolve_model`: ``small-cnn``,
+            ``vit-tiny``, ``timm:<name>``, ``torchvision:<name>``, with options ``NAME[KEY=VALUE]``).
+        model_options: per model name, options of its builder (``{"timm:deit_tiny_patch16_224":
+            {"depth": 6}}``); folded into ``models`` as canonical names ``NAME[KEY=VALUE,...]``, the
+            names the tables, cache and model cards show.
         weights: per model name, a local checkpoint to load instead of training one (an8Flower:
             trained per variant when absent; ILSVRC12: required).
         explainers: explainer names (``oracle`` is the mask itself); ``None``: all registered,
@@ -164,6 +184,7 @@ class RunConfig:
     data: dict[str, str] = field(default_factory=dict)
     imagenet: Optional[str] = None
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
     explainers: Optional[list[str]] = None
     explainer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -188,6 +209,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.model_options:
+            from an8flower.eval.models import fold_model_options
+
+            self.models = fold_model_options(self.models, self.model_options)
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`ConfigFieldError` naming the field (and ``source``) for an out-of-range value."""
@@ -232,7 +257,7 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v)):
                 raise bad(name, f"must be a non-empty list of names, got {v!r}")
-        for name in ("explainer_options", "metric_options"):
+        for name in ("explainer_options", "metric_options", "model_options"):
             v = getattr(self, name)
             if not isinstance(v, dict) or not all(isinstance(o, dict) for o in v.values()):
                 raise bad(name, f"must map names to tables of options, got {v!r}")
@@ -455,6 +480,25 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def parse_model_options(items: Optional[Sequence[str]]) -> dict[str, dict[str, Any]]:
+    """``--model-option MODEL.KEY=VALUE`` items as ``{MODEL: {KEY: VALUE}}`` (VALUE by :func:`parse_value`).
+
+    ``MODEL`` may itself hold dots and colons (``timm:deit_tiny_patch16_224.depth=6``): the key is
+    what follows the last dot before ``=``.
+
+    Raises:
+        UsageError: an item that is not ``MODEL.KEY=VALUE``, naming it.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        target, sep, value = item.partition("=")
+        name, dot, key = target.rpartition(".")
+        if not sep or not dot or not name or not key:
+            raise UsageError(f"--model-option {item!r}: expected MODEL.KEY=VALUE")
+        out.setdefault(name, {})[key] = parse_value(value)
+    return out
 
 
 def parse_pairs(values: Sequence[str], flag: str, default_key: Optional[str]) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Classifiers to explain, built by name.
 
-``build_model(name, num_classes, weights=None)`` returns a ``torch.nn.Module`` mapping a float batch
+``build_model(name, num_classes, weights=None, seed=None, finetune=False)`` returns a ``torch.nn.Module`` mapping a float batch
 (B, C, H, W) in [0, 1] to logits (B, num_classes). Input normalisation is part of the model
 (:class:`Normalize` as its first layer), so explainers and metrics all see images in [0, 1].
 
@@ -12,20 +12,42 @@
   ``features.relu4``).
 * ``lenet``: a LeNet-5-style network for 28x28 grey digits (MNIST).
 * ``vgg16``, ``resnet18``, ``resnet50``: the torchvision architectures (ImageNet normalisation).
+* ``vit-tiny``, ``deit-tiny``: Vision Transformers for the board (:data:`PRESETS`).
+* ``timm:<name>`` and ``torchvision:<builder>``: any model of those libraries, built untrained
+  (``timm.create_model(name, pretrained=False, num_classes=K, **options)``,
+  ``torchvision.models.get_model(builder, weights=None, num_classes=K, **options)``), options
+  written ``NAME[KEY=VALUE,...]`` (``timm:deit_tiny_patch16_224[depth=6,img_size=112]``) or given
+  with ``--model-option NAME.KEY=VALUE`` / a ``[model_options."NAME"]`` table. Each library is
+  imported only when one of its names is resolved; a missing one is a usage error naming the
+  extra (``pip install "an8flower[timm]"``). Library models are wrapped with a ``Normalize`` first
+  layer (timm: the model's ``pretrained_cfg`` mean and std; torchvision: ImageNet's).
 
-``weights`` is a path to a local file: either a checkpoint written by
-:func:`an8flower.eval.train.save_checkpoint` (a dict with ``state_dict`` and ``model_card``) or a
-plain ``state_dict`` (e.g. torchvision's ImageNet weights saved locally). Nothing is ever
-downloaded. :func:`load_checkpoint` rebuilds a model from a checkpoint's model card alone, and
+A name is resolved once into a :class:`ModelSpec` (:func:`resolve_model`): base name, library,
+builder, options and code identity (the library's version); everything past the command line
+takes the spec. Checkpoints record the canonical name with its options, so
+:func:`load_checkpoint` rebuilds any of these models.
+
+``weights`` is a path to a local file: a checkpoint written by
+:func:`an8flower.eval.train.save_checkpoint` (a dict with ``state_dict`` and ``model_card``), a
+plain ``state_dict`` (e.g. torchvision's or timm's ImageNet weights saved locally) or a
+``.safetensors`` file; ``finetune=True`` starts training from such weights with a new classifier
+head. Nothing is ever downloaded. :func:`load_checkpoint` rebuilds a model from a checkpoint's model card alone, and
 :func:`model_hash` fingerprints a model's weights (the leaderboard's cache key).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.metadata
+import json
+import math
 import os
+import re
 from collections import OrderedDict
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -117,6 +139,11 @@ class LeNet(nn.Module):
         return self.classifier(self.flatten(self.features(x)))
 
 
+def _wrap(net: nn.Module, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> nn.Module:
+    """``Normalize`` then ``net``, as ``nn.Sequential(normalize=..., net=...)``: images stay in [0, 1]."""
+    return nn.Sequential(OrderedDict([("normalize", Normalize(mean, std)), ("net", net)]))
+
+
 def _torchvision(arch: str) -> Callable[[int], nn.Module]:
     def build(num_classes: int) -> nn.Module:
         import torchvision
@@ -125,7 +152,7 @@ def _torchvision(arch: str) -> Callable[[int], nn.Module]:
         # torchvision's ResNet reuses one ReLU module per block; explainers that hook ReLU modules
         # (guided backprop, deconvnet, VEBI) need one module per use and no in-place ops.
         _make_relus_distinct(net)
-        return nn.Sequential(OrderedDict([("normalize", Normalize(IMAGENET_MEAN, IMAGENET_STD)), ("net", net)]))
+        return _wrap(net)
 
     return build
 
@@ -181,7 +208,9 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "resnet50": _torchvision("resnet50"),
 }
 
-#: Default layer for CAM-style explainers (Grad-CAM, Grad-CAM++, upsampled activations).
+#: Default layer for CAM-style explainers (Grad-CAM, Grad-CAM++, upsampled activations). Models
+#: not listed (the ViT presets, ``timm:`` and ``torchvision:`` names) use ``layer="auto"``
+#: (:func:`an8flower.baselines.cam.default_cam_layer`: for a ViT, the first norm of its last block).
 DEFAULT_CAM_LAYER: dict[str, str] = {
     "small-cnn": "features.relu4",
     "lenet": "features.relu2",
@@ -191,26 +220,345 @@ DEFAULT_CAM_LAYER: dict[str, str] = {
 }
 
 
-def list_models() -> list[str]:
-    return sorted(MODELS)
+# ------------------------------------------------------------------ libraries, presets, specs
+
+
+@dataclass(frozen=True)
+class ModelLibrary:
+    """A library whose models are named ``<prefix>:<builder>``.
+
+    Attributes:
+        prefix: ``timm`` or ``torchvision``.
+        distribution: its name on PyPI (for the version and the error message).
+        extra: the an8flower extra that installs it (``None``: a core dependency).
+    """
+
+    prefix: str
+    distribution: str
+    extra: Optional[str]
+
+    def module(self) -> ModuleType:
+        """The imported library; UsageError naming the extra when it is not installed."""
+        try:
+            return importlib.import_module(self.prefix)
+        except ImportError as exc:
+            how = f'pip install "an8flower[{self.extra}]"' if self.extra else f"pip install {self.distribution}"
+            raise UsageError(f"{self.prefix}: models need the {self.distribution} library ({exc}); install it with {how}") from None
+
+    def version(self) -> Optional[str]:
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def builders(self) -> list[str]:
+        """Every classifier the library builds (UsageError when it is not installed): timm's models,
+        torchvision's classification builders (``torchvision.models``, not its detection,
+        segmentation, video or optical-flow ones)."""
+        lib = self.module()
+        return sorted(lib.list_models()) if self.prefix == "timm" else sorted(lib.models.list_models(module=lib.models))
+
+    def has(self, builder: str) -> bool:
+        if self.prefix == "timm":
+            return bool(self.module().is_model(builder))
+        return builder in self.builders()
+
+
+#: The model libraries, by name prefix; each is imported only when one of its names is resolved.
+MODEL_LIBRARIES: dict[str, ModelLibrary] = {
+    "timm": ModelLibrary("timm", "timm", "timm"),
+    "torchvision": ModelLibrary("torchvision", "torchvision", None),
+}
+
+#: Option names never passed to a library's builder: they would download weights, read a file or
+#: make the builder return something else than a classifier with ``num_classes`` logits.
+RESERVED_OPTIONS: frozenset[str] = frozenset({
+    "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path", "cache_dir",
+    "weights", "weights_backbone", "progress", "num_classes", "features_only", "out_indices", "scriptable",
+    "exportable", "no_jit",
+})
+#: Most options a model name may carry.
+MAX_OPTIONS = 32
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+# Builder names and string values: letters, digits and ``_.-+``, so that a name can be part of a
+# file name (the runner's cache of trained models) and never reaches a path or code.
+_WORD = re.compile(r"[A-Za-z0-9_.+-]{1,128}\Z")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model of the package built with a library: ``library`` builder ``builder`` with
+    ``defaults`` (any of them, and any other option of the builder, can be overridden)."""
+
+    library: str
+    builder: str
+    defaults: dict[str, Any]
+    summary: str
+
+
+#: Named ViT presets for the board (trained from scratch on an8Flower at 112 px).
+#:
+#: * ``vit-tiny``: torchvision's ``VisionTransformer`` (6 blocks, width 192, 16 px patches, 3 heads,
+#:   MLP 768, 2.8 M parameters): every transformer explainer applies, LXT's AttnLRP included (LXT
+#:   patches torchvision's ``vision_transformer`` module only). Needs no extra.
+#: * ``deit-tiny``: timm's ``deit_tiny_patch16_224`` with ``depth=6`` and ``img_size=112`` (the same
+#:   shape as ``vit-tiny``): rollout, attention relevance and the CAMs apply, LXT does not. Needs the
+#:   ``timm`` extra.
+PRESETS: dict[str, Preset] = {
+    "vit-tiny": Preset("torchvision", "VisionTransformer",
+                       {"image_size": 112, "patch_size": 16, "num_layers": 6, "num_heads": 3, "hidden_dim": 192,
+                        "mlp_dim": 768},
+                       "torchvision VisionTransformer, 6 blocks x 192, patch 16, 3 heads, 112 px (every ViT explainer)"),
+    "deit-tiny": Preset("timm", "deit_tiny_patch16_224", {"depth": 6, "img_size": 112},
+                        "timm deit_tiny_patch16_224 with depth=6, img_size=112 (all ViT explainers but lxt:)"),
+}
+
+
+def _check_options(owner: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON scalars (or lists of them) under identifier keys, no reserved key, strings of safe characters."""
+    if len(options) > MAX_OPTIONS:
+        raise UsageError(f"model {owner!r}: at most {MAX_OPTIONS} options, got {len(options)}")
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise UsageError(f"model {owner!r}: option names are identifiers, got {key!r}")
+        if key in RESERVED_OPTIONS:
+            raise UsageError(f"model {owner!r}: option {key!r} is not accepted (nothing is downloaded or read by a "
+                             "builder; pass local weights with --weights)")
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and len(value) > MAX_OPTIONS:
+            raise UsageError(f"model {owner!r}: option {key} has more than {MAX_OPTIONS} items")
+        for v in items:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UsageError(f"model {owner!r}: option {key} must be finite, got {v!r}")
+            if isinstance(v, str) and not _WORD.match(v):
+                raise UsageError(f"model {owner!r}: option {key}={v!r}: string values are words of letters, digits "
+                                 "and _.+-")
+            if not isinstance(v, (type(None), bool, int, float, str)):
+                raise UsageError(f"model {owner!r}: option {key} must be a number, a boolean, a word or a list of "
+                                 f"them, got {v!r}")
+        out[key] = list(value) if isinstance(value, list) else value
+    return out
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model name resolved once: what it builds, with which options, and the code that builds it.
+
+    Attributes:
+        base: the name without options (``small-cnn``, ``vit-tiny``, ``timm:deit_tiny_patch16_224``).
+        library: ``an8flower`` (the package's own networks), ``timm`` or ``torchvision``.
+        builder: the library's builder (``deit_tiny_patch16_224``, ``vit_b_16``,
+            ``VisionTransformer`` for ``vit-tiny``); the name itself for the package's networks.
+        given: the options the user gave (sorted ``(key, value)`` pairs).
+        defaults: a preset's options (sorted pairs; empty otherwise).
+    """
+
+    base: str
+    library: str
+    builder: str
+    given: tuple[tuple[str, Any], ...] = ()
+    defaults: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Every option the builder receives: the preset's defaults, then the given ones."""
+        return {**dict(self.defaults), **dict(self.given)}
+
+    @property
+    def name(self) -> str:
+        """The canonical name: ``base`` or ``base[key=value,...]`` with the given options, sorted,
+        values as JSON; :func:`resolve_model` of it gives this spec back."""
+        if not self.given:
+            return self.base
+        items = ",".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in self.given)
+        return f"{self.base}[{items}]"
+
+    def identity(self) -> dict[str, Any]:
+        """The code identity (JSON): name, library and its installed version, builder, every option.
+
+        Recorded in model cards and in the runner's key of a model it trains, so that another
+        library version or other options never reuse a trained model.
+        """
+        if self.library == "an8flower":
+            from an8flower import __version__
+
+            version: Optional[str] = __version__
+        else:
+            version = MODEL_LIBRARIES[self.library].version()
+        return {"name": self.name, "library": self.library, "version": version, "builder": self.builder,
+                "options": self.options}
+
+    def _make(self, num_classes: int) -> nn.Module:
+        if self.library == "an8flower" and self.base in MODELS:
+            model = MODELS[self.base](num_classes)
+            if self.base == "lenet":
+                with torch.no_grad():
+                    model(torch.zeros(1, 1, 28, 28))  # materialise the lazy layer
+            return model
+        lib = MODEL_LIBRARIES[self.library].module()
+        options = self.options
+        try:
+            if self.library == "timm":
+                net = lib.create_model(self.builder, pretrained=False, num_classes=num_classes, **options)
+                cfg = getattr(net, "pretrained_cfg", None) or {}
+                return _wrap(net, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+            if self.builder == "VisionTransformer":
+                net = lib.models.VisionTransformer(num_classes=num_classes, **options)
+            else:
+                net = lib.models.get_model(self.builder, weights=None, num_classes=num_classes, **options)
+        except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"model {self.name!r}: {self.library} could not build it with options "
+                             f"{options}: {reason}") from None
+        _make_relus_distinct(net)
+        return _wrap(net)
+
+    def build(self, num_classes: int, seed: Optional[int] = None) -> nn.Module:
+        """The model with ``num_classes`` logits, on the CPU, in training mode (see :func:`build_model`)."""
+        if isinstance(num_classes, bool) or int(num_classes) < 2:
+            raise UsageError(f"num_classes must be at least 2, got {num_classes}")
+        if seed is None:
+            return self._make(int(num_classes))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return self._make(int(num_classes))
+
+    def skeleton(self, num_classes: int = 2) -> nn.Module:
+        """The model built on the ``meta`` device: its modules and tensor shapes, no memory used."""
+        with torch.device("meta"):
+            return self._make(int(num_classes))
+
+    def shapes(self, num_classes: int) -> dict[str, tuple[int, ...]]:
+        """The state dict's tensor shapes (from :meth:`skeleton`)."""
+        return {k: tuple(v.shape) for k, v in self.skeleton(num_classes).state_dict().items()}
+
+    def accepts(self, other: "ModelSpec") -> bool:
+        """Whether a checkpoint of ``other`` is a model of this name: same base and the options given
+        here are ``other``'s (a name given without options accepts any options)."""
+        theirs = other.options
+        return other.base == self.base and all(theirs.get(k) == v for k, v in self.given)
+
+
+def resolve_model(name: "str | ModelSpec", options: Optional[Mapping[str, Any]] = None) -> ModelSpec:
+    """Resolve a model name, with optional ``options``, to a :class:`ModelSpec`.
+
+    Names: the package's networks (:data:`MODELS`), the presets (:data:`PRESETS`),
+    ``timm:<model>`` (any ``timm.list_models()`` name, built with ``timm.create_model(model,
+    pretrained=False, num_classes=K, **options)``) and ``torchvision:<builder>`` (any classifier
+    of ``torchvision.models.list_models(module=torchvision.models)``, built with ``weights=None``). Options are written
+    ``NAME[KEY=VALUE,...]`` (values as JSON, as explainer variants) and/or passed as ``options``
+    (which win); they are the builder's keyword arguments (``timm:vit_small_patch16_224[depth=6,
+    img_size=112]``). The package's own networks take none.
+
+    Raises:
+        UsageError: an unknown name, a library that is not installed (naming the extra), a model the
+            library does not have, options on a network that takes none, a reserved option
+            (:data:`RESERVED_OPTIONS`) or a value that is not a JSON scalar or word.
+    """
+    if isinstance(name, ModelSpec):
+        if not options:
+            return name
+        return resolve_model(name.base, {**dict(name.given), **dict(options)})
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"a model name is a non-empty string, got {name!r}")
+    from an8flower.baselines.spec import split_explainer_name
+
+    try:
+        base, given = split_explainer_name(name)
+    except UsageError:
+        raise UsageError(f"model {name!r}: options are written NAME[KEY=VALUE,...]") from None
+    given = _check_options(name, {**given, **dict(options or {})})
+    prefix, sep, builder = base.partition(":")
+    if sep:
+        if prefix not in MODEL_LIBRARIES:
+            raise UsageError(f"unknown model {name!r}: library prefixes are {', '.join(p + ':' for p in MODEL_LIBRARIES)}")
+        lib = MODEL_LIBRARIES[prefix]
+        if not _WORD.match(builder) or not lib.has(builder):
+            raise UsageError(f"{lib.distribution} {lib.version()} has no model {builder!r} (`an8flower models` lists "
+                             "what is available)")
+        return ModelSpec(base, prefix, builder, tuple(sorted(given.items())))
+    if base in PRESETS:
+        preset = PRESETS[base]
+        MODEL_LIBRARIES[preset.library].module()
+        return ModelSpec(base, preset.library, preset.builder, tuple(sorted(given.items())),
+                         tuple(sorted(preset.defaults.items())))
+    if base in MODELS:
+        if given:
+            raise UsageError(f"model {base!r} takes no options, got {', '.join(given)}")
+        return ModelSpec(base, "an8flower", base)
+    raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models(presets=True))}, or timm:<name>, "
+                     "torchvision:<name> (`an8flower models` lists them)")
+
+
+def fold_model_options(names: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``names`` with the options given per name (by its name without options) folded in: canonical
+    names ``NAME[KEY=VALUE,...]`` (:attr:`ModelSpec.name`).
+
+    Raises:
+        UsageError: options for a model that is not in ``names``, or options the model refuses.
+    """
+    bases = {resolve_model(n).base: n for n in names}
+    unknown = sorted(set(options) - set(bases) - set(names))
+    if unknown:
+        raise UsageError(f"model options for {unknown[0]!r}, which is not among the models ({', '.join(names)})")
+    return [resolve_model(n, {**options.get(resolve_model(n).base, {}), **options.get(n, {})}).name for n in names]
+
+
+def list_models(presets: bool = False, libraries: bool = False) -> list[str]:
+    """Model names, sorted: the package's own networks (:data:`MODELS`); with ``presets`` also the
+    named presets (:data:`PRESETS`); with ``libraries`` also every ``torchvision:`` and (when timm
+    is installed) ``timm:`` name. :func:`model_catalogue` says which libraries are missing."""
+    names = sorted(MODELS) + (sorted(PRESETS) if presets else [])
+    if libraries:
+        for lib in MODEL_LIBRARIES.values():
+            try:
+                names += [f"{lib.prefix}:{b}" for b in lib.builders()]
+            except UsageError:
+                continue
+    return names
+
+
+def model_catalogue() -> dict[str, Any]:
+    """What ``an8flower models`` prints: ``ours`` (name -> ``DEFAULT_CAM_LAYER`` or None), ``presets``
+    (name -> summary, library, available) and ``libraries`` (one entry per prefix: distribution,
+    version, install command, available, number of models)."""
+    libraries = []
+    for lib in MODEL_LIBRARIES.values():
+        entry: dict[str, Any] = {"prefix": lib.prefix, "distribution": lib.distribution, "version": lib.version(),
+                                 "install": f'pip install "an8flower[{lib.extra}]"' if lib.extra else None,
+                                 "available": False, "models": 0}
+        try:
+            entry.update(available=True, models=len(lib.builders()))
+        except UsageError:
+            pass
+        libraries.append(entry)
+    available = {e["prefix"]: e["available"] for e in libraries}
+    presets = {n: {"summary": p.summary, "library": p.library, "available": available[p.library]}
+               for n, p in sorted(PRESETS.items())}
+    return {"ours": {n: DEFAULT_CAM_LAYER.get(n) for n in sorted(MODELS)}, "presets": presets, "libraries": libraries}
 
 
 def build_model(
-    name: str,
+    name: "str | ModelSpec",
     num_classes: int,
     weights: Optional[str | os.PathLike[str]] = None,
     seed: Optional[int] = None,
+    finetune: bool = False,
 ) -> nn.Module:
     """Build the classifier ``name`` with ``num_classes`` outputs; load ``weights`` from a local file.
 
     Args:
-        name: one of :func:`list_models`.
+        name: a name :func:`resolve_model` accepts (``small-cnn``, ``vit-tiny``,
+            ``timm:deit_tiny_patch16_224[depth=6]``, ``torchvision:resnet34``) or a :class:`ModelSpec`.
         num_classes: number of logits.
-        weights: a local checkpoint or state dict (see :func:`load_weights`); ``None`` keeps the
-            random initialisation.
+        weights: a local checkpoint, state dict or ``.safetensors`` file (see :func:`load_weights`);
+            ``None`` keeps the random initialisation.
         seed: seeds the random initialisation without touching the global RNG state (the
             initialisation runs under :func:`torch.random.fork_rng`); ``None`` draws from the
             global RNG as ``torch.nn`` does.
+        finetune: ``weights`` are a starting point (e.g. ImageNet weights saved locally): the
+            classifier head is kept at its initialisation when its shape differs from the file's.
 
     Returns:
         The model on the CPU, in training mode.
@@ -219,28 +567,10 @@ def build_model(
     missing weights file or a state dict that does not fit the architecture (the message names the
     file).
     """
-    try:
-        factory = MODELS[name]
-    except KeyError:
-        raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models())}") from None
-    if int(num_classes) < 2:
-        raise UsageError(f"num_classes must be at least 2, got {num_classes}")
-    if seed is None:
-        model = _instantiate(name, factory, int(num_classes))
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = _instantiate(name, factory, int(num_classes))
+    spec = resolve_model(name)
+    model = spec.build(num_classes, seed=seed)
     if weights is not None:
-        load_weights(model, weights)
-    return model
-
-
-def _instantiate(name: str, factory: Callable[[int], nn.Module], num_classes: int) -> nn.Module:
-    model = factory(num_classes)
-    if name == "lenet":
-        with torch.no_grad():
-            model(torch.zeros(1, 1, 28, 28))  # materialise the lazy layer
+        load_weights(model, weights, finetune=finetune)
     return model
 
 
@@ -259,20 +589,30 @@ def model_hash(model: nn.Module) -> str:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], name: Optional[str] = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike[str], name: "Optional[str | ModelSpec]" = None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint of :func:`an8flower.eval.train.save_checkpoint` describes.
 
+    The card's ``architecture`` is the model's canonical name with its options
+    (:attr:`ModelSpec.name`, e.g. ``timm:deit_tiny_patch16_224[depth=6,img_size=112]``), so a
+    ``timm:`` or ``torchvision:`` model is rebuilt with the options it was trained with. The card is
+    untrusted: its name and options are checked as a user's are (:func:`resolve_model`), and the
+    model it describes is first built on the ``meta`` device (no memory) and compared with the
+    file's tensors, names and shapes: a card whose options or class count would build another or a
+    larger model than the file holds is refused before anything is allocated.
+
     Args:
         path: the checkpoint file (a dict with ``state_dict`` and a ``model_card``).
-        name: the architecture the caller expects; a checkpoint of another architecture raises.
+        name: the model the caller expects (a name or :class:`ModelSpec`); a checkpoint of another
+            model, or with other values of the options ``name`` gives, raises.
         map_location: device the model is moved to.
 
     Returns:
         ``(model, model_card)`` with the model in eval mode.
 
     Raises :class:`~an8flower.errors.UsageError` naming ``path`` when the file is missing,
-    unreadable, carries no model card, or holds another architecture than ``name``.
+    unreadable, carries no model card, holds another model than ``name``, or its card does not
+    describe its tensors.
     """
     path = os.fspath(path)
     ckpt = read_checkpoint(path)
@@ -283,11 +623,23 @@ def load_checkpoint(
             "pass --model and the number of classes to load a plain state dict"
         )
     check_model_card(card, path, ckpt.get("state_dict"))
-    arch = card["architecture"]
-    if name is not None and arch != name:
-        raise UsageError(f"weights file {path} holds a {arch!r} model, not {name!r}")
-    model = build_model(arch, int(card["num_classes"]))
-    _load_state(model, ckpt["state_dict"] if "state_dict" in ckpt else None, path)
+    arch, k = card["architecture"], card["num_classes"]
+    if not isinstance(arch, str) or isinstance(k, bool) or not isinstance(k, int):
+        raise UsageError(f"weights file {path}: its model card's architecture and num_classes are not a name and an integer")
+    try:
+        spec = resolve_model(arch)
+    except UsageError as exc:
+        raise UsageError(f"weights file {path}: its model card names a model that cannot be built here: {exc}") from None
+    if name is not None:
+        wanted = resolve_model(name)
+        if not wanted.accepts(spec):
+            raise UsageError(f"weights file {path} holds a {arch!r} model, not {wanted.name!r}")
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise UsageError(f"weights file {path} holds no state dict")
+    _check_card_fits(spec, k, state, path)
+    model = spec.build(k)
+    _load_state(model, state, path)
     return model.to(map_location).eval(), card
 
 
@@ -308,6 +660,8 @@ def _file_kind(path: str) -> Optional[str]:
     if head[:1] == b"\x80":
         return None
     return "neither a pickle nor a zip archive"
+
+
 #: Largest number of classes a model card may give (ImageNet-21k has 21,841).
 MAX_CARD_CLASSES = 100_000
 #: Largest input side (pixels) a model card may give.
@@ -351,8 +705,27 @@ def check_model_card(card: dict, path: str, state_dict: object = None) -> None:
         raise bad("classes", "must be num_classes names")
 
 
+def _check_card_fits(spec: ModelSpec, num_classes: int, state: dict, path: str) -> None:
+    """UsageError unless ``spec`` with ``num_classes`` logits has exactly ``state``'s tensor names and shapes."""
+    if num_classes < 2:
+        raise UsageError(f"weights file {path}: its model card gives num_classes = {num_classes}")
+    try:
+        expected = spec.shapes(num_classes)
+    except UsageError as exc:
+        raise UsageError(f"weights file {path}: {exc}") from None
+    held = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    for key in sorted(set(expected) | set(held)):
+        if expected.get(key) != held.get(key):
+            raise UsageError(f"weights file {path}: its model card describes a {spec.name!r} model with "
+                             f"{num_classes} classes whose tensor {key!r} has shape {expected.get(key)}, but the file "
+                             f"holds {held.get(key)}")
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> object:
     """``torch.load`` a local weights file safely (``weights_only=True``); UsageError naming it on failure.
+
+    A ``.safetensors`` file (timm's and Hugging Face's format: tensors only, by construction) is read
+    with ``safetensors.torch.load_file`` and returned as a plain state dict.
 
     Only tensors and plain containers are read: a file that holds other Python objects is refused
     (unpickling them could run code from the file), and the error never suggests loading it
@@ -364,6 +737,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> object:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"weights file not found: {path}")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the unpickler's protocol warnings
@@ -383,15 +758,31 @@ def read_checkpoint(path: str | os.PathLike[str]) -> object:
         ) from None
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict:
-    """Load a checkpoint or a plain state dict from ``path`` into ``model``; return the checkpoint.
+def _read_safetensors(path: str) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UsageError(f"weights file {path}: reading .safetensors needs the safetensors library "
+                         '(pip install safetensors; the timm extra installs it)') from None
+    try:
+        return dict(load_file(path, device="cpu"))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise UsageError(f"weights file {path} is not a safetensors file ({type(exc).__name__})") from None
 
-    Plain torchvision state dicts (keys without the ``net.`` prefix of our wrapper) are accepted.
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], finetune: bool = False) -> dict:
+    """Load a checkpoint, a plain state dict or a ``.safetensors`` file from ``path`` into ``model``;
+    return the checkpoint (``{}`` for a plain state dict).
+
+    Plain torchvision and timm state dicts (keys without the ``net.`` prefix of our wrapper) are
+    accepted. With ``finetune``, the tensors of the classifier head (the last ``nn.Linear``) whose
+    shape differs from the file's (ImageNet's 1000 classes) keep their initialisation; every other
+    tensor must fit.
     """
     path = os.fspath(path)
     ckpt = read_checkpoint(path)
     card = ckpt.get("model_card") if isinstance(ckpt, dict) else None
-    if isinstance(card, dict) and isinstance(card.get("num_classes"), int):
+    if isinstance(card, dict) and isinstance(card.get("num_classes"), int) and not finetune:
         out = _num_outputs(model)
         if out is not None and out != card["num_classes"]:
             raise UsageError(
@@ -399,19 +790,34 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict:
                 f"{card['num_classes']} classes; the model has {out} outputs"
             )
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    _load_state(model, state, path)
+    _load_state(model, state, path, keep=_head_keys(model) if finetune else ())
     return ckpt if isinstance(ckpt, dict) else {}
 
 
-def _num_outputs(model: nn.Module) -> Optional[int]:
+def _last_linear(model: nn.Module) -> Optional[str]:
+    """Module path of the last ``nn.Linear`` (the classifier head of every model here)."""
     last = None
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, nn.Linear) and not isinstance(m, nn.LazyLinear):
-            last = m
-    return None if last is None else last.out_features
+            last = name
+    return last
 
 
-def _load_state(model: nn.Module, state: object, path: str) -> None:
+def _head_keys(model: nn.Module) -> tuple[str, ...]:
+    """State-dict keys of the classifier head."""
+    last = _last_linear(model)
+    if last is None:
+        return ()
+    return tuple(f"{last}.{p}" for p, _ in model.get_submodule(last).named_parameters(recurse=False))
+
+
+def _num_outputs(model: nn.Module) -> Optional[int]:
+    last = _last_linear(model)
+    return None if last is None else int(getattr(model.get_submodule(last), "out_features"))
+
+
+def _load_state(model: nn.Module, state: object, path: str, keep: Sequence[str] = ()) -> None:
+    """Load ``state`` into ``model`` strictly; the keys in ``keep`` whose shapes differ keep the model's tensors."""
     if not isinstance(state, dict):
         raise UsageError(f"weights file {path} holds no state dict")
     own = model.state_dict()
@@ -419,6 +825,10 @@ def _load_state(model: nn.Module, state: object, path: str) -> None:
         state = {f"net.{k}": v for k, v in state.items()}
         for k in ("normalize.mean", "normalize.std"):
             state.setdefault(k, own[k])
+    for k in keep:
+        held = state.get(k)
+        if not isinstance(held, torch.Tensor) or held.shape != own[k].shape:
+            state = {**state, k: own[k]}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -247,8 +247,8 @@ def _stride_table(model: Any, vebi: Any, data: Any, settings: ReproSettings, fil
     import torch
 
     from an8flower.baselines import build_explainer
-    from an8flower.eval.stats import mean_ci
     from an8flower.eval.spectral import chance_share, conv_stride, stride_energy_share
+    from an8flower.eval.stats import mean_ci
 
     device = next(model.parameters()).device
     stride = conv_stride(model, data.test.float_images(slice(0, 1)).to(device))
@@ -324,9 +324,9 @@ def _plot_maps(path: str, images: Any, maps: Mapping[str, Any]) -> None:
 def _sheets(model: Any, vebi: Any, data: Any, settings: ReproSettings, files: str, slug: str,
             progress: Optional[bool]) -> list[dict[str, Any]]:
     """Interpretation sheets of the first ``settings.sheets`` classes (only their features are visualised)."""
+    from an8flower.atomic import atomic_write
     from an8flower.baselines import VEBI
     from an8flower.eval.interpret import interpretation_sheet, png_bytes
-    from an8flower.atomic import atomic_write
 
     classes = list(range(min(settings.sheets, vebi.num_classes)))
     if not classes:
@@ -495,9 +495,9 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     Raises:
         UsageError: bad settings or unreadable data (before anything is trained where possible).
     """
+    from an8flower.atomic import atomic_write
     from an8flower.eval.data import prepare_an8flower
     from an8flower.eval.feature_removal import feature_removal, relevant_channels
-    from an8flower.atomic import atomic_write
     from an8flower.eval.markdown import slug
     from an8flower.eval.runner import run_leaderboard
 

@@ -49,6 +49,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -79,8 +80,8 @@ from an8flower.eval.data import (
     prepare_an8flower,
     prepare_imagenet,
 )
-from an8flower.eval.report import write_report
 from an8flower.eval.distributed import SINGLE, World, explainer_state, load_explainer_state, my_batches, setup
+from an8flower.eval.report import write_report
 from an8flower.eval.results_folder import portable_record
 from an8flower.eval.scoring import (
     DEFAULT_METRICS,
@@ -137,8 +138,8 @@ def _weights_for(config: RunConfig, variant: str, model_name: str) -> Optional[s
 def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device: torch.device, timer: Timer,
                   progress: Optional[bool], log: Callable[[str], None], seed: int) -> tuple[nn.Module, dict[str, Any]]:
     """Load the model from ``config.weights`` or train it with initialisation ``seed`` (cached under ``<out>/models``)."""
-    from an8flower.eval.models import build_model, load_checkpoint, model_hash, read_checkpoint
-    from an8flower.eval.train import evaluate, model_card, save_checkpoint, train
+    from an8flower.eval.models import build_model, load_checkpoint, model_hash, read_checkpoint, resolve_model
+    from an8flower.eval.train import evaluate, model_card, recipe_config, save_checkpoint, train
 
     k = len(data.classes)
     weights = _weights_for(config, data.variant, model_name)
@@ -155,11 +156,13 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
         return model.to(device).eval(), {"source": os.fspath(weights), "card": card, "trained": False}
     if data.train is None:
         raise UsageError(f"no --weights for {model_name} and {data.dataset} has no training split to train one")
-    tconf = config.train_config()
+    tconf = recipe_config(model_name, config.train, seed=config.seed, hflip=True, workers=config.workers)
     if seed != config.seed:  # model seed seed + i shuffles with the training seed + i
         tconf = dataclasses.replace(tconf, seed=tconf.seed + seed - config.seed)
-    recipe = canonical({"model": model_name, "data": data.hash, "train": tconf.__dict__, "code": _training_code_sha256()})
-    path = os.path.join(config.out, "models", f"{data.variant}_{model_name}_{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.pt")
+    recipe = canonical({"model": model_name, "spec": resolve_model(model_name).identity(), "data": data.hash,
+                        "train": tconf.__dict__, "code": _training_code_sha256()})
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+    path = os.path.join(config.out, "models", f"{data.variant}_{stem}_{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.pt")
     if os.path.isfile(path):
         t0 = time.perf_counter()
         try:
@@ -308,7 +311,7 @@ class BoardRun:
     def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
                  log: Optional[Callable[[str], None]], fresh: bool = False, datasets_given: bool = False,
                  world: World = SINGLE, allow_overlap: bool = False) -> None:
-        from an8flower.eval.models import list_models
+        from an8flower.eval.models import resolve_model
 
         self.start = time.perf_counter()
         self.world = world
@@ -325,8 +328,8 @@ class BoardRun:
         self.given = dict(models or {})
         self.model_names = list(dict.fromkeys(list(config.models) if models is None else list(self.given)))
         for name in self.model_names:
-            if name not in self.given and name not in list_models():
-                raise UsageError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+            if name not in self.given:
+                resolve_model(name)
             if config.model_seeds > 1 and (name in self.given or any(k.split(":")[-1] == name for k in config.weights)):
                 raise UsageError(f"model_seeds = {config.model_seeds} needs models the run trains; {name} is given")
         self.model_seeds = [config.seed + i for i in range(config.model_seeds)]

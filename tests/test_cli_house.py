@@ -112,8 +112,14 @@ def test_board_defaults_are_one_set_of_numbers():
         defaults.BOARD_SIZE, defaults.BOARD_PER_CLASS, [defaults.DEFAULT_MODEL], defaults.RESULTS_DIR)
     assert RunConfig(per_class={"single-6c": 5}).per_class_for("double-12c") == defaults.BOARD_PER_CLASS
     t = build_parser().parse_args(["train", "--variant", "single-6c", "--out", "m.pt"])
-    assert (t.size, t.per_class, t.epochs, t.lr, t.batch_size, t.patience) == (
-        112, 500, TrainConfig().epochs, TrainConfig().lr, TrainConfig().batch_size, TrainConfig().patience)
+    # The training flags default to the model family's recipe (issue 21): unset flags, and the CNN
+    # recipe is TrainConfig's defaults.
+    from an8flower.eval.train import recipe_config
+
+    assert (t.size, t.per_class, t.epochs, t.lr, t.batch_size, t.patience) == (112, 500, None, None, None, None)
+    cnn = recipe_config("small-cnn")
+    assert (cnn.epochs, cnn.lr, cnn.batch_size, cnn.patience) == (
+        TrainConfig().epochs, TrainConfig().lr, TrainConfig().batch_size, TrainConfig().patience)
     i = build_parser().parse_args(["interpret", "--weights", "m.pt", "--out", "o"])
     sig = inspect.signature(interpret_checkpoint).parameters
     for key in ("mu", "k", "top_n", "max_features", "batch_size"):

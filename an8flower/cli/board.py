@@ -81,7 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="use a generated folder for a variant instead of rendering it (repeatable)")
     p.add_argument("--imagenet", metavar="DIR", help="score on ILSVRC12 validation boxes (needs --weights)")
     p.add_argument("--model", action="append", metavar="NAME",
-                   help=f"classifier (repeatable; default: {DEFAULT_MODEL}; see `an8flower models`)")
+                   help=f"classifier: small-cnn, vit-tiny, timm:NAME, torchvision:NAME, ... (repeatable; default: "
+                        f"{DEFAULT_MODEL}; see `an8flower models`)")
+    p.add_argument("--model-option", action="append", dest="model_option", metavar="OPT",
+                   help="MODEL.KEY=VALUE: a model builder's option, e.g. timm:deit_tiny_patch16_224.depth=6 "
+                        "(repeatable)")
     p.add_argument("--weights", action="append", metavar="[MODEL=]CKPT",
                    help="local checkpoint or state dict for a model (else the model is trained on the variant)")
     p.add_argument("--explainer", action="append", metavar="NAME", help="explainer to run (repeatable; default: all)")
@@ -150,6 +154,10 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         flags.setdefault("variants", [])
     if args.epochs is not None:
         flags["train"] = {"epochs": args.epochs}
+    if args.model_option:
+        from an8flower.eval.config import parse_model_options
+
+        flags["model_options"] = parse_model_options(args.model_option)
     for key, on, value in (("all_images", args.all_images, True), ("plots", args.no_plots, False), ("amp", args.amp, True)):
         if on:
             flags[key] = value

@@ -57,17 +57,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--variant", metavar="VARIANT",
                      help="built-in variant (single-6c, double-12c) or spec file, rendered in memory")
     src.add_argument("--data", metavar="DIR", help="a folder written by `an8flower generate`")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=f"classifier: {', '.join(MODEL_NAMES)} (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                   help=f"classifier: {', '.join(MODEL_NAMES)}, vit-tiny, timm:NAME, torchvision:NAME, ... "
+                        f"(default: {DEFAULT_MODEL}; `an8flower models` lists them)")
+    p.add_argument("--model-option", action="append", dest="model_option", metavar="OPT",
+                   help="MODEL.KEY=VALUE: a model builder's option, VALUE parsed as JSON when it can be, e.g. "
+                        "timm:deit_tiny_patch16_224.depth=6 (repeatable; same as --model MODEL[KEY=VALUE])")
+    p.add_argument("--weights", metavar="CKPT",
+                   help="fine-tune from a local state dict, checkpoint or .safetensors file (the classifier head is "
+                        "re-initialised when its shape differs); nothing is downloaded")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--size", type=int, default=BOARD_SIZE, metavar="PX", help=f"image side when rendering (default: {BOARD_SIZE})")
     p.add_argument("--per-class", type=int, default=BOARD_PER_CLASS, metavar="N",
                    help=f"samples per class when rendering, split 70/10/20 (default: {BOARD_PER_CLASS})")
-    p.add_argument("--epochs", type=int, default=t["epochs"], metavar="N", help=f"maximum epochs (default: {t['epochs']})")
-    p.add_argument("--patience", type=int, default=t["patience"], metavar="N",
-                   help=f"stop after N epochs without a better val accuracy (default: {t['patience']})")
-    p.add_argument("--lr", type=float, default=t["lr"], metavar="LR", help=f"peak learning rate (default: {t['lr']:g})")
-    p.add_argument("--batch-size", type=int, default=t["batch_size"], metavar="N",
-                   help=f"images per step (default: {t['batch_size']})")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help=f"maximum epochs (default: the model family's recipe; CNNs {t['epochs']})")
+    p.add_argument("--patience", type=int, metavar="N",
+                   help=f"stop after N epochs without a better val accuracy (default: recipe; CNNs {t['patience']})")
+    p.add_argument("--lr", type=float, metavar="LR", help=f"peak learning rate (default: recipe; CNNs {t['lr']:g})")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"images per step (default: recipe; CNNs {t['batch_size']})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S",
                    help=f"dataset, initialisation and shuffling seed (default: {DEFAULT_SEED})")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="data-loading worker processes (default: 0)")
@@ -77,10 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "models",
-        help="list every classifier name available in this installation",
-        description="List the classifier names `train`, `leaderboard` and `reproduce` accept.",
+        help="list every model name available in this installation",
+        description="List the package's classifiers, the named ViT presets, and the model libraries (timm:, "
+        "torchvision:) with their version and number of models, or the extra that installs a missing one. "
+        "Options are written NAME[KEY=VALUE,...] or given with --model-option NAME.KEY=VALUE.",
     )
-    p.add_argument("--json", action="store_true", help="print the names as JSON")
+    p.add_argument("--json", action="store_true", help="print the catalogue as JSON")
+    p.add_argument("--library", choices=("timm", "torchvision"), help="print every model name of one library")
     p.set_defaults(func=_models)
 
     p = subparsers.add_parser(
@@ -99,12 +111,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     apply_threads(args)
+    from an8flower.eval.config import parse_model_options
     from an8flower.eval.train import train_checkpoint
 
-    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience}
+    settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "patience") if getattr(args, k) is not None}
     report = train_checkpoint(args.model, args.out, variant=args.variant, data=args.data, size=args.size,
                               per_class=args.per_class, seed=args.seed, workers=args.workers,
                               device=args.device, settings=settings,
+                              model_options=parse_model_options(args.model_option), weights=args.weights,
                               log=lambda line: print(line, file=sys.stderr))
     warning = report.pop("warning")
     if warning:
@@ -114,10 +128,25 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from an8flower.eval.models import list_models
+    from an8flower.eval.models import MODEL_LIBRARIES, model_catalogue
 
-    names = list_models()
-    print(json.dumps(names) if args.json else "\n".join(names))
+    if args.library:
+        print("\n".join(f"{args.library}:{b}" for b in MODEL_LIBRARIES[args.library].builders()))
+        return 0
+    cat = model_catalogue()
+    if args.json:
+        print(json.dumps(cat, indent=1))
+        return 0
+    print("an8flower: " + ", ".join(cat["ours"]))
+    for name, preset in cat["presets"].items():
+        state = "" if preset["available"] else f" (needs {preset['library']})"
+        print(f"  {name}: {preset['summary']}{state}")
+    for lib in cat["libraries"]:
+        if lib["available"]:
+            print(f"{lib['prefix']}: {lib['distribution']} {lib['version']} ({lib['models']} models: "
+                  f"`an8flower models --library {lib['prefix']}`)")
+        else:
+            print(f"unavailable: {lib['prefix']}: ({lib['distribution']} is not installed): {lib['install']}")
     return 0
 
 
@@ -148,6 +177,8 @@ def _explainers(args: argparse.Namespace) -> int:
         if not lib["available"]:
             continue
         block(f"{lib['prefix']}: {lib['distribution']} {lib['version']} ({len(lib['methods'])}):", lib["methods"])
+        if lib.get("licence"):
+            print(textwrap.fill(f"licence: {lib['licence']}", width=100, initial_indent="  ", subsequent_indent="    "))
         reasons: dict[str, list[str]] = {}
         for name, why in lib["excluded"].items():
             reasons.setdefault(why, []).append(name)

@@ -2,7 +2,10 @@
 
 * ``captum:<Name>``: any Captum attribution class (:mod:`an8flower.baselines.adapters.captum`);
 * ``zennit:<Name>``: Zennit's LRP composites and attributors (:mod:`an8flower.baselines.adapters.zennit`);
-* ``gradcam:<Name>``: pytorch-grad-cam's CAM family (:mod:`an8flower.baselines.adapters.gradcam`).
+* ``gradcam:<Name>``: pytorch-grad-cam's CAM family (:mod:`an8flower.baselines.adapters.gradcam`);
+* ``lxt:<Name>``: AttnLRP for torchvision ViTs through LXT (:mod:`an8flower.baselines.adapters.lxt`;
+  LRP is free for personal and scientific use only);
+* ``torchcam:<Name>``: torchcam's LeGrad for torchvision ViTs (:mod:`an8flower.baselines.adapters.torchcam`).
 
 ``build_explainer("zennit:EpsilonPlusFlat")`` and the leaderboard's ``--explainer`` take these
 names; each library is imported only when one of its names is built (a missing library is a
@@ -13,6 +16,7 @@ masks, channel reduction, seed), listed in each class's docstring and signature.
 
 from an8flower.baselines.adapters._common import (
     LIBRARIES,
+    RELU_RULE_ADAPTERS,
     AdapterExplainer,
     Library,
     adapter_class,
@@ -42,5 +46,6 @@ __all__ = [
     "BOARD_ADAPTERS",
     "BOARD_OPTIONS",
     "DUPLICATES",
+    "RELU_RULE_ADAPTERS",
     "board_config",
 ]

@@ -34,6 +34,7 @@ from an8flower.baselines.base import Explainer
 from an8flower.errors import UsageError
 
 __all__ = [
+    "RELU_RULE_ADAPTERS",
     "Library",
     "LIBRARIES",
     "import_library",
@@ -81,6 +82,8 @@ LIBRARIES: dict[str, Library] = {
         Library("captum", "an8flower.baselines.adapters.captum", "captum", "captum", "captum"),
         Library("zennit", "an8flower.baselines.adapters.zennit", "zennit", "zennit", "zennit"),
         Library("gradcam", "an8flower.baselines.adapters.gradcam", "pytorch_grad_cam", "grad-cam", "gradcam"),
+        Library("lxt", "an8flower.baselines.adapters.lxt", "lxt", "lxt", "lxt"),
+        Library("torchcam", "an8flower.baselines.adapters.torchcam", "torchcam", "torchcam", "torchcam"),
     )
 }
 
@@ -119,6 +122,15 @@ def is_adapter_name(name: str) -> bool:
     return bool(sep) and prefix in LIBRARIES
 
 
+#: Adapter methods whose backward rule is defined at ReLUs only: on a model with other
+#: non-linearities (a GELU ViT) the library applies the rule nowhere and returns the plain gradient
+#: (or, for excitation backprop, a meaningless map), so they are refused there with a usage error.
+RELU_RULE_ADAPTERS: frozenset[str] = frozenset({
+    "captum:GuidedBackprop", "captum:Deconvolution", "captum:GuidedGradCam",
+    "zennit:GuidedBackprop", "zennit:DeconvNet", "zennit:ExcitationBackprop",
+})
+
+
 def adapter_class(name: str) -> type:
     """The explainer class of an adapter name such as ``"captum:IntegratedGradients"``.
 
@@ -129,7 +141,10 @@ def adapter_class(name: str) -> type:
     """
     lib, method = split_name(name)
     import_library(lib)
-    return importlib.import_module(lib.module).adapter_class(method)
+    cls = importlib.import_module(lib.module).adapter_class(method)
+    if name in RELU_RULE_ADAPTERS:
+        cls.relu_only = True
+    return cls
 
 
 def list_adapter_explainers() -> list[str]:
@@ -243,6 +258,18 @@ class AdapterExplainer(Explainer):
     method: ClassVar[str] = ""
     #: Option name -> spec, in signature order.
     option_specs: ClassVar[dict[str, Option]] = {}
+    #: Whether the method's rule is defined for ReLU networks only (guided backprop, deconvnet,
+    #: excitation backprop: set by :func:`~an8flower.baselines.adapters.catalogue.adapter_class`);
+    #: such a method is refused on other models (:func:`~an8flower.baselines.transformer.require_relu_network`),
+    #: where the library would silently return the plain gradient.
+    relu_only: ClassVar[bool] = False
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, targets: Any = None) -> torch.Tensor:
+        if self.relu_only:
+            from an8flower.baselines.vit import require_relu_network
+
+            require_relu_network(model, self.name)
+        return super().__call__(model, images, targets)
 
     def __init__(self, **options: Any) -> None:
         owner = f"{self.library}:{self.method}"

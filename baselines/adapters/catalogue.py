@@ -20,8 +20,9 @@ __all__ = [
 
 def catalogue() -> list[dict[str, Any]]:
     """One entry per library: ``prefix``, ``distribution``, ``version`` (None when missing),
-    ``install`` (the pip command of its extra), ``available``, ``methods`` (adapter names) and
-    ``excluded`` (method -> why it is not offered)."""
+    ``install`` (the pip command of its extra), ``available``, ``methods`` (adapter names),
+    ``excluded`` (method -> why it is not offered) and, for libraries with terms of use beyond
+    their licence (LXT: LRP is patented), ``licence``."""
     out = []
     for lib in LIBRARIES.values():
         entry: dict[str, Any] = {"prefix": lib.prefix, "distribution": lib.distribution, "install": lib.install,
@@ -34,6 +35,8 @@ def catalogue() -> list[dict[str, Any]]:
         module = importlib.import_module(lib.module)
         entry.update(available=True, methods=[f"{lib.prefix}:{m}" for m in module.methods()],
                      excluded={f"{lib.prefix}:{m}": why for m, why in module.excluded().items()})
+        if hasattr(module, "LICENCE"):
+            entry["licence"] = module.LICENCE
         out.append(entry)
     return out
 
@@ -121,7 +124,7 @@ DUPLICATES: tuple[tuple[str, str, str], ...] = (
      "same estimator, other noise draws (and zennit's last sample is noise-free): equal at zero noise, else not"),
     ("smoothgrad", "captum:Saliency",
      "with noise_tunnel='smoothgrad' and abs=False: the same estimator, other draws; equal at zero noise"),
-    ("gradcam", "captum:LayerGradCam", "equal with relu_attributions=True (ours is Captum's LayerGradCam)"),
+    ("gradcam", "captum:LayerGradCam", "equal with relu_attributions=True on feature maps (the same formula)"),
     ("gradcam", "gradcam:GradCAM",
      "equal after min-max scaling when the layer is at input resolution; theirs rescales before resizing"),
     ("gradcam_pp", "gradcam:GradCAMPlusPlus",

@@ -6,7 +6,10 @@ GradCAMElementWise, KPCA_CAM, FEM, ShapleyCAM, RandomCAM, SegEigenCAM, ...), exc
 :data:`EXCLUDED`. Each is built with ``target_layers=[layer]``: ``layer`` is a module path or
 ``"auto"`` (:func:`~an8flower.baselines.cam.default_cam_layer`); the leaderboard passes the
 model's ``DEFAULT_CAM_LAYER``, the layer of our own Grad-CAM. FullGrad takes no layer (it uses
-every convolution and batch norm with a bias). The target of image ``i`` is
+every convolution and batch norm with a bias). On a Vision Transformer, ``"auto"`` is the first
+norm of the last block (``norm1`` / ``ln_1``) and the layer's tokens reach the library through its
+``reshape_transform``, laid out on the patch grid with the class token dropped: the layer and
+transform pytorch-grad-cam's documentation gives for ViTs. The target of image ``i`` is
 ``ClassifierOutputTarget(targets[i])``, the target logit.
 
 The maps are what the library returns: ReLU of the class activation map, min-max scaled to [0, 1]
@@ -35,6 +38,8 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -49,6 +54,7 @@ from an8flower.baselines.adapters._common import (
     signature_options,
 )
 from an8flower.baselines.cam import resolve_layer
+from an8flower.baselines.vit import token_grid, tokens_to_grid
 from an8flower.errors import UsageError
 
 __all__ = ["GradCAMExplainer", "EXCLUDED", "NO_LAYER", "methods", "excluded", "adapter_class"]
@@ -127,6 +133,8 @@ class GradCAMExplainer(AdapterExplainer):
         cls = methods()[self.method]
         layers = [] if self.method in NO_LAYER else [resolve_layer(model, self._options["layer"])[1]]
         kwargs = self.targeted("init")
+        if self.method not in NO_LAYER:
+            kwargs["reshape_transform"] = _token_layout(model, images)
         if "ablation_layer" in inspect.signature(cls.__init__).parameters:
             from pytorch_grad_cam import AblationLayer
 
@@ -147,6 +155,17 @@ class GradCAMExplainer(AdapterExplainer):
         if out.dim() != 3:
             raise UsageError(f"{self.name}: the library returned maps of shape {tuple(out.shape)}")
         return out
+
+
+def _token_layout(model: nn.Module, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pytorch-grad-cam's ``reshape_transform``: a ViT layer's (B, N, D) tokens on the patch grid,
+    (B, D, g_h, g_w), the class token dropped (the library's documented transform for ViTs);
+    feature maps pass unchanged."""
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        return tokens_to_grid(t, *token_grid(model, images, t.shape[1])) if t.dim() == 3 else t
+
+    return reshape
 
 
 _CLASSES: dict[str, type] = {}
