@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from test_leaderboard import ColourDetector, squares
 
 from an8flower.baselines import (
     VEBI,
@@ -30,9 +31,6 @@ from an8flower.eval.cache import metric_code_identity
 from an8flower.eval.config import RunConfig
 from an8flower.eval.runner import run_leaderboard
 from an8flower.eval.scoring import explainer_options, new_accumulators
-
-from test_leaderboard import ColourDetector, squares
-
 
 # ---------------------------------------------------------------------------------- the spec
 

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from test_leaderboard import ColourDetector, squares
 
 from an8flower.baselines import Explainer
 from an8flower.baselines import base as registry
@@ -16,8 +17,6 @@ from an8flower.eval.models import build_model
 from an8flower.eval.runner import run_leaderboard
 from an8flower.eval.train import model_card, save_checkpoint
 from an8flower.generate import generate
-
-from test_leaderboard import ColourDetector, squares
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_leaderboard import ColourDetector, squares
+
 from an8flower.baselines import Explainer
 from an8flower.baselines import base as registry
 from an8flower.eval.config import RunConfig
@@ -20,7 +22,6 @@ from an8flower.eval.verdict import (
     rank_rows,
     summary_markdown,
 )
-from test_leaderboard import ColourDetector, squares
 
 INFO = {
     "iou_auc": {"label": "IoU-AUC", "higher_is_better": True, "kind": "mask"},
