@@ -121,8 +121,9 @@ def package_code_sha256() -> str:
                         with open(path, "rb") as fh:
                             files[f"{name}/{rel}"] = fh.read()
     for name in _NUMERIC_MODULES:
-        path = importlib.import_module(name).__file__
-        with open(path, "rb") as fh:
+        source = importlib.import_module(name).__file__
+        assert source is not None, name  # the numeric modules are plain .py files
+        with open(source, "rb") as fh:
             files[name] = fh.read()
     digest = hashlib.sha256()
     for key in sorted(files):

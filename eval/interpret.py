@@ -103,7 +103,7 @@ def _visualisation(avg_image: np.ndarray) -> np.ndarray:
 def _tile(arr: np.ndarray, side: int) -> Image.Image:
     img = Image.fromarray(arr)
     if img.size != (side, side):
-        img = img.resize((side, side), Image.NEAREST if max(img.size) < side else Image.BILINEAR)
+        img = img.resize((side, side), Image.Resampling.NEAREST if max(img.size) < side else Image.Resampling.BILINEAR)
     return img
 
 
@@ -348,7 +348,7 @@ def _read_image(path: str, channels: int, size: Sequence[int]) -> np.ndarray:
     img = load_image(path, "L" if channels == 1 else "RGB")
     h, w = int(size[0]), int(size[1])
     if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 

@@ -151,7 +151,8 @@ def leaderboard_tables(
         for c in group:
             by_expl.setdefault(c["explainer"], {})[c["metric"]] = c
             options.setdefault(c["explainer"], c.get("options") or {})
-        rows, errors = [], []
+        rows: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         for expl, mcells in by_expl.items():
             scores = {}
             for m in metrics:
