@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from an8flower.baselines.base import CHANNEL_REDUCTIONS
 from an8flower.errors import UsageError

@@ -23,9 +23,10 @@ import types
 import typing
 import weakref
 from collections import abc
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -75,7 +76,7 @@ def _matches(value: Any, hint: Any) -> bool:
             return False
         items = [a for a in args if a is not Ellipsis]
         if origin is tuple and items and len(items) == len(args):  # tuple[X, Y]: one type per position
-            return len(value) == len(items) and all(_matches(v, a) for v, a in zip(value, items))
+            return len(value) == len(items) and all(_matches(v, a) for v, a in zip(value, items, strict=True))
         return all(_matches(v, items[0]) for v in value) if items else True
     if isinstance(hint, type):
         return isinstance(value, hint)
@@ -139,7 +140,7 @@ def check_options(owner: str, function: Callable[..., Any], options: Mapping[str
             raise UsageError(f"{owner}: option {name} must be {_type_name(hint)}, got {value!r}")
 
 
-def complete_options(function: Optional[Callable[..., Any]], options: Mapping[str, Any], skip: int = 0) -> dict[str, Any]:
+def complete_options(function: Callable[..., Any] | None, options: Mapping[str, Any], skip: int = 0) -> dict[str, Any]:
     """``options`` over the keyword defaults of ``function``'s signature (after its first ``skip`` parameters).
 
     So that a cache key does not change when an option is spelt out at its default value, and does
@@ -179,7 +180,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def check_inputs(
-    model: nn.Module, images: torch.Tensor, targets: Optional[torch.Tensor | list[int]]
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor | list[int] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate and move ``images``/``targets`` to the model's device.
 
@@ -225,7 +226,7 @@ def check_inputs(
     return images, targets
 
 
-def _checked_logits(model: nn.Module, images: torch.Tensor, batch_shape: Optional[tuple[int, ...]] = None) -> torch.Tensor:
+def _checked_logits(model: nn.Module, images: torch.Tensor, batch_shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """``model(images)`` without autograd, as a logits tensor (B, K); a clear UsageError otherwise.
 
     ``batch_shape`` is the shape quoted in the error (the caller's batch when ``images`` is its
@@ -252,7 +253,7 @@ def _checked_logits(model: nn.Module, images: torch.Tensor, batch_shape: Optiona
 
 #: Number of logits per (model, input signature), so that explaining a given target costs no extra
 #: forward pass after the first call (the explainer's own forward would fail less clearly).
-_LOGITS_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]]" = weakref.WeakKeyDictionary()
+_LOGITS_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
 
 
 def _num_logits(model: nn.Module, images: torch.Tensor) -> int:
@@ -350,7 +351,7 @@ class HookScope:
         self._handles.append(handle)
         return handle
 
-    def __enter__(self) -> "HookScope":
+    def __enter__(self) -> HookScope:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -372,11 +373,11 @@ class GroundTruth:
             runner-up class (:mod:`an8flower.eval.reliance`), or None where there are none.
     """
 
-    masks: Optional[torch.Tensor]
+    masks: torch.Tensor | None
     labels: torch.Tensor
-    changed: Optional[torch.Tensor] = None
+    changed: torch.Tensor | None = None
 
-    def first(self, k: int) -> "GroundTruth":
+    def first(self, k: int) -> GroundTruth:
         """The ground truth of the first ``k`` images."""
         return GroundTruth(None if self.masks is None else self.masks[:k], self.labels[:k],
                            None if self.changed is None else self.changed[:k])
@@ -405,7 +406,7 @@ class Explainer:
     #: chance levels), not an explanation method: reports set it apart.
     reference: ClassVar[bool] = False
 
-    def given(self, truth: GroundTruth) -> "Explainer":
+    def given(self, truth: GroundTruth) -> Explainer:
         """This explainer for a batch whose ground truth is ``truth``.
 
         Explainers explain the model, not the annotation: they return themselves. A reference that
@@ -422,7 +423,7 @@ class Explainer:
         return {}
 
     def __call__(
-        self, model: nn.Module, images: torch.Tensor, targets: Optional[torch.Tensor | list[int]] = None
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor | list[int] | None = None
     ) -> torch.Tensor:
         flags = [p.requires_grad for p in model.parameters()]
         try:
@@ -436,7 +437,7 @@ class Explainer:
                 raise RuntimeError(f"{type(self).__name__} returned heatmaps of shape {tuple(out.shape)}, expected {expected}")
             return out.detach().float()
         finally:
-            for p, flag in zip(model.parameters(), flags):
+            for p, flag in zip(model.parameters(), flags, strict=True):
                 p.requires_grad_(flag)
 
     def __repr__(self) -> str:

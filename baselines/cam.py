@@ -139,7 +139,7 @@ def layer_activation_and_gradient(
                 raise UsageError(f"layer={name!r}: the class scores do not depend on this layer's output")
             (grad,) = torch.autograd.grad(score, acts[0], allow_unused=True)
     finally:
-        for p, flag in zip(params, flags):
+        for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
     if grad is None:
         raise UsageError(f"layer={name!r}: the class scores do not depend on this layer's output")

@@ -37,7 +37,8 @@ Named layer sets (:data:`LAYER_PRESETS`, accepted by ``default_layers(..., prese
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -144,7 +145,7 @@ class LayerRecorder:
         self,
         model: nn.Module,
         layers: Sequence[str],
-        reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.layers = list(layers)
@@ -168,10 +169,10 @@ class LayerRecorder:
     def _reset(self, *_: Any) -> None:
         self.outputs = {}
 
-    def __enter__(self) -> "LayerRecorder":
+    def __enter__(self) -> LayerRecorder:
         try:
             self._scope.add(self.model.register_forward_pre_hook(self._reset))
-            for name, module in zip(self.layers, self.modules):
+            for name, module in zip(self.layers, self.modules, strict=True):
                 self._scope.add(module.register_forward_hook(self._hook(name)))
         except BaseException:
             self._scope.__exit__(None, None, None)

@@ -33,7 +33,6 @@ f_j(0), the objective's natural scale: for one-hot targets, the number of positi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -248,7 +247,7 @@ def nonneg_l1_lasso(
     *,
     tol: float = 1e-6,
     max_iter: int = 20000,
-    dtype: Optional[torch.dtype] = torch.float64,
+    dtype: torch.dtype | None = torch.float64,
 ) -> LassoResult:
     """Solve ``min ||X w_j - y_j||^2 s.t. w_j >= 0, ||w_j||_1 <= mu`` for every column j of ``y``.
 

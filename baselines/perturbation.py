@@ -8,7 +8,8 @@ are single-channel, so no colour reduction applies.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

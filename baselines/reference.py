@@ -8,7 +8,7 @@ localisation metric says nothing about the image.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,9 +37,9 @@ class Oracle(Explainer):
     reference = True
 
     def __init__(self) -> None:
-        self.truth: Optional[GroundTruth] = None
+        self.truth: GroundTruth | None = None
 
-    def given(self, truth: GroundTruth) -> "Oracle":
+    def given(self, truth: GroundTruth) -> Oracle:
         bound = Oracle()
         bound.truth = truth
         return bound

@@ -65,8 +65,9 @@ outside the model's forward (an explainer's post-processing). Forwards run witho
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -203,7 +204,7 @@ class _StrideFixConv(torch.autograd.Function):
         return y.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         return stride_fix_backward(grad, ctx.conv, ctx.input_size), None, None
 
 
@@ -338,7 +339,7 @@ class _RuleGuard(torch.overrides.TorchFunctionMode):
             "non-linearities are nn.ReLU modules"
         )
 
-    def _check(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Optional[str]:
+    def _check(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         """Raise for a function the rule does not know; ``"any"`` (a rectifier) or ``"raised"`` (a
         clip) when the output must be compared with the input, else None."""
         acts = [t for t in _tensors((*args, *kwargs.values())) if self._is_activation(t)]
@@ -367,7 +368,7 @@ class _RuleGuard(torch.overrides.TorchFunctionMode):
             raise self._refuse(name, "compares an activation (a data-dependent mask, such as z * (z > 0))")
         raise self._refuse(name, "applies a function the rule does not know")
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Optional[dict] = None) -> Any:
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if self.forwards <= 0 or self.depth > 0 or not torch.is_grad_enabled():
             return func(*args, **kwargs)

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from an8flower.baselines.base import Explainer, check_options, complete_options
 from an8flower.baselines.reference import ORACLE
@@ -129,7 +130,7 @@ class ExplainerSpec:
     reference: bool
 
     @classmethod
-    def resolve(cls, row: str, run_options: RunOptions = MappingProxyType({})) -> "ExplainerSpec":
+    def resolve(cls, row: str, run_options: RunOptions = MappingProxyType({})) -> ExplainerSpec:
         """The spec of the requested name ``row`` under a run's ``explainer_options``.
 
         Raises:
@@ -162,7 +163,7 @@ class ExplainerSpec:
                 options[name] = value
         return options
 
-    def build(self, options: Optional[Mapping[str, Any]] = None) -> Explainer:
+    def build(self, options: Mapping[str, Any] | None = None) -> Explainer:
         """An explainer of this spec with ``options`` (default: :attr:`options`)."""
         return self.cls(**dict(self.options if options is None else options))
 
@@ -179,7 +180,7 @@ def default_explainers() -> list[str]:
     return sorted(list_explainers(), key=lambda n: n != ORACLE)
 
 
-def resolve_explainers(rows: Optional[Sequence[str]],
+def resolve_explainers(rows: Sequence[str] | None,
                        run_options: RunOptions = MappingProxyType({})) -> list[ExplainerSpec]:
     """The specs of the requested ``rows`` (duplicates dropped), checking every table of ``run_options``.
 

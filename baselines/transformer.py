@@ -27,8 +27,9 @@ input's H x W bilinearly (``align_corners=False``), as the CAMs are.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ class AttentionMaps:
     @property
     def tensors(self) -> list[torch.Tensor]:
         records = self.records
-        if len(records) != len(self._modules) or any(m is not r[0] for (_, m), r in zip(self._modules, records)):
+        if len(records) != len(self._modules) or any(m is not r[0] for (_, m), r in zip(self._modules, records, strict=True)):
             names = [n for n, _ in self._modules]
             raise UsageError(f"expected one attention map from each of {len(names)} attention modules ({names[0]}, ...) "
                              f"in one forward pass, got {len(records)}: run one forward inside capture_attention, "
@@ -201,7 +202,7 @@ def gradient_weighted_relevance(attentions: list[torch.Tensor], gradients: list[
     """
     b, _, n, _ = attentions[0].shape
     r = torch.eye(n, device=attentions[0].device, dtype=attentions[0].dtype).expand(b, n, n)
-    for a, g in zip(attentions, gradients):
+    for a, g in zip(attentions, gradients, strict=True):
         r = r + (g * a).clamp(min=0).mean(dim=1) @ r
     return r
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,8 +86,8 @@ class RelevantFeature:
     channel: int
     index: int
     weight: float
-    average_map: Optional[torch.Tensor] = None
-    average_image: Optional[torch.Tensor] = None
+    average_map: torch.Tensor | None = None
+    average_image: torch.Tensor | None = None
     n_images: int = 0
 
 
@@ -184,7 +185,7 @@ class VEBI(Explainer):
         self,
         mu: float = 10.0,
         k: int = 3,
-        layers: Optional[Sequence[str] | str] = None,
+        layers: Sequence[str] | str | None = None,
         labels: str = "ground_truth",
         stride_fix: bool = True,
         relu: str = "guided",
@@ -209,7 +210,7 @@ class VEBI(Explainer):
             layers = [layers]
         self.mu = float(mu)
         self.k = int(k)
-        self.layers: Optional[list[str] | str] = layers if layers is None or isinstance(layers, str) else list(layers)
+        self.layers: list[str] | str | None = layers if layers is None or isinstance(layers, str) else list(layers)
         self.labels = labels
         self.stride_fix = bool(stride_fix)
         self.relu = relu
@@ -218,9 +219,9 @@ class VEBI(Explainer):
         self.max_iter = int(max_iter)
         self.batch_size = int(batch_size)
         # Fitted state.
-        self.layers_: Optional[list[str]] = None
-        self.layer_sizes_: Optional[list[int]] = None
-        self.weights_: Optional[torch.Tensor] = None  # (m, K) float32 on the CPU
+        self.layers_: list[str] | None = None
+        self.layer_sizes_: list[int] | None = None
+        self.weights_: torch.Tensor | None = None  # (m, K) float32 on the CPU
         self.fit_info_: dict[str, Any] = {}
         self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -246,7 +247,7 @@ class VEBI(Explainer):
         if not self.is_fitted:
             raise UsageError("the vebi explainer is not fitted: call fit(model, loader) or load(path) first")
 
-    def set_weights(self, layers: Sequence[str], layer_sizes: Sequence[int], weights: torch.Tensor) -> "VEBI":
+    def set_weights(self, layers: Sequence[str], layer_sizes: Sequence[int], weights: torch.Tensor) -> VEBI:
         """Set the fitted state directly: ``weights`` (m, K) over the features of ``layers``.
 
         ``layer_sizes[i]`` is the number of channels of ``layers[i]``; m = sum(layer_sizes). Weights
@@ -276,7 +277,7 @@ class VEBI(Explainer):
         """``"<layer>:<channel>"`` for every entry of the feature vector."""
         self._require_fit()
         assert self.layers_ is not None and self.layer_sizes_ is not None
-        return [f"{name}:{c}" for name, size in zip(self.layers_, self.layer_sizes_) for c in range(size)]
+        return [f"{name}:{c}" for name, size in zip(self.layers_, self.layer_sizes_, strict=True) for c in range(size)]
 
     def _feature_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weights (m, K), layer index (m,), channel index (m,)) on ``device``, cached."""
@@ -313,7 +314,7 @@ class VEBI(Explainer):
     # ------------------------------------------------------------------------------- features
     def _check_layer_sizes(self, energies: Sequence[torch.Tensor]) -> None:
         assert self.layers_ is not None and self.layer_sizes_ is not None
-        for name, size, e in zip(self.layers_, self.layer_sizes_, energies):
+        for name, size, e in zip(self.layers_, self.layer_sizes_, energies, strict=True):
             if e.shape[1] != size:
                 raise UsageError(
                     f"layer {name!r} has {e.shape[1]} channels in this model but {size} when vebi was fitted"
@@ -333,7 +334,7 @@ class VEBI(Explainer):
         self._check_layer_sizes(energies)
         return feature_vector(energies)
 
-    def fit(self, model: nn.Module, loader: Iterable[Any], progress: Optional[bool] = None) -> "VEBI":
+    def fit(self, model: nn.Module, loader: Iterable[Any], progress: bool | None = None) -> VEBI:
         """Select each class's relevant features on the training data of ``loader``.
 
         Args:
@@ -356,10 +357,10 @@ class VEBI(Explainer):
         device = model_device(model)
         feats: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
-        n_classes: Optional[int] = None
+        n_classes: int | None = None
         preset = self.layers if isinstance(self.layers, str) else "rectified"
-        layers: Optional[list[str]] = list(self.layers) if self.layers is not None and not isinstance(self.layers, str) else None
-        sizes: Optional[list[int]] = None
+        layers: list[str] | None = list(self.layers) if self.layers is not None and not isinstance(self.layers, str) else None
+        sizes: list[int] | None = None
         disable = None if progress is None else not progress
         with eval_mode(model):
             for images, labels in tqdm(_batches(loader), desc="vebi: features", unit="batch", disable=disable):
@@ -489,7 +490,7 @@ class VEBI(Explainer):
         return self._explain(model, images, targets).heatmaps
 
     def explain_features(
-        self, model: nn.Module, images: torch.Tensor, targets: Optional[torch.Tensor | list[int]] = None
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor | list[int] | None = None
     ) -> FeatureMaps:
         """Like calling the explainer, but returns the k per-feature maps and which features they are.
 
@@ -508,7 +509,7 @@ class VEBI(Explainer):
 
     # --------------------------------------------------------------------------- interpretation
     def interpret(
-        self, model: nn.Module, loader: Iterable[Any], progress: Optional[bool] = None
+        self, model: nn.Module, loader: Iterable[Any], progress: bool | None = None
     ) -> dict[int, list[RelevantFeature]]:
         """Relevant features of every class with their average visualisations.
 
@@ -542,7 +543,7 @@ class VEBI(Explainer):
         best_idx = torch.full((n_rel, top_n), -1, dtype=torch.long)
         store: dict[int, torch.Tensor] = {}
         offset = 0
-        shape: Optional[tuple[int, ...]] = None
+        shape: tuple[int, ...] | None = None
         disable = None if progress is None else not progress
         with eval_mode(model):
             for images, _ in tqdm(_batches(loader), desc="vebi: top images", unit="batch", disable=disable):
@@ -640,7 +641,7 @@ class VEBI(Explainer):
                 meta=np.asarray(json.dumps(meta, sort_keys=True)),
             )
 
-    def load(self, path: str | os.PathLike[str]) -> "VEBI":
+    def load(self, path: str | os.PathLike[str]) -> VEBI:
         """Read a state written by :meth:`save`; returns ``self``.
 
         The weights, layers and fit-time options (mu, labels, lasso_tol, max_iter, layers) come from

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import torch
+
 from an8flower.eval.models import build_model
 
 #: ``AN8FLOWER_BENCH_DEVICE`` (default: CUDA when available, else CPU).

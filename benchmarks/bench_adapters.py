@@ -33,6 +33,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _bench_common import DEVICE, random_setting, sync
+
 from an8flower.baselines import build_explainer, list_explainers, reduce_channels
 from an8flower.baselines.adapters import BOARD_ADAPTERS, library_call, seeded
 from an8flower.baselines.base import check_inputs, eval_mode
@@ -79,11 +80,12 @@ def _direct(name: str, model_name: str) -> Callable:
 
         return run
     if name == "zennit:EpsilonPlusFlat":
-        from an8flower.baselines.adapters.zennit import SplitReLUBlockCanonizer
         from zennit.attribution import Gradient
         from zennit.canonizers import SequentialMergeBatchNorm
         from zennit.composites import EpsilonPlusFlat, MixedComposite, NameMapComposite
         from zennit.rules import Pass
+
+        from an8flower.baselines.adapters.zennit import SplitReLUBlockCanonizer
 
         def run(model, images, targets):
             # our ResNets need the split-ReLU block canonizer (see the adapter's docstring)

@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from test_distributed import BOARD, _an8flower, _checkpoint  # noqa: E402
 

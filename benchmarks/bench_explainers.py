@@ -37,6 +37,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from _bench_common import DEVICE, random_setting, sync
+
 from an8flower.baselines import build_explainer
 from an8flower.baselines.perturbation import RISE, rise_masks
 from an8flower.eval.models import DEFAULT_CAM_LAYER
@@ -150,7 +151,7 @@ def _rise_reference(model_name: str, per_mask: bool) -> Callable:
     def run(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         maps = []
         with torch.no_grad():
-            for img, t in zip(images, targets):
+            for img, t in zip(images, targets, strict=True):
                 probs = torch.cat(
                     [model(img * masks[i : i + step, None]).softmax(1)[:, t] for i in range(0, n, step)]
                 )

@@ -72,8 +72,8 @@ def test_intervention_vs_render(benchmark, variant: str, size: int, kind: str) -
 def test_reliance_time_per_image(benchmark) -> None:
     import torch
 
-    from an8flower.eval.models import build_model
     from an8flower.eval import reliance as R
+    from an8flower.eval.models import build_model
 
     spec = load_spec("double-12c")
     model = build_model("small-cnn", spec.num_classes, seed=0).eval()

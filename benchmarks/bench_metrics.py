@@ -37,7 +37,7 @@ import os
 import platform
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 from _bench_common import random_setting, sync
+
 from an8flower.baselines import build_explainer
 
 SIZE, BATCH = 112, 16

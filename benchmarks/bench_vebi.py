@@ -24,10 +24,11 @@ import time
 import pytest
 import torch
 from _bench_common import DEVICE, NUM_CLASSES, random_setting, sync
+from torch.utils.data import DataLoader
+
 from an8flower.baselines import VEBI, build_explainer
 from an8flower.baselines.features import LayerRecorder, channel_energy, default_layers
 from an8flower.eval.models import build_model
-from torch.utils.data import DataLoader
 
 SETTINGS = {"small-cnn": (112, 16), "vgg16": (224, 4)}  # model: (image size, batch)
 RATES: dict[tuple[str, str], float] = {}

@@ -51,7 +51,8 @@ import sys
 import time
 import warnings
 import zipfile
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def package_code_sha256() -> str:
     """SHA-256 over the source of the package code that computes heatmaps and scores.
 
@@ -120,8 +121,9 @@ def package_code_sha256() -> str:
                         with open(path, "rb") as fh:
                             files[f"{name}/{rel}"] = fh.read()
     for name in _NUMERIC_MODULES:
-        path = importlib.import_module(name).__file__
-        with open(path, "rb") as fh:
+        source = importlib.import_module(name).__file__
+        assert source is not None, name  # the numeric modules are plain .py files
+        with open(source, "rb") as fh:
             files[name] = fh.read()
     digest = hashlib.sha256()
     for key in sorted(files):
@@ -129,8 +131,8 @@ def package_code_sha256() -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
-def distribution_version(name: str) -> Optional[str]:
+@functools.cache
+def distribution_version(name: str) -> str | None:
     """The installed version of a distribution (None if absent): recorded in keys and ``run.json``."""
     try:
         return importlib.metadata.version(name)
@@ -143,8 +145,8 @@ def distribution_version(name: str) -> Optional[str]:
 _SCORING_MODULE = "an8flower.eval.scoring"
 
 
-@functools.lru_cache(maxsize=None)
-def metric_code_identity(function: Optional[Callable[..., Any]]) -> dict[str, Any]:
+@functools.cache
+def metric_code_identity(function: Callable[..., Any] | None) -> dict[str, Any]:
     """What identifies the code of a metric in a cache key (computed once per process).
 
     The import closure of the function that computes it (:func:`an8flower.code_identity.code_identity`;
@@ -218,7 +220,7 @@ def group_part(config: dict[str, Any]) -> str:
     return canonical({k: v for k, v in config.items() if k not in ("explainer", "metric")})
 
 
-def validate_cell(cell: Any) -> Optional[str]:
+def validate_cell(cell: Any) -> str | None:
     """None if ``cell`` has the schema of a cell, else the reason it has not."""
     if not isinstance(cell, dict):
         return f"the cell is a {type(cell).__name__}, not an object"
@@ -291,7 +293,7 @@ def read_npz(path: str, shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
                 shape, fortran, dtype = reader(fh)
                 if dtype.hasobject:
                     raise ValueError(f"array {name!r} holds Python objects")
-                if len(shape) != len(want) or not all(d == w if isinstance(w, int) else d in w for d, w in zip(shape, want)):
+                if len(shape) != len(want) or not all(d == w if isinstance(w, int) else d in w for d, w in zip(shape, want, strict=True)):
                     expected = tuple(w if isinstance(w, int) else f"{min(w)}..{max(w)}" if w else "none" for w in want)
                     raise ValueError(f"array {name!r} has shape {tuple(shape)}, expected {expected}")
                 nbytes = math.prod(shape) * dtype.itemsize
@@ -319,7 +321,7 @@ class CellCache:
         warn: where the one-line warnings about damaged files go (default :func:`warnings.warn`).
     """
 
-    def __init__(self, root: str, warn: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, root: str, warn: Callable[[str], None] | None = None) -> None:
         self.root = os.path.join(root, "cache")
         self.warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
         self.damaged: list[str] = []
@@ -331,7 +333,7 @@ class CellCache:
         self.damaged.append(path)
         self.warn(f"damaged cache file {path} ({reason}): recomputed")
 
-    def get(self, key: str) -> Optional[dict[str, Any]]:
+    def get(self, key: str) -> dict[str, Any] | None:
         """The cell stored under ``key``, or None (absent, or damaged: then a warning names the file)."""
         path = self.path(key, "json")
         try:
@@ -344,7 +346,7 @@ class CellCache:
             return None
         return self._parse(path, text, key)
 
-    def _parse(self, path: str, text: str, key: Optional[str]) -> Optional[dict[str, Any]]:
+    def _parse(self, path: str, text: str, key: str | None) -> dict[str, Any] | None:
         try:
             doc = json.loads(text)
         except ValueError as exc:
@@ -413,7 +415,7 @@ class CellCache:
                 if cell is not None:
                     yield cell
 
-    def get_arrays(self, key: str, shapes: dict[str, Shape], finite: bool = True) -> Optional[dict[str, np.ndarray]]:
+    def get_arrays(self, key: str, shapes: dict[str, Shape], finite: bool = True) -> dict[str, np.ndarray] | None:
         """The arrays stored under ``key``, or None (absent or damaged).
 
         The file must hold exactly the arrays ``shapes`` names, with exactly those shapes; it is read

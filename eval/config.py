@@ -40,8 +40,9 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from an8flower.defaults import (
     BOARD_PER_CLASS,
@@ -70,7 +71,7 @@ PUBLISHED_CONFIGS: dict[str, str] = {"published": "published.toml", "published-g
 class ConfigFieldError(UsageError):
     """A bad value of one :class:`RunConfig` field; ``field`` names it (``per_class.single-6c``, ...)."""
 
-    def __init__(self, source: str, field: str, detail: str, text: Optional[str] = None) -> None:
+    def __init__(self, source: str, field: str, detail: str, text: str | None = None) -> None:
         super().__init__(f"{source}: {text or f'{field} {detail}'}")
         self.field = field
         self.detail = detail
@@ -105,7 +106,7 @@ class TrainConfig:
     lr: float = TRAIN_DEFAULTS["lr"]
     weight_decay: float = 1e-4
     patience: int = TRAIN_DEFAULTS["patience"]
-    stop_at: Optional[float] = TRAIN_DEFAULTS["stop_at"]
+    stop_at: float | None = TRAIN_DEFAULTS["stop_at"]
     hflip: bool = False
     translate: float = 0.0
     scale: float = 0.0
@@ -182,25 +183,25 @@ class RunConfig:
     out: str = RESULTS_DIR
     variants: list[str] = field(default_factory=lambda: ["single-6c", "double-12c"])
     data: dict[str, str] = field(default_factory=dict)
-    imagenet: Optional[str] = None
+    imagenet: str | None = None
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
-    explainers: Optional[list[str]] = None
+    explainers: list[str] | None = None
     explainer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    metrics: Optional[list[str]] = None
+    metrics: list[str] | None = None
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: int = BOARD_SIZE
     per_class: int | dict[str, int] = BOARD_PER_CLASS
     seed: int = DEFAULT_SEED
     model_seeds: int = 1
     split: str = "test"
-    max_images: Optional[int] = 300
+    max_images: int | None = 300
     model_metric_images: int = 64
     all_images: bool = False
     batch_size: int = 32
     workers: int = 0
-    device: Optional[str] = None
+    device: str | None = None
     amp: bool = False
     train: dict[str, Any] = field(default_factory=dict)
     examples: int = 4
@@ -218,7 +219,7 @@ class RunConfig:
         """Raise :class:`ConfigFieldError` naming the field (and ``source``) for an out-of-range value."""
         from an8flower.spec import MAX_SIZE
 
-        def bad(name: str, detail: str, text: Optional[str] = None) -> ConfigFieldError:
+        def bad(name: str, detail: str, text: str | None = None) -> ConfigFieldError:
             return ConfigFieldError(source, name, detail, text)
 
         for name in ("batch_size", "size", "model_seeds"):
@@ -315,7 +316,7 @@ def quick_config(**overrides: Any) -> RunConfig:
     return RunConfig(**settings)
 
 
-def resolve_config_path(name: str | os.PathLike[str]) -> tuple[str, Optional[str]]:
+def resolve_config_path(name: str | os.PathLike[str]) -> tuple[str, str | None]:
     """The file ``--config NAME`` means, and the folder its relative paths are taken from.
 
     A name of :data:`PUBLISHED_CONFIGS` (``published``, ``published-gpu``) is the copy shipped in
@@ -348,7 +349,7 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def _file_settings(path: str, relative_to: Optional[str]) -> dict[str, Any]:
+def _file_settings(path: str, relative_to: str | None) -> dict[str, Any]:
     """The keys of a TOML run configuration, checked against :class:`RunConfig`, paths resolved."""
     raw = _read_toml(path)
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"quick"}
@@ -371,7 +372,7 @@ def _file_settings(path: str, relative_to: Optional[str]) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | os.PathLike[str], base: Optional[RunConfig] = None, **overrides: Any) -> RunConfig:
+def load_config(path: str | os.PathLike[str], base: RunConfig | None = None, **overrides: Any) -> RunConfig:
     """Read a TOML run configuration (see the module docstring) over ``base``; apply ``overrides``.
 
     ``path`` may also be a name of :data:`PUBLISHED_CONFIGS` (see :func:`resolve_config_path`).
@@ -394,7 +395,7 @@ FLAGS: dict[str, str] = {"variants": "--variant", "models": "--model", "explaine
                          "train": "--epochs"}
 
 
-def build_run_config(config: Optional[str] = None, *, quick: bool = False, flags: Optional[Mapping[str, Any]] = None,
+def build_run_config(config: str | None = None, *, quick: bool = False, flags: Mapping[str, Any] | None = None,
                      data: Sequence[str] = (), weights: Sequence[str] = (), options: Sequence[str] = (),
                      metric_names: Sequence[str] = ()) -> RunConfig:
     """The :class:`RunConfig` of a ``leaderboard`` command line, built once from its layers.
@@ -482,7 +483,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_model_options(items: Optional[Sequence[str]]) -> dict[str, dict[str, Any]]:
+def parse_model_options(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     """``--model-option MODEL.KEY=VALUE`` items as ``{MODEL: {KEY: VALUE}}`` (VALUE by :func:`parse_value`).
 
     ``MODEL`` may itself hold dots and colons (``timm:deit_tiny_patch16_224.depth=6``): the key is
@@ -501,7 +502,7 @@ def parse_model_options(items: Optional[Sequence[str]]) -> dict[str, dict[str, A
     return out
 
 
-def parse_pairs(values: Sequence[str], flag: str, default_key: Optional[str]) -> dict[str, str]:
+def parse_pairs(values: Sequence[str], flag: str, default_key: str | None) -> dict[str, str]:
     """``NAME=PATH`` items of ``flag``; a bare path (or one that exists as given) goes to ``default_key``.
 
     Raises:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -28,7 +29,7 @@ BYTES_PER_PIXEL = 5
 MEMORY_SHARE = 0.5
 
 
-def _physical_memory() -> Optional[int]:
+def _physical_memory() -> int | None:
     try:
         return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
@@ -36,7 +37,7 @@ def _physical_memory() -> Optional[int]:
 
 
 def check_memory(variant: str, num_classes: int, config: RunConfig, need_train: bool = True,
-                 memory: Optional[int] = None) -> int:
+                 memory: int | None = None) -> int:
     """Refuse, before anything is rendered or written, a run whose splits cannot fit in memory.
 
     The runner holds the rendered splits in memory as uint8 tensors, ``5 * size**2`` bytes per
@@ -73,22 +74,22 @@ class TensorSplit(Dataset):
         parts: uint8 (N, H, W) or None. ids: the sample index of each item in its source.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: Optional[torch.Tensor],
-                 parts: Optional[torch.Tensor], ids: Sequence[int]) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None,
+                 parts: torch.Tensor | None, ids: Sequence[int]) -> None:
         self.images, self.labels, self.masks, self.parts = images, labels, masks, parts
         self.ids = [int(i) for i in ids]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, Optional[torch.Tensor]]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         return self.images[i].float().div_(255.0), int(self.labels[i]), None if self.masks is None else self.masks[i]
 
     def float_images(self, index: torch.Tensor | slice) -> torch.Tensor:
         """Images ``index`` as float32 in [0, 1]."""
         return self.images[index].float().div_(255.0)
 
-    def select(self, index: torch.Tensor, device: Optional[torch.device] = None) -> "TensorSplit":
+    def select(self, index: torch.Tensor, device: torch.device | None = None) -> TensorSplit:
         """The items ``index`` (a long tensor of positions), in that order, as a split on ``device``.
 
         The leaderboard moves the scored images of a group to the model's device once, so that
@@ -111,7 +112,7 @@ class TensorSplit(Dataset):
         return d.hexdigest()
 
 
-def _raw_item(item: Sequence[Any]) -> tuple[torch.Tensor, int, Optional[torch.Tensor], Optional[torch.Tensor]]:
+def _raw_item(item: Sequence[Any]) -> tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor | None]:
     image = item[0]
     image = image if image.dtype == torch.uint8 else image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     mask = item[2] if len(item) > 2 else None
@@ -123,7 +124,7 @@ def _collate_raw(batch: Sequence[Sequence[Any]]) -> list:
     return [_raw_item(b) for b in batch]
 
 
-def materialise(dataset: Dataset, workers: int = 0, desc: str = "load", progress: Optional[bool] = None) -> TensorSplit:
+def materialise(dataset: Dataset, workers: int = 0, desc: str = "load", progress: bool | None = None) -> TensorSplit:
     """Read every item of ``dataset`` into a :class:`TensorSplit` (images stored as uint8).
 
     Items are ``(image float in [0, 1], label, mask[, parts])``; images are assumed to be 8-bit
@@ -180,16 +181,16 @@ class PreparedData:
     classes: list[str]
     parts: list[str]
     discriminative: list[str]
-    train: Optional[TensorSplit]
-    val: Optional[TensorSplit]
+    train: TensorSplit | None
+    val: TensorSplit | None
     test: TensorSplit
     size: int
     info: dict[str, Any] = field(default_factory=dict)
-    spec: Optional[Any] = None
-    seed: Optional[int] = None
+    spec: Any | None = None
+    seed: int | None = None
 
 
-def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, progress: Optional[bool] = None) -> PreparedData:
+def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, progress: bool | None = None) -> PreparedData:
     """Load (``config.data[variant]``, a generated folder) or render in memory an an8Flower variant.
 
     Rendered in memory, the splits are exactly those ``an8flower generate VARIANT --size SIZE
@@ -242,7 +243,7 @@ def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, 
     )
 
 
-def _folder_spec(info: dict[str, Any], size: int) -> Optional[Any]:
+def _folder_spec(info: dict[str, Any], size: int) -> Any | None:
     """The spec a generated folder was rendered from (``dataset.json``), at its image size; None if
     ``dataset.json`` holds none that this version can read."""
     from an8flower.errors import SpecError
@@ -271,7 +272,7 @@ def imagenet_transforms(size: int) -> tuple[Any, Any]:
     return transform, mask_transform
 
 
-def prepare_imagenet(config: RunConfig, progress: Optional[bool] = None) -> PreparedData:
+def prepare_imagenet(config: RunConfig, progress: bool | None = None) -> PreparedData:
     """ILSVRC12 validation images resized to 256 (shorter side), centre-cropped to ``config.size``
     (224 unless set), with the union of the labelled class's boxes as mask (same transform,
     nearest-neighbour)."""

@@ -35,9 +35,10 @@ the share of rank ``I - 1`` of ``N`` and writes it, uncombined, into its own res
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from an8flower.errors import UsageError
 
@@ -86,13 +87,13 @@ class World:
             raise RankLost(f"{self.label()}: lost the other ranks while receiving {what} ({_first_line(exc)})") from None
         return box[0]
 
-    def gather(self, obj: Any, what: str) -> Optional[list[Any]]:
+    def gather(self, obj: Any, what: str) -> list[Any] | None:
         """On rank 0, every rank's ``obj`` in rank order; on the others, None."""
         if not self.distributed:
             return [obj]
         import torch.distributed as dist
 
-        out: Optional[list[Any]] = [None] * self.size if self.rank == 0 else None
+        out: list[Any] | None = [None] * self.size if self.rank == 0 else None
         try:
             dist.gather_object(obj, out, dst=0)
         except RuntimeError as exc:
@@ -126,7 +127,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _env_int(name: str) -> Optional[int]:
+def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None:
         return None
@@ -136,7 +137,7 @@ def _env_int(name: str) -> Optional[int]:
         raise UsageError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def setup(device: Optional[str] = None, shard: Optional[tuple[int, int]] = None, timeout_s: float = 1800.0) -> World:
+def setup(device: str | None = None, shard: tuple[int, int] | None = None, timeout_s: float = 1800.0) -> World:
     """The world of this process; initialise ``torch.distributed`` when started by a launcher.
 
     Args:
@@ -178,7 +179,7 @@ def my_batches(n_images: int, batch_size: int, world: World) -> Iterator[slice]:
             yield slice(start, min(n_images, start + batch_size))
 
 
-def explainer_state(explainer: Any) -> Optional[bytes]:
+def explainer_state(explainer: Any) -> bytes | None:
     """The saved state of a fitted explainer (its ``save`` written to bytes), to broadcast it."""
     import tempfile
 
@@ -191,7 +192,7 @@ def explainer_state(explainer: Any) -> Optional[bytes]:
             return fh.read()
 
 
-def load_explainer_state(explainer: Any, state: Optional[bytes]) -> Any:
+def load_explainer_state(explainer: Any, state: bytes | None) -> Any:
     """Load what :func:`explainer_state` produced into a freshly built explainer of the same kind."""
     import tempfile
 

@@ -33,8 +33,9 @@ confidence interval (classes without relevant features are left out and listed).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ def zeroed_channels(model: nn.Module, channels: Channels) -> Iterator[None]:
         return hook
 
     with HookScope() as scope:
-        for name, module in zip(names, modules):
+        for name, module in zip(names, modules, strict=True):
             scope.add(module.register_forward_hook(hook_for(name, torch.as_tensor(list(channels[name]), dtype=torch.long))))
         yield
 
@@ -169,7 +170,7 @@ def most_active_channels(model: nn.Module, split: Any, counts: Mapping[int, Mapp
     with eval_mode(model), torch.no_grad(), LayerRecorder(model, layers, reduce=channel_energy) as rec:
         for images, labels in _batches(split, batch_size):
             model(images.to(device))
-            for layer, e in zip(layers, rec.collect()):
+            for layer, e in zip(layers, rec.collect(), strict=True):
                 e = e.double().cpu()
                 acc = sums.setdefault(layer, torch.zeros(n_per.shape[0], e.shape[1], dtype=torch.float64))
                 acc.index_add_(0, labels, e)
@@ -202,8 +203,8 @@ def _drops(base: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], c: i
 
 
 def feature_removal(model: nn.Module, relevant: Mapping[int, Channels], test: Any, layer_sizes: Mapping[str, int],
-                    train: Optional[Any] = None, draws: int = 5, seed: int = 0, batch_size: int = 64,
-                    progress: Optional[bool] = None) -> dict[str, Any]:
+                    train: Any | None = None, draws: int = 5, seed: int = 0, batch_size: int = 64,
+                    progress: bool | None = None) -> dict[str, Any]:
     """Remove each class's relevant channels, as many random ones, as many most active ones; score each.
 
     Args:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ CMAP = "inferno"
 _REFERENCES = ("oracle", "random", "centre")
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, mask: Optional[np.ndarray] = None, alpha: float = 0.85) -> np.ndarray:
+def overlay(image: np.ndarray, heatmap: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.85) -> np.ndarray:
     """The heatmap in :data:`CMAP` over a faded grey copy of the image, the mask outlined in white.
 
     ``h`` is the heatmap scaled to [0, 1] by its minimum and its 99th percentile (clipped: one
@@ -140,7 +141,7 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _show(image: np.ndarray) -> tuple[np.ndarray, Optional[str]]:
+def _show(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     """An image for ``imshow`` and its colour map: a one-channel image as grey."""
     return (image[..., 0], "gray") if image.ndim == 3 and image.shape[-1] == 1 else (image, None)
 
@@ -150,8 +151,8 @@ def plot_examples(
     images: np.ndarray,
     masks: np.ndarray,
     heatmaps: Mapping[str, np.ndarray],
-    labels: Optional[Sequence[str]] = None,
-    predictions: Optional[Sequence[str]] = None,
+    labels: Sequence[str] | None = None,
+    predictions: Sequence[str] | None = None,
     title: str = "",
 ) -> list[str]:
     """Example heatmaps, in pages of at most :data:`MAX_SERIES` explainers.
@@ -245,7 +246,7 @@ def _grid(n: int, plt: Any, width: float = 4.2, height: float = 3.0) -> tuple[An
 
 def plot_curves(
     path: str | os.PathLike[str],
-    curves: Mapping[str, tuple[Sequence[float], Sequence[Optional[float]]]],
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float | None]]],
     xlabel: str,
     ylabel: str,
     title: str = "",
@@ -263,7 +264,7 @@ def plot_curves(
     fig, axes = _grid(len(groups), plt)
     refs = [r for r in REFERENCE_STYLES if r in curves]
     start = 1
-    for ax, group in zip(axes.flat, groups):
+    for ax, group in zip(axes.flat, groups, strict=False):
         if len(groups) > 1:
             ax.set_title(f"explainers {start}-{start + len(group) - 1} in table order", fontsize=8)
             start += len(group)
@@ -289,7 +290,7 @@ def plot_curves(
 def plot_part_bars(
     path: str | os.PathLike[str],
     parts: Sequence[str],
-    normalised: Mapping[str, Sequence[Optional[float]]],
+    normalised: Mapping[str, Sequence[float | None]],
     discriminative: Sequence[str] = (),
     title: str = "",
 ) -> None:
@@ -306,7 +307,7 @@ def plot_part_bars(
     fig, axes = _grid(len(groups), plt, width=max(4.2, 0.75 * len(parts) + 1.2))
     x = np.arange(len(parts))
     start = 1
-    for ax, group in zip(axes.flat, groups):
+    for ax, group in zip(axes.flat, groups, strict=False):
         if len(groups) > 1:
             ax.set_title(f"explainers {start}-{start + len(group) - 1} in table order", fontsize=8)
             start += len(group)

@@ -23,7 +23,8 @@ import html
 import io
 import math
 import re
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def _inline(md: str) -> str:
     return re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<i>\1</i>", out)
 
 
-def _num(v: Optional[float], digits: int = 3) -> str:
+def _num(v: float | None, digits: int = 3) -> str:
     return "" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
@@ -183,7 +184,7 @@ def _full(t: Mapping[str, Any], metric_info: Mapping[str, Mapping[str, Any]]) ->
     return out + ["</tbody></table>", "</div>"]
 
 
-def _examples(t: Mapping[str, Any], ex: Optional[Mapping[str, Any]]) -> list[str]:
+def _examples(t: Mapping[str, Any], ex: Mapping[str, Any] | None) -> list[str]:
     if not ex or not ex.get("heatmaps"):
         return []
     images, masks = np.asarray(ex["images"]), np.asarray(ex["masks"])
@@ -210,7 +211,7 @@ def _select(name: str, label: str, values: Sequence[str]) -> str:
 def leaderboard_html(
     tables: Sequence[Mapping[str, Any]],
     metric_info: Mapping[str, Mapping[str, Any]],
-    examples: Optional[Mapping[tuple, Mapping[str, Any]]] = None,
+    examples: Mapping[tuple, Mapping[str, Any]] | None = None,
     title: str = "an8flower leaderboard",
 ) -> str:
     """The page (see the module docstring) for ``tables`` (with ``metaeval`` and ``verdict``).

@@ -20,7 +20,8 @@ import io
 import json
 import os
 import re
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,7 +103,7 @@ def _visualisation(avg_image: np.ndarray) -> np.ndarray:
 def _tile(arr: np.ndarray, side: int) -> Image.Image:
     img = Image.fromarray(arr)
     if img.size != (side, side):
-        img = img.resize((side, side), Image.NEAREST if max(img.size) < side else Image.BILINEAR)
+        img = img.resize((side, side), Image.Resampling.NEAREST if max(img.size) < side else Image.Resampling.BILINEAR)
     return img
 
 
@@ -165,7 +166,7 @@ def interpretation_sheet(class_name: str, features: Sequence[Any], max_features:
         x = label_w + i * (thumb + _PAD)
         layer, channel = _feature_caption(f.name)
         lines = [layer, channel, f"w={f.weight:.3g}, {f.n_images} img"]
-        for j, line in enumerate(l for l in lines if l):
+        for j, line in enumerate(s for s in lines if s):
             draw.text((x, header + 13 * j), _fit_text(line, font, thumb), fill=(0, 0, 0) if j == 0 else (70, 70, 70),
                       font=font)
         y = header + caption
@@ -183,7 +184,7 @@ def explanation_figure(
     image: np.ndarray,
     heatmap: np.ndarray,
     title: str,
-    maps: Optional[Mapping[str, np.ndarray]] = None,
+    maps: Mapping[str, np.ndarray] | None = None,
     thumb: int = 160,
 ) -> Image.Image:
     """The image, the heatmap and, optionally, named extra maps (VEBI's k feature maps).
@@ -244,9 +245,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "class"
 
 
-def _training_data(card: Mapping[str, Any], weights: str, data: Optional[str], variant: Optional[str],
-                   size: Optional[int], per_class: Optional[int], seed: Optional[int], device: Optional[str],
-                   progress: Optional[bool]) -> Any:
+def _training_data(card: Mapping[str, Any], weights: str, data: str | None, variant: str | None,
+                   size: int | None, per_class: int | None, seed: int | None, device: str | None,
+                   progress: bool | None) -> Any:
     """The PreparedData the interpretation runs on: ``data``/``variant``, else the model card's dataset."""
     ds = card.get("dataset") or {}
     if data is None and variant is None:
@@ -268,14 +269,14 @@ def _training_data(card: Mapping[str, Any], weights: str, data: Optional[str], v
     return prepare_an8flower(key, config, need_train=True, progress=progress)
 
 
-def interpret_checkpoint(weights: str, out: str, *, data: Optional[str] = None, variant: Optional[str] = None,
-                         size: Optional[int] = None, per_class: Optional[int] = None, seed: Optional[int] = None,
+def interpret_checkpoint(weights: str, out: str, *, data: str | None = None, variant: str | None = None,
+                         size: int | None = None, per_class: int | None = None, seed: int | None = None,
                          mu: float = INTERPRET_DEFAULTS["mu"], k: int = INTERPRET_DEFAULTS["k"],
                          top_n: int = INTERPRET_DEFAULTS["top_n"], labels: str = "ground_truth",
-                         layers: Optional[Sequence[str]] = None, stride_fix: bool = True,
+                         layers: Sequence[str] | None = None, stride_fix: bool = True,
                          max_features: int = INTERPRET_DEFAULTS["max_features"],
-                         batch_size: int = INTERPRET_DEFAULTS["batch_size"], device: Optional[str] = None,
-                         progress: Optional[bool] = None) -> dict[str, Any]:
+                         batch_size: int = INTERPRET_DEFAULTS["batch_size"], device: str | None = None,
+                         progress: bool | None = None) -> dict[str, Any]:
     """Fit VEBI on a checkpoint's training data; write ``vebi.npz``, ``interpretation.json`` and the sheets to ``out``.
 
     The data is the generated folder ``data`` or the variant ``variant`` rendered in memory
@@ -348,14 +349,14 @@ def _read_image(path: str, channels: int, size: Sequence[int]) -> np.ndarray:
     img = load_image(path, "L" if channels == 1 else "RGB")
     h, w = int(size[0]), int(size[1])
     if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def explain_image(image: str, weights: str, out: str, *, explainer: str = INTERPRET_DEFAULTS["explainer"],
-                  vebi: Optional[str] = None, target: Optional[int] = None,
-                  options: Optional[Mapping[str, Any]] = None, device: Optional[str] = None) -> dict[str, Any]:
+                  vebi: str | None = None, target: int | None = None,
+                  options: Mapping[str, Any] | None = None, device: str | None = None) -> dict[str, Any]:
     """Explain one image file with one explainer; write :func:`explanation_figure` as the PNG ``out``.
 
     The image is resized to the checkpoint's input size; ``target`` defaults to the predicted

@@ -25,7 +25,8 @@ value only means the check cannot be made.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from an8flower.errors import UsageError
 
@@ -42,19 +43,19 @@ def overlap_count(num_classes: int, per_class: int, image_ids: Sequence[int]) ->
     return sum(1 for i in image_ids if 0 <= int(i) < end)
 
 
-def _int(value: Any) -> Optional[int]:
+def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def check_leakage(
-    card: Optional[Mapping[str, Any]],
+    card: Mapping[str, Any] | None,
     variant: str,
-    seed: Optional[int],
+    seed: int | None,
     num_classes: int,
     image_ids: Sequence[int],
     source: str,
     allow_overlap: bool = False,
-) -> Optional[str]:
+) -> str | None:
     """Check a loaded checkpoint against the images a board scores (see the module docstring).
 
     Args:

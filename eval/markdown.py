@@ -6,7 +6,8 @@ columns left-aligned, the rest right-aligned).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["md_cell", "md_row", "md_rule", "slug"]
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,15 +81,15 @@ def _read_arrays(path: str, shapes: dict[str, Any]) -> dict[str, np.ndarray]:
 def _check_disjoint(accs: Sequence[Any], paths: Sequence[str]) -> None:
     """:class:`UsageError` naming both files when two shares of a cell scored the same image."""
     owner: dict[int, str] = {}
-    for acc, path in zip(accs, paths):
+    for acc, path in zip(accs, paths, strict=True):
         for p in acc.positions:
             if owner.setdefault(p, path) != path:
                 raise UsageError(f"shard files {owner[p]} and {path} both scored image position {p}: "
                                  "their shares overlap (not the shards of one run)")
 
 
-def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence[str]] = None,
-                 progress: Optional[bool] = None, log: Optional[Callable[[str], None]] = None) -> Any:
+def merge_shards(folders: Sequence[str], out: str, *, command: Sequence[str] | None = None,
+                 progress: bool | None = None, log: Callable[[str], None] | None = None) -> Any:
     """Combine the N finished shards of one run into a complete results folder ``out``.
 
     Returns:
@@ -153,7 +154,7 @@ def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence
                 if len(z["positions"]) != len(z["heatmaps"]) or (len(z["heatmaps"]) and z["heatmaps"].shape[1:] != (size, size)):
                     raise UsageError(f"{folder}: {ex_key}.examples.npz holds {len(z['positions'])} positions for "
                                      f"heatmaps of shape {z['heatmaps'].shape}")
-                rows += list(zip(z["positions"].tolist(), z["heatmaps"]))
+                rows += list(zip(z["positions"].tolist(), z["heatmaps"], strict=True))
             rows.sort(key=lambda r: r[0])
             if rows and len(rows) == group["n_ex"]:
                 heatmaps = np.stack([h for _, h in rows]).astype(np.float16)
@@ -164,7 +165,7 @@ def merge_shards(folders: Sequence[str], out: str, *, command: Optional[Sequence
         paths = [_inside(os.path.join(folder, "shard"), f"{cell_key_}.json") for folder, _ in manifests]
         records = [read_record(path, cell_key_) for path in paths]
         body = records[0]
-        accs = [accumulator_from_json(r["accumulator"], path) for r, path in zip(records, paths)]
+        accs = [accumulator_from_json(r["accumulator"], path) for r, path in zip(records, paths, strict=True)]
         _check_disjoint(accs, paths)
         merged = merge_accumulators(accs)
         group = groups_by_part.get(group_part(body["config"]))

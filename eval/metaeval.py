@@ -47,8 +47,9 @@ Kendall tau-b between the rankings of every pair of seeds.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from itertools import combinations
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +212,7 @@ def metric_metaeval(cells: Sequence[Mapping[str, Any]], higher_is_better: bool =
     return out
 
 
-def _num(v: Any) -> Optional[float]:
+def _num(v: Any) -> float | None:
     return None if v is None or not math.isfinite(float(v)) else round(float(v), 6)
 
 
@@ -350,7 +351,7 @@ def metaeval_markdown(table: Mapping[str, Any], metric_info: Mapping[str, Mappin
     return lines
 
 
-def _ranks(values: Sequence[Optional[float]], higher_is_better: bool) -> np.ndarray:
+def _ranks(values: Sequence[float | None], higher_is_better: bool) -> np.ndarray:
     """Ranks 1 = best, ties averaged; undefined values rank last together."""
     from scipy.stats import rankdata
 

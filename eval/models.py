@@ -45,9 +45,10 @@ import math
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -235,7 +236,7 @@ class ModelLibrary:
 
     prefix: str
     distribution: str
-    extra: Optional[str]
+    extra: str | None
 
     def module(self) -> ModuleType:
         """The imported library; UsageError naming the extra when it is not installed."""
@@ -245,7 +246,7 @@ class ModelLibrary:
             how = f'pip install "an8flower[{self.extra}]"' if self.extra else f"pip install {self.distribution}"
             raise UsageError(f"{self.prefix}: models need the {self.distribution} library ({exc}); install it with {how}") from None
 
-    def version(self) -> Optional[str]:
+    def version(self) -> str | None:
         try:
             return importlib.metadata.version(self.distribution)
         except importlib.metadata.PackageNotFoundError:
@@ -383,7 +384,7 @@ class ModelSpec:
         if self.library == "an8flower":
             from an8flower import __version__
 
-            version: Optional[str] = __version__
+            version: str | None = __version__
         else:
             version = MODEL_LIBRARIES[self.library].version()
         return {"name": self.name, "library": self.library, "version": version, "builder": self.builder,
@@ -414,7 +415,7 @@ class ModelSpec:
         _make_relus_distinct(net)
         return _wrap(net)
 
-    def build(self, num_classes: int, seed: Optional[int] = None) -> nn.Module:
+    def build(self, num_classes: int, seed: int | None = None) -> nn.Module:
         """The model with ``num_classes`` logits, on the CPU, in training mode (see :func:`build_model`)."""
         if isinstance(num_classes, bool) or int(num_classes) < 2:
             raise UsageError(f"num_classes must be at least 2, got {num_classes}")
@@ -433,14 +434,14 @@ class ModelSpec:
         """The state dict's tensor shapes (from :meth:`skeleton`)."""
         return {k: tuple(v.shape) for k, v in self.skeleton(num_classes).state_dict().items()}
 
-    def accepts(self, other: "ModelSpec") -> bool:
+    def accepts(self, other: ModelSpec) -> bool:
         """Whether a checkpoint of ``other`` is a model of this name: same base and the options given
         here are ``other``'s (a name given without options accepts any options)."""
         theirs = other.options
         return other.base == self.base and all(theirs.get(k) == v for k, v in self.given)
 
 
-def resolve_model(name: "str | ModelSpec", options: Optional[Mapping[str, Any]] = None) -> ModelSpec:
+def resolve_model(name: str | ModelSpec, options: Mapping[str, Any] | None = None) -> ModelSpec:
     """Resolve a model name, with optional ``options``, to a :class:`ModelSpec`.
 
     Names: the package's networks (:data:`MODELS`), the presets (:data:`PRESETS`),
@@ -540,10 +541,10 @@ def model_catalogue() -> dict[str, Any]:
 
 
 def build_model(
-    name: "str | ModelSpec",
+    name: str | ModelSpec,
     num_classes: int,
-    weights: Optional[str | os.PathLike[str]] = None,
-    seed: Optional[int] = None,
+    weights: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
     finetune: bool = False,
 ) -> nn.Module:
     """Build the classifier ``name`` with ``num_classes`` outputs; load ``weights`` from a local file.
@@ -589,7 +590,7 @@ def model_hash(model: nn.Module) -> str:
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], name: "Optional[str | ModelSpec]" = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike[str], name: str | ModelSpec | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint of :func:`an8flower.eval.train.save_checkpoint` describes.
 
@@ -650,7 +651,7 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def _file_kind(path: str) -> Optional[str]:
+def _file_kind(path: str) -> str | None:
     """What ``path`` is, when it is not a pickle at all (a pickle starts with the PROTO opcode 0x80)."""
     with open(path, "rb") as fh:
         head = fh.read(16)
@@ -794,7 +795,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], finetune: bool 
     return ckpt if isinstance(ckpt, dict) else {}
 
 
-def _last_linear(model: nn.Module) -> Optional[str]:
+def _last_linear(model: nn.Module) -> str | None:
     """Module path of the last ``nn.Linear`` (the classifier head of every model here)."""
     last = None
     for name, m in model.named_modules():
@@ -811,9 +812,9 @@ def _head_keys(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{last}.{p}" for p, _ in model.get_submodule(last).named_parameters(recurse=False))
 
 
-def _num_outputs(model: nn.Module) -> Optional[int]:
+def _num_outputs(model: nn.Module) -> int | None:
     last = _last_linear(model)
-    return None if last is None else int(getattr(model.get_submodule(last), "out_features"))
+    return None if last is None else int(model.get_submodule(last).out_features)
 
 
 def _load_state(model: nn.Module, state: object, path: str, keep: Sequence[str] = ()) -> None:

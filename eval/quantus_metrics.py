@@ -55,8 +55,9 @@ defaults are kept: the values are Quantus's, on our data.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,7 +148,7 @@ def list_quantus_metrics() -> list[str]:
     return [PREFIX + name for name in SUPPORTED if hasattr(quantus, name)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _spec(metric: str) -> MetricSpec:
     quantus = _quantus()
     cls = getattr(quantus, metric)
@@ -186,7 +187,7 @@ def _explain_func(explainer: Callable[..., torch.Tensor], device: torch.device) 
 
 
 def quantus_scores(name: str, options: dict[str, Any], model: nn.Module, images: torch.Tensor,
-                   targets: torch.Tensor, heatmaps: torch.Tensor, masks: Optional[torch.Tensor],
+                   targets: torch.Tensor, heatmaps: torch.Tensor, masks: torch.Tensor | None,
                    explainer: Callable[..., torch.Tensor], seed: int = 0) -> torch.Tensor:
     """Per-image values (B,) float64 of the Quantus metric ``name`` (``quantus:<Name>``) on one batch.
 

@@ -37,7 +37,8 @@ import io
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def results_rows(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         base = {k: c[k] for k in RESULT_COLUMNS if k not in ("metric", "value", "n")}
         extra = c.get("extra") or {}
         if "parts" in extra and "share" in extra:
-            for part, share in zip(extra["parts"], extra["share"]):
+            for part, share in zip(extra["parts"], extra["share"], strict=True):
                 rows.append({**base, "metric": f"part_share:{part}", "value": share, "n": c["n"]})
             continue
         rows.append({**base, "metric": c["metric"], "value": c["value"] if not c.get("error") else math.nan, "n": c["n"]})
@@ -106,7 +107,7 @@ def _per_image_bytes(cells: Iterable[Mapping[str, Any]]) -> bytes:
         scores, ids = c.get("scores"), c.get("image_ids")
         if not scores or ids is None or c.get("error"):
             continue
-        for i, s in zip(ids, scores):
+        for i, s in zip(ids, scores, strict=True):
             rows.append({**{k: c[k] for k in columns[:7]}, "image": int(i), "score": s})
     raw = _csv_bytes(rows, columns)
     out = io.BytesIO()
@@ -122,7 +123,7 @@ def _group_key(c: Mapping[str, Any]) -> tuple:
 def leaderboard_tables(
     cells: Sequence[Mapping[str, Any]],
     metric_info: Mapping[str, Mapping[str, Any]],
-    group_meta: Optional[Mapping[tuple, Mapping[str, Any]]] = None,
+    group_meta: Mapping[tuple, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """One leaderboard per (dataset, variant, model, split, seed), as JSON-ready dicts.
 
@@ -150,7 +151,8 @@ def leaderboard_tables(
         for c in group:
             by_expl.setdefault(c["explainer"], {})[c["metric"]] = c
             options.setdefault(c["explainer"], c.get("options") or {})
-        rows, errors = [], []
+        rows: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         for expl, mcells in by_expl.items():
             scores = {}
             for m in metrics:
@@ -178,7 +180,7 @@ def leaderboard_tables(
                 top = max(v for v, _ in cand)
                 best[m] = sorted(e for v, e in cand if v >= top - 1e-12)
         tables.append({
-            **dict(zip(GROUP_KEYS, key)),
+            **dict(zip(GROUP_KEYS, key, strict=True)),
             "meta": dict(group_meta.get(key, {})) if group_meta else {},
             "metrics": metrics,
             "rows": rows,
@@ -188,11 +190,11 @@ def leaderboard_tables(
     return tables
 
 
-def _json_float(v: float) -> Optional[float]:
+def _json_float(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 6)
 
 
-def _order_rows(rows: list[dict], primary: Optional[str], metric_info: Mapping[str, Mapping[str, Any]]) -> list[dict]:
+def _order_rows(rows: list[dict], primary: str | None, metric_info: Mapping[str, Mapping[str, Any]]) -> list[dict]:
     """Oracle first, then explainers by the first metric (best first), then random and centre."""
     sign = 1.0 if primary is None or metric_info[primary].get("higher_is_better", True) else -1.0
 
@@ -208,7 +210,7 @@ def _order_rows(rows: list[dict], primary: Optional[str], metric_info: Mapping[s
     return sorted(rows, key=key)
 
 
-def _cell_text(s: Optional[Mapping[str, Any]], bold: bool, note: Optional[int]) -> str:
+def _cell_text(s: Mapping[str, Any] | None, bold: bool, note: int | None) -> str:
     if s is None:
         return "–"
     if s.get("error"):
@@ -338,7 +340,7 @@ def duplicate_agreement(table: Mapping[str, Any], cells: Sequence[Mapping[str, A
             sa, sb = scores.get((a, metric)), scores.get((b, metric))
             if sa is None or sb is None or len(sa) != len(sb):
                 continue
-            for x, y in zip(sa, sb):
+            for x, y in zip(sa, sb, strict=True):
                 n += 1
                 both_nan = math.isnan(x) and math.isnan(y)
                 diffs.append(0.0 if both_nan else math.inf if math.isnan(x) or math.isnan(y) else abs(x - y))
@@ -389,7 +391,7 @@ def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequenc
     return lines
 
 
-def _part_markdown(parts: Mapping[str, Any], marks: Optional[Mapping[str, Sequence[str]]] = None) -> list[str]:
+def _part_markdown(parts: Mapping[str, Any], marks: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     names = parts["parts"]
     disc = set(parts.get("discriminative", []))
     head = [f"**{md_cell(p)}**" if p in disc else md_cell(p) for p in names]
@@ -414,7 +416,7 @@ def reliance_markdown(rel: Mapping[str, Any]) -> list[str]:
     part is recoloured, removed or (discriminative) repainted, and how often the prediction
     follows a repaint to the class its new colours define.
     """
-    def fmt(r: Optional[Mapping[str, Any]], key: str, ci: bool = False) -> str:
+    def fmt(r: Mapping[str, Any] | None, key: str, ci: bool = False) -> str:
         if r is None or r.get(key) is None:
             return "–"
         text = f"{round(r[key], 3) + 0.0:.3f}"  # + 0.0: no "-0.000"
@@ -449,8 +451,8 @@ def write_report(
     out_dir: str | os.PathLike[str],
     cells: Sequence[Mapping[str, Any]],
     metric_info: Mapping[str, Mapping[str, Any]],
-    group_meta: Optional[Mapping[tuple, Mapping[str, Any]]] = None,
-    examples: Optional[Mapping[tuple, Mapping[str, Any]]] = None,
+    group_meta: Mapping[tuple, Mapping[str, Any]] | None = None,
+    examples: Mapping[tuple, Mapping[str, Any]] | None = None,
     title: str = "an8flower leaderboard",
     plots: bool = True,
 ) -> dict[str, Any]:

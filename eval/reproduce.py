@@ -43,6 +43,7 @@ shows in ``reproduction_files/``, and the leaderboard folders ``board/`` (and ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -51,8 +52,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 from an8flower.errors import UsageError
 from an8flower.eval.config import TRAIN_DEFAULTS
@@ -132,16 +134,16 @@ class ReproSettings:
     sheets: int = 3
     top_n: int = 10
     spectral_images: int = 64
-    mnist: Optional[str] = None
+    mnist: str | None = None
     mnist_train: int = 6000
     mnist_test: int = 1000
-    imagenet: Optional[str] = None
-    imagenet_weights: Optional[str] = None
+    imagenet: str | None = None
+    imagenet_weights: str | None = None
     imagenet_model: str = "vgg16"
     imagenet_train_per_class: int = 5
     imagenet_images: int = 300
     explainer_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    device: Optional[str] = None
+    device: str | None = None
     plots: bool = True
     tiny: bool = False
 
@@ -195,11 +197,13 @@ class _Parts:
         self.seconds: dict[str, float] = {}
         self.log = log
 
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Log ``name`` and add the wall time of the ``with`` body to ``seconds[name]``."""
         self.log(f"reproduce: {name} ...")
         t0 = time.perf_counter()
         try:
-            return fn()
+            yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
@@ -223,7 +227,7 @@ def _trained_model(summary: Any, variant: str, model_name: str, seed: int, devic
     raise UsageError(f"the board has no trained {model_name} for {variant or 'this dataset'}")  # pragma: no cover
 
 
-def _fit_vebi(model: Any, data: Any, config: Any, model_name: str, settings: ReproSettings, progress: Optional[bool]) -> Any:
+def _fit_vebi(model: Any, data: Any, config: Any, model_name: str, settings: ReproSettings, progress: bool | None) -> Any:
     """VEBI with the board's ``vebi`` options on this dataset, fitted on its training split."""
     from an8flower.baselines import VEBI
     from an8flower.eval.scoring import explainer_options
@@ -322,7 +326,7 @@ def _plot_maps(path: str, images: Any, maps: Mapping[str, Any]) -> None:
 
 
 def _sheets(model: Any, vebi: Any, data: Any, settings: ReproSettings, files: str, slug: str,
-            progress: Optional[bool]) -> list[dict[str, Any]]:
+            progress: bool | None) -> list[dict[str, Any]]:
     """Interpretation sheets of the first ``settings.sheets`` classes (only their features are visualised)."""
     from an8flower.atomic import atomic_write
     from an8flower.baselines import VEBI
@@ -346,9 +350,9 @@ def _sheets(model: Any, vebi: Any, data: Any, settings: ReproSettings, files: st
     return out
 
 
-def _curve_points(cells: Sequence[Mapping[str, Any]]) -> dict[tuple, dict[str, list[Optional[float]]]]:
+def _curve_points(cells: Sequence[Mapping[str, Any]]) -> dict[tuple, dict[str, list[float | None]]]:
     """Per (variant, model, seed) and explainer, the mean IoU at :data:`IOU_POINTS` (nearest grid threshold)."""
-    out: dict[tuple, dict[str, list[Optional[float]]]] = {}
+    out: dict[tuple, dict[str, list[float | None]]] = {}
     for c in cells:
         extra = c.get("extra") or {}
         if c["metric"] != "iou_auc" or c.get("error") or not extra.get("curve"):
@@ -383,7 +387,7 @@ def _copy_figures(board_dir: str, files: str, tables: Sequence[Mapping[str, Any]
     return copied
 
 
-def _mnist_data(settings: ReproSettings, progress: Optional[bool]) -> Any:
+def _mnist_data(settings: ReproSettings, progress: bool | None) -> Any:
     """MNIST as a PreparedData: the first ``mnist_train`` training images (last 10% as validation), test images."""
     import torch
 
@@ -404,7 +408,7 @@ def _mnist_data(settings: ReproSettings, progress: Optional[bool]) -> Any:
                         size=28, info={"train_images": len(train), "val_images": len(val), "test_images": len(test)})
 
 
-def _mnist_part(settings: ReproSettings, files: str, progress: Optional[bool], log: Callable[[str], None]) -> dict[str, Any]:
+def _mnist_part(settings: ReproSettings, files: str, progress: bool | None, log: Callable[[str], None]) -> dict[str, Any]:
     from an8flower.eval.config import RunConfig
     from an8flower.eval.runner import run_leaderboard
 
@@ -426,7 +430,7 @@ def _mnist_part(settings: ReproSettings, files: str, progress: Optional[bool], l
             "relevant_per_class": vebi.fit_info_.get("relevant_per_class")}
 
 
-def _imagenet_part(settings: ReproSettings, progress: Optional[bool], log: Callable[[str], None]) -> dict[str, Any]:
+def _imagenet_part(settings: ReproSettings, progress: bool | None, log: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
     from an8flower.datasets.imagenet import ILSVRC12
@@ -483,8 +487,8 @@ def check_paths(settings: ReproSettings) -> None:
         raise UsageError(f"--imagenet-weights {settings.imagenet_weights}: no such file")
 
 
-def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] = None, progress: Optional[bool] = None,
-                     log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+def run_reproduction(settings: ReproSettings, command: Sequence[str] | None = None, progress: bool | None = None,
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the reproduction ``settings`` describe; write ``reproduction.md``/``.json`` and figures; return the result.
 
     Returns:
@@ -512,8 +516,10 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
     os.makedirs(files, exist_ok=True)
     config = settings.board_config()
     device = _torch_device(config)
-    datasets = parts.run("data", lambda: [prepare_an8flower(v, config, True, progress) for v in settings.variants])
-    summary = parts.run("board", lambda: run_leaderboard(config, datasets=datasets, command=command, progress=progress, log=log))
+    with parts.timed("data"):
+        datasets = [prepare_an8flower(v, config, True, progress) for v in settings.variants]
+    with parts.timed("board"):
+        summary = run_leaderboard(config, datasets=datasets, command=command, progress=progress, log=log)
     board = _board_summary(config.out, summary)
     figures = _copy_figures(config.out, files, board["tables"], settings.seed)
     groups = []
@@ -521,13 +527,17 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
         for model_name in settings.models:
             model, info = _trained_model(summary, data.variant, model_name, settings.seed, device)
             stem = slug(data.variant, model_name)
-            vebi = parts.run("vebi fit", lambda: _fit_vebi(model, data, config, model_name, settings, progress))
-            sizes = dict(zip(vebi.layers_, vebi.layer_sizes_))
-            removal = parts.run("feature removal", lambda: feature_removal(
-                model, relevant_channels(vebi), data.test, sizes, train=data.train, draws=settings.draws,
-                seed=settings.seed, batch_size=max(64, settings.batch_size), progress=progress))
-            stride = parts.run("stride fix", lambda: _stride_table(model, vebi, data, settings, files, stem))
-            sheets = parts.run("sheets", lambda: _sheets(model, vebi, data, settings, files, stem, progress))
+            with parts.timed("vebi fit"):
+                vebi = _fit_vebi(model, data, config, model_name, settings, progress)
+            sizes = dict(zip(vebi.layers_, vebi.layer_sizes_, strict=True))
+            with parts.timed("feature removal"):
+                removal = feature_removal(
+                    model, relevant_channels(vebi), data.test, sizes, train=data.train, draws=settings.draws,
+                    seed=settings.seed, batch_size=max(64, settings.batch_size), progress=progress)
+            with parts.timed("stride fix"):
+                stride = _stride_table(model, vebi, data, settings, files, stem)
+            with parts.timed("sheets"):
+                sheets = _sheets(model, vebi, data, settings, files, stem, progress)
             groups.append({"variant": data.variant, "model": model_name, "seed": settings.seed,
                            "accuracy": info["accuracy"], "train_images": len(data.train), "test_images": len(data.test),
                            "vebi": {"layers": len(vebi.layers_), "features": vebi.fit_info_.get("n_features"),
@@ -540,9 +550,11 @@ def run_reproduction(settings: ReproSettings, command: Optional[Sequence[str]] =
         "mnist": None, "imagenet": None,
     }
     if settings.mnist:
-        result["mnist"] = parts.run("mnist", lambda: _mnist_part(settings, files, progress, log))
+        with parts.timed("mnist"):
+            result["mnist"] = _mnist_part(settings, files, progress, log)
     if settings.imagenet:
-        result["imagenet"] = parts.run("imagenet", lambda: _imagenet_part(settings, progress, log))
+        with parts.timed("imagenet"):
+            result["imagenet"] = _imagenet_part(settings, progress, log)
     t0 = time.perf_counter()
     result["timings"] = {**{k: round(v, 3) for k, v in parts.seconds.items()}, "total": round(time.perf_counter() - start, 3)}
     md = reproduction_markdown(result)
@@ -596,7 +608,7 @@ def _f(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
-def _pm(pair: Optional[Sequence[Any]], digits: int = 3) -> str:
+def _pm(pair: Sequence[Any] | None, digits: int = 3) -> str:
     if not pair or pair[0] is None or (isinstance(pair[0], float) and not math.isfinite(pair[0])):
         return "n/a"
     half = pair[1] if len(pair) > 1 else None

@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from an8flower.atomic import atomic_write_bytes
 from an8flower.errors import UsageError

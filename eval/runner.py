@@ -52,8 +52,9 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,7 +129,7 @@ def run_device(config: RunConfig) -> torch.device:
     return resolve_device(config.device)
 
 
-def _weights_for(config: RunConfig, variant: str, model_name: str) -> Optional[str]:
+def _weights_for(config: RunConfig, variant: str, model_name: str) -> str | None:
     for key in (f"{variant}:{model_name}", model_name):
         if key in config.weights:
             return config.weights[key]
@@ -136,7 +137,7 @@ def _weights_for(config: RunConfig, variant: str, model_name: str) -> Optional[s
 
 
 def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device: torch.device, timer: Timer,
-                  progress: Optional[bool], log: Callable[[str], None], seed: int) -> tuple[nn.Module, dict[str, Any]]:
+                  progress: bool | None, log: Callable[[str], None], seed: int) -> tuple[nn.Module, dict[str, Any]]:
     """Load the model from ``config.weights`` or train it with initialisation ``seed`` (cached under ``<out>/models``)."""
     from an8flower.eval.models import build_model, load_checkpoint, model_hash, read_checkpoint, resolve_model
     from an8flower.eval.train import evaluate, model_card, recipe_config, save_checkpoint, train
@@ -243,14 +244,14 @@ def _resolve(config: RunConfig) -> tuple[list[ExplainerSpec], list[str]]:
 def run_leaderboard(
     config: RunConfig,
     *,
-    datasets: Optional[Sequence[PreparedData]] = None,
-    models: Optional[dict[str, nn.Module]] = None,
-    command: Optional[Sequence[str]] = None,
-    progress: Optional[bool] = None,
-    log: Optional[Callable[[str], None]] = None,
+    datasets: Sequence[PreparedData] | None = None,
+    models: dict[str, nn.Module] | None = None,
+    command: Sequence[str] | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
     fresh: bool = False,
-    shard: Optional[tuple[int, int]] = None,
-    world: Optional[World] = None,
+    shard: tuple[int, int] | None = None,
+    world: World | None = None,
     allow_overlap: bool = False,
 ) -> RunSummary:
     """Run the leaderboard that ``config`` describes; write its results folder; return a summary.
@@ -308,8 +309,8 @@ def run_leaderboard(
 class BoardRun:
     """The state of one leaderboard run: cache, timer, the cells gathered so far and the run record."""
 
-    def __init__(self, config: RunConfig, models: Optional[dict[str, nn.Module]], progress: Optional[bool],
-                 log: Optional[Callable[[str], None]], fresh: bool = False, datasets_given: bool = False,
+    def __init__(self, config: RunConfig, models: dict[str, nn.Module] | None, progress: bool | None,
+                 log: Callable[[str], None] | None, fresh: bool = False, datasets_given: bool = False,
                  world: World = SINGLE, allow_overlap: bool = False) -> None:
         from an8flower.eval.models import resolve_model
 
@@ -379,7 +380,7 @@ class BoardRun:
                                   "hash": data.hash, "size": data.size, **data.info})
         return data
 
-    def score_group(self, data: PreparedData, model_name: str, model_seed: Optional[int] = None) -> None:
+    def score_group(self, data: PreparedData, model_name: str, model_seed: int | None = None) -> None:
         """Every explainer x metric cell of one (dataset, model, model seed) group: from the cache or computed.
 
         ``model_seed`` (default ``config.seed``) seeds a model the run trains; it is the group's
@@ -478,7 +479,7 @@ class BoardRun:
     def _score_explainer(self, spec: ExplainerSpec, data: PreparedData, model: nn.Module, model_name: str,
                          mkey: dict[str, Any],
                          keep: torch.Tensor, image_ids: list[int], n_ex: int, ex: dict[str, Any], disc_ids: list[int],
-                         base_meta: dict[str, Any], counterfactual: Optional[dict[str, torch.Tensor]] = None) -> None:
+                         base_meta: dict[str, Any], counterfactual: dict[str, torch.Tensor] | None = None) -> None:
         """The cells of one explainer in one group: read the cached ones, compute the missing ones.
 
         Rank 0 reads the cache and tells the others what is missing; every rank explains its batches
@@ -492,7 +493,7 @@ class BoardRun:
         wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)
                   and not (METRICS[m].kind in ("counterfactual", "contrast") and counterfactual is None)]
         # The accumulators that score the cells are the ones their keys are taken from.
-        accs = dict(zip(wanted, new_accumulators(wanted, config, len(keep))))
+        accs = dict(zip(wanted, new_accumulators(wanted, config, len(keep)), strict=True))
         configs = {m: self._cell_config(data, image_ids, mkey, spec, options, acc) for m, acc in accs.items()}
         keys = {m: cell_key(c) for m, c in configs.items()}
         ex_key = cell_key({**self._cell_config(data, image_ids[:n_ex], mkey, spec, options),
@@ -574,7 +575,7 @@ class BoardRun:
         return self._scored_split
 
     def _fitted_explainer(self, spec: ExplainerSpec, options: dict[str, Any], model: nn.Module,
-                          data: PreparedData) -> tuple[Any, Optional[str]]:
+                          data: PreparedData) -> tuple[Any, str | None]:
         """The explainer, built and (rank 0 only) fitted; its fitted state broadcast to the other ranks.
 
         Returns ``(explainer, None)``, or ``(None, error text)`` when building or fitting failed.
@@ -596,8 +597,8 @@ class BoardRun:
         return explainer, error
 
     def _cell_config(self, data: PreparedData, image_ids: Sequence[int], model: dict[str, Any],
-                     spec: Optional[ExplainerSpec] = None, options: Optional[dict[str, Any]] = None,
-                     acc: Optional[Accumulator] = None) -> dict[str, Any]:
+                     spec: ExplainerSpec | None = None, options: dict[str, Any] | None = None,
+                     acc: Accumulator | None = None) -> dict[str, Any]:
         """The complete configuration of a cell (:func:`an8flower.eval.cache.cell_config`).
 
         ``model``: ``{"hash", "code"}``; the explainer part is ``spec.key(options)``, the metric part
@@ -650,7 +651,7 @@ class BoardRun:
 
     def _reliance(self, data: PreparedData, model: nn.Module, mkey: dict[str, Any], keep: torch.Tensor,
                   image_ids: list[int],
-                  group: tuple) -> Optional[dict[str, torch.Tensor]]:
+                  group: tuple) -> dict[str, torch.Tensor] | None:
         """Model reliance on the scored images (:mod:`an8flower.eval.reliance`), cached like a cell.
 
         Only for an8Flower data with its spec, seed and part maps (ILSVRC12 and user data: None).
@@ -692,7 +693,7 @@ class BoardRun:
         return {"changed": torch.from_numpy(rel.changed), "reliance": torch.from_numpy(rel.per_image()),
                 "runner_up": torch.from_numpy(rel.runner_up)}
 
-    def finish_shard(self, command: Optional[Sequence[str]]) -> RunSummary:
+    def finish_shard(self, command: Sequence[str] | None) -> RunSummary:
         """Write the shard's manifest (``shard.json``): what ``an8flower leaderboard merge`` needs."""
         from an8flower.eval.shards import fingerprint
 
@@ -713,7 +714,7 @@ class BoardRun:
                  f"{world.size} shard folders with `an8flower leaderboard merge DIR... --out OUT`")
         return RunSummary(config.out, [], "", _jsonable(manifest), self.computed, self.cached, self.calls)
 
-    def finish(self, command: Optional[Sequence[str]], imagenet: bool) -> RunSummary:
+    def finish(self, command: Sequence[str] | None, imagenet: bool) -> RunSummary:
         """Write the report and ``run.json``; the summary (an empty one on ranks other than 0).
 
         Cells of earlier runs (:meth:`_cached_extras`) may belong to explainers this run did not
@@ -802,7 +803,7 @@ def _known_metric(name: Any) -> bool:
         return False
 
 
-def _backend(world: World) -> Optional[str]:
+def _backend(world: World) -> str | None:
     if not world.distributed:
         return None
     import torch.distributed as dist
@@ -835,7 +836,7 @@ def _remove_stale(out: str, previous: Sequence[str], written: set[str]) -> None:
                 pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _training_code_sha256() -> str:
     """SHA-256 of the training and model-building code: part of a trained model's cache name."""
     from an8flower.eval import models, train

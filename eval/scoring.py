@@ -10,8 +10,9 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +137,7 @@ class Timer:
         self.explainers: dict[str, dict[str, float]] = {}
         self.metrics: dict[str, float] = {}
 
-    def add(self, category: str, seconds: float, explainer: Optional[str] = None, metric: Optional[str] = None,
+    def add(self, category: str, seconds: float, explainer: str | None = None, metric: str | None = None,
             images: int = 0) -> None:
         self.total[category] = self.total.get(category, 0.0) + seconds
         if explainer is not None:
@@ -193,16 +194,16 @@ class Accumulator:
 
     spec: MetricSpec
     options: dict[str, Any]
-    limit: Optional[int]
+    limit: int | None
     positions: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    curve_sum: Optional[np.ndarray] = None
-    curve_n: Optional[np.ndarray] = None
+    curve_sum: np.ndarray | None = None
+    curve_n: np.ndarray | None = None
     share: list[np.ndarray] = field(default_factory=list)
     normalised: list[np.ndarray] = field(default_factory=list)
-    pxap_counts: Optional[np.ndarray] = None
+    pxap_counts: np.ndarray | None = None
     seconds: float = 0.0
-    error: Optional[str] = None
+    error: str | None = None
 
     @property
     def n_images(self) -> int:
@@ -414,7 +415,7 @@ def batches(n: int, size: int) -> Iterator[slice]:
 
 
 def build_and_fit(spec: ExplainerSpec, options: dict[str, Any], model: nn.Module, data: PreparedData,
-                  config: RunConfig, timer: Timer, progress: Optional[bool] = None) -> Explainer:
+                  config: RunConfig, timer: Timer, progress: bool | None = None) -> Explainer:
     """The explainer of ``spec`` built with ``options`` and, if it needs it, fitted on the training split."""
     explainer = spec.build(options)
     name = spec.row
@@ -445,9 +446,9 @@ def new_accumulators(missing: Sequence[str], config: RunConfig, n_images: int) -
 
 
 def run_explainer(explainer: Explainer, name: str, accs: Sequence[Accumulator], model: nn.Module, data: PreparedData,
-                  scored: "TensorSplit", shares: Iterable[slice], config: RunConfig, device: torch.device, timer: Timer,
+                  scored: TensorSplit, shares: Iterable[slice], config: RunConfig, device: torch.device, timer: Timer,
                   n_ex: int, disc_ids: list[int], log: Callable[[str], None],
-                  counterfactual: Optional[dict[str, torch.Tensor]] = None, *, amp: bool = False) -> dict[str, Any]:
+                  counterfactual: dict[str, torch.Tensor] | None = None, *, amp: bool = False) -> dict[str, Any]:
     """Explain the batches ``shares`` (slices of ``scored``, the group's scored images in scoring
     order, already on ``device``) and score them into ``accs``.
 

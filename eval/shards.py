@@ -30,7 +30,8 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def fingerprint(config_dict: dict[str, Any], n_shards: int) -> str:
                            "code": package_code_sha256(), "torch": str(torch.__version__).split("+")[0]}))
 
 
-def _floats(values: Optional[Sequence[Any]]) -> Optional[list[Optional[float]]]:
+def _floats(values: Sequence[Any] | None) -> list[float | None] | None:
     if values is None:
         return None
     return [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
@@ -98,7 +99,7 @@ def accumulator_from_json(doc: Any, path: str) -> Any:
     acc.positions = list(positions)
     n = len(positions)
 
-    def rows(key: str, width: Optional[int] = None) -> Optional[np.ndarray]:
+    def rows(key: str, width: int | None = None) -> np.ndarray | None:
         value = doc.get(key)
         if value is None:
             return None

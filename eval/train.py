@@ -23,8 +23,9 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def model_family(model: "nn.Module | str | ModelSpec") -> str:
+def model_family(model: nn.Module | str | ModelSpec) -> str:
     """``"vit"`` for a model with attention blocks (:func:`an8flower.baselines.transformer.is_transformer`),
     else ``"cnn"``; a name or spec is looked at on the ``meta`` device (nothing allocated)."""
     from an8flower.baselines.vit import is_transformer
@@ -94,7 +95,7 @@ def model_family(model: "nn.Module | str | ModelSpec") -> str:
     return "vit" if is_transformer(model) else "cnn"
 
 
-def recipe_config(model: "nn.Module | str | ModelSpec", explicit: Optional[dict[str, Any]] = None, **base: Any) -> TrainConfig:
+def recipe_config(model: nn.Module | str | ModelSpec, explicit: dict[str, Any] | None = None, **base: Any) -> TrainConfig:
     """The :class:`TrainConfig` for ``model``: ``TRAIN_DEFAULTS``, then ``base`` (a run's fixed
     settings: seed, workers, flips), then the family's :data:`RECIPES`, then ``explicit`` (what the
     user set: config file ``[train]`` table, command-line flags), which wins."""
@@ -203,7 +204,7 @@ def _warmup_cosine(total: int) -> Callable[[int], float]:
     return factor
 
 
-def _default_epoch_log(progress: Optional[bool]) -> Optional[Callable[[str], None]]:
+def _default_epoch_log(progress: bool | None) -> Callable[[str], None] | None:
     """One line per epoch on stderr when no progress bar shows (not a terminal: logs, CI, batch jobs)."""
     import sys
 
@@ -215,11 +216,11 @@ def _default_epoch_log(progress: Optional[bool]) -> Optional[Callable[[str], Non
 def train(
     model: nn.Module,
     train_set: Dataset,
-    val_set: Optional[Dataset],
-    config: TrainConfig = TrainConfig(),
-    device: Optional[str | torch.device] = None,
-    progress: Optional[bool] = None,
-    log: Optional[Callable[[str], None]] = None,
+    val_set: Dataset | None,
+    config: TrainConfig = TrainConfig(),  # noqa: B008 (a frozen dataclass: one shared default is safe)
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set``, early-stopping on ``val_set`` accuracy.
 
@@ -322,7 +323,7 @@ def train(
 LOW_ACCURACY = 0.9
 
 
-def accuracy_warning(accuracy: float, split: str = "test") -> Optional[str]:
+def accuracy_warning(accuracy: float, split: str = "test") -> str | None:
     """A one-line warning when ``accuracy`` is below :data:`LOW_ACCURACY` (or undefined), else None."""
     if accuracy is not None and math.isfinite(accuracy) and accuracy >= LOW_ACCURACY:
         return None
@@ -346,15 +347,15 @@ def software_versions() -> dict[str, str]:
 
 
 def model_card(
-    architecture: "str | ModelSpec",
+    architecture: str | ModelSpec,
     num_classes: int,
     input_size: Sequence[int],
     dataset: dict[str, Any],
     accuracy: dict[str, float],
     seed: int,
-    config: Optional[TrainConfig] = None,
-    history: Optional[list[dict[str, float]]] = None,
-    classes: Optional[Sequence[str]] = None,
+    config: TrainConfig | None = None,
+    history: list[dict[str, float]] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The model card stored in a checkpoint: a JSON-serialisable dict.
 
@@ -433,7 +434,7 @@ def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
-def resolve_device(name: Optional[str]) -> torch.device:
+def resolve_device(name: str | None) -> torch.device:
     """The torch device ``--device`` names; ``None``: CUDA when available, else the CPU.
 
     Raises:
@@ -447,13 +448,13 @@ def resolve_device(name: Optional[str]) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_checkpoint(model_name: str, out: str | os.PathLike[str], *, variant: Optional[str] = None,
-                     data: Optional[str] = None, size: int = BOARD_SIZE, per_class: int = BOARD_PER_CLASS,
-                     seed: int = 0, workers: int = 0, device: Optional[str] = None,
-                     settings: Optional[dict[str, Any]] = None,
-                     model_options: Optional[dict[str, dict[str, Any]]] = None,
-                     weights: Optional[str | os.PathLike[str]] = None,
-                     log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+def train_checkpoint(model_name: str, out: str | os.PathLike[str], *, variant: str | None = None,
+                     data: str | None = None, size: int = BOARD_SIZE, per_class: int = BOARD_PER_CLASS,
+                     seed: int = 0, workers: int = 0, device: str | None = None,
+                     settings: dict[str, Any] | None = None,
+                     model_options: dict[str, dict[str, Any]] | None = None,
+                     weights: str | os.PathLike[str] | None = None,
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``model_name`` on an an8Flower variant and write its checkpoint with a model card to ``out``.
 
     The data is ``variant`` rendered in memory (``size`` px, ``per_class`` images per class, split

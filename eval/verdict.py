@@ -62,7 +62,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ _SANITY_METRIC = "randomisation"
 _CONTRAST_METRIC = "contrastivity"
 
 
-def family_of(metric: str) -> Optional[str]:
+def family_of(metric: str) -> str | None:
     """The family of ``metric`` (:data:`FAMILIES`), or None when no family counts it."""
     for family, metrics in FAMILIES.items():
         if metric in metrics:
@@ -236,7 +237,7 @@ def _class_blind(cells: Sequence[Mapping[str, Any]], names: Sequence[str]) -> li
     return out
 
 
-def _num(v: Any) -> Optional[float]:
+def _num(v: Any) -> float | None:
     return None if v is None or not math.isfinite(float(v)) else round(float(v), 6)
 
 
@@ -355,7 +356,7 @@ def aggregation_lines(sanity_threshold: float = SANITY_THRESHOLD,
     ]
 
 
-def _fmt_rank(v: Optional[float]) -> str:
+def _fmt_rank(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_explainers import Bomb, assert_no_hooks
 from torch import nn
 
 from an8flower.baselines import build_explainer, explainer_class, list_explainers, reduce_channels
 from an8flower.baselines.adapters import BOARD_ADAPTERS, BOARD_OPTIONS, list_adapter_explainers
 from an8flower.errors import UsageError
 from an8flower.eval.models import build_model
-from test_explainers import Bomb, assert_no_hooks
 
 captum_attr = pytest.importorskip("captum.attr")
 from an8flower.baselines.adapters.captum import grid_mask, slic_mask  # noqa: E402

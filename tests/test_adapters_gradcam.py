@@ -7,13 +7,13 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from test_explainers import Bomb, Scale, assert_no_hooks
 from torch import nn
 
 from an8flower.baselines import build_explainer, explainer_class
 from an8flower.baselines.adapters import list_adapter_explainers
 from an8flower.errors import UsageError
 from an8flower.eval.models import build_model
-from test_explainers import Bomb, Scale, assert_no_hooks
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402

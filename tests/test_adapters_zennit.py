@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_explainers import Bomb, assert_no_hooks
 from torch import nn
 
 from an8flower.baselines import build_explainer, explainer_class, reduce_channels
 from an8flower.baselines.adapters import list_adapter_explainers
 from an8flower.errors import UsageError
 from an8flower.eval.models import build_model
-from test_explainers import Bomb, assert_no_hooks
 
 zennit = pytest.importorskip("zennit")
 from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad  # noqa: E402

@@ -11,15 +11,13 @@ import zipfile
 
 import pytest
 import torch
+from test_leaderboard import ColourDetector, squares
 
-from an8flower.baselines import registry
-from an8flower.baselines import ExplainerSpec, complete_options, explainer_code_identity
+from an8flower.baselines import ExplainerSpec, complete_options, explainer_code_identity, registry
 from an8flower.eval.cache import CellCache, cell_key, validate_cell
 from an8flower.eval.config import RunConfig
 from an8flower.eval.runner import BoardRun, run_leaderboard
 from an8flower.eval.scoring import explainer_options, new_accumulators
-
-from test_leaderboard import ColourDetector, squares
 
 #: RunConfig fields that enter a cell's key directly.
 DIRECT = {"seed", "split", "batch_size", "device", "model_metric_images", "explainer_options", "metric_options", "amp"}
@@ -132,7 +130,10 @@ def test_a_changed_user_explainer_is_recomputed(tmp_path) -> None:
 
     config = RunConfig(out=str(tmp_path / "r"), explainers=["test_user_scaled"], metrics=["pointing_game"],
                        plots=False)
-    run = lambda: run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False)
+
+    def run():
+        return run_leaderboard(config, datasets=[squares()], models={"m": ColourDetector()}, progress=False)
+
     try:
         install(1.0)
         assert run().computed == 1

@@ -7,6 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from an8flower.cli import main
+from an8flower.errors import UsageError
 from an8flower.eval.results_folder import (
     MARKER,
     MARKER_TEXT,
@@ -15,10 +19,6 @@ from an8flower.eval.results_folder import (
     portable_record,
     results_folder,
 )
-from PIL import Image
-
-from an8flower.cli import main
-from an8flower.errors import UsageError
 
 
 @pytest.fixture(scope="module")

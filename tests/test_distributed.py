@@ -12,13 +12,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from test_leaderboard import ColourDetector, squares
 
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig
 from an8flower.eval.distributed import World, my_batches
-from an8flower.eval.scoring import Accumulator, METRICS, merge_accumulators, new_accumulators, run_explainer, Timer
-
-from test_leaderboard import ColourDetector, squares
+from an8flower.eval.scoring import METRICS, Accumulator, Timer, merge_accumulators, new_accumulators, run_explainer
 
 #: A small CLI board: 24 images in batches of 4 (6 batches, so both ranks get several), every kind
 #: of metric (per image, set-level PxAP, part shares, a model-based one on the first 6 images only, the

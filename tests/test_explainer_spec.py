@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from test_leaderboard import ColourDetector, squares
 
 from an8flower.baselines import (
     VEBI,
@@ -19,9 +20,9 @@ from an8flower.baselines import (
     RandomMap,
     default_explainers,
     explainer_code_identity,
+    registry,
     resolve_explainers,
 )
-from an8flower.baselines import registry
 from an8flower.baselines.plugins import import_explainers
 from an8flower.cli import main
 from an8flower.errors import UsageError
@@ -30,9 +31,6 @@ from an8flower.eval.cache import metric_code_identity
 from an8flower.eval.config import RunConfig
 from an8flower.eval.runner import run_leaderboard
 from an8flower.eval.scoring import explainer_options, new_accumulators
-
-from test_leaderboard import ColourDetector, squares
-
 
 # ---------------------------------------------------------------------------------- the spec
 

@@ -452,7 +452,7 @@ def test_amp_safe_explainers_agree_with_float32_under_autocast(zoo: dict[str, nn
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half = explainer(model, x, t)
     assert half.dtype == torch.float32 and explainer_class(name).amp_safe
-    for a, b in zip(full, half):
+    for a, b in zip(full, half, strict=True):
         r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
         assert r > 0.98, float(r)
     assert not any(explainer_class(e).amp_safe for e in ("gradient", "gradcam", "occlusion"))

@@ -29,8 +29,15 @@ from an8flower.export import EXPORT_MANIFEST, export_dataset, hf_features, sampl
 from an8flower.generate import generate
 from an8flower.layout import SPLITS
 from an8flower.manifest import (
-    DATASET_JSON, MANIFEST_NAME, ManifestRow, canonical_json, content_sha256, manifest_bytes, read_dataset_json,
-    read_manifest, sha256_bytes,
+    DATASET_JSON,
+    MANIFEST_NAME,
+    ManifestRow,
+    canonical_json,
+    content_sha256,
+    manifest_bytes,
+    read_dataset_json,
+    read_manifest,
+    sha256_bytes,
 )
 
 pa = pytest.importorskip("pyarrow")
@@ -125,7 +132,7 @@ def test_parquet_round_trips_through_datasets(offline, dataset, parquet_out, tmp
         assert features["index"] == datasets.Value("int64") and features["meta"] == datasets.Value("string")
         expected = loader_arrays(dataset, split)
         assert ds[split].num_rows == len(expected)
-        for row, (index, label, image, mask, parts) in zip(ds[split], expected):
+        for row, (index, label, image, mask, parts) in zip(ds[split], expected, strict=True):
             assert (row["index"], row["label"], row["split"]) == (index, label, split)
             assert row["class"] == info["classes"][label]
             assert np.array_equal(np.asarray(row["image"]), image)
@@ -217,7 +224,7 @@ def test_webdataset_round_trips_through_webdataset(dataset, wds_out):
         expected = loader_arrays(dataset, split)
         assert len(samples) == len(expected)
         rows = {r.index: r for r in read_manifest(dataset / MANIFEST_NAME)}
-        for sample, (index, label, image, mask, parts) in zip(samples, expected):
+        for sample, (index, label, image, mask, parts) in zip(samples, expected, strict=True):
             assert sample["__key__"] == f"{index:06d}"
             assert sample["cls"] == label
             assert sample["json"] == {**sample_record(rows[index]), "meta": dict(rows[index].meta)}

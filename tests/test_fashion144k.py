@@ -34,7 +34,9 @@ def triplets(tags: dict[int, list[int]], base: int):
     rows = [p for p, ts in tags.items() for _ in ts]
     cols = [t for ts in tags.values() for t in ts]
     # MATLAB-style double column vectors
-    col = lambda v: np.asarray(v, dtype=np.float64).reshape(-1, 1)
+    def col(v):
+        return np.asarray(v, dtype=np.float64).reshape(-1, 1)
+
     return {"rows": col(rows) + base, "cols": col(cols) + base, "data": col(np.ones(len(rows)))}
 
 
@@ -73,7 +75,7 @@ def load(root, split="train", **kw):
 def test_read_photos_txt_utf8(release, tmp_path):
     assert read_photos_txt(os.path.join(release, "photos.txt")) == ["photos/" + n for n in NAMES]
     bad = tmp_path / "photos.txt"
-    bad.write_bytes("a.jpg\n".encode() + b"\xff\xfe.jpg\n")
+    bad.write_bytes(b"a.jpg\n" + b"\xff\xfe.jpg\n")
     with pytest.raises(DatasetFormatError, match=r"photos\.txt, line 2: invalid UTF-8"):
         read_photos_txt(bad)
     bad.write_text("a.jpg\n\nb.jpg\n")
@@ -213,7 +215,7 @@ def test_default_twelve_classes_match_a_reference(tmp_path):
     top = sorted((t for t in counts if counts[t]), key=lambda t: (-counts[t], t))[:12]
     assert ds.class_tags == top and len(ds.classes) == 12
     expected = [(p, top.index(hit[0])) for p in split["testids"] for hit in [[t for t in tags[p] if t in top]] if len(hit) == 1]
-    assert list(zip(ds.post_ids.tolist(), ds.targets)) == expected
+    assert list(zip(ds.post_ids.tolist(), ds.targets, strict=True)) == expected
 
 
 def test_mismatched_counts_name_files(tmp_path):

@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 from an8flower.baselines import VEBI
 from an8flower.errors import UsageError
 from an8flower.eval.data import TensorSplit
-from an8flower.eval.train import collate_images_labels
 from an8flower.eval.feature_removal import (
     class_performance,
     feature_removal,
@@ -22,6 +21,7 @@ from an8flower.eval.feature_removal import (
     relevant_channels,
     zeroed_channels,
 )
+from an8flower.eval.train import collate_images_labels
 
 K = 4
 
@@ -85,7 +85,7 @@ def test_removing_class_js_feature_drops_class_j_to_chance_and_leaves_the_others
     # VEBI finds channel j (at the ReLU and/or the pooled map) and nothing else for class j.
     for j in range(K):
         assert relevant[j] and all(ch == [j] for ch in relevant[j].values()), relevant[j]
-    sizes = dict(zip(vebi.layers_, vebi.layer_sizes_))
+    sizes = dict(zip(vebi.layers_, vebi.layer_sizes_, strict=True))
     out = feature_removal(net, relevant, test, sizes, train=train, draws=20, seed=0)
     assert out["skipped"] == [] and len(out["classes"]) == K
     for row in out["classes"]:

@@ -70,7 +70,7 @@ def test_part_map_agrees_with_mask(folder):
 
 def test_samples_are_image_folder_style(folder):
     ds = An8Flower(folder, "train")
-    for (path, label), idx in zip(ds.samples, (ds.sample_index(i) for i in range(len(ds)))):
+    for (path, label), idx in zip(ds.samples, (ds.sample_index(i) for i in range(len(ds))), strict=True):
         p = Path(path)
         assert p.is_file() and p.parent.name == f"{label:02d}-{ds.classes[label]}" and p.parent.parent.name == "train"
         assert p.name == f"{idx:06d}.png"

@@ -8,9 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+from test_verdict import INFO, MEANS, cells_from
+
 from an8flower.eval.html import leaderboard_html, library_of
 from an8flower.eval.report import write_report
-from test_verdict import INFO, MEANS, cells_from
 
 CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", "/usr/bin/chromedriver"
 needs_chromium = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),

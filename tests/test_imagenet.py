@@ -246,7 +246,7 @@ def test_imagenet_trap_full_1000_class_devkit(tmp_path):
     # 65 wnids sort before n01751748 and 934 after; ids are shuffled; the sea snake has id 490.
     wnids = [f"n0100{i:04d}" for i in range(65)] + [SEA_SNAKE] + [f"n0200{i:04d}" for i in range(934)]
     ids = np.random.default_rng(0).permutation(np.setdiff1d(np.arange(1, 1001), [490]))
-    leaves = [(int(i), w, w) for i, w in zip(ids, wnids[:65] + wnids[66:])] + [(490, SEA_SNAKE, "sea snake")]
+    leaves = [(int(i), w, w) for i, w in zip(ids, wnids[:65] + wnids[66:], strict=True)] + [(490, SEA_SNAKE, "sea snake")]
     write_meta_mat(str(tmp_path / "ILSVRC2012_devkit_t12" / "data" / "meta.mat"), leaves)
     (tmp_path / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("490\n")
     write_jpeg(str(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG"), (4, 4))

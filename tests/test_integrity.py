@@ -28,11 +28,11 @@ import torch
 from PIL import Image
 
 from an8flower.cli import main
+from an8flower.datacard import dataset_documents
 from an8flower.datasets.files import list_subdirs
 from an8flower.datasets.generated import An8Flower, An8FlowerOnTheFly, resize_sample
 from an8flower.errors import DatasetFormatError, SpecError, UsageError
 from an8flower.folderlock import acquire, holder_text
-from an8flower.datacard import dataset_documents
 from an8flower.generate import (
     DOCUMENT_BYTES,
     MANIFEST_BYTES_PER_SAMPLE,
@@ -319,7 +319,10 @@ def _fashion_release(root: Path, lines: list[str]) -> Path:
     for k in range(3):
         Image.fromarray(np.full((5, 6, 3), 40 * k, np.uint8)).save(root / "photos" / f"p{k}.jpg")
     (root / "photos.txt").write_text("".join(f"{line}\n" for line in lines))
-    col = lambda v: np.asarray(v, np.float64).reshape(-1, 1)
+
+    def col(v):
+        return np.asarray(v, np.float64).reshape(-1, 1)
+
     (root / "feat").mkdir()
     scipy.io.savemat(root / "feat" / "col_cco.mat", {"rows": col([0, 1, 2]), "cols": col([0, 1, 0]),
                                                      "data": col([1, 1, 1])})
@@ -749,8 +752,9 @@ def test_total_images_are_bounded(tmp_path):
 
 
 def test_output_size_is_estimated_against_free_space(tmp_path, monkeypatch):
-    import an8flower.generate as gen
     from types import SimpleNamespace
+
+    import an8flower.generate as gen
 
     spec = load_spec("single-6c").with_size(SIZE)
     per_sample = SIZE * SIZE * PNG_BYTES_PER_PIXEL + MANIFEST_BYTES_PER_SAMPLE
@@ -815,7 +819,7 @@ def test_datasets_resize_option(dataset):
     for i in range(len(disk)):
         a, b, n = disk[i], fly[i], native[i]
         assert a[0].shape == (3, 40, 40) and a[2].shape == a[3].shape == (40, 40)
-        assert all(torch.equal(x, y) for x, y in zip((a[0], a[2], a[3]), (b[0], b[2], b[3])))
+        assert all(torch.equal(x, y) for x, y in zip((a[0], a[2], a[3]), (b[0], b[2], b[3]), strict=True))
         image = (n[0].permute(1, 2, 0) * 255).round().byte().numpy()
         want = resize_sample(image, n[2].numpy(), n[3].numpy(), 40, spec.discriminative_ids)
         assert torch.equal(a[0], torch.from_numpy(want[0]).permute(2, 0, 1).float() / 255)
@@ -836,7 +840,10 @@ def test_image_folder_labels_agree_with_an8flower(tmp_path):
     theirs = ImageFolder(str(root / "images" / "train"))
     assert list(theirs.class_to_idx) == info_of(root)["class_folders"]
     assert list(theirs.class_to_idx.values()) == list(range(12))
-    normal = lambda samples: {os.path.normpath(p): label for p, label in samples}
+
+    def normal(samples):
+        return {os.path.normpath(p): label for p, label in samples}
+
     assert normal(theirs.samples) == normal(ours.samples) and len(ours) == 12
 
 
@@ -1127,7 +1134,7 @@ def test_show_bounds_its_options_before_allocating(dataset, tmp_path, capsys, mo
 def _manifest_with_meta(root: Path, meta_text: str) -> None:
     text = (root / MANIFEST_NAME).read_text()
     lines = text.split("\n")
-    head, first = lines[0], lines[1]
+    first = lines[1]
     fields = first.split(",", 13)
     lines[1] = ",".join(fields[:13]) + "," + '"' + meta_text.replace('"', '""') + '"'
     data = "\n".join(lines).encode()

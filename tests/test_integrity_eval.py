@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from an8flower.eval.config import RunConfig
-from an8flower.eval.runner import run_leaderboard
 from numpy.lib import format as npy
 from test_leaderboard import ColourDetector, squares
 from torch import nn
 
 from an8flower.errors import UsageError
+from an8flower.eval.config import RunConfig
+from an8flower.eval.runner import run_leaderboard
 
 
 def _board(out, **kw) -> RunConfig:
@@ -193,8 +193,9 @@ def test_a_cache_npz_inflating_past_its_header_is_refused(tmp_path) -> None:
 
 
 def test_the_cached_reliance_record_is_read_back_within_its_shapes(tmp_path, monkeypatch) -> None:
-    from an8flower.eval import reliance
     from test_reliance import SIZE, CentreReader, _fixed_head
+
+    from an8flower.eval import reliance
 
     spec = _fixed_head("single-6c")
     spec_file = tmp_path / "fixed.json"
@@ -366,9 +367,8 @@ def test_disk_full_while_saving_a_trained_model_is_one_line(tmp_path, monkeypatc
 
 
     import an8flower.eval.train as train_mod
-    from an8flower.eval.models import build_model
-
     from an8flower.errors import DiskFullError
+    from an8flower.eval.models import build_model
 
     def full(obj, fh):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), fh.name)

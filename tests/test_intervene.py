@@ -150,7 +150,7 @@ def test_farthest_nonclass_colour_by_brute_force(spec):
     assert name not in class_cols
 
     def margin(c):
-        return min(sum((a - b) ** 2 for a, b in zip(spec.rgb(c), spec.rgb(k))) for k in class_cols)
+        return min(sum((a - b) ** 2 for a, b in zip(spec.rgb(c), spec.rgb(k), strict=True)) for k in class_cols)
 
     others = [c for c, _ in spec.colours if c not in class_cols]
     assert margin(name) == max(margin(c) for c in others)

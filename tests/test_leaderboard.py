@@ -14,15 +14,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from an8flower.baselines import Explainer
-from an8flower.baselines import registry
+from an8flower.baselines import Explainer, registry
 from an8flower.cli import main
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig, load_config, quick_config
 from an8flower.eval.models import build_model, model_hash
 from an8flower.eval.report import RESULT_COLUMNS, leaderboard_markdown, leaderboard_tables
-from an8flower.eval.stats import mean_ci
 from an8flower.eval.runner import PreparedData, TensorSplit, run_leaderboard
+from an8flower.eval.stats import mean_ci
 from an8flower.eval.train import model_card, save_checkpoint
 
 COLOURS = torch.tensor([[230, 25, 25], [25, 200, 25], [25, 50, 230]], dtype=torch.uint8)

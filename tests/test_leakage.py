@@ -10,14 +10,14 @@ import shutil
 
 import pytest
 import torch
+
+from an8flower.cli import main
+from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig, load_config
 from an8flower.eval.leakage import check_leakage, overlap_count
 from an8flower.eval.models import build_model
 from an8flower.eval.runner import run_leaderboard
 from an8flower.eval.train import model_card, save_checkpoint
-
-from an8flower.cli import main
-from an8flower.errors import UsageError
 
 
 def test_overlap_count_follows_the_index_plan() -> None:

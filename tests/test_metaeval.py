@@ -42,7 +42,7 @@ def test_kendall_tau_b_matches_scipy_with_ties() -> None:
         got = kendall_tau_b(a, b)
         assert (np.isnan(ref) and np.isnan(got)) or got == pytest.approx(ref)
     rows = rng.normal(size=(5, 6))
-    np.testing.assert_allclose(kendall_tau_b(rows, rows[::-1]), [stats.kendalltau(r, s).statistic for r, s in zip(rows, rows[::-1])])
+    np.testing.assert_allclose(kendall_tau_b(rows, rows[::-1]), [stats.kendalltau(r, s).statistic for r, s in zip(rows, rows[::-1], strict=True)])
     assert np.isnan(kendall_tau_b(np.ones(4), np.arange(4.0)))  # one ranking all ties: undefined
 
 

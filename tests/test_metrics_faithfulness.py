@@ -245,10 +245,12 @@ def test_model_based_metrics_leave_a_train_mode_model_untouched(metric: str) -> 
     images, heatmaps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
     reference = copy.deepcopy(model).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    if metric == "randomisation_similarity":
-        run = lambda m: M.randomisation_similarity(m, build_explainer("gradient"), images, torch.tensor([0, 1]), seed=1)
-    else:
-        run = lambda m: getattr(M, metric)(m, images, heatmaps, torch.tensor([0, 1]), steps=4)
+
+    def run(m):
+        if metric == "randomisation_similarity":
+            return M.randomisation_similarity(m, build_explainer("gradient"), images, torch.tensor([0, 1]), seed=1)
+        return getattr(M, metric)(m, images, heatmaps, torch.tensor([0, 1]), steps=4)
+
     scores = run(model)
     assert model.training
     for k, v in model.state_dict().items():

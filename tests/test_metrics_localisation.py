@@ -130,7 +130,7 @@ def test_dilation_matches_brute_force_distance(radius):
     ys, xs = np.mgrid[0:9, 0:7]
     expected = np.zeros((3, 9, 7), dtype=bool)
     for b in range(3):
-        for y, x in zip(*np.nonzero(masks[b].numpy())):
+        for y, x in zip(*np.nonzero(masks[b].numpy()), strict=True):
             expected[b] |= (ys - y) ** 2 + (xs - x) ** 2 <= radius**2
     assert torch.equal(_dilate_disk(masks, radius), torch.from_numpy(expected))
 

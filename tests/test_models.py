@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
-import pytest
 
 from an8flower.errors import UsageError
 from an8flower.eval.models import (
@@ -306,8 +306,8 @@ def test_finetune_from_safetensors_keeps_the_backbone_and_a_new_head(tmp_path) -
 
 
 def test_model_options_fold_into_canonical_names() -> None:
-    from an8flower.eval.config import parse_model_options as model_options
     from an8flower.eval.config import RunConfig
+    from an8flower.eval.config import parse_model_options as model_options
 
     opts = model_options(["vit-tiny.num_layers=2", "vit-tiny.image_size=32"])
     assert opts == {"vit-tiny": {"num_layers": 2, "image_size": 32}}

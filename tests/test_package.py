@@ -19,9 +19,8 @@ def test_import_is_light_and_exports_resolve():
 def test_help_and_cite_do_not_import_torch():
     """`an8flower --help` and `an8flower cite` build every command's parser: none may import torch."""
     for argv in (["--help"], ["cite"], ["leaderboard", "--help"], ["train", "--help"]):
-        code = ("import sys\nfrom an8flower.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
-                "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]\n"
-                % (argv,))
+        code = (f"import sys\nfrom an8flower.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+                "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]\n")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.returncode == 0, (argv, out.stderr[-500:])
     import an8flower.eval as ev

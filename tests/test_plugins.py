@@ -8,8 +8,7 @@ import textwrap
 
 import pytest
 
-from an8flower.baselines import registry
-from an8flower.baselines import plugins
+from an8flower.baselines import plugins, registry
 from an8flower.cli import main
 from an8flower.errors import UsageError
 

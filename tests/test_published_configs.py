@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from an8flower.baselines import explainer_class, list_explainers
-from an8flower.eval.config import load_config
 from an8flower.baselines.reference import ORACLE
+from an8flower.eval.config import load_config
 from an8flower.eval.scoring import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from test_leaderboard import ColourDetector, squares
 
 from an8flower.baselines import build_explainer
 from an8flower.cli import main
@@ -18,7 +19,6 @@ from an8flower.eval.config import RunConfig
 from an8flower.eval.models import build_model
 from an8flower.eval.quantus_metrics import SUPPORTED, UNSUPPORTED, list_quantus_metrics, metric_spec, quantus_scores
 from an8flower.eval.runner import METRICS, run_leaderboard
-from test_leaderboard import ColourDetector, squares
 
 quantus = pytest.importorskip("quantus")
 

@@ -167,7 +167,7 @@ def test_leaderboard_writes_reliance_and_the_model_aware_columns(tmp_path):
     assert cells["oracle", "reliance_rank_correlation"]["value"] == pytest.approx(1.0)
     test = [render(spec, 0, i, SIZE) for i in range(6 * 4, 6 * 5)]
     rel = measure_reliance(CentreReader(spec, SIZE), spec, 0, range(24, 30), size=SIZE)
-    want = [float(c.sum() / s.mask.sum()) for c, s in zip(rel.changed, test)]
+    want = [float(c.sum() / s.mask.sum()) for c, s in zip(rel.changed, test, strict=True)]
     assert cells["oracle", "counterfactual_mass"]["scores"] == pytest.approx(want)
     # class-insensitive references have no contrast: undefined, not 0
     assert cells["random", "contrastivity"]["n"] == 0 and math.isnan(cells["centre", "contrastivity"]["value"])

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 from markdown_it import MarkdownIt
+from test_leaderboard import ColourDetector, squares
 
-from an8flower.baselines import Explainer
-from an8flower.baselines import registry
+from an8flower.baselines import Explainer, registry
 from an8flower.eval.config import RunConfig
 from an8flower.eval.runner import METRICS, run_leaderboard
-
-from test_leaderboard import ColourDetector, squares
 
 
 def parsed_tables(text: str) -> list[dict]:
@@ -72,7 +70,7 @@ def test_every_generated_table_parses_with_its_cell_counts(tmp_path, piped_error
     tables = parsed_tables(text)
     assert len(blocks) >= 3 and len(tables) == len(blocks)  # the main table, the meta-evaluation, the part table
     assert "| metric | oracle vs random |" in text and "| IoU@\\|M\\| |" in text  # meta-evaluation rows escaped too
-    for table, block in zip(tables, blocks):
+    for table, block in zip(tables, blocks, strict=True):
         assert len(block) == 2 + len(table["rows"])
         for row in table["rows"]:
             assert len(row) == len(table["header"])

@@ -13,15 +13,14 @@ import torch
 from torch import nn
 
 from an8flower.baselines import VEBI
+from an8flower.baselines.spec import split_explainer_name
 from an8flower.cli import main
 from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig
 from an8flower.eval.data import PreparedData, TensorSplit
 from an8flower.eval.reproduce import EXPLAINERS, VEBI_ROWS, ReproSettings, _stride_table, cuts, reproduction_markdown
 from an8flower.eval.runner import run_leaderboard
-from an8flower.baselines.spec import split_explainer_name
 from an8flower.eval.scoring import explainer_options
-
 
 # ------------------------------------------------------------------------- named variants
 

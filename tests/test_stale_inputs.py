@@ -6,9 +6,9 @@ import json
 import shutil
 
 import pytest
+from test_leaderboard import ColourDetector, squares
 
-from an8flower.baselines import Explainer
-from an8flower.baselines import registry
+from an8flower.baselines import Explainer, registry
 from an8flower.cli import main
 from an8flower.errors import DatasetFormatError
 from an8flower.eval.config import RunConfig
@@ -16,8 +16,6 @@ from an8flower.eval.models import build_model
 from an8flower.eval.runner import run_leaderboard
 from an8flower.eval.train import model_card, save_checkpoint
 from an8flower.generate import generate
-
-from test_leaderboard import ColourDetector, squares
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 
-import torch
 import pytest
+import torch
 from torch.utils.data import Dataset
 
 from an8flower.errors import UsageError
-from an8flower.eval.models import build_model, load_checkpoint, model_hash
 from an8flower.eval.config import TrainConfig
+from an8flower.eval.models import build_model, load_checkpoint, model_hash
 from an8flower.eval.train import evaluate, model_card, predict, read_model_card, save_checkpoint, train
 
 COLOURS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.9]])
@@ -133,13 +133,13 @@ def test_results_checkpoints_and_vebi_files_honour_the_umask(tmp_path) -> None:
     """Temporary files renamed into place keep the mode open() would give (0o666 & ~umask), not 0o600."""
     import os
 
+    from test_vebi import class_data, class_net
     from torch.utils.data import DataLoader, TensorDataset
 
+    from an8flower.atomic import atomic_write
     from an8flower.baselines import VEBI
     from an8flower.eval.models import build_model
-    from an8flower.atomic import atomic_write
     from an8flower.eval.train import save_checkpoint
-    from test_vebi import class_data, class_net
 
     old = os.umask(0o022)
     try:

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_explainers import assert_no_hooks
 from torch import nn
 
 from an8flower.baselines import build_explainer
@@ -21,9 +22,6 @@ from an8flower.baselines.transformer import (
 )
 from an8flower.errors import UsageError
 from an8flower.eval.models import build_model
-
-from test_explainers import assert_no_hooks
-
 
 TV = "vit-tiny[hidden_dim=16,image_size=32,mlp_dim=32,num_heads=2,num_layers=2,patch_size=8]"
 TIMM = "timm:deit_tiny_patch16_224[depth=2,embed_dim=16,img_size=32,num_heads=2,patch_size=8]"
@@ -74,7 +72,7 @@ def test_captured_attention_is_the_blocks_softmax_and_the_output_is_unchanged(vi
     inputs = block_inputs(vit, x)
     blocks = [m for n, m in vit.named_modules() if isinstance(m, nn.MultiheadAttention) or hasattr(m, "fused_attn")]
     assert len(maps.tensors) == len(blocks) == 2
-    for attention, tokens, block in zip(maps.tensors, inputs, blocks):
+    for attention, tokens, block in zip(maps.tensors, inputs, blocks, strict=True):
         if isinstance(block, nn.MultiheadAttention):  # torch's own implementation as the reference
             _, reference = block(tokens, tokens, tokens, need_weights=True, average_attn_weights=False)
         else:

@@ -8,14 +8,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_explainers import assert_no_hooks
+from test_transformer import TARGETS, TIMM, tiny_vit
 from torch import nn
 
 from an8flower.baselines import build_explainer
 from an8flower.errors import UsageError
-
-from test_explainers import assert_no_hooks
-from test_transformer import TARGETS, TIMM, tiny_vit
-
 
 pytest.importorskip("lxt")
 
@@ -104,7 +102,6 @@ def test_models_lxt_does_not_patch_are_refused(x) -> None:
 
 def test_the_licence_is_listed_with_the_names(capsys) -> None:
     from an8flower.baselines.adapters import catalogue
-
     from an8flower.cli import main
 
     entry = next(e for e in catalogue() if e["prefix"] == "lxt")

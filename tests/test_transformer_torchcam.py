@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from an8flower.baselines import build_explainer
-from an8flower.errors import UsageError
-
 from test_explainers import assert_no_hooks
 from test_transformer import TARGETS, TIMM, tiny_vit
 
+from an8flower.baselines import build_explainer
+from an8flower.errors import UsageError
 
 pytest.importorskip("torchcam")
 
@@ -38,7 +36,7 @@ def direct_legrad(model, x, targets, blocks):
         for h in handles:
             h.remove()
     layer_maps = []
-    for tokens, attention in list(zip(outputs, maps.tensors))[-blocks:]:
+    for tokens, attention in list(zip(outputs, maps.tensors, strict=True))[-blocks:]:
         score = net.heads(net.encoder.ln(tokens.mean(1))).gather(1, targets.view(-1, 1)).sum()
         (g,) = torch.autograd.grad(score, attention, retain_graph=True)
         layer_maps.append(g.relu().mean((1, 2))[:, 1:].reshape(-1, 4, 4))

@@ -218,7 +218,7 @@ def test_recolouring_a_discriminative_part_follows_the_rule(variant):
     spec = load_spec(variant)
     for index in range(spec.num_classes):
         ref = render(spec, 5, index, SIZE)
-        base = dict(zip(spec.discriminative, spec.class_colours[ref.label]))
+        base = dict(zip(spec.discriminative, spec.class_colours[ref.label], strict=True))
         for j, part in enumerate(spec.discriminative):
             for colour in sorted({cols[j] for cols in spec.class_colours}):
                 s = intervene(spec, 5, index, SIZE, recolour={part: colour})

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from an8flower.baselines import Explainer
-from an8flower.baselines import base as registry
+from test_leaderboard import ColourDetector, squares
+
+from an8flower.baselines import Explainer, registry
 from an8flower.eval.config import RunConfig
 from an8flower.eval.html import leaderboard_html
 from an8flower.eval.metaeval import annotate_tables, bootstrap_means
@@ -20,7 +21,6 @@ from an8flower.eval.verdict import (
     rank_rows,
     summary_markdown,
 )
-from test_leaderboard import ColourDetector, squares
 
 INFO = {
     "iou_auc": {"label": "IoU-AUC", "higher_is_better": True, "kind": "mask"},

@@ -21,9 +21,10 @@ import importlib.metadata
 import inspect
 import io
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -159,7 +160,7 @@ def list_adapter_explainers() -> list[str]:
     return names
 
 
-def library_version(lib: Library) -> Optional[str]:
+def library_version(lib: Library) -> str | None:
     """The installed version of the library's distribution, ``None`` when it is not installed."""
     try:
         return importlib.metadata.version(lib.distribution)
@@ -190,9 +191,9 @@ class Option:
     name: str
     default: Any
     target: str
-    choices: Optional[tuple[Any, ...]] = None
-    minimum: Optional[float] = None
-    kind: Optional[type] = None
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    kind: type | None = None
     help: str = ""
 
     def check(self, owner: str, value: Any) -> Any:
@@ -376,17 +377,17 @@ def library_call(model: nn.Module, quiet_stderr: bool = False, freeze: bool = Tr
             warnings.simplefilter("ignore")
             yield
     finally:
-        for m, before in zip(modules, hooks):
+        for m, before in zip(modules, hooks, strict=True):
             for d, keys in before.items():
                 table = getattr(m, d, None)
                 for key in [k for k in (table or {}) if k not in keys]:
                     del table[key]
                     for extra in _HOOK_EXTRAS:
                         getattr(m, extra, {}).pop(key, None)
-        for m, before in zip(modules, children):
+        for m, before in zip(modules, children, strict=True):
             if m._modules != before:
                 m._modules.clear()
                 m._modules.update(before)
-        for p, flag, grad in zip(params, flags, grads):
+        for p, flag, grad in zip(params, flags, grads, strict=True):
             p.requires_grad_(flag)
             p.grad = grad

@@ -61,7 +61,7 @@ from __future__ import annotations
 import inspect
 import math
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -317,7 +317,7 @@ def adapter_class(method: str) -> type:
     """
     available = methods()
     if method not in available:
-        reason: Optional[str] = excluded().get(method)
+        reason: str | None = excluded().get(method)
         if reason is not None:
             raise UsageError(f"captum:{method} is not offered: {reason}")
         raise UsageError(f"captum has no attribution class {method!r}; available: {', '.join(available)}")

@@ -37,8 +37,8 @@ the call), and the progress bars of ScoreCAM and AblationCAM are not printed.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import torch
 from torch import nn

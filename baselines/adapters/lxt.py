@@ -43,7 +43,7 @@ import importlib
 import os
 import sys
 import types
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn

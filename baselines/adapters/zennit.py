@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -172,7 +172,7 @@ class ZennitExplainer(AdapterExplainer):
 
     library = "zennit"
 
-    def _composite_name(self) -> Optional[str]:
+    def _composite_name(self) -> str | None:
         return self._options["composite"] if self.method in ATTRIBUTORS else self.method
 
     def build_composite(self, model: nn.Module, images: torch.Tensor) -> Any:
@@ -325,7 +325,7 @@ def _make_split_canonizer() -> type:
             self.saved: dict[str, Any] = {}
 
         @staticmethod
-        def _attribute_map(name: str, module: nn.Module) -> Optional[dict[str, Any]]:
+        def _attribute_map(name: str, module: nn.Module) -> dict[str, Any] | None:
             resnet = torchvision.models.resnet
             if isinstance(module, (resnet.BasicBlock, resnet.Bottleneck)) and hasattr(module, "relu1"):
                 return {"forward": _canonized_forward.__get__(module), "canonizer_sum": Sum()}
@@ -340,7 +340,7 @@ def _make_split_canonizer() -> type:
             for key, value in self.saved.items():
                 setattr(self.module, key, value)
 
-        def copy(self) -> "SplitReLUBlock":
+        def copy(self) -> SplitReLUBlock:
             return SplitReLUBlock()
 
     return SplitReLUBlock

@@ -7,7 +7,7 @@ heatmap holding NaN or inf raises it naming the first bad batch index.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ def check_finite(h: torch.Tensor, offset: int = 0, name: str = "heatmaps") -> No
         raise UsageError(f"{name}[{i}] contains NaN or inf")
 
 
-def resolve_chunk_size(chunk_size: Optional[int], pixels_per_image: int) -> int:
+def resolve_chunk_size(chunk_size: int | None, pixels_per_image: int) -> int:
     """Images per chunk: ``chunk_size`` if given, else about :data:`DEFAULT_CHUNK_PIXELS` pixels."""
     if chunk_size is None:
         return max(1, DEFAULT_CHUNK_PIXELS // max(1, pixels_per_image))

@@ -80,7 +80,7 @@ class Workspace:
         return buf[:size].reshape(shape)
 
 
-def _buffer(ws: "Workspace | None", name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+def _buffer(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return ws.get(name, shape, dtype) if ws is not None else np.empty(shape, dtype=dtype)
 
 

@@ -21,8 +21,6 @@ target on the original image, the alternative the decision is actually made agai
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from an8flower.errors import UsageError
@@ -39,7 +37,7 @@ def counterfactual_mass(
     changed: torch.Tensor,
     *,
     normalised: bool = False,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Share of positive attribution on the pixels a counterfactual changes, (B,) float64.
 
@@ -78,7 +76,7 @@ def reliance_rank_correlation(
     part_maps: torch.Tensor,
     reliance: torch.Tensor,
     *,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Spearman correlation per image between attribution per part and the model's reliance, (B,).
 
@@ -126,7 +124,7 @@ def contrastivity(
     contrast_heatmaps: torch.Tensor,
     discriminating: torch.Tensor,
     *,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Share of the difference between two classes' explanations on the parts that tell them apart, (B,).
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -97,7 +97,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _check_targets(model: nn.Module, images: torch.Tensor, targets: Optional[object]) -> torch.Tensor:
+def _check_targets(model: nn.Module, images: torch.Tensor, targets: object | None) -> torch.Tensor:
     """``targets`` as a long (B,) tensor on the images' device; ``None`` means the predicted class."""
     b = images.shape[0]
     with torch.no_grad():
@@ -162,7 +162,7 @@ def _perturbation_curve(
     model: nn.Module,
     images: torch.Tensor,
     heatmaps: torch.Tensor,
-    targets: Optional[torch.Tensor],
+    targets: torch.Tensor | None,
     steps: int,
     baseline: Baseline,
     chunk_size: int,
@@ -173,7 +173,7 @@ def _perturbation_curve(
 
 
 def _perturbation_curve_eval(model: nn.Module, images: torch.Tensor, heatmaps: torch.Tensor,
-                             targets: Optional[torch.Tensor], steps: int, baseline: Baseline, chunk_size: int,
+                             targets: torch.Tensor | None, steps: int, baseline: Baseline, chunk_size: int,
                              insert: bool) -> torch.Tensor:
     device = _model_device(model)
     x = _check_images(images, device)
@@ -218,7 +218,7 @@ def deletion_curve(
     model: nn.Module,
     images: torch.Tensor,
     heatmaps: torch.Tensor,
-    targets: Optional[torch.Tensor] = None,
+    targets: torch.Tensor | None = None,
     steps: int = 100,
     baseline: Baseline = "zeros",
     *,
@@ -232,7 +232,7 @@ def insertion_curve(
     model: nn.Module,
     images: torch.Tensor,
     heatmaps: torch.Tensor,
-    targets: Optional[torch.Tensor] = None,
+    targets: torch.Tensor | None = None,
     steps: int = 100,
     baseline: Baseline = "blur",
     *,
@@ -246,7 +246,7 @@ def deletion_auc(
     model: nn.Module,
     images: torch.Tensor,
     heatmaps: torch.Tensor,
-    targets: Optional[torch.Tensor] = None,
+    targets: torch.Tensor | None = None,
     steps: int = 100,
     baseline: Baseline = "zeros",
     *,
@@ -286,7 +286,7 @@ def insertion_auc(
     model: nn.Module,
     images: torch.Tensor,
     heatmaps: torch.Tensor,
-    targets: Optional[torch.Tensor] = None,
+    targets: torch.Tensor | None = None,
     steps: int = 100,
     baseline: Baseline = "blur",
     *,
@@ -374,8 +374,8 @@ def randomisation_similarity(
     model: nn.Module,
     explainer: Explainer,
     images: torch.Tensor,
-    targets: Optional[torch.Tensor] = None,
-    layers: Optional[Sequence[str]] = None,
+    targets: torch.Tensor | None = None,
+    layers: Sequence[str] | None = None,
     *,
     cascade: bool = True,
     absolute: bool = False,
@@ -419,8 +419,8 @@ def randomisation_similarity(
         return _randomisation_eval(model, explainer, images, targets, layers, cascade, absolute, seed)
 
 
-def _randomisation_eval(model: nn.Module, explainer: Explainer, images: torch.Tensor, targets: Optional[torch.Tensor],
-                        layers: Optional[Sequence[str]], cascade: bool, absolute: bool, seed: int) -> torch.Tensor:
+def _randomisation_eval(model: nn.Module, explainer: Explainer, images: torch.Tensor, targets: torch.Tensor | None,
+                        layers: Sequence[str] | None, cascade: bool, absolute: bool, seed: int) -> torch.Tensor:
     device = _model_device(model)
     x = _check_images(images, device)
     t = _check_targets(model, x, targets)

@@ -13,7 +13,7 @@ pixels per chunk), vectorised within the chunk; memory is bounded by the chunk, 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -61,7 +61,7 @@ def _per_image(
     heatmaps: torch.Tensor,
     masks: torch.Tensor,
     fn: ChunkFn,
-    chunk_size: Optional[int],
+    chunk_size: int | None,
     trailing: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Validate, then apply ``fn(h (c, N), m (c, N), (H, W))`` chunk by chunk and concatenate."""
@@ -87,7 +87,7 @@ def _nan_where(values: torch.Tensor, undefined: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- IoU
 
 
-def _check_thresholds(thresholds: Optional[Sequence[float] | torch.Tensor], device: torch.device) -> torch.Tensor:
+def _check_thresholds(thresholds: Sequence[float] | torch.Tensor | None, device: torch.device) -> torch.Tensor:
     if thresholds is None:
         thresholds = DEFAULT_IOU_THRESHOLDS
     t = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
@@ -103,9 +103,9 @@ def _check_thresholds(thresholds: Optional[Sequence[float] | torch.Tensor], devi
 def iou_curve(
     heatmaps: torch.Tensor,
     masks: torch.Tensor,
-    thresholds: Optional[Sequence[float] | torch.Tensor] = None,
+    thresholds: Sequence[float] | torch.Tensor | None = None,
     *,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """IoU of the mask with the heatmap binarised at each threshold: (B, T) float64.
 
@@ -144,9 +144,9 @@ def iou_curve(
 def iou_auc(
     heatmaps: torch.Tensor,
     masks: torch.Tensor,
-    thresholds: Optional[Sequence[float] | torch.Tensor] = None,
+    thresholds: Sequence[float] | torch.Tensor | None = None,
     *,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Area under the IoU-threshold curve: the mean of :func:`iou_curve` over the grid, (B,) float64.
 
@@ -167,7 +167,7 @@ def _expected_top_k_hits(h: torch.Tensor, m: torch.Tensor, k: torch.Tensor | int
     return hits_above.double() + (k - n_above).double() * hits_tied.double() / n_tied.double()
 
 
-def iou_top_mask(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+def iou_top_mask(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
     """IoU of the mask with the heatmap's top-|M| pixels, (B,) float64.
 
     The heatmap is binarised at its ``k = |M|`` highest pixels ``T_k``; with ``|T_k| = |M| = k``
@@ -232,7 +232,7 @@ def pointing_game(
     masks: torch.Tensor,
     tolerance: float = 0.0,
     *,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Pointing game (Zhang et al., ECCV 2016, "Top-down Neural Attention by Excitation Backprop").
 
@@ -284,7 +284,7 @@ def _positive_share(hc: torch.Tensor, mc: torch.Tensor) -> torch.Tensor:
     return _nan_where(inside / total, ~mc.any(dim=1) | (total <= 0))
 
 
-def energy_pointing_game(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+def energy_pointing_game(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
     """Energy-based pointing game (Wang et al., CVPR-W 2020, "Score-CAM"), (B,) float64.
 
     The share of the heatmap's positive energy inside the mask (Score-CAM uses the object's
@@ -298,7 +298,7 @@ def energy_pointing_game(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_s
     return _per_image(heatmaps, masks, lambda h, m, _: _positive_share(h, m), chunk_size)
 
 
-def relevance_mass_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+def relevance_mass_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
     """Relevance mass accuracy (Arras, Osman, Samek, Information Fusion 2022, "CLEVR-XAI"), (B,) float64.
 
     ``R_within / R_total``: the relevance inside the mask over the total relevance. Arras et al.
@@ -315,7 +315,7 @@ def relevance_mass_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor, *, chun
 # ------------------------------------------------------------------------------------ rank based
 
 
-def relevance_rank_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+def relevance_rank_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
     """Relevance rank accuracy (Arras, Osman, Samek 2022, "CLEVR-XAI"), (B,) float64.
 
     The fraction of the ``K = |M|`` highest-ranked pixels ``P_K`` that lie in the mask::
@@ -353,7 +353,7 @@ def top_k_intersection(
     masks: torch.Tensor,
     k: int | float = 1000,
     *,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Top-k intersection (Theiner, Müller-Budack, Ewerth, WACV 2022), (B,) float64.
 
@@ -383,7 +383,7 @@ def top_k_intersection(
     return _per_image(h, masks, chunk, chunk_size)
 
 
-def pixel_auc(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+def pixel_auc(heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
     """Area under the ROC curve of the pixels' heatmap values against the mask, (B,) float64.
 
     Computed from ranks (Mann-Whitney U, Hanley & McNeil 1982), with ``n+ = |M|``, ``n- = N - |M|``
@@ -444,7 +444,7 @@ class PixelAveragePrecision:
         """Forget every pixel counted so far."""
         self._counts = torch.zeros(2 * (self.n_thresholds + 1), dtype=torch.int64)
 
-    def update(self, heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: Optional[int] = None) -> None:
+    def update(self, heatmaps: torch.Tensor, masks: torch.Tensor, *, chunk_size: int | None = None) -> None:
         """Count the pixels of a batch: ``heatmaps`` (B, H, W) floating, ``masks`` (B, H, W) bool."""
         h = check_heatmaps(heatmaps)
         m = check_masks(masks, h)
@@ -496,7 +496,7 @@ def pixel_average_precision(
     masks: torch.Tensor,
     n_thresholds: int = 100,
     *,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """PxAP of one batch taken as the whole set: a 0-dim float64 tensor on the heatmaps' device.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -38,7 +38,7 @@ def part_attribution(
     part_maps: torch.Tensor,
     n_parts: int,
     *,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> PartAttribution:
     """Share of positive attribution on each part of a part map, raw and chance-normalised.
 
