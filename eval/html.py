@@ -102,7 +102,8 @@ def _summary(t: Mapping[str, Any]) -> list[str]:
     for r in v["rows"]:
         lo, hi = r["rank_ci"] or (None, None)
         tip = f"95% interval [{_num(lo, 2)}, {_num(hi, 2)}] over {v['n_boot']} bootstrap resamples of the images"
-        cells = [f'<td data-value="{r["position"]}">{r["position"]}</td>', _name_cell(r["explainer"], []),
+        pos = "" if r["position"] is None else r["position"]
+        cells = [f'<td data-value="{pos}">{pos}</td>', _name_cell(r["explainer"], []),
                  f'<td data-value="{_num(r["rank"], 6)}" title="{_e(tip)}">{_num(r["rank"], 1)} '
                  f'<span class="ci">[{_num(lo, 1)}, {_num(hi, 1)}]</span></td>']
         cells += [f'<td data-value="{_num(r["families"].get(f), 6)}" data-family="{_e(f)}">'

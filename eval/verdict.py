@@ -273,6 +273,11 @@ def table_verdict(table: Mapping[str, Any], cells: Sequence[Mapping[str, Any]],
     reason = None if meaningful else (
         f"{table.get('split', 'test')} accuracy {100 * float(accuracy):.1f}% is below {100 * accuracy_threshold:.0f}%: "
         "the model has not learned the task, so no ranking is given")
+    # An explainer with no score in any counted column did not run on this model (every cell an
+    # error, e.g. an attention explainer on a CNN): it is not ranked, and listed last.
+    scored = {c["explainer"] for c in cells if c["metric"] in counted and _has_score(c)}
+    inapplicable = [n for n in names if n not in scored]
+    names = [n for n in names if n in scored]
     ranked = rank_rows(cells, names, counted, metric_info, n_boot, seed)
     sanity = _sanity(cells, names, n_boot, seed, sanity_threshold) if any(
         c["metric"] == _SANITY_METRIC for c in cells) else [{"sanity": None, "randomisation": None,
@@ -292,9 +297,19 @@ def table_verdict(table: Mapping[str, Any], cells: Sequence[Mapping[str, Any]],
         rows = order_rows(rows)
         for i, row in enumerate(rows, 1):
             row["position"] = i
+    rows += [{"explainer": name, "position": None, "rank": None, "rank_ci": None,
+              "families": {f: None for f in ranked["families"]}, "sanity": None, "randomisation": None,
+              "randomisation_ci": None, "class_blind": False, "marks": ["not applicable"]} for name in inapplicable]
     return {"meaningful": meaningful, "reason": reason, "accuracy_threshold": accuracy_threshold,
             "sanity_threshold": sanity_threshold, "n_boot": n_boot, "seed": seed,
             "families": ranked["families"], "excluded": excluded, "rows": rows}
+
+
+def _has_score(cell: Mapping[str, Any]) -> bool:
+    """Whether a cell holds at least one defined per-image score (an error cell holds none)."""
+    if cell.get("error"):
+        return False
+    return any(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in cell.get("scores") or [])
 
 
 def row_marks(row: Mapping[str, Any]) -> list[str]:
@@ -353,6 +368,8 @@ def aggregation_lines(sanity_threshold: float = SANITY_THRESHOLD,
         "(contrastivity undefined throughout): it cannot explain a decision between two classes.",
         f"* **not meaningful**: the model's accuracy on the scored split is below {100 * accuracy_threshold:.0f}%; "
         "the table gets no ranking.",
+        "* **not applicable**: the explainer has no score in any counted column (every cell an error, e.g. an "
+        "attention explainer on a CNN); it is listed last, unranked, and the others' ranks are as without it.",
     ]
 
 
@@ -389,7 +406,7 @@ def summary_markdown(tables: Sequence[Mapping[str, Any]], md_cell: Any = str) ->
         for r in v["rows"]:
             ci = r["rank_ci"] or [None, None]
             rank = _fmt_rank(r["rank"]) + ("" if ci[0] is None else f" [{ci[0]:.1f}, {ci[1]:.1f}]")
-            cells = [str(r["position"]), md_cell(r["explainer"]), rank]
+            cells = ["" if r["position"] is None else str(r["position"]), md_cell(r["explainer"]), rank]
             cells += [_fmt_rank(r["families"].get(f)) for f in fams] + [md_cell(", ".join(r["marks"]))]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

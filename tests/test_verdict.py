@@ -87,6 +87,22 @@ def test_overall_rank_is_the_mean_of_family_ranks_and_the_gate_orders_the_rows()
     assert [r["explainer"] for r in t["rows"]] == ["oracle", "a", "b", "c", "d", "centre", "random"]
 
 
+def test_an_explainer_that_errored_on_every_cell_is_not_ranked() -> None:
+    """An attention explainer on a CNN: every cell an error; the others' ranks do not change."""
+    cells = cells_from(MEANS)
+    for metric in MEANS:
+        cells.append({"dataset": "toy", "variant": "v", "model": "net", "split": "test", "seed": 0,
+                      "explainer": "vit_rollout", "metric": metric, "options": {},
+                      "error": "UsageError: no attention modules", "value": None, "n": 0, "scores": None,
+                      "image_ids": None, "extra": {}})
+    v = tables_for(cells)[0]["verdict"]
+    before = {r["explainer"]: r["rank"] for r in tables_for(cells_from(MEANS))[0]["verdict"]["rows"]}
+    assert [r["explainer"] for r in v["rows"]] == ["a", "b", "c", "d", "centre", "random", "vit_rollout"]
+    last = v["rows"][-1]
+    assert last["rank"] is None and last["position"] is None and last["marks"] == ["not applicable"]
+    assert {r["explainer"]: r["rank"] for r in v["rows"][:-1]} == before
+
+
 def test_interval_uses_the_meta_evaluation_resamples() -> None:
     cells = cells_from(MEANS, n=15, noise=0.05, accuracy_seed=3)
     t = tables_for(cells)[0]
