@@ -287,9 +287,10 @@ class RunConfig:
 
 #: The ``--quick`` preset: a small an8Flower at 64 px, cheap explainer options, subsets.
 #: Chosen so that the whole job (render, train both variants, every explainer and metric) runs in
-#: under 2 minutes on a 2-core CPU (measured: 1 min 36 s wall on an idle 2-core AMD EPYC, test
-#: accuracy 96.2% on ``single-6c`` and 98.3% on ``double-12c``; ``benchmarks/bench_leaderboard.py``
-#: times it); every value is recorded in ``run.json``.
+#: about 3 minutes on a 2-core CPU (measured 2026-12-06: 2 min 50 s wall on an idle 2-core AMD EPYC,
+#: load average 0.2, one torch thread (the ``--threads`` default there), test accuracy 95.8% on
+#: ``single-6c`` and 99.2% on ``double-12c``; ``benchmarks/bench_leaderboard.py`` times it); every
+#: value is recorded in ``run.json``.
 QUICK: dict[str, Any] = {
     "out": RESULTS_DIR,
     "variants": ["single-6c", "double-12c"],

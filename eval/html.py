@@ -125,12 +125,12 @@ def _name_cell(name: str, marks: Sequence[str]) -> str:
 
 
 def _full(t: Mapping[str, Any], metric_info: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    from an8flower.eval.verdict import family_of
+    from an8flower.eval.verdict import family_of, table_marks
 
     meta = t.get("metaeval") or {}
     flags = {m: (meta.get("metrics", {}).get(m) or {}) for m in t["metrics"]}
     shown = [m for m in t["metrics"] if m not in meta.get("hidden", [])]
-    marks = {r["explainer"]: r["marks"] for r in (t.get("verdict") or {}).get("rows", [])}
+    marks = {r["explainer"]: table_marks(r) for r in (t.get("verdict") or {}).get("rows", [])}
     facts = t.get("meta") or {}
     out = [f'<div class="board" {_board_attrs(t)}>', f"<h3>{_heading(t)}</h3>"]
     line = []
@@ -192,7 +192,9 @@ def _examples(t: Mapping[str, Any], ex: Mapping[str, Any] | None) -> list[str]:
     k = min(3, images.shape[0])
     side = int(images.shape[1])
     shown = min(128, 2 * side)
-    marks = {r["explainer"]: r["marks"] for r in (t.get("verdict") or {}).get("rows", [])}
+    from an8flower.eval.verdict import table_marks
+
+    marks = {r["explainer"]: table_marks(r) for r in (t.get("verdict") or {}).get("rows", [])}
     order = [r["explainer"] for r in t["rows"] if r["explainer"] in ex["heatmaps"]]
     out = [f'<div class="board" {_board_attrs(t)}>', f"<h3>{_heading(t)}</h3>", '<div class="examples">']
     for name in order + [n for n in ex["heatmaps"] if n not in order]:

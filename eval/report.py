@@ -265,7 +265,9 @@ def leaderboard_markdown(
         verdict = t.get("verdict") or {}
         if verdict and not verdict["meaningful"]:
             lines += [f"**Not meaningful**: {verdict['reason']}.", ""]
-        marks = {r["explainer"]: r["marks"] for r in verdict.get("rows", [])}
+        from an8flower.eval.verdict import table_marks
+
+        marks = {r["explainer"]: table_marks(r) for r in verdict.get("rows", [])}
         counts = {}
         for m in shown:
             ns = [r["scores"][m]["n"] for r in t["rows"] if m in r["scores"] and not r["scores"][m].get("error")]

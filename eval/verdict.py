@@ -299,7 +299,7 @@ def table_verdict(table: Mapping[str, Any], cells: Sequence[Mapping[str, Any]],
             row["position"] = i
     rows += [{"explainer": name, "position": None, "rank": None, "rank_ci": None,
               "families": {f: None for f in ranked["families"]}, "sanity": None, "randomisation": None,
-              "randomisation_ci": None, "class_blind": False, "marks": ["not applicable"]} for name in inapplicable]
+              "randomisation_ci": None, "class_blind": False, "marks": [NOT_APPLICABLE]} for name in inapplicable]
     return {"meaningful": meaningful, "reason": reason, "accuracy_threshold": accuracy_threshold,
             "sanity_threshold": sanity_threshold, "n_boot": n_boot, "seed": seed,
             "families": ranked["families"], "excluded": excluded, "rows": rows}
@@ -310,6 +310,16 @@ def _has_score(cell: Mapping[str, Any]) -> bool:
     if cell.get("error"):
         return False
     return any(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in cell.get("scores") or [])
+
+
+#: The summary's mark of an explainer with no score (:func:`table_verdict`).
+NOT_APPLICABLE = "not applicable"
+
+
+def table_marks(row: Mapping[str, Any]) -> list[str]:
+    """The marks a full table shows after an explainer's name: its summary marks but
+    :data:`NOT_APPLICABLE` (its cells already say ``error [k]``)."""
+    return [m for m in row["marks"] if m != NOT_APPLICABLE]
 
 
 def row_marks(row: Mapping[str, Any]) -> list[str]:

@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score explainers against the ground-truth masks (the main job)",
         description="Run every explainer on a trained classifier's test images and score the heatmaps against "
         "the ground-truth masks. `an8flower leaderboard --quick` renders a small an8Flower, trains the small CNN, "
-        "runs all explainers and metrics and prints the table in under 2 minutes on 2 CPU cores (1 min 36 s "
-        "measured). Results are cached per cell in the results folder: rerunning resumes and skips what is done.",
+        "runs all explainers and metrics and prints the table in about 3 minutes on 2 CPU cores (2 min 50 s "
+        "measured on an idle 2-core machine). Results are cached per cell in the results folder: rerunning resumes and skips what is done.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

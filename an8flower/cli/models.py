@@ -29,7 +29,7 @@ vgg16, resnet18, resnet50 (the torchvision architectures, trained from scratch h
 Default sizes, and why they differ between commands: `train` and `leaderboard` render {BOARD_SIZE} px
 images (the input size of the paper's an8Flower networks) with {BOARD_PER_CLASS} per class (350 train / 50 val /
 100 test); `generate` writes 224 px and 1000 per class, the scale of the original release;
-`leaderboard --quick` uses 64 px and 200 per class (100 for double-12c) to finish in under two minutes on a CPU. The
+`leaderboard --quick` uses 64 px and 200 per class (100 for double-12c) to finish in about 3 minutes on 2 CPU cores. The
 training recipe (AdamW, warm-up then cosine decay, early stopping on validation accuracy) is the
 same everywhere; its defaults reach >= 95% test accuracy on both built-in variants at the sizes the
 README shows. A test accuracy below 90% is reported as a warning.
