@@ -29,7 +29,12 @@ top level, plus three tables::
     single-6c = "datasets/single-6c"
 
     [weights]                                         # optional: a checkpoint per model
-    small-cnn = "ckpt/small-cnn-single-6c.pt"
+    small-cnn = "ckpt/small-cnn-single-6c.pt"         # (or per variant: "single-6c:small-cnn" = ...)
+
+    [per_model.vit-tiny]                              # optional: one model's own limits and recipe
+    max_images = 40
+    model_metric_images = 10
+    train = {}                                        # replaces [train] for this model
 
 Unknown keys raise :class:`~an8flower.errors.UsageError` naming the file and the key.
 """
@@ -175,6 +180,12 @@ class RunConfig:
             under autocast (float16 on CUDA, bfloat16 on a CPU); metrics stay float32/float64. Off
             by default; part of every cell's key.
         train: fields of :class:`TrainConfig` for models trained by the run.
+        per_model: per model name (as in ``models``), settings that replace the run's for that
+            model only: ``max_images``, ``model_metric_images`` (a costly model scored on fewer
+            images) and ``train`` (its whole ``[train]`` table: ``{}`` trains it with its family's
+            recipe alone). Every image limit is read through :meth:`max_images_for` and
+            :meth:`model_metric_images_for`, so the cells' cache keys follow it. An entry (or a
+            ``weights`` entry) for a model the run does not score is unused, with a warning.
         examples: images shown in the example-heatmap grid.
         plots: write the PNG plots.
         quick: this is the ``--quick`` preset (recorded in ``run.json``).
@@ -204,6 +215,7 @@ class RunConfig:
     device: str | None = None
     amp: bool = False
     train: dict[str, Any] = field(default_factory=dict)
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     examples: int = 4
     plots: bool = True
     quick: bool = False
@@ -268,17 +280,49 @@ class RunConfig:
             settings = ", ".join(sorted(known))
             raise bad("train", f"setting {unknown[0]!r} is unknown; settings: {settings}",
                       f"unknown train setting {unknown[0]!r}; settings: {settings}")
+        self._validate_per_model(bad, known)
+
+    def _validate_per_model(self, bad: Any, train_keys: set[str]) -> None:
+        if not isinstance(self.per_model, dict) or not all(isinstance(v, dict) for v in self.per_model.values()):
+            raise bad("per_model", f"must map model names to tables, got {self.per_model!r}")
+        allowed = {"max_images", "model_metric_images", "train"}
+        for model, table in self.per_model.items():
+            unknown = sorted(set(table) - allowed)
+            if unknown:
+                raise bad(f"per_model.{model}", f"setting {unknown[0]!r} is unknown; settings: {', '.join(sorted(allowed))}")
+            for name in ("max_images", "model_metric_images"):
+                v = table.get(name, 1)
+                if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "max_images" else 0):
+                    raise bad(f"per_model.{model}.{name}", f"must be a {'positive' if name == 'max_images' else 'non-negative'} "
+                              f"integer, got {v!r}")
+            train = table.get("train", {})
+            if not isinstance(train, dict) or set(train) - train_keys:
+                raise bad(f"per_model.{model}.train", f"must be a table of train settings ({', '.join(sorted(train_keys))}), "
+                          f"got {train!r}")
+
+    def _model_setting(self, model: str, name: str) -> Any:
+        for key in (model, model.split("[", 1)[0]):
+            if name in self.per_model.get(key, {}):
+                return self.per_model[key][name]
+        return getattr(self, name)
+
+    def max_images_for(self, model: str) -> int | None:
+        """Images scored per dataset for ``model``: its ``per_model`` entry, else ``max_images``."""
+        return self._model_setting(model, "max_images")
+
+    def model_metric_images_for(self, model: str) -> int:
+        """Images of the model-based metrics for ``model``: its ``per_model`` entry, else ``model_metric_images``."""
+        return int(self._model_setting(model, "model_metric_images"))
+
+    def train_for(self, model: str) -> dict[str, Any]:
+        """The ``[train]`` settings for ``model``: its ``per_model`` table (whole), else ``train``."""
+        return dict(self._model_setting(model, "train"))
 
     def per_class_for(self, variant: str) -> int:
         """Samples per class of ``variant`` (``per_class``, or its entry in a ``per_class`` table)."""
         if isinstance(self.per_class, dict):
             return int(self.per_class.get(variant, BOARD_PER_CLASS))
         return int(self.per_class)
-
-    def train_config(self) -> TrainConfig:
-        """The :class:`TrainConfig` of the models this run trains."""
-        settings = {"seed": self.seed, "hflip": True, "workers": self.workers, **self.train}
-        return TrainConfig(**settings)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every field."""

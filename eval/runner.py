@@ -72,7 +72,7 @@ from an8flower.eval.cache import (
     group_part,
     model_code_identity,
 )
-from an8flower.eval.config import RunConfig
+from an8flower.eval.config import RunConfig, TrainConfig
 from an8flower.eval.data import (
     PreparedData,
     TensorSplit,
@@ -103,7 +103,7 @@ from an8flower.eval.scoring import (
     run_explainer,
 )
 from an8flower.eval.shards import ShardStore
-from an8flower.eval.train import resolve_device
+from an8flower.eval.train import recipe_config, resolve_device
 
 __all__ = [
     "MetricSpec",
@@ -113,6 +113,7 @@ __all__ = [
     "TensorSplit",
     "PreparedData",
     "RunSummary",
+    "training_config",
     "run_leaderboard",
     "prepare_an8flower",
     "prepare_imagenet",
@@ -136,11 +137,18 @@ def _weights_for(config: RunConfig, variant: str, model_name: str) -> str | None
     return None
 
 
+def training_config(config: RunConfig, model_name: str) -> TrainConfig:
+    """The :class:`~an8flower.eval.train.TrainConfig` a run trains ``model_name`` with: its family's
+    recipe under the run's seed, workers and flips, then the run's ``[train]`` table (or the model's
+    own, ``per_model.<name>.train``)."""
+    return recipe_config(model_name, config.train_for(model_name), seed=config.seed, hflip=True, workers=config.workers)
+
+
 def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device: torch.device, timer: Timer,
                   progress: bool | None, log: Callable[[str], None], seed: int) -> tuple[nn.Module, dict[str, Any]]:
     """Load the model from ``config.weights`` or train it with initialisation ``seed`` (cached under ``<out>/models``)."""
     from an8flower.eval.models import build_model, load_checkpoint, model_hash, read_checkpoint, resolve_model
-    from an8flower.eval.train import evaluate, model_card, recipe_config, save_checkpoint, train
+    from an8flower.eval.train import evaluate, model_card, save_checkpoint, train
 
     k = len(data.classes)
     weights = _weights_for(config, data.variant, model_name)
@@ -157,7 +165,7 @@ def _obtain_model(config: RunConfig, data: PreparedData, model_name: str, device
         return model.to(device).eval(), {"source": os.fspath(weights), "card": card, "trained": False}
     if data.train is None:
         raise UsageError(f"no --weights for {model_name} and {data.dataset} has no training split to train one")
-    tconf = recipe_config(model_name, config.train, seed=config.seed, hflip=True, workers=config.workers)
+    tconf = training_config(config, model_name)
     if seed != config.seed:  # model seed seed + i shuffles with the training seed + i
         tconf = dataclasses.replace(tconf, seed=tconf.seed + seed - config.seed)
     recipe = canonical({"model": model_name, "spec": resolve_model(model_name).identity(), "data": data.hash,
@@ -333,6 +341,12 @@ class BoardRun:
                 resolve_model(name)
             if config.model_seeds > 1 and (name in self.given or any(k.split(":")[-1] == name for k in config.weights)):
                 raise UsageError(f"model_seeds = {config.model_seeds} needs models the run trains; {name} is given")
+        for table, keys in (("per_model", config.per_model), ("weights", config.weights)):
+            for key in keys:
+                names = {n for m in self.model_names for n in (m, m.split("[", 1)[0])}
+                if key not in names and key.partition(":")[2] not in names:
+                    self.log(f"warning: the {table} entry {key!r} names no model of this run "
+                             f"({', '.join(self.model_names)}): unused")
         self.model_seeds = [config.seed + i for i in range(config.model_seeds)]
         self.any_fit = any(spec.needs_fit for spec in self.specs)
         if not config.imagenet and not datasets_given:
@@ -415,8 +429,9 @@ class BoardRun:
             pred, labels = predict(model, test, batch_size=max(64, config.batch_size))
             accuracy = float((pred == labels).float().mean())
             keep = torch.arange(len(test)) if config.all_images else (pred == labels).nonzero().flatten()
-            if config.max_images is not None:
-                keep = keep[: config.max_images]
+            limit = config.max_images_for(model_name)
+            if limit is not None:
+                keep = keep[:limit]
             decided = (accuracy, keep.tolist(), pred[keep].tolist())
         accuracy, kept, predicted = world.broadcast(decided, "the scored images")
         keep = torch.tensor(kept, dtype=torch.long)
@@ -493,7 +508,7 @@ class BoardRun:
         wanted = [m for m in self.metrics if not (METRICS[m].kind == "parts" and data.test.parts is None)
                   and not (METRICS[m].kind in ("counterfactual", "contrast") and counterfactual is None)]
         # The accumulators that score the cells are the ones their keys are taken from.
-        accs = dict(zip(wanted, new_accumulators(wanted, config, len(keep)), strict=True))
+        accs = dict(zip(wanted, new_accumulators(wanted, config, len(keep), model_name), strict=True))
         configs = {m: self._cell_config(data, image_ids, mkey, spec, options, acc) for m, acc in accs.items()}
         keys = {m: cell_key(c) for m, c in configs.items()}
         ex_key = cell_key({**self._cell_config(data, image_ids[:n_ex], mkey, spec, options),

@@ -434,14 +434,16 @@ def build_and_fit(spec: ExplainerSpec, options: dict[str, Any], model: nn.Module
     return explainer
 
 
-def new_accumulators(missing: Sequence[str], config: RunConfig, n_images: int) -> list[Accumulator]:
-    """One empty accumulator per metric of ``missing``, for ``n_images`` scored images.
+def new_accumulators(missing: Sequence[str], config: RunConfig, n_images: int,
+                     model: str | None = None) -> list[Accumulator]:
+    """One empty accumulator per metric of ``missing``, for ``n_images`` scored images of ``model``.
 
     The one place the image limit of a cell is decided: the metrics of :data:`SUBSET_KINDS` score
-    the first ``min(model_metric_images, n_images)`` images, the others all. The cache key of a
-    cell is taken from its accumulator (:meth:`Accumulator.key`)."""
-    return [Accumulator(METRICS[m], metric_options(m, config),
-                        min(config.model_metric_images, n_images) if METRICS[m].kind in SUBSET_KINDS else None)
+    the first ``min(model_metric_images, n_images)`` images (the model's own limit where
+    ``per_model`` sets one), the others all. The cache key of a cell is taken from its accumulator
+    (:meth:`Accumulator.key`)."""
+    limit = config.model_metric_images if model is None else config.model_metric_images_for(model)
+    return [Accumulator(METRICS[m], metric_options(m, config), min(limit, n_images) if METRICS[m].kind in SUBSET_KINDS else None)
             for m in missing]
 
 

@@ -20,7 +20,7 @@ from an8flower.errors import UsageError
 from an8flower.eval.config import RunConfig, load_config, quick_config
 from an8flower.eval.models import build_model, model_hash
 from an8flower.eval.report import RESULT_COLUMNS, leaderboard_markdown, leaderboard_tables
-from an8flower.eval.runner import PreparedData, TensorSplit, run_leaderboard
+from an8flower.eval.runner import PreparedData, TensorSplit, run_leaderboard, training_config
 from an8flower.eval.stats import mean_ci
 from an8flower.eval.train import model_card, save_checkpoint
 
@@ -157,6 +157,37 @@ def test_resume_skips_cached_cells_and_extends_with_new_ones(tmp_path, custom_ex
         other.conv.bias += 1e-3
     fresh = run_leaderboard(config, datasets=[data], models={"m": other}, progress=False)
     assert fresh.cached == 0 and custom_explainers["n"] == 9
+
+
+def test_per_model_limits_score_one_model_on_fewer_images_and_key_its_cells(tmp_path) -> None:
+    data, out = squares(), str(tmp_path / "r")
+    config = RunConfig(out=out, models=["a", "b"], explainers=["oracle", "gradient"], metrics=["iou_auc", "deletion_auc"],
+                       max_images=6, model_metric_images=4, per_model={"b": {"max_images": 3, "model_metric_images": 2}},
+                       batch_size=4, plots=False)
+    models = {"a": ColourDetector(), "b": ColourDetector()}
+    summary = run_leaderboard(config, datasets=[data], models=models, progress=False)
+    n = {(c["model"], c["explainer"], c["metric"]): c["n"] for c in summary.cells}
+    assert n["a", "gradient", "iou_auc"] == 6 and n["a", "gradient", "deletion_auc"] == 4
+    assert n["b", "gradient", "iou_auc"] == 3 and n["b", "gradient", "deletion_auc"] == 2
+    # b's limits changed: b's cells are recomputed, a's come from the cache
+    config.per_model = {"b": {"max_images": 4}}
+    again = run_leaderboard(config, datasets=[data], models=models, progress=False)
+    assert again.cached == 4 and again.computed == 4
+    assert {(c["model"], c["metric"]): c["n"] for c in again.cells}[("b", "deletion_auc")] == 4
+
+
+def test_per_model_settings_are_checked_and_an_unused_entry_is_said(tmp_path) -> None:
+    for table, match in (({"b": {"max_image": 3}}, r"per_model.b.*'max_image' is unknown"),
+                         ({"b": {"max_images": 0}}, r"per_model.b.max_images must be a positive integer"),
+                         ({"b": {"train": {"epoch": 3}}}, r"per_model.b.train must be a table of train settings")):
+        with pytest.raises(UsageError, match=match):
+            RunConfig(out=str(tmp_path), per_model=table)
+    said: list[str] = []
+    config = RunConfig(out=str(tmp_path / "r"), explainers=["oracle"], metrics=["iou_auc"], plots=False,
+                       per_model={"b": {"max_images": 3}}, weights={"single-6c:c": "c.pt"})
+    run_leaderboard(config, datasets=[squares()], models={"a": ColourDetector()}, progress=False, log=said.append)
+    assert any("per_model entry 'b' names no model of this run (a): unused" in m for m in said)
+    assert any("weights entry 'single-6c:c' names no model" in m for m in said)
 
 
 def test_a_failing_explainer_is_recorded_and_the_run_goes_on(tmp_path, custom_explainers) -> None:
@@ -299,7 +330,7 @@ def test_config_file_and_its_errors(tmp_path) -> None:
     config = load_config(path)
     assert config.out == str(tmp_path / "res") and config.size == 80 and config.variants == ["double-12c"]
     assert config.explainer_options == {"rise": {"n_masks": 64}} and config.weights == {"small-cnn": str(tmp_path / "m.pt")}
-    assert config.train_config().epochs == 3 and config.train_config().hflip
+    assert training_config(config, "small-cnn").epochs == 3 and training_config(config, "small-cnn").hflip
     path.write_text("sise = 80\n")
     with pytest.raises(UsageError, match=r"run.toml: unknown key 'sise'"):
         load_config(path)

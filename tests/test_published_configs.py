@@ -36,10 +36,23 @@ def test_published_config_names_real_explainers_and_metrics(name: str) -> None:
 def test_the_gpu_config_is_the_cpu_one_without_the_cuts() -> None:
     cpu, gpu = load_config("published"), load_config("published-gpu")
     assert cpu.explainers == gpu.explainers and cpu.metrics == gpu.metrics and cpu.train == gpu.train
-    assert gpu.models == ["small-cnn", "resnet18"] and gpu.per_class == 1000 and gpu.model_seeds == 3
+    assert gpu.models == ["small-cnn", "resnet18", "vit-tiny"] and gpu.per_class == 1000 and gpu.model_seeds == 3
     assert gpu.max_images == 300 and gpu.model_metric_images == 64
     assert gpu.explainer_options["rise"] == {"n_masks": 4000}
     assert cpu.per_class < gpu.per_class and cpu.max_images < gpu.max_images
+    # the ViT: scored on fewer images on the CPU (the listed cut), trained with its own recipe on both
+    assert cpu.models == ["small-cnn", "vit-tiny"] and gpu.max_images_for("vit-tiny") == gpu.max_images
+    assert cpu.max_images_for("vit-tiny") < cpu.max_images_for("small-cnn") == cpu.max_images
+    assert cpu.model_metric_images_for("vit-tiny") < cpu.model_metric_images
+    assert cpu.train_for("vit-tiny") == gpu.train_for("vit-tiny") == {} and cpu.train_for("small-cnn") == cpu.train
+
+
+def test_the_published_config_loads_the_shipped_checkpoints_of_every_model_and_variant(monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    config = load_config("published")
+    assert set(config.weights) == {f"{v}:{m}" for v in config.variants for m in config.models}
+    for path in config.weights.values():
+        assert Path(path).is_file() and Path(path).parent == ROOT / "docs" / "leaderboard" / "models"
 
 
 def test_a_published_name_is_the_packaged_file_and_its_out_is_taken_from_the_working_directory(tmp_path,
