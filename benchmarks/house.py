@@ -19,7 +19,7 @@ prints, per room (a folder of the import package: ``an8flower``, ``an8flower/cli
 And for the whole package:
 
 * import cycles: the module graph has an edge A -> B for every import in A (top level or inside a
-  function) of a module B of the package; ``from P import n`` is an edge to ``P.n`` when that is a
+  function; not under ``if TYPE_CHECKING:``, which never runs) of a module B of the package; ``from P import n`` is an edge to ``P.n`` when that is a
   module, else to ``P``. Importing ``P.m`` also runs ``P/__init__``; those implicit edges are left
   out (an ``__init__`` that imports its submodules would otherwise put every package in a cycle).
   Each strongly connected component of more than one module (or a module importing itself) is
@@ -111,14 +111,28 @@ def _resolve(module: Module, node: ast.ImportFrom) -> str:
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
-def _functions_and_imports(tree: ast.AST) -> tuple[list[Function], list[tuple[ast.Import | ast.ImportFrom, bool]]]:
-    """Every function node, and every import node with whether it lies inside a function."""
+def is_type_checking(node: ast.AST) -> bool:
+    """Whether ``node`` is ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): its body never runs."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def functions_and_imports(tree: ast.AST) -> tuple[list[Function], list[tuple[ast.Import | ast.ImportFrom, bool]]]:
+    """Every function node, and every import node with whether it lies inside a function.
+
+    Imports in the body of ``if TYPE_CHECKING:`` never run and are left out (its ``else`` counts)."""
     functions: list[Function] = []
     imports: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if is_type_checking(child):
+                for branch in child.orelse:  # type: ignore[attr-defined]
+                    visit(ast.Module(body=[branch], type_ignores=[]), in_function)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 functions.append(child)
                 visit(child, True)
             elif isinstance(child, (ast.Import, ast.ImportFrom)):
@@ -136,7 +150,7 @@ def analyse(modules: dict[str, Module]) -> None:
         text = module.path.read_text(encoding="utf-8")
         module.lines = len(text.splitlines())
         tree = ast.parse(text, filename=str(module.path))
-        functions, imports = _functions_and_imports(tree)
+        functions, imports = functions_and_imports(tree)
         module.function_sizes = [(f.end_lineno or f.lineno) - f.lineno + 1 for f in functions]
         for node, in_function in imports:
             module.in_function_imports += in_function

@@ -45,6 +45,7 @@ import numpy as np
 from an8flower.atomic import atomic_write
 from an8flower.eval.markdown import md_cell, md_row, md_rule, slug
 from an8flower.eval.stats import mean_ci
+from an8flower.eval.verdict import aggregation_lines, annotate_verdicts, summary_markdown, table_marks
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -236,7 +237,6 @@ def leaderboard_markdown(
     (:func:`legend_markdown`).
     """
     from an8flower.eval.metaeval import flag_suffix, hidden_metrics, metaeval_markdown, seed_markdown, seed_stability
-    from an8flower.eval.verdict import summary_markdown
 
     lines = [f"# {title}", ""] + summary_markdown(tables, md_cell)
     lines += legend_markdown(metric_info, [m for t in tables for m in t["metrics"]], verdict=any("verdict" in t for t in tables))
@@ -265,8 +265,6 @@ def leaderboard_markdown(
         verdict = t.get("verdict") or {}
         if verdict and not verdict["meaningful"]:
             lines += [f"**Not meaningful**: {verdict['reason']}.", ""]
-        from an8flower.eval.verdict import table_marks
-
         marks = {r["explainer"]: table_marks(r) for r in verdict.get("rows", [])}
         counts = {}
         for m in shown:
@@ -380,8 +378,6 @@ def legend_markdown(metric_info: Mapping[str, Mapping[str, Any]], shown: Sequenc
         "",
     ]
     if verdict:
-        from an8flower.eval.verdict import aggregation_lines
-
         lines += ["How the summary ranks (rows of every table follow it):", ""] + aggregation_lines() + [""]
     seen = [m for m in dict.fromkeys(shown) if m in metric_info]
     described = [m for m in seen if metric_info[m].get("description")]
@@ -493,8 +489,6 @@ def write_report(
     from an8flower.eval.metaeval import annotate_tables, seed_stability
 
     annotate_tables(tables, table_cells, metric_info)
-    from an8flower.eval.verdict import annotate_verdicts
-
     annotate_verdicts(tables, table_cells, metric_info)
     for t in tables:
         t["duplicates"] = duplicate_agreement(t, table_cells)
