@@ -469,7 +469,7 @@ def build_run_config(config: str | None = None, *, quick: bool = False, flags: M
     if "train" in flags:
         flags["train"] = {**merged.get("train", {}), **flags["train"]}
     merged.update(flags)
-    variants = merged.get("variants", RunConfig.__dataclass_fields__["variants"].default_factory())
+    variants: list[str] = merged.get("variants") or RunConfig().variants
     models = merged.get("models", [DEFAULT_MODEL])
     added: dict[str, Any] = {}
     if data:
@@ -517,7 +517,7 @@ def _build(layers: Mapping[str, Mapping[str, Any]]) -> RunConfig:
             raise UsageError(f"{flag}: {exc.field} {exc.detail}" if "." in exc.field else f"{flag} {exc.detail}") from None
         raise UsageError(str(exc).replace("config:", f"{source}:", 1)) from None
     except TypeError as exc:
-        raise UsageError(f"{next(reversed(layers))}: {exc}") from None
+        raise UsageError(f"{list(layers)[-1]}: {exc}") from None
 
 
 def parse_value(text: str) -> Any:

@@ -365,6 +365,8 @@ class BoardRun:
             self.device = torch.device("cuda", world.local_rank)
         self.cache = CellCache(config.out, warn=self.log)
         self.shards = ShardStore(config.out, world) if world.shard and world.is_main else None
+        self._scored_split: TensorSplit | None = None  # the group's scored images on the device (_scored)
+        self._scored_key: tuple[int, tuple[int, ...]] | None = None
         self.shard_cells: list[str] = []
         self.fresh = fresh
         self.group_configs: dict[tuple, dict[str, Any]] = {}
@@ -518,7 +520,7 @@ class BoardRun:
             t0 = time.perf_counter()
             if self.shards is not None:
                 found = {m: True for m, k in keys.items() if not self.fresh and self.shards.has(k)}
-                ex_arrays = None if self.fresh or not self.shards.has(ex_key) else {}
+                ex_arrays: dict[str, Any] | None = None if self.fresh or not self.shards.has(ex_key) else {}
             else:
                 found = {} if self.fresh else {m: cache.get(k) for m, k in keys.items()}
                 found = {m: c for m, c in found.items() if c is not None}
@@ -584,7 +586,7 @@ class BoardRun:
     def _scored(self, data: PreparedData, keep: torch.Tensor) -> TensorSplit:
         """The scored images ``keep`` of ``data.test`` on the run's device, made once per group."""
         key = (id(data.test), tuple(keep.tolist()))
-        if getattr(self, "_scored_key", None) != key:
+        if self._scored_split is None or self._scored_key != key:
             device = self.device if self.device.type != "cpu" else None
             self._scored_split, self._scored_key = data.test.select(keep, device), key
         return self._scored_split
@@ -724,6 +726,7 @@ class BoardRun:
                     "config": config.to_dict(), "explainers": self.explainers, "metrics": self.metrics,
                     "datasets": self.datasets_rec, "models": self.models_rec, "cells": sorted(set(self.shard_cells)),
                     "command": list(command) if command is not None else list(sys.argv)}
+        assert self.shards is not None  # a shard run (world.shard) always has its store
         self.shards.finish(_jsonable(manifest), groups)
         self.log(f"{config.out}: shard {world.rank + 1}/{world.size} done ({self.computed} cells computed); merge the "
                  f"{world.size} shard folders with `an8flower leaderboard merge DIR... --out OUT`")

@@ -184,3 +184,36 @@ def test_shard_under_torchrun_is_refused(monkeypatch) -> None:
     with pytest.raises(UsageError, match="--shard splits a run without torch.distributed"):
         setup(shard=(1, 2))
     assert METRICS["pixel_average_precision"].kind == "set"
+
+
+#: A named transformer (the vit-tiny preset shrunk by options) on a small board.
+VIT = ["leaderboard", "--variant", "single-6c", "--size", "64", "--per-class", "10", "--epochs", "1",
+       "--model", "vit-tiny", "--model-option", "vit-tiny.image_size=64", "--model-option", "vit-tiny.patch_size=16",
+       "--model-option", "vit-tiny.num_layers=2", "--model-option", "vit-tiny.num_heads=2",
+       "--model-option", "vit-tiny.hidden_dim=16", "--model-option", "vit-tiny.mlp_dim=32",
+       "--explainer", "vit_rollout", "--explainer", "gradient", "--metric", "iou_auc", "--metric", "deletion_auc",
+       "--all-images", "--max-images", "12", "--model-metric-images", "4", "--batch-size", "3",
+       "--option", "deletion_auc.steps=4", "--quiet", "--no-plots"]
+
+
+@pytest.mark.slow
+def test_a_named_vit_gives_the_same_numbers_in_shards_and_under_torchrun(tmp_path) -> None:
+    single = tmp_path / "single"
+    done = _an8flower(*VIT, "--out", str(single))
+    assert done.returncode == 0, done.stderr[-2000:]
+    for i in (1, 2):  # each shard trains the model itself: the same bytes (same seed, one thread)
+        done = _an8flower(*VIT, "--shard", f"{i}/2", "--out", str(tmp_path / f"part-{i}"))
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (open(_checkpoint(tmp_path / "part-1"), "rb").read() == open(_checkpoint(tmp_path / "part-2"), "rb").read()
+            == open(_checkpoint(single), "rb").read())
+    merged = tmp_path / "merged"
+    done = _an8flower("leaderboard", "merge", str(tmp_path / "part-1"), str(tmp_path / "part-2"), "--out", str(merged))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _per_image(merged) == _per_image(single)
+    two = tmp_path / "two"
+    done = _an8flower(*VIT, "--weights", _checkpoint(single), "--out", str(two), processes=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _per_image(two) == _per_image(single)
+    assert (two / "results.csv").read_text() == (single / "results.csv").read_text()
+    rows = _per_image(single).splitlines()
+    assert len(rows) == 1 + 2 * (12 + 4) and "vit-tiny[" in rows[1]  # 2 explainers x (12 + 4 images)
