@@ -18,6 +18,7 @@ torchvision. :func:`an8flower.eval.models.load_checkpoint` rebuilds the model fr
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -468,7 +469,8 @@ def train_checkpoint(model_name: str, out: str | os.PathLike[str], *, variant: s
     :func:`train` with the model family's recipe (:func:`recipe_config`: ``TRAIN_DEFAULTS``, flips,
     :data:`RECIPES`), ``settings`` (fields of :class:`TrainConfig`) over them; the test split is
     scored after. ``model_options`` (``{MODEL: {KEY: VALUE}}``) are the model builder's options;
-    ``weights`` a local state dict, checkpoint or ``.safetensors`` file to fine-tune from (the
+    ``weights`` a local state dict, checkpoint or ``.safetensors`` file to fine-tune from (its file
+    name and SHA-256 go into the card as ``initialised_from``; the
     classifier head is re-initialised when its shape differs); nothing is downloaded.
 
     Returns:
@@ -504,6 +506,10 @@ def train_checkpoint(model_name: str, out: str | os.PathLike[str], *, variant: s
         {"train": result.train_accuracy, "val": result.val_accuracy, "test": test_acc},
         seed=seed, config=tconf, history=result.history, classes=prepared.classes,
     )
+    if weights is not None:  # provenance: the card says the training did not start from scratch
+        with open(weights, "rb") as fh:
+            card["initialised_from"] = {"file": os.path.basename(os.fspath(weights)),
+                                        "sha256": hashlib.sha256(fh.read()).hexdigest()}
     save_checkpoint(out, result.model, card)
     return {"checkpoint": os.fspath(out), "architecture": spec.name, "variant": prepared.variant,
             "epochs": len(result.history), "best_epoch": result.best_epoch, "accuracy": card["accuracy"],

@@ -363,6 +363,10 @@ def test_train_command_fine_tunes_from_local_weights_with_model_options(tmp_path
     assert json.loads(capsys.readouterr().out)["architecture"] == name
     model, card = load_checkpoint(out)
     assert card["model"]["options"] == tiny and card["training"]["lr"] == 1e-3 and card["training"]["epochs"] == 1
+    import hashlib
+
+    assert card["initialised_from"] == {"file": "in1k.safetensors",
+                                        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     # one epoch of fine-tuning from the file's weights: close to them, not to a fresh initialisation
     fresh = build_model(name, 6, seed=0)
     w = "net.encoder.layers.encoder_layer_0.mlp.0.weight"
