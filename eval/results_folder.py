@@ -114,8 +114,9 @@ def results_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Iter
 def portable_record(record: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, Any]:
     """``record`` (a ``run.json``) with its paths inside ``out`` relative to ``out``; a new dict.
 
-    ``config.out`` becomes ``"."`` and each model's ``source`` inside ``out`` (the checkpoints the
-    run trained, ``models/...``) becomes relative; paths outside ``out`` (a user's ``--weights``)
+    ``config.out`` becomes ``"."`` and each model's ``source`` and each ``config.weights`` file
+    inside ``out`` (the checkpoints the run trained or the ones kept with it, ``models/...``)
+    becomes relative; paths outside ``out`` (a user's ``--weights``)
     are kept as given. Readers join them with the folder: ``os.path.join(out, source)`` gives the
     file either way.
     """
@@ -130,6 +131,8 @@ def portable_record(record: dict[str, Any], out: str | os.PathLike[str]) -> dict
     result = dict(record)
     if isinstance(record.get("config"), dict):
         result["config"] = {**record["config"], "out": "."}
+        if isinstance(record["config"].get("weights"), dict):
+            result["config"]["weights"] = {k: inside(v) for k, v in record["config"]["weights"].items()}
     if isinstance(record.get("models"), list):
         result["models"] = [{**m, "source": inside(m.get("source"))} if isinstance(m, dict) and "source" in m else m
                             for m in record["models"]]

@@ -72,6 +72,9 @@ def test_run_json_names_the_folders_files_relative_to_it(tmp_path):
     assert portable["config"] == {"out": ".", "size": 64}
     assert [m["source"] for m in portable["models"]] == ["models/a.pt", "given", "/elsewhere/b.pt"]
     assert record["config"]["out"] == str(out)  # the record itself is left as it was
+    # a [weights] table: files kept with the results are relative, a user's elsewhere as given
+    record["config"]["weights"] = {"single-6c:m": str(out / "models" / "m.pt"), "m": "/elsewhere/m.pt"}
+    assert portable_record(record, out)["config"]["weights"] == {"single-6c:m": "models/m.pt", "m": "/elsewhere/m.pt"}
 
 
 def test_a_failed_run_leaves_no_folder_but_never_removes_one_that_was_there(tmp_path, checkpoint, capsys):
