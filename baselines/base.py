@@ -99,7 +99,7 @@ def _parameters(function: Callable[..., Any], skip: int) -> tuple[list[inspect.P
     """The parameters of ``function`` after ``self`` and ``skip`` more (a class: its constructor's), and
     their resolved annotations (none when an annotation does not resolve)."""
     if inspect.isclass(function):
-        function = function.__init__  # type: ignore[misc]
+        function = function.__init__
     try:
         params = [p for p in inspect.signature(function).parameters.values() if p.name != "self"][skip:]
     except (TypeError, ValueError):  # a builtin without a signature
@@ -172,6 +172,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    tensor: torch.Tensor
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():

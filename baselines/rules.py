@@ -265,9 +265,9 @@ def backward_rules(model: nn.Module, relu: str = "gradient", stride_fix: bool = 
                 scope.add(m.register_forward_hook(hook, prepend=True))
                 scope.add(m.register_forward_hook(guard.leave, always_call=True))
         if stride_fix:
-            for m in model.modules():
-                if isinstance(m, nn.Conv2d) and tuple(m.stride) != (1, 1):
-                    scope.add(m.register_forward_hook(_stride_fix_hook, prepend=True))
+            for module in model.modules():
+                if isinstance(module, nn.Conv2d) and tuple(module.stride) != (1, 1):
+                    scope.add(module.register_forward_hook(_stride_fix_hook, prepend=True))
         if guard is None:
             yield scope
         else:

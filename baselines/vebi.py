@@ -501,8 +501,8 @@ class VEBI(Explainer):
             :class:`FeatureMaps`, all tensors detached on the model's device.
         """
         with eval_mode(model):
-            images, targets = check_inputs(model, images, targets)
-            out = self._explain(model, images, targets)
+            images, checked_targets = check_inputs(model, images, targets)
+            out = self._explain(model, images, checked_targets)
         for name in ("heatmaps", "maps", "contributions"):
             setattr(out, name, getattr(out, name).detach())
         return out

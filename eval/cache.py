@@ -52,7 +52,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -305,7 +305,7 @@ def read_npz(path: str, shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
                     raise ValueError(f"array {name!r} is truncated")
                 if fh.read(1):
                     raise ValueError(f"array {name!r} has trailing data")
-            order = "F" if fortran else "C"
+            order: Literal["F", "C"] = "F" if fortran else "C"
             found[name] = np.frombuffer(data, dtype=dtype).reshape(shape, order=order).copy()
     missing = sorted(set(shapes) - set(found))
     if missing:
@@ -381,6 +381,7 @@ class CellCache:
         if reason is not None:
             self._damaged(path, reason)
             return None
+        assert isinstance(cell, dict)  # validate_cell returns None only for a dict
         return {**cell, "_config": doc["config"], "_written": doc.get("written", 0.0)}
 
     def put(self, key: str, config: dict[str, Any], cell: dict[str, Any]) -> None:
@@ -438,5 +439,6 @@ class CellCache:
 
     def put_arrays(self, key: str, **arrays: np.ndarray) -> None:
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        # Typed as Any: mypy would match ``**arrays`` against savez_compressed's ``allow_pickle: bool`` too.
+        np.savez_compressed(buf, **cast("dict[str, Any]", arrays))
         atomic_write(self.path(key, "npz"), buf.getvalue())

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -98,8 +98,8 @@ class TensorSplit(Dataset):
         index = torch.as_tensor(index, dtype=torch.long)
         pick = (lambda t: None if t is None else t[index].to(device)) if device is not None else (
             lambda t: None if t is None else t[index])
-        return TensorSplit(pick(self.images), pick(self.labels), pick(self.masks), pick(self.parts),
-                           [self.ids[i] for i in index.tolist()])
+        return TensorSplit(cast(torch.Tensor, pick(self.images)), cast(torch.Tensor, pick(self.labels)),
+                           pick(self.masks), pick(self.parts), [self.ids[i] for i in index.tolist()])
 
     def sha256(self) -> str:
         """SHA-256 of the split's bytes (images, labels, masks, part maps, ids)."""
@@ -133,9 +133,10 @@ def materialise(dataset: Dataset, workers: int = 0, desc: str = "load", progress
     """
     from tqdm.auto import tqdm
 
+    sized = cast(Sized, dataset)  # torch's Dataset does not declare __len__; a map-style one has it
     loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=_collate_raw)
     images, labels, masks, parts = [], [], [], []
-    with tqdm(total=len(dataset), desc=desc, unit="img", disable=None if progress is None else not progress) as bar:
+    with tqdm(total=len(sized), desc=desc, unit="img", disable=None if progress is None else not progress) as bar:
         for batch in loader:
             for image, label, mask, part in batch:
                 images.append(image)
@@ -148,7 +149,7 @@ def materialise(dataset: Dataset, workers: int = 0, desc: str = "load", progress
     shapes = {tuple(i.shape) for i in images}
     if len(shapes) > 1:
         raise UsageError(f"{desc}: images of different sizes {sorted(shapes)[:2]}; resize them with a transform")
-    ids = [dataset.sample_index(i) for i in range(len(dataset))] if hasattr(dataset, "sample_index") else list(range(len(dataset)))
+    ids = [dataset.sample_index(i) for i in range(len(sized))] if hasattr(dataset, "sample_index") else list(range(len(sized)))
     return TensorSplit(
         torch.stack(images),
         torch.tensor(labels, dtype=torch.long),
@@ -224,10 +225,10 @@ def prepare_an8flower(variant: str, config: RunConfig, need_train: bool = True, 
         spec, seed = _folder_spec(info, size), info.get("seed")
     else:
         for split in splits:
-            ds = An8FlowerOnTheFly(variant, split, size=config.size, per_class=config.per_class_for(variant),
-                                   seed=config.seed, return_parts=True)
-            loaded[split] = materialise(ds, config.workers, f"render {ds.spec.name} {split}", progress)
-        spec = ds.spec
+            rendered = An8FlowerOnTheFly(variant, split, size=config.size, per_class=config.per_class_for(variant),
+                                         seed=config.seed, return_parts=True)
+            loaded[split] = materialise(rendered, config.workers, f"render {rendered.spec.name} {split}", progress)
+        spec = rendered.spec
         name, classes, parts, disc = spec.name, list(spec.classes), list(spec.parts), list(spec.discriminative)
         d = hashlib.sha256()
         for split in splits:

@@ -48,7 +48,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -61,6 +61,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std``; part of the model so inputs stay in [0, 1]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -185,7 +188,7 @@ def _split_block_relu(block: nn.Module) -> None:
         block.add_module(f"relu{i}", nn.ReLU())
     del block.relu
 
-    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
         identity = x
         out = self.relu1(self.bn1(self.conv1(x)))
         if bottleneck:
@@ -618,7 +621,8 @@ def load_checkpoint(
     path = os.fspath(path)
     ckpt = read_checkpoint(path)
     card = ckpt.get("model_card") if isinstance(ckpt, dict) else None
-    if not isinstance(card, dict) or "architecture" not in card or "num_classes" not in card:
+    if (not isinstance(ckpt, dict) or not isinstance(card, dict)
+            or "architecture" not in card or "num_classes" not in card):
         raise UsageError(
             f"weights file {path} has no model card (architecture, num_classes); "
             "pass --model and the number of classes to load a plain state dict"
@@ -684,7 +688,7 @@ def check_model_card(card: dict, path: str, state_dict: object = None) -> None:
     def bad(field: str, why: str) -> UsageError:
         return UsageError(f"weights file {path}: model card field {field!r} {why}, got {card.get(field)!r:.80}")
 
-    def is_int(v: object) -> bool:
+    def is_int(v: object) -> TypeGuard[int]:
         return isinstance(v, int) and not isinstance(v, bool)
 
     if not isinstance(card.get("architecture"), str) or not card["architecture"]:
@@ -814,7 +818,7 @@ def _head_keys(model: nn.Module) -> tuple[str, ...]:
 
 def _num_outputs(model: nn.Module) -> int | None:
     last = _last_linear(model)
-    return None if last is None else int(model.get_submodule(last).out_features)
+    return None if last is None else int(cast(nn.Linear, model.get_submodule(last)).out_features)
 
 
 def _load_state(model: nn.Module, state: object, path: str, keep: Sequence[str] = ()) -> None:

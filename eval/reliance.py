@@ -188,7 +188,8 @@ class Reliance:
         import json
 
         names = json.loads(str(arrays["names"]))
-        return cls(**names, **{k: np.asarray(arrays[k]) for k in cls._ARRAYS})
+        values: dict[str, Any] = {k: np.asarray(arrays[k]) for k in cls._ARRAYS}
+        return cls(**names, **values)
 
 
 def reliance_rows(summary: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -310,6 +311,7 @@ def measure_reliance(
                 if reference is not None:
                     matches += bool(np.array_equal(sblock[0].image, reference[i].permute(1, 2, 0).numpy()))
             bar.update(len(rows))
+    assert changed is not None  # set in the first chunk; there is one, as indices is not empty
     return Reliance(
         variant=spec.name, parts=list(spec.parts), discriminative=list(spec.discriminative), classes=list(spec.classes),
         class_colours=[list(c) for c in spec.class_colours], colour=colour, image_ids=np.array(indices, np.int64), labels=np.array(labels, np.int64), prob=prob, pred=pred,

@@ -157,18 +157,18 @@ def leaderboard_tables(
         for expl, mcells in by_expl.items():
             scores = {}
             for m in metrics:
-                c = mcells.get(m)
-                if c is None:
+                cell = mcells.get(m)
+                if cell is None:
                     continue
-                if c.get("error"):
-                    scores[m] = {"mean": None, "ci95": None, "n": 0, "error": c["error"]}
-                    if not any(e["explainer"] == expl and e["error"] == c["error"] for e in errors):
-                        errors.append({"explainer": expl, "metric": m, "error": c["error"]})
+                if cell.get("error"):
+                    scores[m] = {"mean": None, "ci95": None, "n": 0, "error": cell["error"]}
+                    if not any(e["explainer"] == expl and e["error"] == cell["error"] for e in errors):
+                        errors.append({"explainer": expl, "metric": m, "error": cell["error"]})
                     continue
-                if c.get("scores"):
-                    mean, half, n = mean_ci(c["scores"])
+                if cell.get("scores"):
+                    mean, half, n = mean_ci(cell["scores"])
                 else:
-                    mean, half, n = float(c["value"]) if c["value"] is not None else math.nan, math.nan, int(c["n"])
+                    mean, half, n = float(cell["value"]) if cell["value"] is not None else math.nan, math.nan, int(cell["n"])
                 scores[m] = {"mean": _json_float(mean), "ci95": _json_float(half), "n": n}
             rows.append({"explainer": expl, "options": options.get(expl, {}), "scores": scores})
         rows = _order_rows(rows, metrics[0] if metrics else None, metric_info)

@@ -279,7 +279,7 @@ def _stride_table(model: Any, vebi: Any, data: Any, settings: ReproSettings, fil
     for name, by_fix in maps.items():
         with_fix, without = torch.cat(by_fix[True]), torch.cat(by_fix[False])
         s_with, s_without = stride_energy_share(with_fix, stride).numpy(), stride_energy_share(without, stride).numpy()
-        row = {}
+        row: dict[str, Any] = {}
         for key, v in (("with_fix", s_with), ("without_fix", s_without), ("difference", s_without - s_with)):
             m, h, n = mean_ci(v)
             row[key] = [m, h]
@@ -394,6 +394,7 @@ def _mnist_data(settings: ReproSettings, progress: bool | None) -> Any:
     from an8flower.datasets.mnist import MNIST
     from an8flower.eval.data import PreparedData, materialise
 
+    assert settings.mnist is not None  # called only when --mnist is given
     train_ds, test_ds = MNIST(settings.mnist, "train"), MNIST(settings.mnist, "test")
     n_train, n_test = min(settings.mnist_train, len(train_ds)), min(settings.mnist_test, len(test_ds))
     n_val = max(1, n_train // 10)
@@ -438,6 +439,7 @@ def _imagenet_part(settings: ReproSettings, progress: bool | None, log: Callable
     from an8flower.eval.data import imagenet_transforms, materialise, prepare_imagenet
     from an8flower.eval.runner import IMAGENET_METRICS, run_leaderboard
 
+    assert settings.imagenet is not None  # called only when --imagenet is given
     out_dir = os.path.join(settings.out, "imagenet")
     size = 224 if not settings.tiny else settings.size
     config = RunConfig(out=out_dir, imagenet=settings.imagenet, variants=[], models=[settings.imagenet_model],
@@ -796,7 +798,9 @@ def reproduction_markdown(result: Mapping[str, Any]) -> str:
     flagged = []
     for src, b in (("an8Flower", board), ("MNIST", (result.get("mnist") or {}).get("board")),
                    ("ILSVRC12", (result.get("imagenet") or {}).get("board"))):
-        for t in (b or {}).get("tables", []):
+        if not b:
+            continue
+        for t in b.get("tables", []):
             for m, e in ((t.get("metaeval") or {}).get("metrics") or {}).items():
                 if e.get("flag"):
                     where = " · ".join(x for x in (t["variant"], t["model"], f"seed {t['seed']}") if x)

@@ -249,7 +249,7 @@ def merge_accumulators(parts: Sequence[Accumulator]) -> Accumulator:
         out.share = [np.stack([flat[id(a)][0][i] for _, i, a in rows])]
         out.normalised = [np.stack([flat[id(a)][1][i] for _, i, a in rows])]
     for a in parts:
-        if a.curve_sum is not None:
+        if a.curve_sum is not None and a.curve_n is not None:  # set together
             out.curve_sum = a.curve_sum.copy() if out.curve_sum is None else out.curve_sum + a.curve_sum
             out.curve_n = a.curve_n.copy() if out.curve_n is None else out.curve_n + a.curve_n
         if a.pxap_counts is not None:
@@ -353,7 +353,7 @@ def finish_cell(acc: Accumulator, base: dict[str, Any], image_ids: Sequence[int]
     finite = np.isfinite(scores)
     cell.update(value=float(scores[finite].mean()) if finite.any() else math.nan, n=int(finite.sum()),
                 scores=[float(s) if math.isfinite(s) else None for s in scores], image_ids=ids)
-    if acc.curve_sum is not None:
+    if acc.curve_sum is not None and acc.curve_n is not None:  # set together
         from an8flower.eval.metrics import DEFAULT_IOU_THRESHOLDS
 
         thr = acc.options.get("thresholds", DEFAULT_IOU_THRESHOLDS)

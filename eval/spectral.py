@@ -107,7 +107,7 @@ def conv_stride(model: nn.Module, images: torch.Tensor) -> int:
     """
     stages: dict[int, int] = {}
 
-    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+    def hook(module: nn.Conv2d, inputs: Any, output: Any) -> None:
         s = int(module.stride[0])
         if s > 1 and isinstance(output, torch.Tensor):
             stages[int(output.shape[-2])] = max(stages.get(int(output.shape[-2]), 1), s)

@@ -24,9 +24,9 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -248,7 +248,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    if len(train_set) == 0:
+    if len(cast(Sized, train_set)) == 0:  # torch's Dataset does not declare __len__
         raise UsageError("the training set is empty")
     if log is None:
         log = _default_epoch_log(progress)

@@ -380,14 +380,16 @@ def library_call(model: nn.Module, quiet_stderr: bool = False, freeze: bool = Tr
         for m, before in zip(modules, hooks, strict=True):
             for d, keys in before.items():
                 table = getattr(m, d, None)
-                for key in [k for k in (table or {}) if k not in keys]:
+                if not table:
+                    continue
+                for key in [k for k in table if k not in keys]:
                     del table[key]
                     for extra in _HOOK_EXTRAS:
                         getattr(m, extra, {}).pop(key, None)
-        for m, before in zip(modules, children, strict=True):
-            if m._modules != before:
+        for m, kids in zip(modules, children, strict=True):
+            if m._modules != kids:
                 m._modules.clear()
-                m._modules.update(before)
+                m._modules.update(kids)
         for p, flag, grad in zip(params, flags, grads, strict=True):
             p.requires_grad_(flag)
             p.grad = grad

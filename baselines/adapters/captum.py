@@ -145,7 +145,7 @@ def _kinds() -> tuple[type, type, type, type]:
 
 
 @lru_cache(maxsize=1)
-def _catalogue() -> tuple[dict[str, type], dict[str, str]]:
+def _catalogue() -> tuple[dict[str, type[Any]], dict[str, str]]:
     attr = _captum_attr()
     base, _, _, neuron = _kinds()
     offered, left_out = {}, {}
@@ -162,7 +162,7 @@ def _catalogue() -> tuple[dict[str, type], dict[str, str]]:
     return offered, left_out
 
 
-def methods() -> dict[str, type]:
+def methods() -> dict[str, type[Any]]:
     """The Captum classes offered, by name (raises UsageError when Captum is not installed)."""
     import_library(LIB)
     return dict(_catalogue()[0])
@@ -190,7 +190,7 @@ def _default_reduction(name: str, cls: type) -> str:
     return "abs_sum"
 
 
-def _options(name: str, cls: type) -> list[Option]:
+def _options(name: str, cls: type[Any]) -> list[Option]:
     _, gradient, layer, _ = _kinds()
     init = inspect.signature(cls.__init__).parameters
     call = inspect.signature(cls.attribute).parameters

@@ -39,6 +39,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ _SUPPLIED = ["model", "target_layers", "reshape_transform", "ablation_layer", "b
 
 
 @lru_cache(maxsize=1)
-def _catalogue() -> tuple[dict[str, type], dict[str, str]]:
+def _catalogue() -> tuple[dict[str, type[Any]], dict[str, str]]:
     import pytorch_grad_cam
     from pytorch_grad_cam.base_cam import BaseCAM
 
@@ -95,7 +96,7 @@ def _catalogue() -> tuple[dict[str, type], dict[str, str]]:
     return offered, left_out
 
 
-def methods() -> dict[str, type]:
+def methods() -> dict[str, type[Any]]:
     """The CAM classes offered, by name (UsageError when pytorch-grad-cam is missing)."""
     import_library(LIB)
     return dict(_catalogue()[0])
@@ -107,7 +108,7 @@ def excluded() -> dict[str, str]:
     return dict(_catalogue()[1])
 
 
-def _options(name: str, cls: type) -> list[Option]:
+def _options(name: str, cls: type[Any]) -> list[Option]:
     opts = []
     if name not in NO_LAYER:
         opts.append(Option("layer", "auto", "adapter", help="module path of the target layer, or 'auto'"))

@@ -81,7 +81,7 @@ class TorchcamExplainer(AdapterExplainer):
         from torchcam.methods import LeGrad
 
         vit = _vision_transformer(model)
-        blocks = list(vit.get_submodule("encoder.layers").children())
+        blocks: list[nn.Module | str] = list(vit.get_submodule("encoder.layers").children())
         n = self._options["blocks"]
         if n > len(blocks):
             raise UsageError(f"torchcam:LeGrad: blocks={n}, but the model has {len(blocks)}")

@@ -110,7 +110,7 @@ _SUPPLIED = ["low", "high", "layer_map", "first_map", "canonizers", "zero_params
 
 
 @lru_cache(maxsize=1)
-def _composites() -> dict[str, type]:
+def _composites() -> dict[str, type[Any]]:
     import zennit.composites
 
     return {cls.__name__: cls for cls in zennit.composites.COMPOSITES.values()}
@@ -128,7 +128,7 @@ def excluded() -> dict[str, str]:
     return dict(EXCLUDED)
 
 
-def _composite_options(cls: type) -> list[Option]:
+def _composite_options(cls: type[Any]) -> list[Option]:
     opts = signature_options(cls.__init__, "init", _SUPPLIED)
     params = inspect.signature(cls.__init__).parameters
     if "low" in params:
@@ -289,7 +289,7 @@ def auto_canonizers(model: nn.Module) -> list[Any]:
     return canonizers
 
 
-def _canonized_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _canonized_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     # The package's block forward (an8flower.eval.models._split_block_relu) with the residual
     # addition done by a zennit Sum module over the stacked branches, so that a rule applies to it.
     import torchvision

@@ -80,7 +80,7 @@ class Workspace:
         return buf[:size].reshape(shape)
 
 
-def _buffer(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+def _buffer(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
     return ws.get(name, shape, dtype) if ws is not None else np.empty(shape, dtype=dtype)
 
 
@@ -139,7 +139,7 @@ def _radix_sort_rows(keys: np.ndarray, bits: int, ws: Workspace | None = None) -
 
 def _calibrate(dtype: type, bits: int) -> str:
     """``"radix"`` if the radix sort beats ``np.sort`` on a sample of 4 x 2**15 keys, else ``"numpy"``."""
-    sample = np.random.default_rng(0).integers(0, 1 << bits, size=(4, 1 << 15), dtype=np.uint64).astype(dtype)
+    sample: np.ndarray = np.random.default_rng(0).integers(0, 1 << bits, size=(4, 1 << 15), dtype=np.uint64).astype(dtype)
     ws = Workspace()
     work = ws.get("sample", sample.shape, dtype)
 
@@ -330,8 +330,8 @@ def top_k_counts(
         return tuple(torch.from_numpy(np.ascontiguousarray(t, dtype=np.int64)) for t in counts)  # type: ignore[return-value]
     position = torch.as_tensor(k, device=x.device).expand(c)
     v = torch.sort(x, dim=1).values.gather(1, (n - position).unsqueeze(1))
-    above, tied = x > v, x == v
-    return above.sum(dim=1), tied.sum(dim=1), (above & flags).sum(dim=1), (tied & flags).sum(dim=1)
+    is_above, is_tied = x > v, x == v
+    return is_above.sum(dim=1), is_tied.sum(dim=1), (is_above & flags).sum(dim=1), (is_tied & flags).sum(dim=1)
 
 
 # -------------------------------------------------------------------------------- ranks
@@ -365,8 +365,8 @@ def sort_with_flags(
         packed = values.double().add_(0.0)  # + 0.0 turns -0.0 into 0.0, so the two tie
         packed.view(torch.int64).bitwise_or_(flags)
         packed = torch.sort(packed, dim=1).values.view(torch.int64)
-        sorted_flags = packed & 1
-        return (packed ^ sorted_flags).view(torch.float64), sorted_flags
+        low_bit = packed & 1
+        return (packed ^ low_bit).view(torch.float64), low_bit
     if _numpy_path(values):
         order = torch.from_numpy(np.argsort(values.contiguous().numpy(), axis=1))
     else:
@@ -473,12 +473,12 @@ def midrank_sum_x2_of_flagged(values: torch.Tensor, flags: torch.Tensor, ws: Wor
         np.left_shift(keys, 1, out=keys)
         np.bitwise_or(keys, f, out=keys)
         keys = sort_keys(keys, bits, ws)
-        sorted_flags = _buffer(ws, "key_flags", shape, keys.dtype)
-        np.bitwise_and(keys, 1, out=sorted_flags)
+        key_flags = _buffer(ws, "key_flags", shape, keys.dtype)
+        np.bitwise_and(keys, 1, out=key_flags)
         np.right_shift(keys, 1, out=keys)
         signed = np.int32 if keys.dtype == np.uint32 else np.int64
         return flagged_midrank_sum_x2(
-            torch.from_numpy(keys.view(signed)), torch.from_numpy(sorted_flags.view(signed)), ws
+            torch.from_numpy(keys.view(signed)), torch.from_numpy(key_flags.view(signed)), ws
         )
     sorted_values, sorted_flags = sort_with_flags(values, flags, ws)
     return flagged_midrank_sum_x2(sorted_values, sorted_flags, ws)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _model_device(model: nn.Module) -> torch.device:
+    tensor: torch.Tensor
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -343,7 +345,8 @@ def _reinitialise(layer: nn.Module, generator: torch.Generator) -> None:
                 for name, p in own.items():
                     p.fill_(1.0 if name == "weight" else 0.0)
             if hasattr(module, "reset_running_stats"):
-                module.reset_running_stats()
+                # cast: torch types an attribute not declared on nn.Module as Tensor | Module.
+                cast(Any, module).reset_running_stats()
             continue
         weight = own.get("weight")
         fan_in = weight[0].numel() if weight is not None and weight.dim() >= 2 else None
