@@ -242,3 +242,34 @@ def test_rollout_options_are_checked(opts, match) -> None:
 def test_vebi_refuses_a_transformer(x) -> None:
     with pytest.raises(UsageError, match="vebi does not apply to .* a transformer"):
         build_explainer("vebi").fit(tiny_vit(), [(x, TARGETS)])
+
+
+def test_pytorch_grad_cam_ablation_cam_on_a_vit_is_the_library_with_its_vit_ablation_layer(x) -> None:
+    """AblationCAM on a ViT is the library's recipe for ViTs called directly: its AblationLayerVit,
+    which ablates channels of the (B, N, D) tokens, and the tokens laid out on the patch grid."""
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from an8flower.baselines.cam import resolve_layer
+
+    model = tiny_vit()
+    ours = build_explainer("gradcam:AblationCAM")(model, x, TARGETS)
+    layer = resolve_layer(model, "auto")[1]
+
+    def grid(t: torch.Tensor) -> torch.Tensor:  # the library's documented ViT transform: class token dropped
+        return t[:, 1:, :].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    cam = AblationCAM(model, [layer], reshape_transform=grid, ablation_layer=AblationLayerVit())
+    theirs = cam(x.clone().requires_grad_(True), [ClassifierOutputTarget(int(t)) for t in TARGETS])
+    cam.activations_and_grads.release()
+    assert ours.shape == (3, 32, 32) and torch.isfinite(ours).all() and (ours.flatten(1).amax(1) > 0).all()
+    torch.testing.assert_close(ours, torch.from_numpy(theirs).float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["zennit:EpsilonPlusFlat", "zennit:EpsilonGammaBox", "zennit:EpsilonAlpha2Beta1"])
+def test_zennit_composites_refuse_a_transformer_naming_attention(name, x) -> None:
+    pytest.importorskip("zennit")
+    with pytest.raises(UsageError, match=r"none for attention.*use lxt:AttnLRP"):
+        build_explainer(name)(tiny_vit(), x, TARGETS)

@@ -55,7 +55,7 @@ from an8flower.baselines.adapters._common import (
     signature_options,
 )
 from an8flower.baselines.cam import resolve_layer
-from an8flower.baselines.vit import token_grid, tokens_to_grid
+from an8flower.baselines.vit import is_transformer, token_grid, tokens_to_grid
 from an8flower.errors import UsageError
 
 __all__ = ["GradCAMExplainer", "EXCLUDED", "NO_LAYER", "methods", "excluded", "adapter_class"]
@@ -137,9 +137,11 @@ class GradCAMExplainer(AdapterExplainer):
         if self.method not in NO_LAYER:
             kwargs["reshape_transform"] = _token_layout(model, images)
         if "ablation_layer" in inspect.signature(cls.__init__).parameters:
-            from pytorch_grad_cam import AblationLayer
+            from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 
-            kwargs["ablation_layer"] = AblationLayer()  # the library's default instance is shared and stateful
+            # a fresh instance (the library's default is shared and stateful); on a ViT the one the
+            # library documents for token layers, which ablates channels of the (B, N, D) tokens
+            kwargs["ablation_layer"] = AblationLayerVit() if is_transformer(model) else AblationLayer()
         # The input requires grad so that the layer's output does, with the parameters frozen.
         x = images.detach().clone().requires_grad_(True)
         wanted = [ClassifierOutputTarget(int(t)) for t in targets.tolist()]

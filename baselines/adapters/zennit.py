@@ -85,6 +85,7 @@ from an8flower.baselines.adapters._common import (
     signature_options,
 )
 from an8flower.baselines.base import CHANNEL_REDUCTIONS, HookScope
+from an8flower.baselines.vit import is_transformer
 from an8flower.errors import UsageError
 
 __all__ = [
@@ -208,6 +209,12 @@ class ZennitExplainer(AdapterExplainer):
             one_hot = F.one_hot(targets, output.shape[1]).to(output)
             return one_hot * output if logit else one_hot
 
+        if self._composite_name() is not None and is_transformer(model):
+            raise UsageError(
+                f"{self.name}: Zennit's composites have rules for convolutions, linear layers, batch norms and "
+                f"activations, none for attention: {type(model).__name__} is a transformer (its attention blocks "
+                "return tuples that Zennit's hooks cannot take); refused rather than returning a partial "
+                "relevance; use lxt:AttnLRP, LRP for transformers")
         composite = None
         x = images.detach().clone().requires_grad_(True)
         with library_call(model), seeded(self._options.get("seed", 0), images.device), torch.enable_grad():
