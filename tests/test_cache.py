@@ -23,9 +23,10 @@ from an8flower.eval.scoring import explainer_options, new_accumulators
 DIRECT = {"seed", "split", "batch_size", "device", "model_metric_images", "explainer_options", "metric_options", "amp"}
 #: Fields that enter it through a hash the key holds: the dataset's (variants, data, imagenet, size,
 #: per_class), the model's (models, weights, train, model_seeds; model_options are folded into the models'
-#: names), the scored image ids (max_images, all_images), or that decide which cells exist (explainers, metrics).
+#: names), the scored image ids (max_images, all_images), or that decide which cells exist (explainers, metrics);
+#: per_model through all three (a model's image ids, its accumulators' image count, its training).
 DERIVED = {"variants", "data", "imagenet", "size", "per_class", "models", "model_options", "weights", "train",
-           "model_seeds", "max_images", "all_images", "explainers", "metrics"}
+           "model_seeds", "max_images", "all_images", "explainers", "metrics", "per_model"}
 #: Fields that change no number.
 NO_KEY = {"out", "examples", "plots", "quick", "workers"}
 
